@@ -1,0 +1,37 @@
+"""The regression suite: each configuration of benchmarks/matrix.toml is measured once per
+session and gated against the profile's baseline; each takeaway claim is checked by an
+interleaved A/B run. Select tiers with `-m gpu` / `-m cpu`; record with `--qp-record`."""
+
+import warnings
+
+import pytest
+
+from quantperf.plugin import run_check
+
+
+def test_speed(qp_session, qp_config):
+    """Decode tok/s, prefill ms and end-to-end tok/s against the baseline (speed tolerance)."""
+    run_check(qp_session.check, qp_config, ("speed",))
+
+
+def test_memory(qp_session, qp_config):
+    """Weight footprint, allocator peak, NVML process memory and host RSS (memory tolerance)."""
+    run_check(qp_session.check, qp_config, ("memory",))
+
+
+def test_quality(qp_session, qp_quality_config):
+    """PPL, ln(PPL ratio), KL divergence, top-1 agreement, RMS dp against the device's reference."""
+    run_check(qp_session.check, qp_quality_config, ("quality",), quality=True)
+
+
+def test_takeaway(qp_session, qp_claim, request):
+    """A seed-study claim, re-checked on this profile with an in-run interleaved A/B measurement."""
+    claim, workload = qp_claim
+    result = run_check(qp_session.check_claim, claim, workload)
+    if result.verdict == "inconclusive":
+        if request.config.getoption("--qp-strict"):
+            pytest.fail(result.message(), pytrace=False)
+        warnings.warn(result.message())
+        return
+    if not result.passed:
+        pytest.fail(result.message(), pytrace=False)

@@ -1,0 +1,44 @@
+"""A deterministic test double (like httpx's MockTransport): it loads no model and spends a
+fixed, busy-waited time per token, so the plugin, baselines, gate and takeaway logic can be
+tested end to end on any CPU. Registered only when QUANTPERF_TEST_BACKENDS=1."""
+
+from __future__ import annotations
+
+import time
+
+from ..models import ArchInfo, ModelSource
+from .base import Backend, LoadedModel
+
+FAKE_PARAMS = {"fake:small": 100_000_000, "fake:medium": 2_000_000_000}
+
+
+def _spin(ms: float) -> None:
+    end = time.perf_counter() + ms / 1e3
+    while time.perf_counter() < end:
+        pass
+
+
+class FakeLoaded(LoadedModel):
+    def __init__(self, backend: str, options: dict, params: int):
+        self.backend, self.device, self.options = backend, "cpu", options
+        self.arch = ArchInfo("fake", params, 4, 4, 64, 256, 1000, False)
+        self._bytes = int(params * options["bytes_per_param"])
+
+    def weight_bytes(self) -> int:
+        return self._bytes
+
+    def run_round(self, input_ids, new_tokens: int, mode: str, clock) -> list[list[int]]:
+        clock.start()
+        _spin(self.options["prefill_ms"])
+        for _ in range(new_tokens):
+            if _:
+                _spin(self.options["token_ms"])
+            clock.mark()
+        return [[1] * new_tokens for _ in range(len(input_ids))]
+
+
+class FakeBackend(Backend):
+    def load(self, source: ModelSource, device: str) -> FakeLoaded:
+        if source.ref not in FAKE_PARAMS:
+            raise ValueError(f"fake backends take models {list(FAKE_PARAMS)}, got {source.ref!r}")
+        return FakeLoaded(self.name, self.identity(device), FAKE_PARAMS[source.ref])

@@ -1,0 +1,200 @@
+"""transformers-based backends: a model loaded by `from_pretrained`, run by HF `generate`.
+
+`eager` mode is plain `generate` with a dynamic KV cache (what most users run). `graph`
+mode is `generate(cache_implementation="static")`, for which transformers compiles the
+decode step itself; a backend whose quantizer transformers will not compile reports the
+mode as unsupported instead of silently running eager.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from ..models import ModelSource, arch_info
+from .base import Backend, LoadedModel
+
+DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def tensor_bytes(t, seen: set[int]) -> int:
+    """Bytes of a tensor, walking tensor subclasses (torchao) into their inner tensors."""
+    import torch
+
+    if t is None or not isinstance(t, torch.Tensor):
+        return 0
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        if names:
+            return sum(tensor_bytes(getattr(t, n), seen) for n in names)
+    try:
+        key = t.untyped_storage().data_ptr()
+    except Exception:
+        key = id(t)
+    if key in seen and key != 0:
+        return 0
+    seen.add(key)
+    return t.numel() * t.element_size()
+
+
+def _quant_state_bytes(state, seen: set[int]) -> int:
+    """bitsandbytes 4-bit QuantState: absmax (+ nested state2), code, offset."""
+    if state is None:
+        return 0
+    total = 0
+    for attr in ("absmax", "code", "offset"):
+        total += tensor_bytes(getattr(state, attr, None), seen)
+    return total + _quant_state_bytes(getattr(state, "state2", None), seen)
+
+
+def module_weight_bytes(model) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        total += tensor_bytes(p, seen)
+        total += tensor_bytes(getattr(p, "SCB", None), seen)  # bnb int8 row scales
+        total += _quant_state_bytes(getattr(p, "quant_state", None), seen)
+    for b in model.buffers():
+        total += tensor_bytes(b, seen)
+    return total
+
+
+class _Marker:
+    """A logits processor that timestamps each generated token (it leaves scores untouched)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def __call__(self, input_ids, scores):
+        self.clock.mark()
+        return scores
+
+
+class HFLoaded(LoadedModel):
+    def __init__(self, backend: str, device: str, model, source: ModelSource, options: dict, kv_bytes: float):
+        self.backend, self.device, self.model, self.options = backend, device, model, options
+        self.arch = arch_info(model.config)
+        self._kv_bytes = kv_bytes
+        self._compiled_checked = False
+
+    def weight_bytes(self) -> int:
+        return module_weight_bytes(self.model)
+
+    def streamed_weight_bytes(self) -> int:
+        total = self.weight_bytes()
+        if not self.arch.tie_word_embeddings:
+            emb = self.model.get_input_embeddings()
+            total -= module_weight_bytes(emb)
+        return total
+
+    def kv_bytes_per_element(self) -> float:
+        return self._kv_bytes
+
+    def supports_mode(self, mode: str) -> str | None:
+        if mode == "eager":
+            return None
+        if self.device != "cuda":
+            return (
+                f"{self.backend}: graph mode needs CUDA (transformers compiles the static-cache decode step "
+                "only on accelerators)"
+            )
+        quantizer = getattr(self.model, "hf_quantizer", None)
+        if quantizer is not None and not getattr(quantizer, "is_compileable", False):
+            return f"{self.backend}: transformers does not compile models quantized by {type(quantizer).__name__}"
+        return None
+
+    def _generate(self, input_ids, new_tokens: int, mode: str, processors: list):
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        ids = torch.as_tensor(input_ids, device=self.model.device)
+        gen = GenerationConfig(
+            max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+            num_beams=1, pad_token_id=0, eos_token_id=None,
+        )
+        kwargs: dict[str, Any] = {}
+        if mode == "graph":
+            kwargs["cache_implementation"] = "static"
+        with torch.inference_mode():
+            out = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), generation_config=gen,
+                logits_processor=LogitsProcessorList(processors), **kwargs,
+            )
+        return out[:, ids.shape[1]:].tolist()
+
+    def run_round(self, input_ids, new_tokens: int, mode: str, clock) -> list[list[int]]:
+        clock.start()
+        return self._generate(input_ids, new_tokens, mode, [_Marker(clock)])
+
+    def after_warmup(self, mode: str) -> None:
+        if mode != "graph":
+            return
+        import torch._dynamo
+
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        if graphs == 0:
+            from ..errors import ModeUnsupported
+
+            raise ModeUnsupported(
+                f"{self.backend}: generate(cache_implementation='static') compiled no graph on this setup, "
+                "so graph mode would only measure eager speed"
+            )
+
+    def logits(self, input_ids):
+        import torch
+
+        ids = torch.as_tensor([list(input_ids)], device=self.model.device)
+        with torch.inference_mode():
+            return self.model(ids).logits[0].float().cpu()
+
+    def close(self) -> None:
+        import gc
+
+        del self.model
+        gc.collect()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+class HFBackend(Backend):
+    """Loads with `AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)`."""
+
+    requires: tuple[tuple[str, str], ...] = ()  # (import name, pip hint)
+
+    def library_reason(self, device: str) -> str | None:
+        for mod, hint in (("torch", "pip install torch"), ("transformers", "pip install transformers")) + self.requires:
+            if importlib.util.find_spec(mod) is None:
+                return f"{mod} is not installed: {hint}"
+        return None
+
+    def compute_dtype(self, device: str) -> str:
+        return "float16" if device == "cuda" else "float32"
+
+    def from_pretrained_kwargs(self, device: str) -> dict:
+        raise NotImplementedError
+
+    def load(self, source: ModelSource, device: str) -> HFLoaded:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.check(device)
+        kwargs = self.from_pretrained_kwargs(device)
+        dtype = kwargs.get("dtype")
+        if isinstance(dtype, str):
+            kwargs["dtype"] = getattr(torch, dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path_or_id, device_map={"": device if device == "cpu" else 0}, **source.load_kwargs(), **kwargs
+        )
+        model.eval()
+        kv_dtype = self.compute_dtype(device)
+        return HFLoaded(self.name, device, model, source, self.identity(device), DTYPES[kv_dtype])
+
+
+class TorchDtypeBackend(HFBackend):
+    def compute_dtype(self, device: str) -> str:
+        return self.entry.kwargs["dtype"]
+
+    def from_pretrained_kwargs(self, device: str) -> dict:
+        return {"dtype": self.entry.kwargs["dtype"]}

@@ -1,0 +1,121 @@
+"""`quantperf` command line: `quantperf profile`, `quantperf run`, `quantperf backends`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_profile(args) -> int:
+    from .envinfo import environment, profile_id
+
+    print(f"profile: {profile_id(args.device)}")
+    print(json.dumps(environment(), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_backends(args) -> int:
+    from .backends import BACKENDS, get_backend
+
+    for name, entry in BACKENDS.items():
+        b = get_backend(name)
+        where = []
+        for dev in ("cpu", "cuda"):
+            reason = b.unavailable_reason(dev)
+            where.append(f"{dev}: {'ok' if reason is None else 'unavailable (' + reason + ')'}")
+        print(f"{name:20s} {entry.description}\n{'':20s} " + "; ".join(where))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .backends import BACKENDS
+    from .engine import measure_many
+    from .report import results_table
+    from .results import ResultLog
+    from .spec import RunSpec, Workload
+
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    backends = list(BACKENDS) if args.backend == ["all"] else [b for item in args.backend for b in item.split(",")]
+    workload = Workload(batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                        warmup_rounds=args.warmup, rounds=args.rounds)
+    specs = [RunSpec(m, b, device, mode, workload) for m in args.model for b in backends for mode in args.mode]
+    log = ResultLog(args.out) if args.out else None
+    results = []
+    for spec in specs:  # one at a time, so each result is on disk as soon as it exists
+        res = measure_many([spec], isolation=args.isolation,
+                           model_options={"local_files_only": args.local_files_only, "trust_remote_code": args.trust_remote_code})[0]
+        results.append(res)
+        if log:
+            log.append(res)
+        line = f"{spec.id}: {res.status}"
+        line += f" ({res.reason})" if not res.ok else f" decode {res.metrics['decode_tokens_per_s'].value:.1f} tok/s"
+        print(line, file=sys.stderr, flush=True)
+    print(results_table(results, markdown=args.markdown))
+    return 0 if all(r.status in ("ok", "unavailable", "mode-unsupported") for r in results) else 1
+
+
+def _cmd_noise(args) -> int:
+    from .noise import gate_counts, load_runs, load_summaries, noise_rows
+    from .report import format_table
+
+    rows = noise_rows(load_runs(args.runs))
+    pct = lambda v: "-" if v is None else f"{v * 100:.1f}%"  # noqa: E731
+    print(format_table(["config", "metric", "runs", "rounds", "CV within", "CV between", "min detectable"],
+                       [[r["config"], r["metric"], r["runs"], r["rounds"], pct(r["cv_within"]), pct(r["cv_between"]),
+                         pct(r["min_detectable"])] for r in rows], markdown=args.markdown))
+    if args.aa:
+        print(f"A/A: {gate_counts(load_summaries(args.aa))}")
+    if args.inject:
+        print(f"injected slowdown: {gate_counts(load_summaries(args.inject))}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="quantperf", description="Performance regression suite for LLM quantization")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("profile", help="print the detected hardware profile and the environment")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(fn=_cmd_profile)
+    p = sub.add_parser("backends", help="list backends and whether they can run here")
+    p.set_defaults(fn=_cmd_backends)
+    p = sub.add_parser("run", help="measure configurations and print a table")
+    p.add_argument("--model", nargs="+", default=["synthetic:llama-tiny"])
+    p.add_argument("--backend", nargs="+", default=["all"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--mode", nargs="+", default=["eager"], choices=["eager", "graph"])
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--isolation", default="process", choices=["process", "inprocess"])
+    p.add_argument("--out", help="append results to this JSON-lines file")
+    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--local-files-only", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true", help="off by default: runs code from the checkpoint")
+    p.set_defaults(fn=_cmd_run)
+    p = sub.add_parser("noise", help="noise report over repeated runs: CV within/between runs, min detectable change")
+    p.add_argument("--runs", nargs="+", required=True, help="results.jsonl files of repeated runs")
+    p.add_argument("--aa", nargs="*", default=[], help="summary.json files of A/A re-runs against one baseline")
+    p.add_argument("--inject", nargs="*", default=[], help="summary.json files of runs with an injected slowdown")
+    p.add_argument("--markdown", action="store_true")
+    p.set_defaults(fn=_cmd_noise)
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except Exception as exc:
+        from .errors import QuantperfError
+
+        if isinstance(exc, QuantperfError):
+            print(f"quantperf: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Environment and hardware-profile detection. Imports heavy libraries only inside functions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+from functools import lru_cache
+
+LIBRARIES = (
+    "torch", "transformers", "bitsandbytes", "onnxruntime", "onnxruntime-gpu", "onnx", "onnxscript",
+    "torchao", "optimum", "optimum-onnx", "accelerate", "safetensors", "numpy", "scipy", "nvidia-ml-py",
+)
+# ISA features that change which kernels CPU backends pick.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+
+
+def package_versions(names=LIBRARIES) -> dict[str, str | None]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            text = fh.read()
+        m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+        if m:
+            model = m.group(1).strip()
+        m = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+        if m:
+            flags = set(m.group(1).split())
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "arch": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "isa": sorted(f for f in CPU_FLAGS if f in flags),
+    }
+
+
+class Nvml:
+    """A thin guard over nvidia-ml-py: `Nvml.get()` is None where NVML is missing (CPU machines)."""
+
+    _instance: "Nvml | None" = None
+    _failed: str | None = None
+
+    def __init__(self, pynvml):
+        self.nv = pynvml
+
+    @classmethod
+    def get(cls) -> "Nvml | None":
+        if cls._instance is None and cls._failed is None:
+            try:
+                import pynvml  # provided by nvidia-ml-py
+
+                pynvml.nvmlInit()
+                cls._instance = cls(pynvml)
+            except Exception as exc:  # NVMLError_LibraryNotFound on CPU machines, ImportError without the package
+                cls._failed = f"{type(exc).__name__}: {exc}"
+        return cls._instance
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        cls.get()
+        return cls._failed
+
+    def handle(self, index: int = 0):
+        return self.nv.nvmlDeviceGetHandleByIndex(index)
+
+    def call(self, fn: str, *args, default=None):
+        try:
+            value = getattr(self.nv, fn)(*args)
+        except Exception:
+            return default
+        return value.decode() if isinstance(value, bytes) else value
+
+
+def gpu_info(index: int = 0) -> dict | None:
+    """Name, compute capability, memory, driver and peak bandwidth of CUDA device `index`."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    from .roofline import datasheet_peak_gbps, peak_bandwidth_from_clock
+
+    props = torch.cuda.get_device_properties(index)
+    info = {
+        "name": props.name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "memory_mib": props.total_memory // 2**20,
+        "multiprocessors": props.multi_processor_count,
+        "cuda": torch.version.cuda,
+    }
+    nvml = Nvml.get()
+    peak, source = None, None
+    if nvml is not None:
+        h = nvml.handle(index)
+        info["driver"] = nvml.call("nvmlSystemGetDriverVersion")
+        bus = nvml.call("nvmlDeviceGetMemoryBusWidth", h)
+        clock = nvml.call("nvmlDeviceGetMaxClockInfo", h, nvml.nv.NVML_CLOCK_MEM)
+        if bus and clock:
+            peak, source = peak_bandwidth_from_clock(bus, clock), f"nvml: {bus}-bit bus x {clock} MHz x 2"
+    sheet = datasheet_peak_gbps(props.name)
+    if sheet is not None and (peak is None or abs(peak - sheet) / sheet > 0.15):
+        # NVML's memory clock on some HBM parts is not the data rate; trust the datasheet then.
+        peak, source = sheet, "datasheet"
+    info["peak_bandwidth_gbps"] = round(peak, 1) if peak else None
+    info["peak_bandwidth_source"] = source
+    return info
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def profile_id(device: str = "auto") -> str:
+    """Stable hardware-profile id: `nvidia-h100-80gb-hbm3`, `nvidia-tesla-t4`, `cpu-x86_64-avx512-amx`."""
+    if device in ("auto", "cuda"):
+        gpu = gpu_info()
+        if gpu is not None:
+            name = _slug(gpu["name"])
+            return name if name.startswith("nvidia") else f"nvidia-{name}"
+        if device == "cuda":
+            raise RuntimeError("no CUDA device: cannot name a GPU profile")
+    cpu = cpu_info()
+    isa = set(cpu["isa"])
+    parts = ["cpu", cpu["arch"]]
+    if "avx512f" in isa:
+        parts.append("avx512")
+    elif "avx2" in isa:
+        parts.append("avx2")
+    if "amx_tile" in isa:
+        parts.append("amx")
+    return "-".join(parts)
+
+
+def environment() -> dict:
+    """Everything recorded with every result: versions, GPU, CPU, Python."""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "gpu": gpu_info(),
+        "cpu": cpu_info(),
+        "nvml": None if Nvml.get() is None else "ok",
+    }

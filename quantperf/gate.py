@@ -1,0 +1,90 @@
+"""The regression gate (pure): a metric regresses only when it is worse than its baseline
+beyond tolerance AND the difference is statistically significant.
+
+Tolerances are fractions per metric kind, with defaults, overridable per test and per
+profile. Speed samples are per-round values compared with Mann-Whitney U (scipy); memory
+and quality figures are deterministic single values, so for them the tolerance alone decides.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+from .errors import ConfigError
+from .stats import ratio_of_medians
+
+DEFAULT_TOLERANCES = {"speed": 0.10, "memory": 0.02, "quality": 0.02}
+DEFAULT_ALPHA = 0.01
+
+
+def parse_tolerances(text: str) -> dict[str, float]:
+    """`"speed:5%,memory:1%"` -> {"speed": 0.05, "memory": 0.01} (pytest-benchmark style strings)."""
+    out: dict[str, float] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        kind, sep, value = item.partition(":")
+        if not sep or kind not in DEFAULT_TOLERANCES:
+            raise ConfigError(f"tolerance {item!r}: expected KIND:N% with KIND one of {', '.join(DEFAULT_TOLERANCES)}")
+        try:
+            number = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+        except ValueError:
+            raise ConfigError(f"tolerance {item!r}: {value!r} is not a number or percentage") from None
+        if not 0 <= number < 10:
+            raise ConfigError(f"tolerance {item!r}: must be between 0 and 1000%, got {value}")
+        out[kind] = number
+    return out
+
+
+@dataclass
+class Verdict:
+    metric: str
+    status: str  # ok | regressed | improved | changed-insignificant | new
+    baseline: float | None
+    current: float
+    ratio: float | None  # current/baseline (direction-free)
+    worse_by: float | None  # fraction, positive = worse
+    tolerance: float
+    p_value: float | None
+    ci: tuple[float, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "regressed"
+
+    def line(self) -> str:
+        if self.baseline is None:
+            return f"{self.metric}: {self.current:.4g} (no baseline value)"
+        p = "" if self.p_value is None else f", p={self.p_value:.3g}"
+        ci = "" if self.ci is None else f" [{self.ci[0]:.3f}, {self.ci[1]:.3f}]"
+        return (f"{self.metric}: {self.current:.4g} vs {self.baseline:.4g} (x{self.ratio:.3f}{ci}, "
+                f"{'worse' if (self.worse_by or 0) > 0 else 'better'} by {abs(self.worse_by or 0) * 100:.1f}%, "
+                f"tol {self.tolerance * 100:.0f}%{p}) -> {self.status}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_metric(name: str, baseline_samples: list[float], current_samples: list[float], higher_is_better: bool,
+                   tolerance: float, alpha: float = DEFAULT_ALPHA) -> Verdict:
+    if not baseline_samples:
+        return Verdict(name, "new", None, float(current_samples[0]), None, None, tolerance, None)
+    deterministic = len(baseline_samples) < 2 or len(current_samples) < 2
+    if deterministic:
+        base, cur = float(baseline_samples[0]), float(current_samples[0])
+        ratio = cur / base if base else float("inf")
+        p, ci, significant = None, None, True
+    else:
+        est = ratio_of_medians(baseline_samples, current_samples, confidence=1 - alpha)
+        base = statistics.median(baseline_samples)
+        ratio, p, ci = est.ratio, est.p_value, (est.low, est.high)
+        cur = base * ratio
+        significant = p < alpha
+    worse_by = (1 - ratio) if higher_is_better else (ratio - 1)
+    if worse_by > tolerance:
+        status = "regressed" if significant else "changed-insignificant"
+    elif -worse_by > tolerance:
+        status = "improved" if significant else "changed-insignificant"
+    else:
+        status = "ok"
+    return Verdict(name, status, base, cur, ratio, worse_by, tolerance, p, ci)

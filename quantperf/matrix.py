@@ -1,0 +1,94 @@
+"""The declarative benchmark matrix (TOML): tiers of model x backend x mode x workload.
+
+    [tier.gpu]
+    device = "cuda"
+    models = ["synthetic:llama-125m", "synthetic:llama-1b"]
+    backends = ["torch-fp16", "bnb-int8", "bnb-nf4"]
+    modes = ["eager"]
+    extra = [{ model = "synthetic:llama-1b", backend = "torch-fp16", mode = "graph" }]
+    workload = { batch_size = 1, prompt_tokens = 128, new_tokens = 64, warmup_rounds = 1, rounds = 5 }
+    [tier.gpu.quality]
+    model = "fixture"
+    backends = ["bnb-int8", "bnb-nf4"]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .spec import DEVICES, MODES, RunSpec, Workload
+
+
+@dataclass
+class Tier:
+    name: str
+    device: str
+    configs: list[RunSpec]
+    workload: Workload
+    quality_configs: list[RunSpec] = field(default_factory=list)
+    quality_params: dict = field(default_factory=dict)
+    max_rounds: int = 0  # adaptive-rounds budget for takeaway comparisons (0: off)
+
+
+def _list(value, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+    return value
+
+
+def load_matrix(path: str | Path, overrides: dict | None = None) -> dict[str, Tier]:
+    """Parse the matrix; `overrides` (models/backends/modes lists) replace every tier's lists."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"matrix file {path} does not exist (set --qp-matrix or the qp_matrix ini option)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    overrides = {k: v for k, v in (overrides or {}).items() if v}
+    tiers: dict[str, Tier] = {}
+    for name, raw in data.get("tier", {}).items():
+        where = f"{path}: tier.{name}"
+        device = raw.get("device")
+        if device not in DEVICES:
+            raise ConfigError(f"{where}.device is {device!r}; use one of {DEVICES}")
+        try:
+            workload = Workload(**raw.get("workload", {}))
+        except TypeError as exc:
+            raise ConfigError(f"{where}.workload: {exc}") from None
+        models = _list(overrides.get("models", raw.get("models", [])), f"{where}.models")
+        backends = _list(overrides.get("backends", raw.get("backends", [])), f"{where}.backends")
+        modes = _list(overrides.get("modes", raw.get("modes", ["eager"])), f"{where}.modes")
+        for m in modes:
+            if m not in MODES:
+                raise ConfigError(f"{where}.modes has {m!r}; use {MODES}")
+        from .backends import BACKENDS
+
+        for b in backends:
+            if b not in BACKENDS:
+                raise ConfigError(f"{where}.backends has unknown backend {b!r}; known: {', '.join(BACKENDS)}")
+        configs = [RunSpec(m, b, device, mode, workload) for m in models for b in backends for mode in modes]
+        if not overrides:
+            for i, e in enumerate(raw.get("extra", [])):
+                try:
+                    configs.append(RunSpec(e["model"], e["backend"], device, e.get("mode", "eager"), workload))
+                except KeyError as exc:
+                    raise ConfigError(f"{where}.extra[{i}] misses field {exc.args[0]!r}") from None
+        seen, unique = set(), []
+        for c in configs:
+            if c.id not in seen:
+                seen.add(c.id)
+                unique.append(c)
+        q = raw.get("quality", {})
+        qbackends = _list(overrides.get("quality_backends", q.get("backends", [])), f"{where}.quality.backends")
+        quality = [RunSpec(q.get("model", "fixture"), b, device, "eager", workload) for b in qbackends]
+        qparams = {k: q[k] for k in ("context", "max_windows", "corpus") if k in q}
+        tiers[name] = Tier(name, device, unique, workload, quality, qparams, int(raw.get("max_rounds", 0)))
+    if not tiers:
+        raise ConfigError(f"{path}: no [tier.NAME] tables")
+    return tiers

@@ -1,0 +1,237 @@
+"""Model references: built-in synthetic shapes, the bundled fixture model, hub ids and local paths.
+
+- `synthetic:<shape>`: a real architecture's shape with deterministic random weights, built
+  once per machine into the cache directory as safetensors (on the GPU when there is one).
+- `fixture`: the small trained LLaMA shipped with quantperf (for quality metrics).
+- `hf:<org/name>`: a hub id, loaded by transformers (`local_files_only` when asked).
+- a directory: a local checkpoint.
+
+`trust_remote_code` is off unless asked; only safetensors weights are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+FIXTURE_DIR = PACKAGE_DATA / "fixture-llama"
+CACHE_ENV = "QUANTPERF_CACHE"
+
+# Real architectures' shapes. Every Linear dimension is a multiple of 64.
+SHAPES: dict[str, dict] = {
+    "llama-tiny": dict(  # CPU CI
+        model_type="llama", hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, vocab_size=8192, max_position_embeddings=1024,
+    ),
+    "llama-125m": dict(  # a ~125M LLaMA (small class)
+        model_type="llama", hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+        num_attention_heads=12, num_key_value_heads=12, vocab_size=32000, max_position_embeddings=2048,
+    ),
+    "qwen2.5-0.5b": dict(  # Qwen2.5-0.5B
+        model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ),
+    "llama-1b": dict(  # TinyLlama-1.1B
+        model_type="llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+        num_attention_heads=32, num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048,
+    ),
+    "llama-3b": dict(  # Llama-3.2-3B
+        model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+        num_attention_heads=24, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
+        tie_word_embeddings=True, rope_theta=500000.0,
+    ),
+    "llama-8b": dict(  # Llama-3.1-8B
+        model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
+        rope_theta=500000.0,
+    ),
+}
+
+# The seed study's size classes, by parameter count.
+SIZE_CLASSES = (("small", 0, 1e9), ("medium", 1e9, 6e9), ("large", 6e9, float("inf")))
+
+
+def size_class(parameters: int) -> str:
+    """`small` (< 1B), `medium` (1B-6B) or `large` (> 6B) parameters."""
+    if parameters < 0:
+        raise ValueError(f"parameter count must be >= 0, got {parameters}")
+    for name, low, high in SIZE_CLASSES:
+        if low <= parameters < high:
+            return name
+    raise AssertionError("unreachable")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "quantperf")
+    return Path(root)
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """What the roofline and the KV-cache arithmetic need to know about a model."""
+
+    model_type: str
+    parameters: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    tie_word_embeddings: bool
+
+    @property
+    def size_class(self) -> str:
+        return size_class(self.parameters)
+
+
+@dataclass
+class ModelSource:
+    """A resolved model reference: where transformers loads it from and with which flags."""
+
+    ref: str
+    path_or_id: str
+    local_files_only: bool = False
+    trust_remote_code: bool = False
+    revision: str | None = None
+    tokenizer: bool = False
+    meta: dict = field(default_factory=dict)
+
+    def load_kwargs(self) -> dict:
+        kw = dict(local_files_only=self.local_files_only, trust_remote_code=self.trust_remote_code, use_safetensors=True)
+        if self.revision:
+            kw["revision"] = self.revision
+        return kw
+
+    def config(self):
+        from transformers import AutoConfig
+
+        kw = self.load_kwargs()
+        kw.pop("use_safetensors")
+        return AutoConfig.from_pretrained(self.path_or_id, **kw)
+
+
+def synthetic_config(shape: str):
+    if shape not in SHAPES:
+        raise ConfigError(f"unknown synthetic shape {shape!r}; known: {', '.join(SHAPES)}")
+    from transformers import AutoConfig
+
+    params = dict(SHAPES[shape])
+    model_type = params.pop("model_type")
+    params.setdefault("tie_word_embeddings", False)
+    return AutoConfig.for_model(model_type, **params)
+
+
+def count_parameters(config) -> int:
+    """Parameter count of a config, by instantiating it on the meta device (no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def arch_info(config) -> ArchInfo:
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return ArchInfo(
+        model_type=config.model_type,
+        parameters=count_parameters(config),
+        num_layers=config.num_hidden_layers,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        hidden_size=config.hidden_size,
+        vocab_size=config.vocab_size,
+        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+    )
+
+
+def _build_synthetic(shape: str, target: Path, device: str, seed: int) -> None:
+    """Build a shape with deterministic random weights and save it as safetensors, atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = synthetic_config(shape)
+    torch.manual_seed(seed)
+    if device == "cuda":
+        torch.cuda.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float16)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "quantperf_synthetic.json").write_text(
+            json.dumps({"shape": shape, "seed": seed, "rng_device": device, "torch": torch.__version__}, indent=2)
+        )
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.exists():  # another process won the race: keep theirs
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        del model
+
+
+def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool = False,
+            build_device: str | None = None, seed: int = 0) -> ModelSource:
+    """Turn a model reference into a ModelSource, building a synthetic checkpoint if needed."""
+    if ref.startswith("synthetic:"):
+        shape = ref.split(":", 1)[1]
+        synthetic_config(shape)  # validates the name
+        if build_device is None:
+            import torch
+
+            build_device = "cuda" if torch.cuda.is_available() else "cpu"
+        # CPU and CUDA random generators differ: the weights are deterministic per RNG device.
+        target = cache_dir() / "synthetic" / f"{shape}-seed{seed}-{build_device}rng"
+        if not (target / "model.safetensors").exists() and not (target / "model.safetensors.index.json").exists():
+            _build_synthetic(shape, target, build_device, seed)
+        meta = json.loads((target / "quantperf_synthetic.json").read_text())
+        return ModelSource(ref, str(target), local_files_only=True, meta=meta)
+    if ref.startswith("fake:") and os.environ.get("QUANTPERF_TEST_BACKENDS") == "1":
+        return ModelSource(ref, ref, meta={"fake": True})
+    if ref in ("fixture", "fixture:llama"):
+        if not (FIXTURE_DIR / "model.safetensors").exists():
+            raise ConfigError(
+                f"fixture model missing at {FIXTURE_DIR}: reinstall quantperf or run scripts/train_fixture.py"
+            )
+        return ModelSource(ref, str(FIXTURE_DIR), local_files_only=True, tokenizer=True, meta={"fixture": True})
+    if ref.startswith("hf:"):
+        return ModelSource(ref, ref[3:], local_files_only=local_files_only, trust_remote_code=trust_remote_code, tokenizer=True)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model directory {path} has no config.json: is it a transformers checkpoint?")
+        if not any(path.glob("*.safetensors")):
+            raise ConfigError(
+                f"model directory {path} has no *.safetensors weights: quantperf loads safetensors only "
+                "(convert with `model.save_pretrained(dir, safe_serialization=True)`)"
+            )
+        return ModelSource(ref, str(path), local_files_only=True, trust_remote_code=trust_remote_code,
+                           tokenizer=(path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists())
+    raise ConfigError(
+        f"model {ref!r} is neither `synthetic:<shape>` ({', '.join(SHAPES)}), `fixture`, `hf:<org/name>` "
+        "nor an existing directory"
+    )
+
+
+def checkpoint_fingerprint(source: ModelSource) -> str:
+    """A cheap identity for a local checkpoint: sizes and mtimes of its weight files."""
+    path = Path(source.path_or_id)
+    if not path.is_dir():
+        return source.path_or_id + (f"@{source.revision}" if source.revision else "")
+    parts = [f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in sorted(path.glob("*.safetensors"))]
+    return "|".join(parts)

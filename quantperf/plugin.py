@@ -1,0 +1,258 @@
+"""pytest wiring for quantperf (registered through the `pytest11` entry point).
+
+It only connects pytest to the library: options, markers, parametrization from the matrix,
+the session fixture and the terminal summary. Heavy imports happen inside hooks, so
+`pytest --help` works on a bare machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# option names (module constants, as hypothesis does)
+RECORD = "--qp-record"
+STRICT = "--qp-strict"
+PROFILE = "--qp-profile"
+BASELINES = "--qp-baselines"
+MATRIX = "--qp-matrix"
+TAKEAWAYS = "--qp-takeaways"
+MODELS = "--qp-models"
+BACKENDS = "--qp-backends"
+MODES = "--qp-modes"
+TOLERANCE = "--qp-tolerance"
+ALPHA = "--qp-alpha"
+ISOLATION = "--qp-isolation"
+RESULTS = "--qp-results"
+MAX_ROUNDS = "--qp-max-rounds"
+
+MARKERS = {
+    "gpu": "needs an NVIDIA GPU (the GPU tier); skipped with a reason elsewhere",
+    "cpu": "the CPU tier",
+    "quality": "output-quality metrics against a reference backend",
+    "takeaway": "an executable deployment claim (interleaved A/B)",
+    "slow": "large models or long runs",
+}
+
+
+def pytest_addhooks(pluginmanager):
+    from . import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("quantperf", "quantperf: LLM quantization performance regression suite")
+    g.addoption(RECORD, action="store_true", help="record (write) baselines for the detected profile; nothing under baselines/ is written without it")
+    g.addoption(STRICT, action="store_true", help="fail (not skip) when a baseline is missing, and fail inconclusive takeaways")
+    g.addoption(PROFILE, help="hardware profile id to use instead of the detected one (cuda=ID,cpu=ID or one ID for both)")
+    g.addoption(BASELINES, help="baselines directory (ini: qp_baselines; default: baselines)")
+    g.addoption(MATRIX, help="benchmark matrix TOML (ini: qp_matrix; default: benchmarks/matrix.toml)")
+    g.addoption(TAKEAWAYS, help="takeaway claims TOML (ini: qp_takeaways; default: baselines/takeaways.toml)")
+    g.addoption(MODELS, help="comma list of models replacing the matrix's (synthetic:llama-1b, hf:org/name, a directory)")
+    g.addoption(BACKENDS, help="comma list of backends replacing the matrix's")
+    g.addoption(MODES, help="comma list of modes replacing the matrix's (eager, graph)")
+    g.addoption(TOLERANCE, help="tolerances per metric kind, e.g. 'speed:5%%,memory:1%%' (ini: qp_tolerance)")
+    g.addoption(ALPHA, type=float, help="significance level of the regression gate (default 0.01)")
+    g.addoption(ISOLATION, choices=["process", "inprocess"], help="measure each configuration in a fresh process (default) or in this one")
+    g.addoption(RESULTS, help="JSON-lines file every measured configuration is appended to (ini: qp_results)")
+    g.addoption(MAX_ROUNDS, type=int, help="adaptive rounds: an inconclusive takeaway may add rounds up to this many per side")
+    for name, default, help_ in (
+        ("qp_baselines", "baselines", "baselines directory"),
+        ("qp_matrix", "benchmarks/matrix.toml", "benchmark matrix"),
+        ("qp_takeaways", "baselines/takeaways.toml", "takeaway claims"),
+        ("qp_tolerance", "", "tolerances per metric kind"),
+        ("qp_isolation", "process", "process or inprocess"),
+        ("qp_results", ".quantperf-results/results.jsonl", "results log"),
+    ):
+        parser.addini(name, help_, default=default)
+
+
+def pytest_configure(config):
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def _opt(config, option: str, ini: str | None = None):
+    value = config.getoption(option)
+    if value is None and ini:
+        value = config.getini(ini)
+    return value
+
+
+def _path(config, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else Path(config.rootpath) / p
+
+
+def _tiers(config):
+    if not hasattr(config, "_qp_tiers"):
+        from .matrix import load_matrix
+
+        overrides = {k: _opt(config, o) for k, o in (("models", MODELS), ("backends", BACKENDS), ("modes", MODES))}
+        config._qp_tiers = load_matrix(_path(config, _opt(config, MATRIX, "qp_matrix")), overrides)
+    return config._qp_tiers
+
+
+def _claims(config):
+    if not hasattr(config, "_qp_claims"):
+        from .takeaways import load_claims
+
+        path = _path(config, _opt(config, TAKEAWAYS, "qp_takeaways"))
+        config._qp_claims = load_claims(path) if path.exists() else []
+    return config._qp_claims
+
+
+def _device_mark(device: str):
+    return pytest.mark.gpu if device == "cuda" else pytest.mark.cpu
+
+
+def _slow(model: str) -> list:
+    return [pytest.mark.slow] if any(s in model for s in ("llama-3b", "llama-8b")) else []
+
+
+def pytest_generate_tests(metafunc):
+    names = set(metafunc.fixturenames)
+    if not names & {"qp_config", "qp_quality_config", "qp_claim"}:
+        return
+    tiers = _tiers(metafunc.config)
+    if "qp_config" in names:
+        params = [pytest.param(spec, id=spec.id, marks=[_device_mark(t.device), *_slow(spec.model)])
+                  for t in tiers.values() for spec in t.configs]
+        metafunc.parametrize("qp_config", params)
+    if "qp_quality_config" in names:
+        params = [pytest.param(spec, id=f"{spec.model_label}-{spec.backend}-{spec.device}-quality", marks=[_device_mark(t.device), pytest.mark.quality])
+                  for t in tiers.values() for spec in t.quality_configs]
+        metafunc.parametrize("qp_quality_config", params)
+    if "qp_claim" in names:
+        params = []
+        for claim in _claims(metafunc.config):
+            tier = next((t for t in tiers.values() if t.device == claim.device), None)
+            if tier is None:
+                continue
+            marks = [_device_mark(claim.device), pytest.mark.takeaway]
+            if claim.metric in ("ppl",):
+                marks.append(pytest.mark.quality)
+            params.append(pytest.param((claim, tier.workload), id=f"{claim.id}-{claim.device}", marks=marks))
+        metafunc.parametrize("qp_claim", params)
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        skip = pytest.mark.skip(reason="no CUDA device here: the gpu tier needs an NVIDIA GPU and a CUDA build of torch")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+def _profiles(config) -> dict[str, str]:
+    from .envinfo import profile_id
+
+    override = config.getoption(PROFILE)
+    given: dict[str, str] = {}
+    if override:
+        if "=" in override:
+            given = dict(part.split("=", 1) for part in override.split(","))
+        else:
+            given = {"cuda": override, "cpu": override}
+    profiles = {}
+    for device in ("cpu", "cuda"):
+        if device in given:
+            profiles[device] = given[device]
+            continue
+        try:
+            detected = profile_id(device)
+        except RuntimeError:
+            continue
+        hooked = config.hook.pytest_quantperf_profile(config=config, device=device, detected=detected)
+        profiles[device] = hooked or detected
+    return profiles
+
+
+@pytest.fixture(scope="session")
+def qp_session(request):
+    """The quantperf session: measures each configuration once and gates it."""
+    from .gate import DEFAULT_ALPHA, parse_tolerances
+    from .suite import SuiteSession
+
+    config = request.config
+    tiers = _tiers(config)
+    session = SuiteSession(
+        baselines_dir=_path(config, _opt(config, BASELINES, "qp_baselines")),
+        profiles=_profiles(config),
+        record=config.getoption(RECORD),
+        strict=config.getoption(STRICT),
+        tolerances=parse_tolerances(_opt(config, TOLERANCE, "qp_tolerance") or ""),
+        alpha=config.getoption(ALPHA) or DEFAULT_ALPHA,
+        isolation=_opt(config, ISOLATION, "qp_isolation"),
+        results_path=_path(config, _opt(config, RESULTS, "qp_results")),
+        claims=_claims(config),
+        max_rounds=config.getoption(MAX_ROUNDS) or max((t.max_rounds for t in tiers.values()), default=0),
+        root=Path(config.rootpath),
+    )
+    session.quality_params = next((t.quality_params for t in tiers.values() if t.quality_params), {})
+    config._qp_session = session
+    return session
+
+
+def run_check(fn, *args, **kwargs):
+    """Translate suite outcomes into pytest outcomes."""
+    from .errors import QuantperfError
+    from .suite import Fail, Skip
+
+    try:
+        return fn(*args, **kwargs)
+    except Skip as exc:
+        pytest.skip(str(exc))
+    except Fail as exc:
+        pytest.fail(str(exc), pytrace=False)
+    except QuantperfError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    session = getattr(config, "_qp_session", None)
+    if session is None or not (session.outcomes or session.claim_results):
+        return
+    from .report import format_table
+
+    tr = terminalreporter
+    tr.section("quantperf")
+    tr.write_line(f"profiles: {', '.join(f'{d}={p}' for d, p in session.profiles.items())}")
+    rows = []
+    for key, o in session.outcomes.items():
+        cid = key
+        if not o.verdicts:
+            m = o.result.metrics.get("decode_tokens_per_s")
+            rows.append([cid, "-", "-" if m is None else f"{m.value:.4g}", "-", "-", o.status, o.message[:100]])
+        for v in o.verdicts:
+            delta = "-" if v.ratio is None else f"{(v.ratio - 1) * 100:+.1f}%"
+            rows.append([cid, v.metric, f"{v.current:.4g}", "-" if v.baseline is None else f"{v.baseline:.4g}", delta,
+                         v.status, "" if v.p_value is None else f"p={v.p_value:.3g}"])
+        if o.version_changes:
+            rows.append([cid, "versions", "", "", "", "", ", ".join(f"{k} {a}->{b}" for k, (a, b) in o.version_changes.items())])
+    tr.write_line(format_table(["config", "metric", "current", "baseline", "delta", "verdict", "note"], rows))
+    if session.claim_results:
+        tr.write_line("")
+        tr.write_line("takeaways:")
+        crow = [[c.claim.id, c.profile, "-" if c.ratio is None else f"{c.ratio:.3g} [{c.low:.3g}, {c.high:.3g}]",
+                 c.claim.describe_bounds(), c.expected, c.verdict] for c in session.claim_results]
+        tr.write_line(format_table(["claim", "profile", "ratio B/A [CI]", "claimed", "expected", "verdict"], crow))
+    if session.recorded:
+        tr.write_line("")
+        tr.write_line(f"recorded {len(session.recorded)} baseline figure(s):")
+        for line in session.recorded[:50]:
+            tr.write_line(f"  {line}")
+    if session.log:
+        summary = session.log.path.with_name("summary.json")
+        session.write_summary(summary)
+        tr.write_line(f"results: {session.log.path}  summary: {summary}")

@@ -1,0 +1,93 @@
+"""What to measure: plain, validated dataclasses (light imports only)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+MODES = ("eager", "graph")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Fixed work per round: greedy decoding with min_new_tokens == max_new_tokens.
+
+    batch_size: sequences per round; prompt_tokens: prefill length; new_tokens: tokens
+    generated per sequence; warmup_rounds: rounds run and discarded; rounds: measured rounds.
+    """
+
+    batch_size: int = 1
+    prompt_tokens: int = 128
+    new_tokens: int = 64
+    warmup_rounds: int = 1
+    rounds: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "prompt_tokens", "new_tokens", "rounds"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"Workload.{name} must be an integer >= 1, got {value!r}")
+        if self.new_tokens < 2:
+            raise ConfigError(
+                f"Workload.new_tokens must be >= 2 (decode speed needs at least one decode step), got {self.new_tokens}"
+            )
+        if not isinstance(self.warmup_rounds, int) or self.warmup_rounds < 0:
+            raise ConfigError(f"Workload.warmup_rounds must be an integer >= 0, got {self.warmup_rounds!r}")
+
+    @property
+    def id(self) -> str:
+        return f"bs{self.batch_size}-p{self.prompt_tokens}-n{self.new_tokens}"
+
+    def shape_key(self) -> str:
+        """The part of the workload that changes the figures (not the number of rounds)."""
+        return self.id
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One configuration: model x backend x device x workload x mode."""
+
+    model: str
+    backend: str
+    device: str = "cpu"
+    mode: str = "eager"
+    workload: Workload = field(default_factory=Workload)
+    backend_options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"RunSpec.device must be one of {DEVICES}, got {self.device!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"RunSpec.mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def model_label(self) -> str:
+        """`synthetic:llama-1b` -> `llama-1b`, `hf:org/name` -> `org_name`, `/ckpts/m` -> `m`."""
+        if ":" in self.model and not self.model.startswith(("/", ".")):
+            label = self.model.split(":", 1)[1]
+        else:
+            label = self.model.rstrip("/").rsplit("/", 1)[-1]
+        return label.replace("/", "_")
+
+    @property
+    def id(self) -> str:
+        """Reads like `llama-1b-bnb-int8-bs1-eager`; the config's stable key in baselines."""
+        label = self.model_label
+        w = self.workload
+        wl = f"bs{w.batch_size}" if (w.prompt_tokens, w.new_tokens) == (128, 64) else w.id
+        return f"{label}-{self.backend}-{self.device}-{wl}-{self.mode}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["backend_options"] = dict(self.backend_options)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        d = dict(d)
+        d["workload"] = Workload(**d.get("workload", {}))
+        d["backend_options"] = tuple(sorted((d.get("backend_options") or {}).items()))
+        return cls(**d)

@@ -1,0 +1,259 @@
+"""The one place that owns clocks, memory readings and GPU validity checks.
+
+GPU work is timed with CUDA events recorded on the stream (so kernel time, not launch
+time, is measured); CPU work with `time.perf_counter`. Nothing else in quantperf reads
+a clock around device work.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+
+from .envinfo import Nvml
+
+MIB = 2**20
+# Test-only hook: `QUANTPERF_INJECT_DELAY_MS="bnb-int8=0.5,ort-int8=0.2"` adds that many
+# milliseconds of device time per generated token to the named backends. It exists so the
+# suite can show its gate bites; it is recorded in every result it touches.
+INJECT_ENV = "QUANTPERF_INJECT_DELAY_MS"
+
+
+def injected_delay_ms(backend: str) -> float:
+    spec = os.environ.get(INJECT_ENV, "").strip()
+    if not spec:
+        return 0.0
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() == backend:
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"{INJECT_ENV}: {item!r} is not NAME=MILLISECONDS") from None
+    return 0.0
+
+
+@dataclass
+class RoundTiming:
+    """One round's times in milliseconds: prefill (time to first token) and each decode step."""
+
+    prefill_ms: float
+    decode_ms: list[float]
+    total_ms: float
+
+    @property
+    def decode_steps_per_s(self) -> float:
+        return len(self.decode_ms) / (sum(self.decode_ms) / 1e3)
+
+
+_CYCLES_PER_MS: float | None = None
+
+
+def _gpu_spin(ms: float) -> None:
+    """Keep the current CUDA stream busy for about `ms` milliseconds (for the injection hook)."""
+    global _CYCLES_PER_MS
+    import torch
+
+    if _CYCLES_PER_MS is None:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        cycles = 10_000_000
+        torch.cuda._sleep(cycles)  # warm
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        _CYCLES_PER_MS = cycles / start.elapsed_time(end)
+    torch.cuda._sleep(int(ms * _CYCLES_PER_MS))
+
+
+def _cpu_spin(ms: float) -> None:
+    deadline = time.perf_counter() + ms / 1e3
+    while time.perf_counter() < deadline:
+        pass
+
+
+class TokenClock:
+    """Timestamps one round: `start()` before generation, `mark()` after each token's logits.
+
+    On CUDA, marks are events on the current stream, read after one synchronize at `finish()`;
+    elsewhere `perf_counter` (CPU backends compute synchronously, so the clock is honest).
+    """
+
+    def __init__(self, device: str, expected_marks: int, backend: str = ""):
+        self.cuda = device == "cuda"
+        self.delay_ms = injected_delay_ms(backend)
+        self._marks: list = []
+        if self.cuda:
+            import torch
+
+            self._torch = torch
+            self._pool = [torch.cuda.Event(enable_timing=True) for _ in range(expected_marks + 1)]
+
+    def start(self) -> None:
+        self._marks = []
+        self._record()
+
+    def _record(self) -> None:
+        if self.cuda:
+            if len(self._marks) >= len(self._pool):
+                self._pool.append(self._torch.cuda.Event(enable_timing=True))
+            ev = self._pool[len(self._marks)]
+            ev.record()
+            self._marks.append(ev)
+        else:
+            self._marks.append(time.perf_counter())
+
+    def mark(self) -> None:
+        if self.delay_ms:
+            (_gpu_spin if self.cuda else _cpu_spin)(self.delay_ms)
+        self._record()
+
+    def finish(self) -> RoundTiming:
+        if len(self._marks) < 3:
+            raise RuntimeError(f"a round needs a start and >= 2 token marks, got {len(self._marks)} marks")
+        if self.cuda:
+            self._marks[-1].synchronize()
+            t = [0.0] + [self._marks[0].elapsed_time(ev) for ev in self._marks[1:]]
+        else:
+            t = [(m - self._marks[0]) * 1e3 for m in self._marks]
+        decode = [b - a for a, b in zip(t[1:-1], t[2:])]
+        return RoundTiming(prefill_ms=t[1], decode_ms=decode, total_ms=t[-1])
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def wall_ms(fn, device: str) -> tuple[float, object]:
+    """Time a whole call (load, export) with device synchronization on both sides."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return (time.perf_counter() - t0) * 1e3, out
+
+
+def reset_peak(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def host_rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / MIB
+
+
+def host_peak_rss_mib() -> float:
+    # ru_maxrss is KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def nvml_process_mib(index: int = 0) -> tuple[float | None, list[dict]]:
+    """This process's GPU memory as NVML sees it (CUDA context and non-PyTorch allocations
+    included), and the other processes on the device."""
+    nvml = Nvml.get()
+    if nvml is None:
+        return None, []
+    h = nvml.handle(index)
+    procs = nvml.call("nvmlDeviceGetComputeRunningProcesses", h, default=[]) or []
+    mine, others = None, []
+    for p in procs:
+        used = getattr(p, "usedGpuMemory", None)
+        used_mib = None if used is None else used / MIB
+        if p.pid == os.getpid():
+            mine = used_mib
+        else:
+            others.append({"pid": p.pid, "used_mib": used_mib})
+    return mine, others
+
+
+def memory_snapshot(device: str) -> dict:
+    """Allocator, NVML and host readings, in MiB."""
+    snap: dict = {"host_rss_mib": round(host_rss_mib(), 1), "host_peak_rss_mib": round(host_peak_rss_mib(), 1)}
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        snap.update(
+            allocated_mib=round(torch.cuda.memory_allocated() / MIB, 1),
+            peak_allocated_mib=round(torch.cuda.max_memory_allocated() / MIB, 1),
+            reserved_mib=round(torch.cuda.memory_reserved() / MIB, 1),
+            peak_reserved_mib=round(torch.cuda.max_memory_reserved() / MIB, 1),
+        )
+        mine, others = nvml_process_mib(torch.cuda.current_device())
+        snap["nvml_process_mib"] = None if mine is None else round(mine, 1)
+        snap["other_gpu_processes"] = others
+    return snap
+
+
+# NVML clock-event (throttle) reasons that slow the SM clock for reasons other than idling
+# or the application's own clock setting.
+_THROTTLE_BITS = {
+    "sw_power_cap": 0x4,
+    "hw_slowdown": 0x8,
+    "sync_boost": 0x10,
+    "sw_thermal": 0x20,
+    "hw_thermal": 0x40,
+    "hw_power_brake": 0x80,
+}
+INVALIDATING = {"hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake"}
+
+
+@dataclass
+class GpuState:
+    sm_clock_mhz: int | None = None
+    mem_clock_mhz: int | None = None
+    temperature_c: int | None = None
+    power_w: float | None = None
+    throttle_reasons: list[str] = field(default_factory=list)
+    thermal_violation_ns: int | None = None
+    power_violation_ns: int | None = None
+
+
+def gpu_state(index: int = 0) -> GpuState | None:
+    nvml = Nvml.get()
+    if nvml is None:
+        return None
+    nv, h = nvml.nv, nvml.handle(index)
+    reasons = nvml.call("nvmlDeviceGetCurrentClocksEventReasons", h)
+    if reasons is None:
+        reasons = nvml.call("nvmlDeviceGetCurrentClocksThrottleReasons", h, default=0)
+    power = nvml.call("nvmlDeviceGetPowerUsage", h)
+
+    def violation(policy):
+        v = nvml.call("nvmlDeviceGetViolationStatus", h, policy)
+        return None if v is None else int(v.violationTime)
+
+    return GpuState(
+        sm_clock_mhz=nvml.call("nvmlDeviceGetClockInfo", h, nv.NVML_CLOCK_SM),
+        mem_clock_mhz=nvml.call("nvmlDeviceGetClockInfo", h, nv.NVML_CLOCK_MEM),
+        temperature_c=nvml.call("nvmlDeviceGetTemperature", h, nv.NVML_TEMPERATURE_GPU),
+        power_w=None if power is None else power / 1000,
+        throttle_reasons=[name for name, bit in _THROTTLE_BITS.items() if (reasons or 0) & bit],
+        thermal_violation_ns=violation(getattr(nv, "NVML_PERF_POLICY_THERMAL", 1)),
+        power_violation_ns=violation(getattr(nv, "NVML_PERF_POLICY_POWER", 0)),
+    )
+
+
+def throttle_verdict(before: GpuState | None, after: GpuState | None) -> tuple[bool, list[str]]:
+    """(throttled, reasons): invalidating clock-event reasons at either end, or thermal
+    violation time that grew during the measurement."""
+    if before is None or after is None:
+        return False, []
+    reasons = sorted((set(before.throttle_reasons) | set(after.throttle_reasons)) & INVALIDATING)
+    if (
+        before.thermal_violation_ns is not None
+        and after.thermal_violation_ns is not None
+        and after.thermal_violation_ns > before.thermal_violation_ns
+    ):
+        reasons.append("thermal_violation_time_grew")
+    return bool(reasons), reasons

@@ -1,0 +1,108 @@
+"""Every backend marked cpu runs on the tiny synthetic model (speed and memory figures) and
+on the fixture model (quality figures), each in a fresh worker process, as users run them."""
+
+import math
+
+import pytest
+
+from quantperf import RunSpec, Workload, measure_many
+from quantperf.backends import BACKENDS, get_backend
+from quantperf.errors import ConfigError
+from quantperf.quality import measure_quality
+
+CPU_BACKENDS = [n for n, e in BACKENDS.items() if "cpu" in e.devices and not n.startswith("fake")]
+WORKLOAD = Workload(batch_size=1, prompt_tokens=32, new_tokens=8, warmup_rounds=1, rounds=3)
+
+
+@pytest.fixture(scope="module")
+def cpu_results(model_cache):
+    specs = [RunSpec("synthetic:llama-tiny", b, "cpu", "eager", WORKLOAD) for b in CPU_BACKENDS]
+    return {r.spec.backend: r for r in measure_many(specs, profile="cpu-test")}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cpu_backend_yields_speed_and_memory(cpu_results, backend):
+    r = cpu_results[backend]
+    assert r.status == "ok", r.reason
+    dec = r.metrics["decode_tokens_per_s"]
+    assert len(dec.samples) == WORKLOAD.rounds and all(s > 0 for s in dec.samples)
+    assert r.metrics["prefill_ms"].value > 0 and r.metrics["weight_mib"].value > 0
+    assert r.metrics["host_peak_rss_mib"].value > 0
+    assert r.backend_identity, "options that change results must be recorded"
+    assert r.roofline["bytes_per_decode_step"] > 0 and r.roofline["fraction_of_peak"] is None  # no CPU peak claimed
+    assert r.environment["packages"]["torch"]
+
+
+def test_quantized_weights_are_smaller_than_fp32(cpu_results):
+    fp32 = cpu_results["torch-fp32"].metrics["weight_mib"].value
+    for b in ("torch-bf16", "bnb-int8", "bnb-nf4", "ort-int8", "ort-int4", "torchao-int8wo"):
+        assert cpu_results[b].metrics["weight_mib"].value < fp32, b
+    # the same weights counted two ways (PyTorch parameters, ONNX initializers) agree
+    assert cpu_results["ort-fp32"].metrics["weight_mib"].value == pytest.approx(fp32, rel=0.02)
+
+
+def test_ort_records_where_nodes_ran(cpu_results):
+    assert cpu_results["ort-int8"].execution["providers"] == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("backend, device, match", [
+    ("torch-fp16", "cpu", "runs on: cuda"),
+    ("torchao-int4wo", "cpu", "runs on: cuda"),
+    ("ort-int8", "cuda", "runs on: cpu"),
+])
+def test_unavailable_backends_say_why(backend, device, match):
+    assert match in get_backend(backend).unavailable_reason(device)
+
+
+def test_cuda_request_without_gpu_is_one_clear_line(model_cache):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = measure_many([RunSpec("synthetic:llama-tiny", "torch-fp16", "cuda", "eager", WORKLOAD)], isolation="inprocess",
+                     profile="cpu-test")[0]
+    assert r.status == "unavailable" and "torch.cuda.is_available() is False" in r.reason
+
+
+def test_unknown_backend_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown backend 'bnb-int3'"):
+        get_backend("bnb-int3")
+
+
+def test_graph_mode_on_cpu_is_reported_not_faked(model_cache):
+    r = measure_many([RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "graph", WORKLOAD)], isolation="inprocess",
+                     profile="cpu-test")[0]
+    assert r.status == "mode-unsupported" and "needs CUDA" in r.reason
+
+
+QUALITY_BACKENDS = ["torch-fp32", "torch-bf16", "bnb-int8", "bnb-nf4", "bnb-fp4", "ort-fp32", "ort-int8", "ort-int4",
+                    "torchao-int8wo", "bnb-int8-nodecomp"]
+
+
+@pytest.fixture(scope="module")
+def quality_results(model_cache):
+    specs = [RunSpec("fixture", b, "cpu", "eager", WORKLOAD) for b in QUALITY_BACKENDS]
+    res = measure_quality(specs, params={"context": 128, "max_windows": 4}, profile="cpu-test")
+    return {r.spec.backend: r for r in res}
+
+
+@pytest.mark.parametrize("backend", QUALITY_BACKENDS)
+def test_cpu_backend_yields_quality_figures(quality_results, backend):
+    r = quality_results[backend]
+    assert r.status == "ok", r.reason
+    q = r.quality
+    assert q["reference_backend"] == "torch-fp32" and q["tokens"] == 4 * 128
+    for key in ("ppl", "ln_ppl_ratio", "ln_ppl_ratio_se", "mean_kld", "top1_agreement", "rms_dp"):
+        assert math.isfinite(q[key]), key
+    assert 0 <= q["top1_agreement"] <= 1 and q["mean_kld"] >= 0
+    assert q["ppl_ref"] < 300  # a trained model, not near-uniform random weights (vocab 2048)
+    assert len(r.generations) == 3
+
+
+def test_reference_against_itself_and_export_against_reference(quality_results):
+    ref = quality_results["torch-fp32"].quality
+    assert ref["mean_kld"] == pytest.approx(0, abs=1e-9) and ref["top1_agreement"] == 1.0
+    # the ONNX export computes the same function as PyTorch
+    assert quality_results["ort-fp32"].quality["mean_kld"] < 1e-4
+    # 4-bit costs more than 8-bit on a trained model
+    assert quality_results["bnb-nf4"].quality["mean_kld"] > quality_results["bnb-int8"].quality["mean_kld"]

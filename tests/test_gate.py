@@ -1,0 +1,44 @@
+import pytest
+
+from quantperf.errors import ConfigError
+from quantperf.gate import compare_metric, parse_tolerances
+
+BASE = [100.0, 101.0, 99.0, 100.5, 99.5, 100.2, 99.8]
+
+
+def test_significant_slowdown_beyond_tolerance_regresses():
+    v = compare_metric("decode_tokens_per_s", BASE, [x * 0.8 for x in BASE], True, 0.10)
+    assert v.status == "regressed" and v.failed
+    assert v.worse_by == pytest.approx(0.2, abs=0.01)
+    assert "worse by 20" in v.line()
+
+
+def test_change_within_tolerance_is_ok_even_if_significant():
+    assert compare_metric("decode_tokens_per_s", BASE, [x * 0.95 for x in BASE], True, 0.10).status == "ok"
+
+
+def test_large_but_noisy_change_is_not_a_regression():
+    noisy = [60, 140, 75, 130, 90, 110, 70]
+    v = compare_metric("decode_tokens_per_s", BASE, noisy, True, 0.10)
+    assert v.status in ("ok", "changed-insignificant") and not v.failed
+
+
+def test_faster_is_improvement_not_failure_and_direction_respects_metric():
+    assert compare_metric("decode_tokens_per_s", BASE, [x * 1.3 for x in BASE], True, 0.10).status == "improved"
+    # prefill latency: lower is better, so +30% is a regression
+    assert compare_metric("prefill_ms", BASE, [x * 1.3 for x in BASE], False, 0.10).status == "regressed"
+
+
+def test_deterministic_memory_uses_tolerance_alone():
+    assert compare_metric("weight_mib", [100.0], [103.0], False, 0.02).status == "regressed"
+    assert compare_metric("weight_mib", [100.0], [101.0], False, 0.02).status == "ok"
+    assert compare_metric("weight_mib", [], [101.0], False, 0.02).status == "new"
+
+
+def test_parse_tolerances():
+    assert parse_tolerances("speed:5%,memory:0.01") == {"speed": 0.05, "memory": 0.01}
+    assert parse_tolerances("") == {}
+    with pytest.raises(ConfigError, match="KIND"):
+        parse_tolerances("latency:5%")
+    with pytest.raises(ConfigError, match="not a number"):
+        parse_tolerances("speed:fast")

@@ -1,0 +1,88 @@
+import re
+
+import pytest
+
+from quantperf import envinfo
+from quantperf import trackers as M
+from quantperf.spec import RunSpec, Workload
+from quantperf.errors import ConfigError
+
+
+def test_cpu_token_clock_times_prefill_and_each_decode_step():
+    clock = M.TokenClock("cpu", 4)
+    clock.start()
+    M._cpu_spin(5)
+    for _ in range(4):
+        clock.mark()
+        M._cpu_spin(2)
+    t = clock.finish()
+    assert t.prefill_ms >= 5 and len(t.decode_ms) == 3
+    assert all(d >= 2 for d in t.decode_ms)
+    assert t.total_ms >= t.prefill_ms + sum(t.decode_ms) - 1e-6
+
+
+def test_a_round_needs_marks():
+    clock = M.TokenClock("cpu", 1)
+    clock.start()
+    with pytest.raises(RuntimeError, match="2 token marks"):
+        clock.finish()
+
+
+def test_injected_delay_is_per_backend(monkeypatch):
+    monkeypatch.setenv(M.INJECT_ENV, "bnb-int8=0.5, ort-int8=2")
+    assert M.injected_delay_ms("bnb-int8") == 0.5 and M.injected_delay_ms("ort-int8") == 2.0
+    assert M.injected_delay_ms("torch-fp16") == 0.0
+    monkeypatch.setenv(M.INJECT_ENV, "bnb-int8=fast")
+    with pytest.raises(ValueError, match="NAME=MILLISECONDS"):
+        M.injected_delay_ms("bnb-int8")
+
+
+def test_throttle_verdict():
+    calm = M.GpuState(sm_clock_mhz=1980, throttle_reasons=[], thermal_violation_ns=10)
+    assert M.throttle_verdict(calm, calm) == (False, [])
+    hot = M.GpuState(sm_clock_mhz=1200, throttle_reasons=["sw_thermal", "sw_power_cap"], thermal_violation_ns=10)
+    assert M.throttle_verdict(calm, hot) == (True, ["sw_thermal"])
+    grew = M.GpuState(thermal_violation_ns=50)
+    assert M.throttle_verdict(calm, grew)[0]
+    assert M.throttle_verdict(None, None) == (False, [])
+
+
+def test_memory_snapshot_on_cpu_has_host_figures():
+    snap = M.memory_snapshot("cpu")
+    assert snap["host_rss_mib"] > 0 and snap["host_peak_rss_mib"] >= snap["host_rss_mib"] * 0.5
+
+
+def test_cpu_profile_id_is_stable_and_safe():
+    pid = envinfo.profile_id("cpu")
+    assert re.fullmatch(r"cpu-[a-z0-9_]+(-avx512|-avx2)?(-amx)?", pid)
+    assert pid == envinfo.profile_id("cpu")
+
+
+def test_environment_records_versions_and_cpu():
+    env = envinfo.environment()
+    assert env["packages"]["torch"] and "transformers" in env["packages"] and "bitsandbytes" in env["packages"]
+    assert env["cpu"]["model"] and isinstance(env["cpu"]["isa"], list)
+
+
+def test_nvml_absence_is_handled(monkeypatch):
+    monkeypatch.setattr(envinfo.Nvml, "_instance", None)
+    monkeypatch.setattr(envinfo.Nvml, "_failed", "NVMLError_LibraryNotFound: NVML Shared Library Not Found")
+    assert envinfo.Nvml.get() is None
+    assert M.gpu_state() is None and M.nvml_process_mib() == (None, [])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"new_tokens": 1}, "new_tokens must be >= 2"),
+    ({"rounds": 0}, "rounds must be an integer >= 1"),
+    ({"warmup_rounds": -1}, "warmup_rounds"),
+])
+def test_bad_workloads_say_which_field(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Workload(**kwargs)
+
+
+def test_bad_device_and_mode():
+    with pytest.raises(ConfigError, match="device"):
+        RunSpec("synthetic:llama-tiny", "torch-fp32", device="tpu")
+    with pytest.raises(ConfigError, match="mode"):
+        RunSpec("synthetic:llama-tiny", "torch-fp32", mode="turbo")

@@ -1,0 +1,167 @@
+"""The pytest plugin end to end, with pytester and the deterministic fake backends."""
+
+import json
+import os
+
+import pytest
+import torch  # imported before pytester snapshots sys.modules: torch cannot be imported twice
+
+pytest_plugins = ["pytester"]
+CUDA = torch.cuda.is_available()
+
+MATRIX = """
+[tier.cpu]
+device = "cpu"
+models = ["fake:small"]
+backends = ["fake-fp16", "fake-int8"]
+modes = ["eager"]
+workload = { batch_size = 1, prompt_tokens = 8, new_tokens = 12, warmup_rounds = 1, rounds = 7 }
+
+[tier.gpu]
+device = "cuda"
+models = ["synthetic:llama-1b"]
+backends = ["torch-fp16"]
+"""
+
+TAKEAWAYS = """
+[[claim]]
+id = "fake-int8-slower-than-fp16"
+sentence = "INT8 decodes slower than FP16."
+metric = "decode_tokens_per_s"
+relation = "lower"
+device = "cpu"
+profiles = ["cpu-*"]
+a = { model = "fake:small", backend = "fake-fp16" }
+b = { model = "fake:small", backend = "fake-int8" }
+"""
+
+TEST_FILE = """
+from quantperf.plugin import run_check
+import warnings, pytest
+
+def test_speed(qp_session, qp_config):
+    run_check(qp_session.check, qp_config, ("speed",))
+
+def test_memory(qp_session, qp_config):
+    run_check(qp_session.check, qp_config, ("memory",))
+
+def test_takeaway(qp_session, qp_claim):
+    claim, workload = qp_claim
+    result = run_check(qp_session.check_claim, claim, workload)
+    if result.verdict == "inconclusive":
+        warnings.warn(result.message())
+    elif not result.passed:
+        pytest.fail(result.message(), pytrace=False)
+"""
+
+
+@pytest.fixture
+def project(pytester, monkeypatch):
+    monkeypatch.setenv("QUANTPERF_TEST_BACKENDS", "1")
+    monkeypatch.delenv("QUANTPERF_INJECT_DELAY_MS", raising=False)
+    pytester.makefile(".toml", matrix=MATRIX, takeaways=TAKEAWAYS)
+    pytester.mkdir("baselines")
+    pytester.makepyfile(test_bench=TEST_FILE)
+    return pytester
+
+
+ARGS = ["--qp-matrix=matrix.toml", "--qp-takeaways=takeaways.toml", "--qp-baselines=baselines",
+        "--qp-profile=cpu-test", "--qp-results=out/results.jsonl", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
+
+
+def run(p, *extra):
+    return p.runpytest_subprocess(*ARGS, *extra)
+
+
+def test_help_lists_prefixed_options_and_markers_are_strict_clean(pytester):
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines(["*--qp-record*", "*--qp-profile*", "*--qp-tolerance*", "*qp_baselines*"])
+    pytester.makepyfile(test_m="""
+        import pytest
+        @pytest.mark.cpu
+        @pytest.mark.quality
+        @pytest.mark.takeaway
+        @pytest.mark.slow
+        def test_x():
+            pass
+        @pytest.mark.gpu
+        def test_y():
+            pass
+    """)
+    result = pytester.runpytest_subprocess("--strict-markers", "test_m.py")
+    result.assert_outcomes(passed=2 if CUDA else 1, skipped=0 if CUDA else 1)
+
+
+def test_gpu_tier_skips_with_one_clear_reason_without_cuda(project):
+    if CUDA:
+        pytest.skip("this machine has CUDA")
+    result = run(project, "-m", "gpu", "-rs")
+    result.stdout.fnmatch_lines(["*no CUDA device here: the gpu tier needs an NVIDIA GPU*"])
+    result.assert_outcomes(skipped=2)
+
+
+def test_no_baseline_skips_with_the_record_command_and_strict_fails(project):
+    result = run(project, "-m", "cpu", "-k", "speed or memory", "-rs")
+    result.stdout.fnmatch_lines(["*no baseline for small-fake-fp16-cpu-*--qp-record*"])
+    result.assert_outcomes(skipped=4)
+    assert not list(project.path.joinpath("baselines").iterdir()), "nothing is written without --qp-record"
+    run(project, "-m", "cpu", "-k", "speed", "--qp-strict").assert_outcomes(failed=2)
+
+
+def test_record_then_check_passes_and_takeaway_holds(project):
+    rec = run(project, "-m", "cpu", "--qp-record")
+    rec.assert_outcomes(passed=5)
+    rec.stdout.fnmatch_lines(["*recorded * baseline figure(s)*", "*small-fake-int8-cpu-*decode_tokens_per_s: new*"])
+    data = json.loads(project.path.joinpath("baselines", "cpu-test.json").read_text())
+    entry = data["configs"]["small-fake-fp16-cpu-bs1-p8-n12-eager"]
+    assert len(entry["metrics"]["decode_tokens_per_s"]["samples"]) == 7 and "weight_mib" in entry["metrics"]
+    assert entry["packages"]["torch"]
+    check = run(project, "-m", "cpu")
+    check.assert_outcomes(passed=5)
+    check.stdout.fnmatch_lines(["*takeaways:*", "*fake-int8-slower-than-fp16*cpu-test*holds*"])
+    # results were appended as each configuration finished
+    lines = project.path.joinpath("out", "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["status"] == "ok"
+
+
+def test_injected_slowdown_flips_the_takeaway_and_regresses_speed(project, monkeypatch):
+    run(project, "-m", "cpu", "--qp-record").assert_outcomes(passed=5)
+    # +3 ms/token on fake-fp16: 2 -> 5 ms/token, now slower than fake-int8 (3 ms/token)
+    monkeypatch.setenv("QUANTPERF_INJECT_DELAY_MS", "fake-fp16=3")
+    result = run(project, "-m", "cpu")
+    result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines([
+        "*REGRESSED small-fake-fp16-cpu-*decode_tokens_per_s*worse by*",
+        "*FLIPPED fake-int8-slower-than-fp16 [[]cpu-test[]]: fake-int8/fake-fp16 decode tok/s = 1.*claimed < 1*",
+    ])
+
+
+def test_corrupt_baseline_fails_with_file_and_field(project):
+    project.path.joinpath("baselines", "cpu-test.json").write_text('{"schema": 1, "profile": "cpu-test", "configs": []}')
+    result = run(project, "-m", "cpu", "-k", "speed")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*cpu-test.json: field 'configs' must be an object*"])
+
+
+def test_baseline_from_another_profile_is_not_used_and_is_reported(project):
+    run(project, "-m", "cpu", "--qp-record", "--qp-profile=nvidia-tesla-t4")
+    assert project.path.joinpath("baselines", "nvidia-tesla-t4.json").exists()
+    result = run(project, "-m", "cpu", "-k", "speed", "-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*baselines exist for other profiles: nvidia-tesla-t4*not used*"])
+
+
+def test_profile_hook_overrides_detection(project):
+    project.makeconftest("""
+        def pytest_quantperf_profile(config, device, detected):
+            return "cpu-from-hook"
+    """)
+    args = [a for a in ARGS if not a.startswith("--qp-profile")]
+    project.runpytest_subprocess(*args, "-m", "cpu", "-k", "speed", "--qp-record").assert_outcomes(passed=2)
+    assert project.path.joinpath("baselines", "cpu-from-hook.json").exists()
+
+
+def test_matrix_override_from_the_command_line(project):
+    result = run(project, "-m", "cpu", "--collect-only", "-q", "--qp-backends=fake-int8", "-k", "speed")
+    result.stdout.fnmatch_lines(["*test_speed[[]small-fake-int8-cpu-bs1-p8-n12-eager[]]*"])
+    assert "fake-fp16-cpu" not in result.stdout.str().split("test_takeaway")[0].split("test_speed")[1]

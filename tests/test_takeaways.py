@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import pytest
+
+from quantperf.errors import ConfigError
+from quantperf.results import Metric, RunResult
+from quantperf.spec import RunSpec, Workload
+from quantperf.takeaways import evaluate, load_claims
+
+ROOT = Path(__file__).resolve().parent.parent
+CLAIM = """
+[[claim]]
+id = "small-int8-slower-than-fp16"
+sentence = "s"
+metric = "decode_tokens_per_s"
+relation = "lower"
+claimed_ratio = 0.65
+profiles = ["nvidia-*"]
+a = { model = "synthetic:llama-125m", backend = "torch-fp16" }
+b = { model = "synthetic:llama-125m", backend = "bnb-int8" }
+[claim.expect]
+"nvidia-h100-*" = "holds"
+"""
+
+
+def _claim(tmp_path, text=CLAIM):
+    p = tmp_path / "t.toml"
+    p.write_text(text)
+    return load_claims(p)[0]
+
+
+def _res(backend, samples):
+    spec = RunSpec("synthetic:llama-125m", backend, "cuda", "eager", Workload())
+    return RunResult(spec=spec, metrics={"decode_tokens_per_s": Metric.of("decode_tokens_per_s", samples)})
+
+
+FP16 = [100, 101, 99, 100.5, 99.5, 100.2, 99.8]
+
+
+def test_bundled_takeaways_parse_and_cover_the_seed_claims():
+    claims = load_claims(ROOT / "baselines" / "takeaways.toml")
+    ids = {c.id for c in claims}
+    assert {"small-int8-slower-than-fp16", "small-int8-saves-little-memory", "ort-int8-faster-than-ort-fp32",
+            "medium-int4-faster-than-fp16", "medium-int4-75pct-smaller"} <= ids
+    assert any(c.metric == "ppl" for c in claims)
+
+
+def test_claim_holds_when_int8_is_clearly_slower(tmp_path):
+    r = evaluate(_claim(tmp_path), _res("torch-fp16", FP16), _res("bnb-int8", [x * 0.6 for x in FP16]), "nvidia-tesla-t4")
+    assert r.verdict == "holds" and r.passed
+    assert r.high < 1.0
+
+
+def test_flip_fails_with_the_ratio_its_ci_and_the_claim(tmp_path):
+    r = evaluate(_claim(tmp_path), _res("torch-fp16", FP16), _res("bnb-int8", [x * 1.12 for x in FP16]), "nvidia-tesla-t4")
+    assert r.verdict == "flipped" and not r.passed
+    msg = r.message()
+    assert msg.startswith("FLIPPED small-int8-slower-than-fp16 [nvidia-tesla-t4]: bnb-int8/torch-fp16 decode tok/s = 1.12 [")
+    assert "claimed < 1" in msg
+
+
+def test_overlapping_samples_are_inconclusive(tmp_path):
+    r = evaluate(_claim(tmp_path), _res("torch-fp16", FP16), _res("bnb-int8", [98, 103, 97, 101, 99.5, 102, 100]), "nvidia-x")
+    assert r.verdict == "inconclusive"
+
+
+def test_expected_verdict_is_data_per_profile(tmp_path):
+    text = CLAIM.replace('"nvidia-h100-*" = "holds"', '"nvidia-h100-*" = "flipped"')
+    claim = _claim(tmp_path, text)
+    faster = _res("bnb-int8", [x * 1.2 for x in FP16])
+    assert evaluate(claim, _res("torch-fp16", FP16), faster, "nvidia-h100-80gb-hbm3").passed
+    assert not evaluate(claim, _res("torch-fp16", FP16), faster, "nvidia-tesla-t4").passed
+
+
+def test_unmeasured_side_is_inconclusive_with_reason(tmp_path):
+    missing = RunResult(spec=_res("bnb-int8", FP16).spec, status="unavailable", reason="bitsandbytes is not installed")
+    r = evaluate(_claim(tmp_path), _res("torch-fp16", FP16), missing, "nvidia-x")
+    assert r.verdict == "inconclusive" and "bitsandbytes is not installed" in r.message()
+
+
+@pytest.mark.parametrize("mutation, match", [
+    (('metric = "decode_tokens_per_s"', 'metric = "speed"'), "field 'metric' is 'speed'"),
+    (('relation = "lower"', 'relation = "sideways"'), "field 'relation'"),
+    (('id = "small-int8-slower-than-fp16"\n', ''), "missing field 'id'"),
+    (('"nvidia-h100-*" = "holds"', '"nvidia-h100-*" = "maybe"'), "expect"),
+])
+def test_bad_claim_files_name_the_field(tmp_path, mutation, match):
+    with pytest.raises(ConfigError, match=match):
+        _claim(tmp_path, CLAIM.replace(*mutation))
