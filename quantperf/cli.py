@@ -10,7 +10,11 @@ import sys
 def _cmd_profile(args) -> int:
     from .envinfo import environment, profile_id
 
-    print(f"profile: {profile_id(args.device)}")
+    try:
+        print(f"profile: {profile_id(args.device)}")
+    except RuntimeError as exc:
+        print(f"quantperf: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(environment(), indent=2, sort_keys=True))
     return 0
 

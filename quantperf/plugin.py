@@ -200,6 +200,14 @@ def qp_session(request):
         root=Path(config.rootpath),
     )
     session.quality_params = next((t.quality_params for t in tiers.values() if t.quality_params), {})
+    # quality configurations selected in this run, measured in one batch per model and device
+    session.quality_specs = [item.callspec.params["qp_quality_config"] for item in request.session.items
+                             if hasattr(item, "callspec") and "qp_quality_config" in item.callspec.params]
+    for item in request.session.items:
+        if hasattr(item, "callspec") and "qp_claim" in item.callspec.params:
+            claim, workload = item.callspec.params["qp_claim"]
+            if claim.metric == "ppl":
+                session.quality_specs.extend(claim.specs(workload))
     config._qp_session = session
     return session
 
@@ -247,6 +255,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         crow = [[c.claim.id, c.profile, "-" if c.ratio is None else f"{c.ratio:.3g} [{c.low:.3g}, {c.high:.3g}]",
                  c.claim.describe_bounds(), c.expected, c.verdict] for c in session.claim_results]
         tr.write_line(format_table(["claim", "profile", "ratio B/A [CI]", "claimed", "expected", "verdict"], crow))
+    measured = [r for k, r in session.results.items() if not k.startswith("quality:") and r.ok
+                 and "decode_tokens_per_s" in r.metrics]
+    if measured:
+        from .stats import min_detectable_change
+
+        tr.write_line("")
+        tr.write_line("noise (decode tok/s): within-run CV and the smallest slowdown this many rounds detects (alpha 0.05, power 0.8)")
+        nrows = []
+        for r in measured:
+            m = r.metrics["decode_tokens_per_s"]
+            s = m.summary
+            extra = r.timings.get("adaptive_extra_rounds")
+            nrows.append([r.spec.id, f"{s.median:.4g}", f"{s.cv * 100:.1f}%", s.n,
+                          f"{min_detectable_change(s.cv, s.n) * 100:.1f}%", extra or "",
+                          "" if r.validity.get("valid", True) else "throttled"])
+        tr.write_line(format_table(["config", "median", "CV", "rounds", "min detectable", "adaptive +rounds", "validity"], nrows))
     if session.recorded:
         tr.write_line("")
         tr.write_line(f"recorded {len(session.recorded)} baseline figure(s):")

@@ -137,8 +137,12 @@ def worker_quality(worker, params: dict) -> dict:
             logits = worker.loaded.logits(w[:-1]).numpy()
             check_finite(logits, where)
             logps.append(log_softmax(logits).astype(np.float32))
-        np.save(params["file"], np.stack(logps))
-        return {"windows": len(wins), "context": params.get("context", 256)}
+        stacked = np.stack(logps)
+        np.save(params["file"], stacked)
+        targets = np.asarray([w[1:] for w in wins])
+        nll = -np.take_along_axis(stacked, targets[..., None], axis=-1).astype(np.float64)
+        return {"windows": len(wins), "context": params.get("context", 256), "tokens": int(nll.size),
+                "ppl": float(np.exp(nll.mean())), "generations": worker.generate_text(list(PROMPTS), new_tokens=24)}
     ref = np.load(params["file"], mmap_mode="r")
     if ref.shape[0] != len(wins):
         raise ValueError(f"reference file {params['file']} has {ref.shape[0]} windows, expected {len(wins)}")
@@ -169,9 +173,8 @@ def measure_quality(specs, *, isolation: str = "process", params: dict | None = 
     import tempfile
     from dataclasses import replace
 
-    from .engine import _not_measured, _now, open_worker
+    from .engine import _not_measured, open_worker
     from .envinfo import environment as env_fn, profile_id
-    from .results import Metric, RunResult
 
     params = dict(params or {})
     environment = environment or env_fn()
@@ -190,10 +193,21 @@ def measure_quality(specs, *, isolation: str = "process", params: dict | None = 
                 info = worker.load()
                 if info["status"] != "ok":
                     raise RuntimeError(f"reference backend {ref_spec.backend} failed: {info['reason']}")
-                worker.quality(params=params | {"role": "reference", "file": ref_file})
+                ref_stats = worker.quality(params=params | {"role": "reference", "file": ref_file})
+                ref_info = info
             finally:
                 worker.close()
             for spec in group:
+                if spec.backend == ref_spec.backend:
+                    # the reference against itself: zero divergence by definition, no second run
+                    stats = {"tokens": ref_stats["tokens"], "ppl_ref": ref_stats["ppl"], "ppl": ref_stats["ppl"],
+                             "ln_ppl_ratio": 0.0, "ln_ppl_ratio_se": 0.0, "mean_kld": 0.0, "mean_kld_se": 0.0,
+                             "kld_p999": 0.0, "kld_p99": 0.0, "kld_p90": 0.0, "kld_median": 0.0,
+                             "top1_agreement": 1.0, "top1_agreement_se": 0.0, "rms_dp": 0.0, "rms_dp_se": 0.0,
+                             "reference_backend": ref_spec.backend, "windows": ref_stats["windows"],
+                             "context": ref_stats["context"], "generations": ref_stats.get("generations", [])}
+                    out.append(_quality_result(spec, stats, ref_info, environment, prof))
+                    continue
                 worker = open_worker(spec, isolation)
                 try:
                     info = worker.load()
@@ -208,17 +222,7 @@ def measure_quality(specs, *, isolation: str = "process", params: dict | None = 
                     continue
                 finally:
                     worker.close()
-                gens = stats.pop("generations", [])
-                metrics = {
-                    "ppl": Metric.of("ppl", [stats["ppl"]]),
-                    "ln_ppl_ratio": Metric.of("ln_ppl_ratio", [stats["ln_ppl_ratio"]], stats["ln_ppl_ratio_se"]),
-                    "mean_kld": Metric.of("mean_kld", [stats["mean_kld"]], stats["mean_kld_se"]),
-                    "top1_agreement": Metric.of("top1_agreement", [stats["top1_agreement"]], stats["top1_agreement_se"]),
-                    "rms_dp": Metric.of("rms_dp", [stats["rms_dp"]], stats["rms_dp_se"]),
-                }
-                out.append(RunResult(spec=spec, status="ok", profile=prof, backend_identity=info["identity"],
-                                     metrics=metrics, quality=stats, generations=gens, arch=info["arch"],
-                                     environment=environment, timestamp=_now()))
+                out.append(_quality_result(spec, stats, info, environment, prof))
         finally:
             try:
                 os.unlink(ref_file)
@@ -226,3 +230,20 @@ def measure_quality(specs, *, isolation: str = "process", params: dict | None = 
                 pass
     order = {s.id: i for i, s in enumerate(specs)}
     return sorted(out, key=lambda r: order[r.spec.id])
+
+
+def _quality_result(spec, stats: dict, info: dict, environment: dict, profile: str):
+    from .engine import _now
+    from .results import Metric, RunResult
+
+    stats = dict(stats)
+    gens = stats.pop("generations", [])
+    metrics = {
+        "ppl": Metric.of("ppl", [stats["ppl"]]),
+        "ln_ppl_ratio": Metric.of("ln_ppl_ratio", [stats["ln_ppl_ratio"]], stats["ln_ppl_ratio_se"]),
+        "mean_kld": Metric.of("mean_kld", [stats["mean_kld"]], stats["mean_kld_se"]),
+        "top1_agreement": Metric.of("top1_agreement", [stats["top1_agreement"]], stats["top1_agreement_se"]),
+        "rms_dp": Metric.of("rms_dp", [stats["rms_dp"]], stats["rms_dp_se"]),
+    }
+    return RunResult(spec=spec, status="ok", profile=profile, backend_identity=info["identity"], metrics=metrics,
+                     quality=stats, generations=gens, arch=info["arch"], environment=environment, timestamp=_now())

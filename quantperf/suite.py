@@ -88,10 +88,14 @@ class SuiteSession:
         if quality:
             from .quality import measure_quality
 
-            res = measure_quality([spec], isolation=self.isolation, params=self.quality_params,
-                                  profile=self.profiles[spec.device])[0]
-            self._keep(key, res)
-            return res
+            # one reference pass serves every quality configuration of this model and device
+            batch = [spec] + [s for s in self.quality_specs if s.model == spec.model and s.device == spec.device
+                              and s.id != spec.id and "quality:" + s.id not in self.results]
+            batch = list({s.id: s for s in batch}.values())
+            for res in measure_quality(batch, isolation=self.isolation, params=self.quality_params,
+                                       profile=self.profiles[spec.device]):
+                self._keep("quality:" + res.spec.id, res)
+            return self.results[key]
         group = self._partners(spec)
         more = None
         if len(group) > 1 and self.max_rounds:
@@ -110,6 +114,7 @@ class SuiteSession:
         return self.results[key]
 
     quality_params: dict = {}
+    quality_specs: list = []
 
     def _keep(self, key: str, res: RunResult) -> None:
         self.results[key] = res

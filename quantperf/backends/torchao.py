@@ -23,6 +23,13 @@ class TorchaoBackend(HFBackend):
             return reason
         if device != "cuda":
             return "torchao int4 weight-only has CUDA kernels only"
+        try:
+            from torchao.utils import is_mslk_version_at_least
+        except ImportError:  # older torchao: int4 runs on its own tinygemm kernels
+            return None
+        if not is_mslk_version_at_least("1.0.0"):
+            return ("torchao int4 weight-only packs weights with mslk kernels: pip install mslk-cuda (>= 1.0.0) "
+                    "built for your torch/CUDA")
         return None
 
     def from_pretrained_kwargs(self, device: str) -> dict:

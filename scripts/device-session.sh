@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# How this repository's GPU numbers were produced on a lent machine with no registry access:
+# carried wheels in .whl/, the image's own torch/transformers, no install step.
+#   bash scripts/device-session.sh PHASE OUTDIR
+# PHASE: record (record the GPU tier's baseline, then one A/A re-run) | aa (one A/A re-run)
+#        | inject (a 40 ms/token slowdown of torch-fp16 on the small-model configurations)
+set -uo pipefail
+phase="$1"; out="$2"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PWD"
+fi
+export PYTHONUNBUFFERED=1 QUANTPERF_SKIP_INSTALL=1 QUANTPERF_CACHE="${QUANTPERF_CACHE:-/tmp/qpc}"
+python3 -c "from quantperf.models import resolve; [resolve(f'synthetic:{s}') for s in ('llama-125m', 'llama-1b')]"
+case "$phase" in
+record)
+    QUANTPERF_RESULTS_DIR="$out/rec" timeout 330 bash scripts/gpu-job.sh --qp-record
+    cp baselines/*.json "$out/"
+    QUANTPERF_RESULTS_DIR="$out/aa1" timeout 250 bash scripts/gpu-job.sh -m "gpu and not quality"
+    ;;
+aa)
+    QUANTPERF_RESULTS_DIR="$out/aa" bash scripts/gpu-job.sh -m "gpu and not quality"
+    ;;
+inject)
+    QUANTPERF_INJECT_DELAY_MS="torch-fp16=40" QUANTPERF_RESULTS_DIR="$out/inject" \
+        bash scripts/gpu-job.sh -m "gpu and not quality" -k "125m or small"
+    ;;
+esac
