@@ -20,7 +20,16 @@ def test_memory(qp_session, qp_config):
 
 
 def test_quality(qp_session, qp_quality_config):
-    """PPL, ln(PPL ratio), KL divergence, top-1 agreement, RMS dp against the device's reference."""
+    """PPL, ln(PPL ratio), KL divergence, top-1 agreement, RMS dp against the device's reference:
+    within the backend class's limits, and not regressed against the baseline."""
+    from quantperf.quality import limit_violations
+
+    result = qp_session.measure(qp_quality_config, quality=True)
+    if result.ok:
+        broken = limit_violations(qp_quality_config.backend, result.quality)
+        if broken:
+            pytest.fail(f"QUALITY {qp_quality_config.backend} on {qp_quality_config.device}: " + "; ".join(broken)
+                        + f" (reference {result.quality['reference_backend']})", pytrace=False)
     run_check(qp_session.check, qp_quality_config, ("quality",), quality=True)
 
 

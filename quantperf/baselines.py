@@ -21,6 +21,7 @@ from .errors import BaselineError
 from .results import RunResult, atomic_write_text, dump_json
 
 SCHEMA = 1
+MAX_RUNS = 10  # run medians kept per metric for the run-to-run spread
 
 
 def git_revision(cwd: str | Path | None = None) -> str | None:
@@ -106,28 +107,42 @@ class BaselineStore:
         """Put a result into the in-memory data; returns human lines of what changed."""
         cid = config_id or result.spec.id
         old = self.entry(cid)
+        packages = {k: v for k, v in (result.environment or {}).get("packages", {}).items() if v}
+        # the same options and library versions: this run adds to the run-to-run record
+        same_setup = bool(old) and old.get("backend_identity") == json.loads(json.dumps(result.backend_identity)) \
+            and old.get("packages") == packages
         metrics = {}
         for name, m in result.metrics.items():
             s = m.summary
+            runs = list((old or {}).get("metrics", {}).get(name, {}).get("run_medians", [])) if same_setup else []
+            runs = (runs + [round(s.median, 6)])[-MAX_RUNS:]
             metrics[name] = {"samples": [round(x, 6) for x in m.samples], "median": round(s.median, 6),
                              "cv": round(s.cv, 6), "unit": m.unit, "higher_is_better": m.higher_is_better,
-                             "kind": m.kind, **({"stderr": m.stderr} if m.stderr is not None else {})}
+                             "kind": m.kind, "run_medians": runs,
+                             **({"stderr": m.stderr} if m.stderr is not None else {})}
+        # metric kinds recorded by the config's other tests (speed and memory share an entry)
+        # stay as they are when this result does not carry them
+        if same_setup:
+            for name, kept in old.get("metrics", {}).items():
+                metrics.setdefault(name, kept)
         self.data["configs"][cid] = {
             "recorded_at": result.timestamp,
             "git_revision": revision,
-            "packages": {k: v for k, v in (result.environment or {}).get("packages", {}).items() if v},
+            "packages": packages,
             "gpu": ((result.environment or {}).get("gpu") or {}).get("name"),
             "backend_identity": result.backend_identity,
             "spec": result.spec.to_dict(),
             "metrics": metrics,
         }
         lines = []
-        for name, m in metrics.items():
+        for name in result.metrics:
+            m = metrics[name]
             before = (old or {}).get("metrics", {}).get(name, {}).get("median")
+            runs = f" ({len(m['run_medians'])} runs)" if len(m["run_medians"]) > 1 else ""
             if before is None:
-                lines.append(f"{cid} {name}: new {m['median']:.4g}")
+                lines.append(f"{cid} {name}: new {m['median']:.4g}{runs}")
             elif before != m["median"]:
-                lines.append(f"{cid} {name}: {before:.4g} -> {m['median']:.4g}")
+                lines.append(f"{cid} {name}: {before:.4g} -> {m['median']:.4g}{runs}")
         return lines
 
     def save(self) -> None:

@@ -79,6 +79,39 @@ def _cmd_noise(args) -> int:
     return 0
 
 
+def _cmd_gate(args) -> int:
+    """Gate (or record) stored results against a profile's baselines, without measuring."""
+    from pathlib import Path
+
+    from .results import ResultLog
+    from .suite import Fail, Skip, SuiteSession
+
+    failed = 0
+    for path in args.results:
+        results = ResultLog(path).read()
+        profile = args.profile or next((r.profile for r in results if r.profile), None)
+        if not profile:
+            print(f"quantperf: {path}: results name no profile; pass --profile", file=sys.stderr)
+            return 2
+        session = SuiteSession(baselines_dir=Path(args.baselines), profiles={"cpu": profile, "cuda": profile},
+                               record=args.record)
+        for r in results:
+            session.results[("quality:" if r.quality else "") + r.spec.id] = r
+        for r in results:
+            for kinds in ((("quality",),) if r.quality else (("speed",), ("memory",))):
+                label = f"{'quality ' if r.quality else ''}{r.spec.id} {kinds[0]}"
+                try:
+                    outcome = session.check(r.spec, kinds, quality=bool(r.quality))
+                    detail = outcome.message or "; ".join(v.line() for v in outcome.verdicts if v.status != "ok")
+                    print(f"{outcome.status.upper():9s} {label}" + (f": {detail}" if detail else ""))
+                except Skip as exc:
+                    print(f"SKIPPED   {label}: {exc}")
+                except Fail as exc:
+                    failed += 1
+                    print(f"FAILED    {label}: {exc}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="quantperf", description="Performance regression suite for LLM quantization")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -109,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inject", nargs="*", default=[], help="summary.json files of runs with an injected slowdown")
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(fn=_cmd_noise)
+    p = sub.add_parser("gate", help="gate stored results (results.jsonl) against baselines; --record records them, "
+                                     "each file as one run, in order")
+    p.add_argument("results", nargs="+")
+    p.add_argument("--baselines", default="baselines")
+    p.add_argument("--profile", help="profile id (default: the one recorded in the results)")
+    p.add_argument("--record", action="store_true", help="write the results into the baselines (explicit, atomic)")
+    p.set_defaults(fn=_cmd_gate)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

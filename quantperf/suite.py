@@ -169,7 +169,8 @@ class SuiteSession:
             if base is None:
                 continue
             verdicts.append(compare_metric(name, base["samples"], m.samples, m.higher_is_better,
-                                           self.tolerance(m.kind, spec.device, tolerances), self.alpha))
+                                           self.tolerance(m.kind, spec.device, tolerances), self.alpha,
+                                           base.get("run_medians")))
         old_pk = entry.get("packages", {})
         new_pk = {k: v for k, v in (res.environment or {}).get("packages", {}).items() if v}
         changes = {k: (old_pk.get(k), new_pk.get(k)) for k in sorted(set(old_pk) | set(new_pk)) if old_pk.get(k) != new_pk.get(k)}
@@ -187,12 +188,6 @@ class SuiteSession:
         return outcome
 
     def _record(self, store: BaselineStore, res: RunResult, cid: str, merged: dict) -> list[str]:
-        # keep metric kinds recorded by the config's other tests (speed and memory share an entry)
-        from .results import Metric
-
-        keep = {n: Metric(n, v["samples"], v.get("unit", ""), v.get("higher_is_better", True), v.get("kind", "speed"),
-                          v.get("stderr")) for n, v in merged.items() if n not in res.metrics}
-        res.metrics = {**keep, **res.metrics}
         lines = store.update(res, git_revision(self.root), config_id=cid)
         store.save()  # atomic, after every config: an interrupted run keeps what it recorded
         self.recorded.extend(lines)

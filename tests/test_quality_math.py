@@ -67,3 +67,14 @@ def test_bundled_corpus_is_clean_and_split():
     assert len(windows(list(range(1000)), 100)) == 9
     with pytest.raises(ConfigError, match="no such file"):
         load_text("/nonexistent/corpus.txt")
+
+
+def test_quality_limits_name_what_broke():
+    from quantperf.quality import limit_violations
+
+    good = {"ln_ppl_ratio": 0.0003, "mean_kld": 0.0001, "top1_agreement": 0.99}
+    assert limit_violations("bnb-int8", good) == []
+    bad = {"ln_ppl_ratio": math.log(1.02), "mean_kld": 0.003, "top1_agreement": 0.9}
+    msgs = limit_violations("bnb-int8", bad)
+    assert len(msgs) == 3 and msgs[0].startswith("PPL ratio 1.0200 > 1.01")
+    assert limit_violations("bnb-nf4", bad) == []  # the same figures are fine for 4-bit
