@@ -411,6 +411,7 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
                 extra += 2
             for spec in live:
                 warm[spec.id]["adaptive_extra_rounds"] = extra
+                warm[spec.id]["interleaved_with"] = [s.id for s in live if s.id != spec.id]
                 finish(spec, collected[spec.id])
         else:
             for spec in specs:

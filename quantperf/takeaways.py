@@ -33,7 +33,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .results import METRICS, RunResult
 from .spec import MODES, RunSpec, Workload
-from .stats import ratio_of_medians
+from .stats import paired_ratio, ratio_of_medians
 
 RELATIONS = {"lower": (0.0, 1.0), "higher": (1.0, math.inf)}
 VERDICTS = ("holds", "flipped", "inconclusive")
@@ -190,7 +190,12 @@ def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence:
         if ma is None or mb is None:
             return ClaimResult(claim, profile, "inconclusive", expected, None, None, None, confidence,
                                notes=[f"metric {claim.metric} missing from a result"])
-        if len(ma.samples) >= 2 and len(mb.samples) >= 2:
+        paired = (b.spec.id in (a.timings.get("interleaved_with") or [])
+                  and len(ma.samples) == len(mb.samples) >= 2)
+        if paired:
+            est = paired_ratio(ma.samples, mb.samples, confidence=confidence)
+            ratio, low, high, p = est.ratio, est.low, est.high, est.p_value
+        elif len(ma.samples) >= 2 and len(mb.samples) >= 2:
             est = ratio_of_medians(ma.samples, mb.samples, confidence=confidence)
             ratio, low, high, p = est.ratio, est.low, est.high, est.p_value
         else:  # deterministic figures (memory)
@@ -211,6 +216,6 @@ def is_inconclusive(claim: Claim, a_samples: list[float], b_samples: list[float]
     """For adaptive rounds: does the CI of B/A still straddle a bound?"""
     if len(a_samples) < 2 or len(b_samples) < 2:
         return True
-    est = ratio_of_medians(a_samples, b_samples, confidence=confidence)
+    est = (paired_ratio if len(a_samples) == len(b_samples) else ratio_of_medians)(a_samples, b_samples, confidence=confidence)
     lo, hi = claim.bounds
     return not ((lo <= est.low and est.high <= hi) or est.high < lo or est.low > hi)

@@ -65,3 +65,17 @@ def test_abba_order_balances_sides_and_cancels_linear_drift(rounds):
 def test_drop_outliers_keeps_the_bulk():
     assert drop_outliers([10, 10.1, 9.9, 10.05, 9.95, 30]) == [10, 10.1, 9.9, 10.05, 9.95]
     assert drop_outliers([1, 1, 1, 1, 1, 5]) == [1, 1, 1, 1, 1, 5]  # MAD 0: nothing to scale by
+
+
+def test_paired_ratio_cancels_a_shared_host_phase():
+    from quantperf.stats import paired_ratio
+
+    # H100, llama-125m eager, 2026-11-26 (A/A run 2): both sides slow in rounds 1-2, fast after
+    fp16 = [60, 66, 112, 120, 117]
+    int8 = [20, 21, 36, 35, 38]
+    paired = paired_ratio(fp16, int8)
+    unpaired = ratio_of_medians(fp16, int8)
+    assert (paired.high - paired.low) < (unpaired.high - unpaired.low) / 2
+    assert 0.29 < paired.ratio < 0.34
+    with pytest.raises(ValueError):
+        paired_ratio([1, 2, 3], [1, 2])
