@@ -23,3 +23,17 @@ class BaselineError(QuantperfError):
 
 class NonFiniteLogits(QuantperfError):
     """NaN or inf in a model's logits: never averaged away."""
+
+
+def read_toml(path, what: str, hint: str = "") -> dict:
+    """Parse a TOML config file; a missing or malformed file is a ConfigError naming it."""
+    import tomllib
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist{hint}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None

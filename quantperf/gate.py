@@ -69,6 +69,9 @@ class Verdict:
 
 
 MIN_BASELINE_RUNS = 3
+# Quality figures near zero (a divergence, a log ratio) make relative changes meaningless:
+# a change smaller than this absolute amount is never a regression.
+ABSOLUTE_FLOOR = {"ln_ppl_ratio": 0.002, "mean_kld": 2e-4, "rms_dp": 1e-3, "top1_agreement": 0.005}
 
 
 def between_run_p(run_medians: list[float], current: float, higher_is_better: bool) -> float:
@@ -121,6 +124,10 @@ def compare_metric(name: str, baseline_samples: list[float], current_samples: li
         else:
             notes.append(f"{len(runs) or 1} baseline run(s): run-to-run spread unknown, record >= {MIN_BASELINE_RUNS}")
     worse_by = (1 - ratio) if higher_is_better else (ratio - 1)
+    floor = ABSOLUTE_FLOOR.get(name)
+    if floor is not None and abs(cur - base) <= floor:
+        worse_by = 0.0
+        notes.append(f"within the absolute floor {floor:g}")
     if worse_by > tolerance:
         status = "regressed" if significant else "changed-insignificant"
     elif -worse_by > tolerance:

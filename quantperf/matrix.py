@@ -14,11 +14,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, read_toml
 from .spec import DEVICES, MODES, RunSpec, Workload
 
 
@@ -44,12 +43,7 @@ def _list(value, where: str) -> list[str]:
 def load_matrix(path: str | Path, overrides: dict | None = None) -> dict[str, Tier]:
     """Parse the matrix; `overrides` (models/backends/modes lists) replace every tier's lists."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"matrix file {path} does not exist (set --qp-matrix or the qp_matrix ini option)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, "matrix file", " (set --qp-matrix or the qp_matrix ini option)")
     overrides = {k: v for k, v in (overrides or {}).items() if v}
     tiers: dict[str, Tier] = {}
     for name, raw in data.get("tier", {}).items():
@@ -59,7 +53,7 @@ def load_matrix(path: str | Path, overrides: dict | None = None) -> dict[str, Ti
             raise ConfigError(f"{where}.device is {device!r}; use one of {DEVICES}")
         try:
             workload = Workload(**raw.get("workload", {}))
-        except TypeError as exc:
+        except (TypeError, ConfigError) as exc:
             raise ConfigError(f"{where}.workload: {exc}") from None
         models = _list(overrides.get("models", raw.get("models", [])), f"{where}.models")
         backends = _list(overrides.get("backends", raw.get("backends", [])), f"{where}.backends")

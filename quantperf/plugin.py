@@ -199,7 +199,7 @@ def qp_session(request):
         max_rounds=config.getoption(MAX_ROUNDS) or max((t.max_rounds for t in tiers.values()), default=0),
         root=Path(config.rootpath),
     )
-    session.quality_params = next((t.quality_params for t in tiers.values() if t.quality_params), {})
+    session.quality_params = {t.device: t.quality_params for t in tiers.values() if t.quality_params}
     # quality configurations selected in this run, measured in one batch per model and device
     session.quality_specs = [item.callspec.params["qp_quality_config"] for item in request.session.items
                              if hasattr(item, "callspec") and "qp_quality_config" in item.callspec.params]

@@ -92,7 +92,7 @@ class SuiteSession:
             batch = [spec] + [s for s in self.quality_specs if s.model == spec.model and s.device == spec.device
                               and s.id != spec.id and "quality:" + s.id not in self.results]
             batch = list({s.id: s for s in batch}.values())
-            for res in measure_quality(batch, isolation=self.isolation, params=self.quality_params,
+            for res in measure_quality(batch, isolation=self.isolation, params=self.quality_params.get(spec.device, {}),
                                        profile=self.profiles[spec.device]):
                 self._keep("quality:" + res.spec.id, res)
             return self.results[key]
@@ -113,7 +113,7 @@ class SuiteSession:
             self._keep(res.spec.id, res)
         return self.results[key]
 
-    quality_params: dict = {}
+    quality_params: dict = {}  # device -> quality parameters (context, max_windows, corpus)
     quality_specs: list = []
 
     def _keep(self, key: str, res: RunResult) -> None:

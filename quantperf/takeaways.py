@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, read_toml
 from .results import METRICS, RunResult
 from .spec import MODES, RunSpec, Workload
 from .stats import paired_ratio, ratio_of_medians
@@ -85,12 +84,7 @@ class Claim:
 
 def load_claims(path: str | Path) -> list[Claim]:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"takeaways file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, "takeaways file")
     claims, seen = [], set()
     for i, raw in enumerate(data.get("claim", [])):
         where = f"{path}: claim[{i}]"

@@ -68,3 +68,9 @@ def test_between_run_p_is_one_sided_and_direction_aware():
     runs = [100.0, 101.0, 99.0]
     assert between_run_p(runs, 80.0, True) < 0.05 < between_run_p(runs, 120.0, True)
     assert between_run_p(runs, 120.0, False) < 0.05  # latency: higher is worse
+
+
+def test_near_zero_quality_figures_use_an_absolute_floor():
+    # mean KLD 5e-5 -> 8e-5 is +60% relative but far below anything a user can notice
+    assert compare_metric("mean_kld", [5e-5], [8e-5], False, 0.02).status == "ok"
+    assert compare_metric("mean_kld", [5e-5], [2e-3], False, 0.02).status == "regressed"

@@ -1,0 +1,48 @@
+"""The command line: one clear line per bad input while the rest of the run continues."""
+
+import json
+import subprocess
+import sys
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "quantperf", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_profile_prints_the_profile_first():
+    out = run_cli("profile", "--device", "cpu")
+    assert out.returncode == 0 and out.stdout.startswith("profile: cpu-")
+    assert json.loads(out.stdout.split("\n", 1)[1])["packages"]["torch"]
+
+
+def test_bad_names_give_one_line_each_and_the_run_continues(model_cache, tmp_path):
+    import os
+
+    env = dict(os.environ, QUANTPERF_CACHE=model_cache)
+    out = run_cli("run", "--model", "synthetic:llama-tiny", "synthetic:llama-99b", "--backend", "bnb-int3", "torch-fp32",
+                  "--device", "cpu", "--rounds", "2", "--new-tokens", "4", "--prompt-tokens", "8",
+                  "--out", str(tmp_path / "r.jsonl"), env=env)
+    lines = out.stderr.strip().splitlines()
+    assert any("llama-tiny-bnb-int3" in l and "unknown backend 'bnb-int3'" in l for l in lines), out.stderr
+    assert any("llama-99b-torch-fp32" in l and "unknown synthetic shape" in l for l in lines), out.stderr
+    assert any(l.startswith("llama-tiny-torch-fp32-cpu") and "tok/s" in l for l in lines), out.stderr
+    assert out.returncode == 1  # errors were reported
+    recorded = [json.loads(l) for l in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in recorded].count("ok") == 1 and len(recorded) == 4
+
+
+def test_gate_replays_stored_results(tmp_path):
+    from quantperf.results import Metric, ResultLog, RunResult
+    from quantperf.spec import RunSpec, Workload
+
+    def res(samples):
+        return RunResult(spec=RunSpec("synthetic:llama-1b", "bnb-int8", "cuda", "eager", Workload()), profile="nvidia-x",
+                         metrics={"decode_tokens_per_s": Metric.of("decode_tokens_per_s", samples)},
+                         backend_identity={"t": 6.0}, timestamp="2026-11-26T00:00:00+00:00")
+
+    ResultLog(tmp_path / "base.jsonl").append(res([100, 101, 99, 100.5, 99.5]))
+    ResultLog(tmp_path / "slow.jsonl").append(res([70, 71, 69, 70.5, 69.5]))
+    assert run_cli("gate", str(tmp_path / "slow.jsonl"), "--baselines", str(tmp_path / "bl")).stdout.startswith("SKIPPED")
+    assert run_cli("gate", str(tmp_path / "base.jsonl"), "--baselines", str(tmp_path / "bl"), "--record").returncode == 0
+    out = run_cli("gate", str(tmp_path / "slow.jsonl"), "--baselines", str(tmp_path / "bl"))
+    assert out.returncode == 1 and "REGRESSED llama-1b-bnb-int8-cuda-bs1-eager [nvidia-x]" in out.stdout
