@@ -1,0 +1,59 @@
+"""Session logic without pytest: adaptive rounds, interleaving and version reporting, on the
+deterministic fake backends in this process."""
+
+import pytest
+
+from quantperf import RunSpec, Workload, measure_many
+from quantperf.baselines import BaselineStore
+from quantperf.results import Metric, RunResult
+from quantperf.suite import Fail, SuiteSession
+
+W = Workload(batch_size=1, prompt_tokens=4, new_tokens=6, warmup_rounds=0, rounds=3)
+
+
+def _pair():
+    return [RunSpec("fake:small", "fake-fp16", "cpu", "eager", W), RunSpec("fake:small", "fake-int8", "cpu", "eager", W)]
+
+
+def test_interleaved_pair_records_its_partner_and_adds_rounds_while_inconclusive():
+    calls = []
+
+    def always_more(samples):
+        calls.append({k: len(v) for k, v in samples.items()})
+        return True
+
+    a, b = measure_many(_pair(), isolation="inprocess", interleave=True, profile="cpu-test",
+                        more_rounds=always_more, max_rounds=7)
+    assert len(a.metrics["decode_tokens_per_s"].samples) == 7 == len(b.metrics["decode_tokens_per_s"].samples)
+    assert a.timings["adaptive_extra_rounds"] == 4 and a.timings["interleaved_with"] == [b.spec.id]
+    assert [c[a.spec.id] for c in calls] == [3, 5]  # asked after the first block and after one extra ABBA block
+
+
+def test_decided_comparison_adds_no_rounds():
+    a, _ = measure_many(_pair(), isolation="inprocess", interleave=True, profile="cpu-test",
+                        more_rounds=lambda s: False, max_rounds=9)
+    assert a.timings["adaptive_extra_rounds"] == 0 and len(a.metrics["decode_tokens_per_s"].samples) == 3
+
+
+def test_fake_backends_are_deterministic_enough_to_order():
+    a, b = measure_many(_pair(), isolation="inprocess", interleave=True, profile="cpu-test")
+    # 2 ms vs 3 ms per token
+    assert a.metrics["decode_tokens_per_s"].value > 1.3 * b.metrics["decode_tokens_per_s"].value
+
+
+def test_regression_report_names_the_library_versions_that_changed(tmp_path):
+    spec = _pair()[0]
+
+    def result(samples, torch_version):
+        return RunResult(spec=spec, metrics={"decode_tokens_per_s": Metric.of("decode_tokens_per_s", samples)},
+                         backend_identity={"token_ms": 2.0}, environment={"packages": {"torch": torch_version}},
+                         timestamp="2026-11-26T00:00:00+00:00")
+
+    store = BaselineStore(tmp_path, "cpu-test")
+    store.update(result([100, 101, 99, 100.5, 99.5], "2.11.0"), None)
+    store.save()
+    session = SuiteSession(baselines_dir=tmp_path, profiles={"cpu": "cpu-test"})
+    session.results[spec.id] = result([70, 71, 69, 70.5, 69.5], "2.12.0")
+    with pytest.raises(Fail, match="library versions differ from the baseline: torch 2.11.0 -> 2.12.0"):
+        session.check(spec, ("speed",))
+    assert session.outcomes[f"{spec.id}:speed"].version_changes == {"torch": ("2.11.0", "2.12.0")}
