@@ -1,6 +1,11 @@
 import os
 
 import pytest
+from hypothesis import settings
+
+# CI machines are shared and noisy: property tests assert behaviour, never speed.
+settings.register_profile("quantperf", deadline=None)
+settings.load_profile("quantperf")
 
 # The deterministic fake backends (quantperf/backends/fake.py) are test doubles: enable them
 # for the test suite only. Worker subprocesses inherit the variable.
