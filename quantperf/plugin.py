@@ -244,8 +244,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             rows.append([cid, "-", "-" if m is None else f"{m.value:.4g}", "-", "-", o.status, o.message[:100]])
         for v in o.verdicts:
             delta = "-" if v.ratio is None else f"{(v.ratio - 1) * 100:+.1f}%"
+            note = "; ".join(([] if v.p_value is None else [f"p={v.p_value:.3g}"]) + v.notes)
             rows.append([cid, v.metric, f"{v.current:.4g}", "-" if v.baseline is None else f"{v.baseline:.4g}", delta,
-                         v.status, "" if v.p_value is None else f"p={v.p_value:.3g}"])
+                         v.status, note[:90]])
         if o.version_changes:
             rows.append([cid, "versions", "", "", "", "", ", ".join(f"{k} {a}->{b}" for k, (a, b) in o.version_changes.items())])
     tr.write_line(format_table(["config", "metric", "current", "baseline", "delta", "verdict", "note"], rows))
