@@ -85,22 +85,24 @@ class BaselineStore:
     def entry(self, config_id: str) -> dict | None:
         return self.data["configs"].get(config_id)
 
-    def check_identity(self, result: RunResult) -> None:
-        entry = self.entry(result.spec.id)
+    def check_identity(self, result: RunResult, config_id: str | None = None) -> None:
+        """A configuration recorded with other backend options is not comparable: fail loudly."""
+        cid = config_id or result.spec.id
+        entry = self.entry(cid)
         if entry is None:
             return
         recorded = entry.get("backend_identity", {})
         now = json.loads(json.dumps(result.backend_identity))
         if recorded != now:
             raise BaselineError(
-                f"{self.path}: configs.{result.spec.id}.backend_identity is {recorded} but the backend now runs with {now}; "
+                f"{self.path}: configs.{cid}.backend_identity is {recorded} but the backend now runs with {now}; "
                 "the figures are not comparable: re-record with --qp-record"
             )
 
-    def version_changes(self, result: RunResult) -> dict[str, tuple]:
-        entry = self.entry(result.spec.id) or {}
-        old = entry.get("packages", {})
-        new = (result.environment or {}).get("packages", {})
+    def version_changes(self, result: RunResult, config_id: str | None = None) -> dict[str, tuple]:
+        """Library versions that differ between the baseline and this result (the upgrade case)."""
+        old = (self.entry(config_id or result.spec.id) or {}).get("packages", {})
+        new = {k: v for k, v in (result.environment or {}).get("packages", {}).items() if v}
         return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
     def update(self, result: RunResult, revision: str | None, config_id: str | None = None) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,10 @@ from .spec import RunSpec
 from .stats import interleaved_order
 
 PROMPT_SEED = 1234
+WORKER_TIMEOUT_ENV = "QUANTPERF_WORKER_TIMEOUT_S"
+# A hung worker (a wedged GPU, a deadlocked library) must not hang the suite: one request
+# (a load, a set of rounds, a quality pass) gets this long.
+WORKER_TIMEOUT_S = float(os.environ.get(WORKER_TIMEOUT_ENV, "1800"))
 
 
 def prompt_ids(vocab_size: int, batch_size: int, prompt_tokens: int, seed: int = PROMPT_SEED):
@@ -238,6 +243,15 @@ class ProcessWorker:
             raise WorkerCrashed(f"worker for {self.spec.id} exited with code {self.proc.returncode}: {self._stderr_tail()}")
         self.proc.stdin.write(json.dumps({"method": method, "kwargs": kwargs}) + "\n")
         self.proc.stdin.flush()
+        # one reply per request, read whole: nothing is left in the buffer between requests,
+        # so select() on the pipe tells whether the worker is still silent
+        ready, _, _ = select.select([self.proc.stdout], [], [], WORKER_TIMEOUT_S)
+        if not ready:
+            self.proc.kill()
+            raise WorkerCrashed(
+                f"worker for {self.spec.id} gave no answer to {method!r} within {WORKER_TIMEOUT_S:.0f} s "
+                f"(set {WORKER_TIMEOUT_ENV} to allow more); stderr tail:\n{self._stderr_tail()}"
+            )
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait(timeout=30)

@@ -168,15 +168,3 @@ def interleaved_order(sides: Sequence[str], rounds: int) -> list[str]:
         block = list(sides) if r % 2 == 0 else list(reversed(sides))
         order.extend(block)
     return order
-
-
-def drop_outliers(values: Sequence[float], k: float = 3.0) -> list[float]:
-    """Drop values further than k * MAD (scaled to sigma) from the median; keeps all if MAD is 0."""
-    arr = np.asarray(values, dtype=float)
-    if arr.size < 5:
-        return list(map(float, arr))
-    med = np.median(arr)
-    mad = 1.4826 * np.median(np.abs(arr - med))
-    if mad == 0:
-        return list(map(float, arr))
-    return [float(v) for v in arr if abs(v - med) <= k * mad]

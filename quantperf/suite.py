@@ -4,13 +4,11 @@ evaluate claims, record baselines on request, and keep everything for the summar
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .baselines import BaselineStore, git_revision
 from .engine import measure_many
-from .errors import BaselineError
 from .gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, Verdict, compare_metric
 from .results import ResultLog, RunResult, atomic_write_text, dump_json
 from .spec import RunSpec
@@ -97,19 +95,17 @@ class SuiteSession:
                 self._keep("quality:" + res.spec.id, res)
             return self.results[key]
         group = self._partners(spec)
-        more = None
-        if len(group) > 1 and self.max_rounds:
-            claims = [c for c in self.claims if c.metric == "decode_tokens_per_s"
-                      and {x.id for x in c.specs(spec.workload)} <= {g.id for g in group}]
+        claims = [c for c in self.claims if c.metric == "decode_tokens_per_s"
+                  and {x.id for x in c.specs(spec.workload)} <= {g.id for g in group}]
 
-            def more(samples):
-                for c in claims:
-                    a, b = c.specs(spec.workload)
-                    if is_inconclusive(c, samples[a.id], samples[b.id]):
-                        return True
-                return False
+        def still_inconclusive(samples) -> bool:
+            """Adaptive rounds: keep adding ABBA blocks while a decode-speed claim is undecided."""
+            return any(is_inconclusive(c, samples[a.id], samples[b.id])
+                       for c in claims for a, b in [c.specs(spec.workload)])
+
+        adaptive = still_inconclusive if (len(group) > 1 and self.max_rounds and claims) else None
         for res in measure_many(group, isolation=self.isolation, interleave=len(group) > 1,
-                                profile=self.profiles[spec.device], more_rounds=more, max_rounds=self.max_rounds):
+                                profile=self.profiles[spec.device], more_rounds=adaptive, max_rounds=self.max_rounds):
             self._keep(res.spec.id, res)
         return self.results[key]
 
@@ -157,12 +153,7 @@ class SuiteSession:
             if self.strict:
                 raise Fail(msg)
             raise Skip(msg)
-        recorded_identity = entry.get("backend_identity", {})
-        if recorded_identity != json.loads(json.dumps(res.backend_identity)):
-            raise BaselineError(
-                f"{store.path}: configs.{cid}.backend_identity is {recorded_identity} but the backend now runs with "
-                f"{res.backend_identity}; the figures are not comparable: re-record with --qp-record"
-            )
+        store.check_identity(res, cid)
         verdicts = []
         for name, m in metrics.items():
             base = entry["metrics"].get(name)
@@ -171,9 +162,7 @@ class SuiteSession:
             verdicts.append(compare_metric(name, base["samples"], m.samples, m.higher_is_better,
                                            self.tolerance(m.kind, spec.device, tolerances), self.alpha,
                                            base.get("run_medians")))
-        old_pk = entry.get("packages", {})
-        new_pk = {k: v for k, v in (res.environment or {}).get("packages", {}).items() if v}
-        changes = {k: (old_pk.get(k), new_pk.get(k)) for k in sorted(set(old_pk) | set(new_pk)) if old_pk.get(k) != new_pk.get(k)}
+        changes = store.version_changes(res, cid)
         status = "regressed" if any(v.failed for v in verdicts) else (
             "improved" if any(v.status == "improved" for v in verdicts) else "ok")
         outcome = ConfigOutcome(res, verdicts, status, version_changes=changes)

@@ -1,7 +1,6 @@
 """The pytest plugin end to end, with pytester and the deterministic fake backends."""
 
 import json
-import os
 
 import pytest
 import torch  # imported before pytester snapshots sys.modules: torch cannot be imported twice

@@ -57,3 +57,26 @@ def test_regression_report_names_the_library_versions_that_changed(tmp_path):
     with pytest.raises(Fail, match="library versions differ from the baseline: torch 2.11.0 -> 2.12.0"):
         session.check(spec, ("speed",))
     assert session.outcomes[f"{spec.id}:speed"].version_changes == {"torch": ("2.11.0", "2.12.0")}
+
+
+def test_a_silent_worker_is_killed_with_a_clear_error(monkeypatch):
+    from quantperf import engine
+
+    monkeypatch.setattr(engine, "WORKER_TIMEOUT_S", 0.001)
+    with pytest.raises(engine.WorkerCrashed, match="gave no answer to 'init' within"):
+        engine.ProcessWorker(_pair()[0])
+
+
+def test_onnx_export_is_cached(model_cache):
+    from quantperf.backends.ort import export_fp32, quantize_variant
+    from quantperf.models import resolve
+
+    source = resolve("synthetic:llama-tiny", build_device="cpu")
+    first, _ = export_fp32(source)
+    stamp = (first / "model.onnx").stat().st_mtime_ns
+    again, meta = export_fp32(source)
+    assert again == first and (again / "model.onnx").stat().st_mtime_ns == stamp
+    assert meta["exporter"].startswith("torch.onnx.export")
+    q1, _ = quantize_variant(first, "int8")
+    q2, qmeta = quantize_variant(first, "int8")
+    assert q1 == q2 and qmeta["quantize"]["method"] == "quantize_dynamic"

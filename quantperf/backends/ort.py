@@ -175,7 +175,6 @@ def quantize_variant(fp32_dir: Path, variant: str) -> tuple[Path, dict]:
 def graph_weight_bytes(model_dir: Path) -> tuple[int, int]:
     """(all initializer bytes, bytes of the input-embedding Gather table) of an ONNX graph."""
     import onnx
-    from onnx import numpy_helper  # noqa: F401  (keeps onnx's external-data helpers importable)
 
     model = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
     sizes: dict[str, int] = {}
