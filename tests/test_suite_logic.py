@@ -80,3 +80,25 @@ def test_onnx_export_is_cached(model_cache):
     q1, _ = quantize_variant(first, "int8")
     q2, qmeta = quantize_variant(first, "int8")
     assert q1 == q2 and qmeta["quantize"]["method"] == "quantize_dynamic"
+
+
+def test_out_of_memory_load_is_one_clear_line(monkeypatch):
+    from quantperf.backends.fake import FakeBackend
+
+    def boom(self, source, device):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(FakeBackend, "load", boom)
+    r = measure_many([_pair()[0]], isolation="inprocess", profile="cpu-test")[0]
+    assert r.status == "error" and r.reason == "fake-fp16: out of memory loading fake:small on cpu"
+
+
+def test_missing_library_is_unavailable_not_a_traceback(monkeypatch):
+    import importlib.util
+
+    from quantperf.backends import get_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    reason = get_backend("bnb-nf4").unavailable_reason("cpu")
+    assert reason.startswith("bitsandbytes is not installed: pip install bitsandbytes")
