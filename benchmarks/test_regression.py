@@ -44,3 +44,13 @@ def test_takeaway(qp_session, qp_claim, request):
         return
     if not result.passed:
         pytest.fail(result.message(), pytrace=False)
+
+
+def test_repeatability(qp_session, qp_noise_config, request):
+    """The suite's own noise: within-run and between-run CV and the smallest detectable change,
+    from N fresh-process runs (--qp-noise-runs N); fails when the tier's CV target is missed."""
+    runs = request.config.getoption("--qp-noise-runs")
+    if runs < 2:
+        pytest.skip("repeatability is measured on request: pass --qp-noise-runs 3 (or more)")
+    spec, tier = qp_noise_config
+    run_check(qp_session.repeatability, spec, runs, tier.noise_targets.get(spec.mode))

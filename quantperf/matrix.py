@@ -30,6 +30,8 @@ class Tier:
     quality_configs: list[RunSpec] = field(default_factory=list)
     quality_params: dict = field(default_factory=dict)
     max_rounds: int = 0  # adaptive-rounds budget for takeaway comparisons (0: off)
+    noise_configs: list[RunSpec] = field(default_factory=list)
+    noise_targets: dict = field(default_factory=dict)  # mode -> max within-run CV of decode tok/s
 
 
 def _list(value, where: str) -> list[str]:
@@ -82,7 +84,15 @@ def load_matrix(path: str | Path, overrides: dict | None = None) -> dict[str, Ti
         qbackends = _list(overrides.get("quality_backends", q.get("backends", [])), f"{where}.quality.backends")
         quality = [RunSpec(q.get("model", "fixture"), b, device, "eager", workload) for b in qbackends]
         qparams = {k: q[k] for k in ("context", "max_windows", "corpus") if k in q}
-        tiers[name] = Tier(name, device, unique, workload, quality, qparams, int(raw.get("max_rounds", 0)))
+        noise = raw.get("noise", {})
+        noise_ids = _list(noise.get("configs", []), f"{where}.noise.configs")
+        by_id = {c.id: c for c in unique}
+        missing = [i for i in noise_ids if i not in by_id]
+        if missing and not overrides:
+            raise ConfigError(f"{where}.noise.configs names configurations not in the tier: {missing}")
+        targets = {k: float(v) for k, v in noise.get("cv_within_max", {}).items()}
+        tiers[name] = Tier(name, device, unique, workload, quality, qparams, int(raw.get("max_rounds", 0)),
+                           [by_id[i] for i in noise_ids if i in by_id], targets)
     if not tiers:
         raise ConfigError(f"{path}: no [tier.NAME] tables")
     return tiers

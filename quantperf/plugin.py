@@ -26,6 +26,7 @@ ALPHA = "--qp-alpha"
 ISOLATION = "--qp-isolation"
 RESULTS = "--qp-results"
 MAX_ROUNDS = "--qp-max-rounds"
+NOISE_RUNS = "--qp-noise-runs"
 
 MARKERS = {
     "gpu": "needs an NVIDIA GPU (the GPU tier); skipped with a reason elsewhere",
@@ -58,6 +59,8 @@ def pytest_addoption(parser):
     g.addoption(ISOLATION, choices=["process", "inprocess"], help="measure each configuration in a fresh process (default) or in this one")
     g.addoption(RESULTS, help="JSON-lines file every measured configuration is appended to (ini: qp_results)")
     g.addoption(MAX_ROUNDS, type=int, help="adaptive rounds: an inconclusive takeaway may add rounds up to this many per side")
+    g.addoption(NOISE_RUNS, type=int, default=0,
+                help="repeatability benchmark: measure each tier's noise configurations this many times (fresh processes)")
     for name, default, help_ in (
         ("qp_baselines", "baselines", "baselines directory"),
         ("qp_matrix", "benchmarks/matrix.toml", "benchmark matrix"),
@@ -114,7 +117,7 @@ def _slow(model: str) -> list:
 
 def pytest_generate_tests(metafunc):
     names = set(metafunc.fixturenames)
-    if not names & {"qp_config", "qp_quality_config", "qp_claim"}:
+    if not names & {"qp_config", "qp_quality_config", "qp_claim", "qp_noise_config"}:
         return
     tiers = _tiers(metafunc.config)
     if "qp_config" in names:
@@ -125,6 +128,10 @@ def pytest_generate_tests(metafunc):
         params = [pytest.param(spec, id=f"{spec.model_label}-{spec.backend}-{spec.device}-quality", marks=[_device_mark(t.device), pytest.mark.quality])
                   for t in tiers.values() for spec in t.quality_configs]
         metafunc.parametrize("qp_quality_config", params)
+    if "qp_noise_config" in names:
+        params = [pytest.param((spec, t), id=spec.id, marks=[_device_mark(t.device), pytest.mark.slow])
+                  for t in tiers.values() for spec in t.noise_configs]
+        metafunc.parametrize("qp_noise_config", params)
     if "qp_claim" in names:
         params = []
         for claim in _claims(metafunc.config):
@@ -229,7 +236,7 @@ def run_check(fn, *args, **kwargs):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     session = getattr(config, "_qp_session", None)
-    if session is None or not (session.outcomes or session.claim_results):
+    if session is None or not (session.outcomes or session.claim_results or session.noise_rows):
         return
     from .report import format_table
 
@@ -272,6 +279,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                           f"{min_detectable_change(s.cv, s.n) * 100:.1f}%", extra or "",
                           "" if r.validity.get("valid", True) else "throttled"])
         tr.write_line(format_table(["config", "median", "CV", "rounds", "min detectable", "adaptive +rounds", "validity"], nrows))
+    if session.noise_rows:
+        tr.write_line("")
+        tr.write_line("repeatability (fresh process per run):")
+        pct = lambda v: "-" if v is None else f"{v * 100:.2f}%"  # noqa: E731
+        tr.write_line(format_table(
+            ["config", "metric", "runs", "rounds", "CV within", "CV between", "min detectable", "target CV within"],
+            [[r["config"], r["metric"], r["runs"], r["rounds"], pct(r["cv_within"]), pct(r["cv_between"]),
+              pct(r["min_detectable"]), pct(r.get("target"))] for r in session.noise_rows]))
     if session.recorded:
         tr.write_line("")
         tr.write_line(f"recorded {len(session.recorded)} baseline figure(s):")

@@ -110,6 +110,7 @@ class SuiteSession:
         return self.results[key]
 
     quality_params: dict = {}  # device -> quality parameters (context, max_windows, corpus)
+    noise_rows: list = []
     quality_specs: list = []
 
     def _keep(self, key: str, res: RunResult) -> None:
@@ -182,6 +183,34 @@ class SuiteSession:
         self.recorded.extend(lines)
         return lines
 
+    # -- repeatability -------------------------------------------------------------------
+    def repeatability(self, spec: RunSpec, runs: int, target_cv: float | None) -> list[dict]:
+        """Measure `spec` in `runs` fresh processes; within-run CV, between-run CV and the minimum
+        detectable change per speed metric. Fails when the within-run CV of decode tok/s misses
+        the tier's target for the mode (the gate cannot be sharper than this noise)."""
+        from .noise import noise_rows
+
+        results = [measure_many([spec], isolation=self.isolation, profile=self.profiles[spec.device])[0]
+                   for _ in range(runs)]
+        for r in results:
+            if self.log:
+                self.log.append(r)
+        bad = [r for r in results if not r.ok]
+        if bad:
+            if bad[0].status in ("unavailable", "mode-unsupported"):
+                raise Skip(bad[0].reason)
+            raise Fail(bad[0].reason)
+        rows = noise_rows([[r] for r in results])
+        for row in rows:
+            row["target"] = target_cv if row["metric"] == "decode_tokens_per_s" else None
+        self.noise_rows = [*self.noise_rows, *rows]
+        decode = next(r for r in rows if r["metric"] == "decode_tokens_per_s")
+        if target_cv is not None and decode["cv_within"] > target_cv:
+            raise Fail(f"NOISY {spec.id} [{self.profiles[spec.device]}]: decode tok/s within-run CV "
+                       f"{decode['cv_within'] * 100:.2f}% > target {target_cv * 100:.2f}% "
+                       f"(between runs {decode['cv_between'] * 100:.2f}%, min detectable {decode['min_detectable'] * 100:.1f}%)")
+        return rows
+
     # -- takeaways -----------------------------------------------------------------------
     def check_claim(self, claim: Claim, workload, confidence: float = 0.95) -> ClaimResult:
         a_spec, b_spec = claim.specs(workload)
@@ -206,5 +235,6 @@ class SuiteSession:
             "claims": [{"id": c.claim.id, "profile": c.profile, "verdict": c.verdict, "expected": c.expected,
                         "ratio": c.ratio, "ci": [c.low, c.high], "p_value": c.p_value, "message": c.message()}
                        for c in self.claim_results],
+            "repeatability": self.noise_rows,
         }
         atomic_write_text(path, dump_json(data))

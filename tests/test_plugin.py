@@ -164,3 +164,25 @@ def test_matrix_override_from_the_command_line(project):
     result = run(project, "-m", "cpu", "--collect-only", "-q", "--qp-backends=fake-int8", "-k", "speed")
     result.stdout.fnmatch_lines(["*test_speed[[]small-fake-int8-cpu-bs1-p8-n12-eager[]]*"])
     assert "fake-fp16-cpu" not in result.stdout.str().split("test_takeaway")[0].split("test_speed")[1]
+
+
+def test_repeatability_benchmark_reports_noise_and_fails_a_missed_target(project):
+    project.path.joinpath("matrix.toml").write_text(MATRIX.replace('[tier.gpu]', '''[tier.cpu.noise]
+configs = ["small-fake-fp16-cpu-bs1-p8-n12-eager"]
+cv_within_max = { eager = 0.0000001 }
+
+[tier.gpu]'''))
+    project.makepyfile(test_noise="""
+        from quantperf.plugin import run_check
+
+        def test_repeatability(qp_session, qp_noise_config, request):
+            spec, tier = qp_noise_config
+            run_check(qp_session.repeatability, spec, request.config.getoption("--qp-noise-runs"),
+                      tier.noise_targets.get(spec.mode))
+    """)
+    result = run(project, "-m", "cpu", "test_noise.py", "--qp-noise-runs", "2")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*NOISY small-fake-fp16-cpu-bs1-p8-n12-eager [[]cpu-test[]]: decode tok/s within-run CV*",
+                                 "*repeatability (fresh process per run):*"])
+    summary = json.loads(project.path.joinpath("out", "summary.json").read_text())
+    assert summary["repeatability"][0]["runs"] == 2
