@@ -2,8 +2,10 @@
 # How this repository's GPU numbers were produced on a lent machine with no registry access:
 # carried wheels in .whl/, the image's own torch/transformers, no install step.
 #   bash scripts/device-session.sh PHASE OUTDIR
-# PHASE: record (record the GPU tier's baseline) | check (two A/A re-runs against it, then a
-#        40 ms/token slowdown injected into torch-fp16 on the small-model configurations)
+# PHASE: record      record (add a run to) the GPU tier's baseline
+#        aa [N]      N A/A re-runs against the baseline (default 1), each into OUTDIR/aaI
+#        inject      a 40 ms/token slowdown injected into torch-fp16 on the small-model configurations
+# One GPU-tier run without quality takes ~190 s on an H100: two A/A runs fit one 10-minute call.
 set -uo pipefail
 phase="$1"; out="$2"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -17,11 +19,17 @@ record)
     QUANTPERF_RESULTS_DIR="$out/rec" bash scripts/gpu-job.sh --qp-record
     cp baselines/*.json "$out/"
     ;;
-check)
-    for run in aa1 aa2; do
-        QUANTPERF_RESULTS_DIR="$out/$run" timeout 215 bash scripts/gpu-job.sh -m "gpu and not quality"
+aa)
+    for i in $(seq 1 "${3:-1}"); do
+        QUANTPERF_RESULTS_DIR="$out/aa$i" bash scripts/gpu-job.sh -m "gpu and not quality"
     done
-    QUANTPERF_INJECT_DELAY_MS="torch-fp16=40" QUANTPERF_RESULTS_DIR="$out/inject" timeout 120 \
+    ;;
+inject)
+    QUANTPERF_INJECT_DELAY_MS="torch-fp16=40" QUANTPERF_RESULTS_DIR="$out/inject" \
         bash scripts/gpu-job.sh -m "gpu and not quality" -k "125m or small"
+    ;;
+*)
+    echo "unknown phase $phase: use record, aa [N] or inject" >&2
+    exit 2
     ;;
 esac
