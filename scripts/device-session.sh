@@ -8,6 +8,7 @@
 # One GPU-tier run without quality takes ~190 s on an H100: two A/A runs fit one 10-minute call.
 set -uo pipefail
 phase="$1"; out="$2"
+case "$phase" in record|aa|inject) ;; *) echo "unknown phase $phase: use record, aa [N] or inject" >&2; exit 2 ;; esac
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PWD"
@@ -27,9 +28,5 @@ aa)
 inject)
     QUANTPERF_INJECT_DELAY_MS="torch-fp16=40" QUANTPERF_RESULTS_DIR="$out/inject" \
         bash scripts/gpu-job.sh -m "gpu and not quality" -k "125m or small"
-    ;;
-*)
-    echo "unknown phase $phase: use record, aa [N] or inject" >&2
-    exit 2
     ;;
 esac
