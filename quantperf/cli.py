@@ -65,13 +65,9 @@ def _cmd_run(args) -> int:
 
 def _cmd_noise(args) -> int:
     from .noise import gate_counts, load_runs, load_summaries, noise_rows
-    from .report import format_table
+    from .report import noise_table
 
-    rows = noise_rows(load_runs(args.runs))
-    pct = lambda v: "-" if v is None else f"{v * 100:.1f}%"  # noqa: E731
-    print(format_table(["config", "metric", "runs", "rounds", "CV within", "CV between", "min detectable"],
-                       [[r["config"], r["metric"], r["runs"], r["rounds"], pct(r["cv_within"]), pct(r["cv_between"]),
-                         pct(r["min_detectable"])] for r in rows], markdown=args.markdown))
+    print(noise_table(noise_rows(load_runs(args.runs)), markdown=args.markdown))
     if args.aa:
         print(f"A/A: {gate_counts(load_summaries(args.aa))}")
     if args.inject:
@@ -88,6 +84,10 @@ def _cmd_gate(args) -> int:
 
     failed = 0
     for path in args.results:
+        if not Path(path).is_file():
+            print(f"quantperf: {path}: no such results file (a results.jsonl written by the suite or `quantperf run --out`)",
+                  file=sys.stderr)
+            return 2
         results = ResultLog(path).read()
         profile = args.profile or next((r.profile for r in results if r.profile), None)
         if not profile:

@@ -96,7 +96,7 @@ def between_run_p(run_medians: list[float], current: float, higher_is_better: bo
 def compare_metric(name: str, baseline_samples: list[float], current_samples: list[float], higher_is_better: bool,
                    tolerance: float, alpha: float = DEFAULT_ALPHA, baseline_run_medians: list[float] | None = None) -> Verdict:
     """Gate one metric. With >= 3 recorded baseline runs, a change must also stand out from the
-    run-to-run spread (between_run_p < alpha); with fewer, only the within-run test applies and
+    run-to-run spread (between_run_p < BETWEEN_RUN_ALPHA); with fewer, only the within-run test applies and
     the verdict says so."""
     if not baseline_samples:
         return Verdict(name, "new", None, float(current_samples[0]), None, None, tolerance, None)

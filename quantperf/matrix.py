@@ -90,7 +90,11 @@ def load_matrix(path: str | Path, overrides: dict | None = None) -> dict[str, Ti
         missing = [i for i in noise_ids if i not in by_id]
         if missing and not overrides:
             raise ConfigError(f"{where}.noise.configs names configurations not in the tier: {missing}")
-        targets = {k: float(v) for k, v in noise.get("cv_within_max", {}).items()}
+        try:
+            targets = {k: float(v) for k, v in noise.get("cv_within_max", {}).items()}
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}.noise.cv_within_max must map modes to numbers (0.01 = 1%), "
+                              f"got {noise.get('cv_within_max')!r}") from None
         tiers[name] = Tier(name, device, unique, workload, quality, qparams, int(raw.get("max_rounds", 0)),
                            [by_id[i] for i in noise_ids if i in by_id], targets)
     if not tiers:

@@ -282,11 +282,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if session.noise_rows:
         tr.write_line("")
         tr.write_line("repeatability (fresh process per run):")
-        pct = lambda v: "-" if v is None else f"{v * 100:.2f}%"  # noqa: E731
-        tr.write_line(format_table(
-            ["config", "metric", "runs", "rounds", "CV within", "CV between", "min detectable", "target CV within"],
-            [[r["config"], r["metric"], r["runs"], r["rounds"], pct(r["cv_within"]), pct(r["cv_between"]),
-              pct(r["min_detectable"]), pct(r.get("target"))] for r in session.noise_rows]))
+        from .report import noise_table
+
+        tr.write_line(noise_table(session.noise_rows))
     if session.recorded:
         tr.write_line("")
         tr.write_line(f"recorded {len(session.recorded)} baseline figure(s):")

@@ -34,6 +34,18 @@ def results_table(results: list[RunResult], markdown: bool = False) -> str:
     return format_table(header, rows, markdown)
 
 
+def noise_table(rows: list[dict], markdown: bool = False) -> str:
+    """Rows of quantperf.noise.noise_rows (optionally with a `target` CV) as a table."""
+    def pct(v):
+        return "-" if v is None else f"{v * 100:.2f}%"
+
+    header = ["config", "metric", "runs", "rounds", "CV within", "CV between", "min detectable"]
+    with_target = any("target" in r for r in rows)
+    body = [[r["config"], r["metric"], r["runs"], r["rounds"], pct(r["cv_within"]), pct(r["cv_between"]),
+             pct(r["min_detectable"])] + ([pct(r.get("target"))] if with_target else []) for r in rows]
+    return format_table(header + (["target CV within"] if with_target else []), body, markdown)
+
+
 def format_table(header: list[str], rows: list[list], markdown: bool = False) -> str:
     rows = [[str(c) for c in row] for row in rows]
     if markdown:

@@ -58,7 +58,9 @@ class SuiteSession:
         self.claim_results: list[ClaimResult] = []
         self.recorded: list[str] = []
         self._stores: dict[str, BaselineStore] = {}
-        self.collected: set[str] = set()
+        self.quality_params: dict[str, dict] = {}  # device -> quality parameters (context, max_windows, corpus)
+        self.quality_specs: list[RunSpec] = []  # quality configurations selected in this run
+        self.noise_rows: list[dict] = []
 
     # -- baselines -----------------------------------------------------------------------
     def store(self, device: str) -> BaselineStore:
@@ -109,9 +111,6 @@ class SuiteSession:
             self._keep(res.spec.id, res)
         return self.results[key]
 
-    quality_params: dict = {}  # device -> quality parameters (context, max_windows, corpus)
-    noise_rows: list = []
-    quality_specs: list = []
 
     def _keep(self, key: str, res: RunResult) -> None:
         self.results[key] = res
@@ -137,9 +136,7 @@ class SuiteSession:
         metrics = {n: m for n, m in res.metrics.items() if m.kind in kinds}
         cid = ("quality-" if quality else "") + spec.id
         if self.record:
-            entry = store.entry(cid)
-            lines = self._record(store, RunResult(**{**res.__dict__, "metrics": metrics}), cid,
-                                 dict((entry or {}).get("metrics", {})))
+            lines = self._record(store, RunResult(**{**res.__dict__, "metrics": metrics}), cid)
             outcome = ConfigOutcome(res, status="recorded", message="; ".join(lines) or "unchanged")
             self.outcomes[key] = outcome
             return outcome
@@ -177,7 +174,7 @@ class SuiteSession:
             raise Fail(f"REGRESSED {cid} [{store.profile}]: " + "; ".join(lines) + vers)
         return outcome
 
-    def _record(self, store: BaselineStore, res: RunResult, cid: str, merged: dict) -> list[str]:
+    def _record(self, store: BaselineStore, res: RunResult, cid: str) -> list[str]:
         lines = store.update(res, git_revision(self.root), config_id=cid)
         store.save()  # atomic, after every config: an interrupted run keeps what it recorded
         self.recorded.extend(lines)

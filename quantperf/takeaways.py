@@ -160,6 +160,16 @@ class ClaimResult:
                 + (f" ({'; '.join(self.notes)})" if self.notes else ""))
 
 
+def classify(bounds: tuple[float, float], low: float, high: float) -> str:
+    """`holds` when the CI [low, high] lies inside the bounds, `flipped` when wholly outside."""
+    lo, hi = bounds
+    if lo <= low and high <= hi:
+        return "holds"
+    if high < lo or low > hi:
+        return "flipped"
+    return "inconclusive"
+
+
 def _quality_ratio(a: RunResult, b: RunResult, z: float):
     """PPL_b/PPL_a from ln ratios against a common reference, with SEs combined (conservative)."""
     qa, qb = a.quality, b.quality
@@ -195,13 +205,7 @@ def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence:
         else:  # deterministic figures (memory)
             ratio = mb.value / ma.value
             low = high = ratio
-    lo, hi = claim.bounds
-    if lo <= low and high <= hi:
-        verdict = "holds"
-    elif high < lo or low > hi:
-        verdict = "flipped"
-    else:
-        verdict = "inconclusive"
+    verdict = classify(claim.bounds, low, high)
     n = min(len(a.metrics[claim.metric].samples), len(b.metrics[claim.metric].samples)) if claim.metric in a.metrics else 0
     return ClaimResult(claim, profile, verdict, expected, ratio, low, high, confidence, p, n)
 
@@ -211,5 +215,4 @@ def is_inconclusive(claim: Claim, a_samples: list[float], b_samples: list[float]
     if len(a_samples) < 2 or len(b_samples) < 2:
         return True
     est = (paired_ratio if len(a_samples) == len(b_samples) else ratio_of_medians)(a_samples, b_samples, confidence=confidence)
-    lo, hi = claim.bounds
-    return not ((lo <= est.low and est.high <= hi) or est.high < lo or est.low > hi)
+    return classify(claim.bounds, est.low, est.high) == "inconclusive"

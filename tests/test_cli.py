@@ -46,3 +46,9 @@ def test_gate_replays_stored_results(tmp_path):
     assert run_cli("gate", str(tmp_path / "base.jsonl"), "--baselines", str(tmp_path / "bl"), "--record").returncode == 0
     out = run_cli("gate", str(tmp_path / "slow.jsonl"), "--baselines", str(tmp_path / "bl"))
     assert out.returncode == 1 and "REGRESSED llama-1b-bnb-int8-cuda-bs1-eager [nvidia-x]" in out.stdout
+
+
+def test_gate_names_a_missing_results_file(tmp_path):
+    out = run_cli("gate", str(tmp_path / "nope.jsonl"), "--baselines", str(tmp_path / "bl"))
+    assert out.returncode == 2 and "nope.jsonl: no such results file" in out.stderr
+    assert not (tmp_path / "bl").exists()

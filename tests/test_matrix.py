@@ -28,6 +28,8 @@ def test_command_line_overrides_replace_lists():
     ('[tier.x]\ndevice = "cpu"\nworkload = { rounds = 0 }\n', "tier.x.workload: Workload.rounds must be an integer >= 1"),
     ('[tier.x]\ndevice = "cpu"\nmodes = ["turbo"]\n', "modes has 'turbo'"),
     ("[tier.x\n", "not valid TOML"),
+    ('[tier.x]\ndevice = "cpu"\n[tier.x.noise]\ncv_within_max = { eager = "low" }\n', "tier.x.noise.cv_within_max must map"),
+    ('[tier.x]\ndevice = "cpu"\n[tier.x.noise]\nconfigs = ["nope"]\n', "names configurations not in the tier"),
     ("", "no \\[tier.NAME\\] tables"),
 ])
 def test_bad_matrix_names_file_field_and_value(tmp_path, text, match):
