@@ -1,4 +1,4 @@
-"""`quantperf` command line: `quantperf profile`, `quantperf run`, `quantperf backends`."""
+"""`quantperf` command line: `profile`, `backends`, `run`, `gate`, `noise`, `sensitivity`."""
 
 from __future__ import annotations
 
@@ -39,11 +39,7 @@ def _cmd_run(args) -> int:
     from .results import ResultLog
     from .spec import RunSpec, Workload
 
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device(args.device)
     backends = list(BACKENDS) if args.backend == ["all"] else [b for item in args.backend for b in item.split(",")]
     workload = Workload(batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                         warmup_rounds=args.warmup, rounds=args.rounds)
@@ -72,6 +68,53 @@ def _cmd_noise(args) -> int:
         print(f"A/A: {gate_counts(load_summaries(args.aa))}")
     if args.inject:
         print(f"injected slowdown: {gate_counts(load_summaries(args.inject))}")
+    return 0
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _cmd_sensitivity(args) -> int:
+    """Run the noise experiment (or re-evaluate a stored one) and print its table."""
+    from pathlib import Path
+
+    from .errors import ConfigError
+    from .gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, parse_tolerances, resolve_tolerance
+    from .results import atomic_write_text, dump_json
+    from .sensitivity import evaluate, evaluation_table, run_experiment
+    from .spec import RunSpec, Workload
+
+    if args.source:
+        path = Path(args.source)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file (a JSON file written by `quantperf sensitivity --out`)") from None
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(raw, dict) or "processes" not in raw or "spec" not in raw:
+            raise ConfigError(f"{path}: not a noise experiment (fields 'spec' and 'processes' missing)")
+    else:
+        workload = Workload(batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                            warmup_rounds=args.warmup, rounds=args.rounds)
+        spec = RunSpec(args.model, args.backend, _device(args.device), args.mode, workload)
+        save = (lambda data: atomic_write_text(Path(args.out), dump_json(data))) if args.out else None
+        raw = run_experiment(spec, processes=args.processes, slowdowns=args.slowdowns, variants=args.variants,
+                             isolation=args.isolation, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                             checkpoint=save)
+        if save:
+            save(raw)
+        if raw["status"] != "ok":
+            print(f"quantperf: {spec.id}: {raw['status']}: {raw['reason']}", file=sys.stderr)
+            return 0 if raw["status"] in ("unavailable", "mode-unsupported") else 1
+    tolerance = resolve_tolerance([DEFAULT_TOLERANCES, parse_tolerances(args.tolerance or "")], "speed", raw["spec"]["mode"])
+    ev = evaluate(raw, tolerance, args.alpha or DEFAULT_ALPHA)
+    print(evaluation_table(ev, markdown=args.markdown))
     return 0
 
 
@@ -142,6 +185,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inject", nargs="*", default=[], help="summary.json files of runs with an injected slowdown")
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(fn=_cmd_noise)
+    p = sub.add_parser("sensitivity", help="noise experiment on one configuration in fresh processes: CV within and "
+                                            "between runs, A/A false alarms, injected-slowdown detection, ablations")
+    p.add_argument("--model", default="synthetic:llama-tiny")
+    p.add_argument("--backend", default="torch-fp32")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--mode", default="eager", choices=["eager", "graph"])
+    p.add_argument("--processes", type=int, default=10, help="fresh worker processes, one after another (>= 4 for gate trials)")
+    p.add_argument("--rounds", type=int, default=5, help="measured rounds per side and process")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--slowdowns", type=float, nargs="*", default=[0.05, 0.10], help="injected slowdowns (0.05 = 5%%)")
+    p.add_argument("--variants", nargs="*", default=["gc-on", "unpinned", "long"],
+                   help="ablations interleaved with the clean side: gc-on, unpinned, long")
+    p.add_argument("--isolation", default="process", choices=["process", "inprocess"])
+    p.add_argument("--tolerance", help="gate tolerances as in --qp-tolerance, e.g. 'speed:5%%,speed.graph:3%%'")
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--out", help="write the raw experiment (JSON) here")
+    p.add_argument("--from", dest="source", help="re-evaluate a stored experiment instead of measuring")
+    p.add_argument("--markdown", action="store_true")
+    p.set_defaults(fn=_cmd_sensitivity)
     p = sub.add_parser("gate", help="gate stored results (results.jsonl) against baselines; --record records them, "
                                      "each file as one run, in order")
     p.add_argument("results", nargs="+")

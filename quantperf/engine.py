@@ -58,8 +58,29 @@ class LocalWorker:
         self.model_options = model_options or {}
         self.loaded = None
         self.backend = None
+        self.inject_ms: float | None = None  # per-token delay set by configure() (sensitivity experiment)
+        self._all_cpus: set[int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
+    def prepare(self) -> dict:
+        """Build the checkpoint and the backend's cached artifacts if missing. Failures are left
+        to load(), which reports them; `built` says whether one-time work happened here."""
+        from .backends import get_backend
+        from .models import resolve
+
+        spec = self.spec
+        try:
+            backend = get_backend(spec.backend)
+            if backend.unavailable_reason(spec.device):
+                return {"built": False}
+            t0 = time.perf_counter()
+            source = resolve(spec.model, local_files_only=self.model_options.get("local_files_only", False),
+                             trust_remote_code=self.model_options.get("trust_remote_code", False))
+            built = backend.prepare(source, spec.device) or source.built
+            return {"built": bool(built), "prepare_s": round(time.perf_counter() - t0, 1)}
+        except Exception:
+            return {"built": False}
+
     def load(self) -> dict:
         from .backends import get_backend
         from .models import resolve
@@ -74,10 +95,9 @@ class LocalWorker:
             import torch
 
             torch.cuda.init()
-            if self.model_options.get("pin_cpu", True) and hasattr(os, "sched_setaffinity"):
-                # pin the driving thread: launch latency then does not depend on the scheduler
-                cpus = sorted(os.sched_getaffinity(0))
-                os.sched_setaffinity(0, {cpus[-1]})
+            if hasattr(os, "sched_setaffinity"):
+                self._all_cpus = set(os.sched_getaffinity(0))
+                self._pin(self.model_options.get("pin_cpu", True))
         try:
             source = resolve(spec.model, local_files_only=self.model_options.get("local_files_only", False),
                              trust_remote_code=self.model_options.get("trust_remote_code", False))
@@ -113,28 +133,47 @@ class LocalWorker:
             "injected_delay_ms": M.injected_delay_ms(spec.backend),
         }
 
+    def _pin(self, on: bool) -> None:
+        """Pin the driving thread to one core (launch latency then does not depend on the
+        scheduler), or give it every core it started with."""
+        if self._all_cpus:
+            os.sched_setaffinity(0, {max(self._all_cpus)} if on else self._all_cpus)
+
+    def configure(self, inject_ms: float | None = None, gc_off: bool | None = None, pin_cpu: bool | None = None) -> dict:
+        """Change measurement settings between rounds of one loaded model: the sensitivity
+        experiment's injected per-token delay and its noise-reduction ablations."""
+        self.inject_ms = inject_ms
+        if gc_off is not None:
+            self.model_options["gc_off"] = gc_off
+        if pin_cpu is not None:
+            self.model_options["pin_cpu"] = pin_cpu
+            self._pin(pin_cpu)
+        return {"inject_ms": inject_ms, "gc_off": self.model_options.get("gc_off", True),
+                "pin_cpu": self.model_options.get("pin_cpu", True)}
+
     def _ids(self):
         w = self.spec.workload
         return prompt_ids(self.loaded.arch.vocab_size, w.batch_size, w.prompt_tokens)
 
-    def _one_round(self) -> dict:
+    def _one_round(self, new_tokens: int | None = None) -> dict:
         w, spec = self.spec.workload, self.spec
-        clock = M.TokenClock(spec.device, w.new_tokens, spec.backend)
+        new_tokens = new_tokens or w.new_tokens
+        clock = M.TokenClock(spec.device, new_tokens, spec.backend, self.inject_ms)
         gc_off = self.model_options.get("gc_off", True)
         gc.collect()
         before = M.gpu_state() if spec.device == "cuda" else None
         if gc_off:
             gc.disable()
         try:
-            tokens = self.loaded.run_round(self._ids(), w.new_tokens, spec.mode, clock)
+            tokens = self.loaded.run_round(self._ids(), new_tokens, spec.mode, clock)
             timing = clock.finish()
         finally:
             if gc_off:
                 gc.enable()
         after = M.gpu_state() if spec.device == "cuda" else None
         throttled, reasons = M.throttle_verdict(before, after)
-        if len(tokens[0]) != w.new_tokens:
-            raise RuntimeError(f"{spec.backend} generated {len(tokens[0])} tokens, expected exactly {w.new_tokens}")
+        if len(tokens[0]) != new_tokens:
+            raise RuntimeError(f"{spec.backend} generated {len(tokens[0])} tokens, expected exactly {new_tokens}")
         return {
             "prefill_ms": timing.prefill_ms,
             "decode_ms": timing.decode_ms,
@@ -160,13 +199,14 @@ class LocalWorker:
             return {"status": "mode-unsupported", "reason": str(exc)}
         return {"status": "ok", "warmup_rounds": n, "warmup_s": round(time.perf_counter() - t0, 2)}
 
-    def rounds(self, n: int) -> list[dict]:
-        """`n` measured rounds; a throttled round is retried once and flagged if still throttled."""
+    def rounds(self, n: int, new_tokens: int | None = None) -> list[dict]:
+        """`n` measured rounds (of `new_tokens`, default the workload's); a throttled round is
+        retried once and flagged if still throttled."""
         out = []
         for _ in range(n):
-            r = self._one_round()
+            r = self._one_round(new_tokens)
             if r["throttled"]:
-                retry = self._one_round()
+                retry = self._one_round(new_tokens)
                 retry["retried_after_throttle"] = r["throttle_reasons"]
                 r = retry
             out.append(r)
@@ -204,7 +244,7 @@ class LocalWorker:
             self.loaded = None
 
     def call(self, method: str, kwargs: dict) -> Any:
-        if method not in {"load", "warmup", "rounds", "memory", "quality", "generate_text", "close"}:
+        if method not in {"prepare", "load", "warmup", "rounds", "configure", "memory", "quality", "generate_text", "close"}:
             raise ValueError(f"unknown worker method {method!r}")
         return getattr(self, method)(**kwargs)
 
@@ -382,6 +422,12 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
     try:
         def start(spec):
             worker = open_worker(spec, isolation, model_options)
+            prepared = worker.prepare()
+            if prepared["built"] and isolation == "process":
+                # one-time work (a checkpoint build, an export) inflates a process's peak
+                # memory: measure in a fresh process that only loads the cached result
+                worker.close()
+                worker = open_worker(spec, isolation, model_options)
             workers[spec.id] = worker
             info = worker.load()
             if info["status"] == "ok":
@@ -389,7 +435,7 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
                 if wu["status"] != "ok":
                     info = {"status": wu["status"], "reason": wu["reason"], "identity": info["identity"]}
                 else:
-                    warm[spec.id] = wu
+                    warm[spec.id] = wu | ({"prepared_first_s": prepared["prepare_s"]} if prepared["built"] else {})
             if info["status"] != "ok":
                 results[spec.id] = _not_measured(spec, info["status"], info["reason"], info.get("identity"), environment, profile)
                 worker.close()

@@ -32,6 +32,31 @@ class Tier:
     max_rounds: int = 0  # adaptive-rounds budget for takeaway comparisons (0: off)
     noise_configs: list[RunSpec] = field(default_factory=list)
     noise_targets: dict = field(default_factory=dict)  # mode -> max within-run CV of decode tok/s
+    # the noise experiment: slowdowns injected, ablation variants, per mode the slowdown the gate
+    # must catch (`detect`) and in what share of trials (`detect_rate`)
+    noise_settings: dict = field(default_factory=dict)
+
+
+NOISE_DEFAULTS = {"slowdowns": [0.05, 0.10], "variants": ["gc-on", "unpinned", "long"],
+                  "detect": {"graph": 0.05, "eager": 0.10}, "detect_rate": 0.9}
+
+
+def _noise_settings(noise: dict, where: str) -> dict:
+    from .sensitivity import VARIANTS
+
+    out = {k: noise.get(k, v) for k, v in NOISE_DEFAULTS.items()}
+    slow, detect, rate = out["slowdowns"], out["detect"], out["detect_rate"]
+    if not isinstance(slow, list) or not all(isinstance(x, (int, float)) and 0 < x < 0.9 for x in slow):
+        raise ConfigError(f"{where}.noise.slowdowns must be a list of fractions in (0, 0.9) (0.05 = 5%), got {slow!r}")
+    variants = _list(out["variants"], f"{where}.noise.variants")
+    if any(v not in VARIANTS for v in variants):
+        raise ConfigError(f"{where}.noise.variants: {variants!r} has unknown names; choose from {', '.join(VARIANTS)}")
+    if not isinstance(detect, dict) or any(m not in MODES or v not in slow for m, v in detect.items()):
+        raise ConfigError(f"{where}.noise.detect must map modes ({', '.join(MODES)}) to one of the slowdowns "
+                          f"{slow}, got {detect!r}")
+    if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        raise ConfigError(f"{where}.noise.detect_rate must be a fraction in (0, 1], got {rate!r}")
+    return {"slowdowns": [float(x) for x in slow], "variants": variants, "detect": dict(detect), "detect_rate": float(rate)}
 
 
 def _list(value, where: str) -> list[str]:
@@ -96,7 +121,7 @@ def load_matrix(path: str | Path, overrides: dict | None = None) -> dict[str, Ti
             raise ConfigError(f"{where}.noise.cv_within_max must map modes to numbers (0.01 = 1%), "
                               f"got {noise.get('cv_within_max')!r}") from None
         tiers[name] = Tier(name, device, unique, workload, quality, qparams, int(raw.get("max_rounds", 0)),
-                           [by_id[i] for i in noise_ids if i in by_id], targets)
+                           [by_id[i] for i in noise_ids if i in by_id], targets, _noise_settings(noise, where))
     if not tiers:
         raise ConfigError(f"{path}: no [tier.NAME] tables")
     return tiers

@@ -103,6 +103,7 @@ class ModelSource:
     revision: str | None = None
     tokenizer: bool = False
     meta: dict = field(default_factory=dict)
+    built: bool = False  # resolve() built the checkpoint just now (a one-time cost)
 
     def load_kwargs(self) -> dict:
         kw = dict(local_files_only=self.local_files_only, trust_remote_code=self.trust_remote_code, use_safetensors=True)
@@ -197,10 +198,11 @@ def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool
             build_device = "cuda" if torch.cuda.is_available() else "cpu"
         # CPU and CUDA random generators differ: the weights are deterministic per RNG device.
         target = cache_dir() / "synthetic" / f"{shape}-seed{seed}-{build_device}rng"
-        if not (target / "model.safetensors").exists() and not (target / "model.safetensors.index.json").exists():
+        built = not (target / "model.safetensors").exists() and not (target / "model.safetensors.index.json").exists()
+        if built:
             _build_synthetic(shape, target, build_device, seed)
         meta = json.loads((target / "quantperf_synthetic.json").read_text())
-        return ModelSource(ref, str(target), local_files_only=True, meta=meta)
+        return ModelSource(ref, str(target), local_files_only=True, meta=meta, built=built)
     if ref.startswith("fake:") and os.environ.get("QUANTPERF_TEST_BACKENDS") == "1":
         return ModelSource(ref, ref, meta={"fake": True})
     if ref in ("fixture", "fixture:llama"):

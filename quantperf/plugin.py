@@ -27,6 +27,7 @@ ISOLATION = "--qp-isolation"
 RESULTS = "--qp-results"
 MAX_ROUNDS = "--qp-max-rounds"
 NOISE_RUNS = "--qp-noise-runs"
+NOISE_VARIANTS = "--qp-noise-variants"
 
 MARKERS = {
     "gpu": "needs an NVIDIA GPU (the GPU tier); skipped with a reason elsewhere",
@@ -60,7 +61,11 @@ def pytest_addoption(parser):
     g.addoption(RESULTS, help="JSON-lines file every measured configuration is appended to (ini: qp_results)")
     g.addoption(MAX_ROUNDS, type=int, help="adaptive rounds: an inconclusive takeaway may add rounds up to this many per side")
     g.addoption(NOISE_RUNS, type=int, default=0,
-                help="repeatability benchmark: measure each tier's noise configurations this many times (fresh processes)")
+                help="noise benchmark: run each tier's noise configurations in this many fresh processes "
+                     "(within/between-run CV, A/A false alarms, injected-slowdown detection)")
+    g.addoption(NOISE_VARIANTS, default=None,
+                help="noise benchmark ablations, comma-separated (gc-on, unpinned, long; '' for none); "
+                     "default: the tier's [noise] variants")
     for name, default, help_ in (
         ("qp_baselines", "baselines", "baselines directory"),
         ("qp_matrix", "benchmarks/matrix.toml", "benchmark matrix"),
@@ -285,6 +290,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         from .report import noise_table
 
         tr.write_line(noise_table(session.noise_rows))
+    for exp in session.sensitivity:
+        from .sensitivity import Evaluation, evaluation_table
+
+        tr.write_line("")
+        tr.write_line(evaluation_table(Evaluation.from_dict(exp["evaluation"])))
     if session.recorded:
         tr.write_line("")
         tr.write_line(f"recorded {len(session.recorded)} baseline figure(s):")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .baselines import BaselineStore, git_revision
 from .engine import measure_many
-from .gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, Verdict, compare_metric
+from .gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, Verdict, compare_metric, resolve_tolerance
 from .results import ResultLog, RunResult, atomic_write_text, dump_json
 from .spec import RunSpec
 from .takeaways import Claim, ClaimResult, evaluate, is_inconclusive
@@ -45,7 +45,7 @@ class SuiteSession:
         self.profiles = profiles  # device -> profile id
         self.record = record
         self.strict = strict
-        self.tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+        self.tolerances = tolerances or {}
         self.profile_tolerances = profile_tolerances or {}
         self.alpha = alpha
         self.isolation = isolation
@@ -61,6 +61,7 @@ class SuiteSession:
         self.quality_params: dict[str, dict] = {}  # device -> quality parameters (context, max_windows, corpus)
         self.quality_specs: list[RunSpec] = []  # quality configurations selected in this run
         self.noise_rows: list[dict] = []
+        self.sensitivity: list[dict] = []  # noise experiments: {"evaluation": ..., "raw": ...}
 
     # -- baselines -----------------------------------------------------------------------
     def store(self, device: str) -> BaselineStore:
@@ -118,9 +119,9 @@ class SuiteSession:
             self.log.append(res)
 
     # -- gating --------------------------------------------------------------------------
-    def tolerance(self, kind: str, device: str, override: dict | None = None) -> float:
+    def tolerance(self, kind: str, device: str, override: dict | None = None, mode: str = "eager") -> float:
         prof = self.profile_tolerances.get(self.profiles.get(device, ""), {})
-        return {**self.tolerances, **prof, **(override or {})}[kind]
+        return resolve_tolerance([DEFAULT_TOLERANCES, self.tolerances, prof, override or {}], kind, mode)
 
     def check(self, spec: RunSpec, kinds: tuple[str, ...], quality: bool = False, tolerances: dict | None = None) -> ConfigOutcome:
         """Measure (once) and gate `spec` on metric kinds. Raises Skip/Fail with a one-line reason."""
@@ -158,7 +159,7 @@ class SuiteSession:
             if base is None:
                 continue
             verdicts.append(compare_metric(name, base["samples"], m.samples, m.higher_is_better,
-                                           self.tolerance(m.kind, spec.device, tolerances), self.alpha,
+                                           self.tolerance(m.kind, spec.device, tolerances, spec.mode), self.alpha,
                                            base.get("run_medians")))
         changes = store.version_changes(res, cid)
         status = "regressed" if any(v.failed for v in verdicts) else (
@@ -181,32 +182,53 @@ class SuiteSession:
         return lines
 
     # -- repeatability -------------------------------------------------------------------
-    def repeatability(self, spec: RunSpec, runs: int, target_cv: float | None) -> list[dict]:
-        """Measure `spec` in `runs` fresh processes; within-run CV, between-run CV and the minimum
-        detectable change per speed metric. Fails when the within-run CV of decode tok/s misses
-        the tier's target for the mode (the gate cannot be sharper than this noise)."""
-        from .noise import noise_rows
+    def repeatability(self, spec: RunSpec, runs: int, target_cv: float | None, settings: dict | None = None):
+        """The noise experiment (quantperf.sensitivity) on `spec` in `runs` fresh processes:
+        within-run and between-run CV, minimum detectable change, A/A false alarms and the
+        detection rate of injected slowdowns, at this session's speed tolerance for the mode.
+        Fails when the within-run CV misses `target_cv`, when an A/A trial is flagged, or when
+        the gate catches the mode's `detect` slowdown in fewer than `detect_rate` of the trials."""
+        from .matrix import NOISE_DEFAULTS
+        from .sensitivity import AA, CLEAN, evaluate, run_experiment, slow_name
 
-        results = [measure_many([spec], isolation=self.isolation, profile=self.profiles[spec.device])[0]
-                   for _ in range(runs)]
-        for r in results:
-            if self.log:
-                self.log.append(r)
-        bad = [r for r in results if not r.ok]
-        if bad:
-            if bad[0].status in ("unavailable", "mode-unsupported"):
-                raise Skip(bad[0].reason)
-            raise Fail(bad[0].reason)
-        rows = noise_rows([[r] for r in results])
-        for row in rows:
-            row["target"] = target_cv if row["metric"] == "decode_tokens_per_s" else None
-        self.noise_rows = [*self.noise_rows, *rows]
-        decode = next(r for r in rows if r["metric"] == "decode_tokens_per_s")
-        if target_cv is not None and decode["cv_within"] > target_cv:
-            raise Fail(f"NOISY {spec.id} [{self.profiles[spec.device]}]: decode tok/s within-run CV "
-                       f"{decode['cv_within'] * 100:.2f}% > target {target_cv * 100:.2f}% "
-                       f"(between runs {decode['cv_between'] * 100:.2f}%, min detectable {decode['min_detectable'] * 100:.1f}%)")
-        return rows
+        settings = {**NOISE_DEFAULTS, **(settings or {})}
+        save = None
+        if self.log:  # the raw experiment, kept after each process next to the results
+            path = self.log.path.with_name(f"noise-{spec.id}.json")
+            save = lambda data: atomic_write_text(path, dump_json(data))  # noqa: E731
+        raw = run_experiment(spec, processes=runs, slowdowns=settings["slowdowns"], variants=settings["variants"],
+                             isolation=self.isolation, checkpoint=save)
+        if raw["status"] != "ok":
+            if raw["status"] in ("unavailable", "mode-unsupported"):
+                raise Skip(raw["reason"])
+            raise Fail(raw["reason"])
+        ev = evaluate(raw, self.tolerance("speed", spec.device, mode=spec.mode), self.alpha)
+        self.sensitivity = [*self.sensitivity, {"evaluation": ev.to_dict(), "raw": raw}]
+        clean = ev.side_noise(CLEAN)
+        self.noise_rows = [*self.noise_rows, {
+            "config": spec.id, "mode": spec.mode, "metric": "decode_tokens_per_s", "runs": ev.processes,
+            "rounds": ev.rounds, "cv_within": clean.cv_within, "cv_between": clean.cv_between,
+            "min_detectable": clean.min_detectable, "target": target_cv}]
+        profile = self.profiles[spec.device]
+        problems = []
+        if target_cv is not None and clean.cv_within > target_cv:
+            problems.append(f"NOISY {spec.id} [{profile}]: decode tok/s within-run CV {clean.cv_within * 100:.2f}% > target "
+                            f"{target_cv * 100:.2f}% (between runs {(clean.cv_between or 0) * 100:.2f}%, "
+                            f"min detectable {clean.min_detectable * 100:.1f}%)")
+        for method in ("gate", "paired"):
+            aa = ev.detection(AA, method)
+            if aa and aa.flagged:
+                problems.append(f"FALSE ALARM {spec.id} [{profile}]: the {method} check flagged {aa.flagged} of {aa.trials} "
+                                f"A/A trials (ratios {aa.ratios})")
+        detect = settings["detect"].get(spec.mode)
+        hit = ev.detection(slow_name(detect), "gate") if detect else None
+        if hit and hit.rate < settings["detect_rate"]:
+            problems.append(f"BLUNT {spec.id} [{profile}]: the gate caught an injected {detect * 100:g}% slowdown in "
+                            f"{hit.flagged} of {hit.trials} trials, target {settings['detect_rate'] * 100:g}% "
+                            f"(tolerance {ev.tolerance * 100:g}%, measured ratios {hit.ratios})")
+        if problems:
+            raise Fail("; ".join(problems))
+        return ev
 
     # -- takeaways -----------------------------------------------------------------------
     def check_claim(self, claim: Claim, workload, confidence: float = 0.95) -> ClaimResult:
@@ -233,5 +255,6 @@ class SuiteSession:
                         "ratio": c.ratio, "ci": [c.low, c.high], "p_value": c.p_value, "message": c.message()}
                        for c in self.claim_results],
             "repeatability": self.noise_rows,
+            "sensitivity": self.sensitivity,
         }
         atomic_write_text(path, dump_json(data))

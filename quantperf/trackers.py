@@ -81,9 +81,10 @@ class TokenClock:
     elsewhere `perf_counter` (CPU backends compute synchronously, so the clock is honest).
     """
 
-    def __init__(self, device: str, expected_marks: int, backend: str = ""):
+    def __init__(self, device: str, expected_marks: int, backend: str = "", delay_ms: float | None = None):
         self.cuda = device == "cuda"
-        self.delay_ms = injected_delay_ms(backend)
+        # an explicit delay (the sensitivity experiment's) replaces the environment's
+        self.delay_ms = injected_delay_ms(backend) if delay_ms is None else delay_ms
         self._marks: list = []
         if self.cuda:
             import torch

@@ -5,10 +5,16 @@
 # PHASE: record      record (add a run to) the GPU tier's baseline
 #        aa [N]      N A/A re-runs against the baseline (default 1), each into OUTDIR/aaI
 #        inject      a 40 ms/token slowdown injected into torch-fp16 on the small-model configurations
+#        noise MODE N [VARIANTS]
+#                    the noise benchmark (quantperf/sensitivity.py) on the tier's MODE noise
+#                    configuration in N fresh processes; VARIANTS: comma-separated ablations
+#                    (default: the tier's), '' for none
 # One GPU-tier run without quality takes ~190 s on an H100: two A/A runs fit one 10-minute call.
+# The noise benchmark takes ~40 s per process in graph mode with all ablations, ~45 s in eager
+# mode without them.
 set -uo pipefail
 phase="$1"; out="$2"
-case "$phase" in record|aa|inject) ;; *) echo "unknown phase $phase: use record, aa [N] or inject" >&2; exit 2 ;; esac
+case "$phase" in record|aa|inject|noise) ;; *) echo "unknown phase $phase: use record, aa [N], inject or noise MODE N" >&2; exit 2 ;; esac
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PWD"
@@ -24,6 +30,12 @@ aa)
     for i in $(seq 1 "${3:-1}"); do
         QUANTPERF_RESULTS_DIR="$out/aa$i" bash scripts/gpu-job.sh -m "gpu and not quality"
     done
+    ;;
+noise)
+    variants=()
+    if [ "$#" -ge 5 ]; then variants=(--qp-noise-variants "$5"); fi
+    QUANTPERF_RESULTS_DIR="$out/noise-$3" bash scripts/gpu-job.sh -k "repeatability and $3" \
+        --qp-noise-runs "${4:-10}" "${variants[@]}"
     ;;
 inject)
     QUANTPERF_INJECT_DELAY_MS="torch-fp16=40" QUANTPERF_RESULTS_DIR="$out/inject" \

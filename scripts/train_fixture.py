@@ -124,7 +124,8 @@ def main() -> None:
     tokenizer.save_pretrained(out)
     final_ppl = heldout_perplexity(model.float(), heldout_ids, args.seq, "cpu")
     summary = {
-        "args": vars(args),
+        # the output folder is recorded by name only: logs carry no machine paths
+        "args": vars(args) | {"out": Path(args.out).name},
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_tokens": len(train_ids), "heldout_tokens": len(heldout_ids),
         "heldout_ppl_fp16_weights_fp32_compute": round(final_ppl, 3),

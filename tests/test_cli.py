@@ -52,3 +52,33 @@ def test_gate_names_a_missing_results_file(tmp_path):
     out = run_cli("gate", str(tmp_path / "nope.jsonl"), "--baselines", str(tmp_path / "bl"))
     assert out.returncode == 2 and "nope.jsonl: no such results file" in out.stderr
     assert not (tmp_path / "bl").exists()
+
+
+def test_sensitivity_measures_then_re_evaluates_at_another_tolerance(tmp_path):
+    """The noise experiment end to end on the fake backend: an injected 10% slowdown, A/A side,
+    ablation variants; the stored raw data re-evaluates without measuring."""
+    raw = tmp_path / "exp.json"
+    out = run_cli("sensitivity", "--model", "fake:small", "--backend", "fake-fp16", "--device", "cpu",
+                  "--processes", "4", "--rounds", "3", "--prompt-tokens", "8", "--new-tokens", "12",
+                  "--slowdowns", "0.1", "--variants", "gc-on", "--isolation", "inprocess", "--out", str(raw))
+    assert out.returncode == 0, out.stderr
+    assert "process 4/4: clean decode" in out.stderr
+    table = out.stdout
+    assert "4 processes x 3 rounds per side, tolerance 5%" in table
+    for side in ("clean", "clean-b", "slow-10%", "gc-on"):
+        assert f"\n{side} " in table
+    data = json.loads(raw.read_text())
+    assert data["delays_ms"]["slow-10%"] > 0 and len(data["processes"]) == 4
+    again = run_cli("sensitivity", "--from", str(raw), "--tolerance", "speed:50%")
+    assert again.returncode == 0 and "tolerance 50%" in again.stdout
+    slow_row = next(l for l in again.stdout.splitlines() if l.startswith("slow-10%"))
+    assert slow_row.split()[-2:] == ["0/4", "0/4"]  # 10% is inside a 50% tolerance
+
+
+def test_sensitivity_names_a_bad_stored_experiment(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"processes": []')
+    out = run_cli("sensitivity", "--from", str(bad))
+    assert out.returncode == 2 and "x.json: not valid JSON" in out.stderr
+    out = run_cli("sensitivity", "--from", str(tmp_path / "none.json"))
+    assert out.returncode == 2 and "none.json: no such file" in out.stderr

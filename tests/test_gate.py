@@ -74,3 +74,20 @@ def test_near_zero_quality_figures_use_an_absolute_floor():
     # mean KLD 5e-5 -> 8e-5 is +60% relative but far below anything a user can notice
     assert compare_metric("mean_kld", [5e-5], [8e-5], False, 0.02).status == "ok"
     assert compare_metric("mean_kld", [5e-5], [2e-3], False, 0.02).status == "regressed"
+
+
+def test_tolerances_per_mode_parse_and_resolve():
+    from quantperf.gate import DEFAULT_TOLERANCES, resolve_tolerance
+
+    assert parse_tolerances("speed.graph:2%,speed:8%") == {"speed.graph": 0.02, "speed": 0.08}
+    with pytest.raises(ConfigError, match="KIND.MODE"):
+        parse_tolerances("speed.turbo:2%")
+    # defaults: graph mode is gated tighter than eager
+    assert resolve_tolerance([DEFAULT_TOLERANCES], "speed", "graph") < resolve_tolerance([DEFAULT_TOLERANCES], "speed", "eager")
+    # a later plain KIND covers every mode; a later KIND.MODE beats it for that mode
+    assert resolve_tolerance([DEFAULT_TOLERANCES, {"speed": 0.2}], "speed", "graph") == 0.2
+    assert resolve_tolerance([DEFAULT_TOLERANCES, {"speed": 0.2, "speed.graph": 0.01}], "speed", "graph") == 0.01
+    assert resolve_tolerance([DEFAULT_TOLERANCES, {"speed.graph": 0.01}], "speed", "eager") == DEFAULT_TOLERANCES["speed"]
+    assert resolve_tolerance([DEFAULT_TOLERANCES, {}, {"memory": 0.5}], "memory", "eager") == 0.5
+    with pytest.raises(ConfigError, match="no tolerance"):
+        resolve_tolerance([{}], "speed", "eager")

@@ -30,6 +30,10 @@ def test_command_line_overrides_replace_lists():
     ("[tier.x\n", "not valid TOML"),
     ('[tier.x]\ndevice = "cpu"\n[tier.x.noise]\ncv_within_max = { eager = "low" }\n', "tier.x.noise.cv_within_max must map"),
     ('[tier.x]\ndevice = "cpu"\n[tier.x.noise]\nconfigs = ["nope"]\n', "names configurations not in the tier"),
+    ('[tier.x]\ndevice = "cpu"\n[tier.x.noise]\nslowdowns = [5]\n', "tier.x.noise.slowdowns must be a list of fractions"),
+    ('[tier.x]\ndevice = "cpu"\n[tier.x.noise]\nvariants = ["turbo"]\n', "tier.x.noise.variants: .*turbo"),
+    ('[tier.x]\ndevice = "cpu"\n[tier.x.noise]\ndetect = { graph = 0.2 }\n', "tier.x.noise.detect must map modes"),
+    ('[tier.x]\ndevice = "cpu"\n[tier.x.noise]\ndetect_rate = 2\n', "tier.x.noise.detect_rate must be a fraction"),
     ("", "no \\[tier.NAME\\] tables"),
 ])
 def test_bad_matrix_names_file_field_and_value(tmp_path, text, match):

@@ -37,6 +37,23 @@ def test_injected_delay_is_per_backend(monkeypatch):
         M.injected_delay_ms("bnb-int8")
 
 
+def test_worker_settings_change_between_rounds_of_one_loaded_model(monkeypatch):
+    """The noise experiment's knobs: an explicit injected delay (beats the environment's), GC
+    during timed regions, and rounds of another length."""
+    from quantperf.engine import LocalWorker
+
+    monkeypatch.setenv(M.INJECT_ENV, "fake-fp16=50")
+    w = LocalWorker(RunSpec("fake:small", "fake-fp16", "cpu", "eager", Workload(prompt_tokens=8, new_tokens=6)))
+    assert w.load()["status"] == "ok"
+    assert w.configure(inject_ms=0.0, gc_off=False) == {"inject_ms": 0.0, "gc_off": False, "pin_cpu": True}
+    quick = w.rounds(n=1)[0]
+    assert len(quick["decode_ms"]) == 5 and max(quick["decode_ms"]) < 40
+    w.configure(inject_ms=20.0)
+    slow = w.rounds(n=1, new_tokens=12)[0]
+    assert len(slow["decode_ms"]) == 11 and min(slow["decode_ms"]) >= 20
+    w.close()
+
+
 def test_throttle_verdict():
     calm = M.GpuState(sm_clock_mhz=1980, throttle_reasons=[], thermal_violation_ns=10)
     assert M.throttle_verdict(calm, calm) == (False, [])

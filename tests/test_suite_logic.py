@@ -82,6 +82,19 @@ def test_onnx_export_is_cached(model_cache):
     assert q1 == q2 and qmeta["quantize"]["method"] == "quantize_dynamic"
 
 
+def test_one_time_builds_happen_outside_the_measured_process(tmp_path, monkeypatch):
+    """On a cold cache the checkpoint build and the ONNX export run in a preparing process, and a
+    fresh one measures: one-time memory never lands in the figures or trips the memory gate."""
+    monkeypatch.setenv("QUANTPERF_CACHE", str(tmp_path / "cache"))
+    spec = RunSpec("synthetic:llama-tiny", "ort-int8", "cpu", "eager",
+                   Workload(prompt_tokens=8, new_tokens=4, warmup_rounds=0, rounds=2))
+    cold = measure_many([spec], profile="cpu-test")[0]
+    assert cold.ok, cold.reason
+    assert cold.timings["prepared_first_s"] > 0
+    warm = measure_many([spec], profile="cpu-test")[0]
+    assert warm.ok and "prepared_first_s" not in warm.timings
+
+
 def test_out_of_memory_load_is_one_clear_line(monkeypatch):
     from quantperf.backends.fake import FakeBackend
 
@@ -102,3 +115,48 @@ def test_missing_library_is_unavailable_not_a_traceback(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     reason = get_backend("bnb-nf4").unavailable_reason("cpu")
     assert reason.startswith("bitsandbytes is not installed: pip install bitsandbytes")
+
+
+def _noise_session(tmp_path, monkeypatch, raw):
+    import quantperf.sensitivity as sens
+
+    seen = {}
+
+    def fake_experiment(spec, **kwargs):
+        seen.update(kwargs)
+        kwargs["checkpoint"](raw)
+        return raw
+
+    monkeypatch.setattr(sens, "run_experiment", fake_experiment)
+    return SuiteSession(baselines_dir=tmp_path / "bl", profiles={"cpu": "cpu-test"},
+                        results_path=tmp_path / "out" / "results.jsonl"), seen
+
+
+def test_noise_benchmark_passes_a_sharp_gate_and_keeps_the_raw_experiment(tmp_path, monkeypatch):
+    from test_sensitivity import _raw
+
+    raw = _raw(processes=6)
+    raw["spec"]["mode"] = "eager"
+    session, seen = _noise_session(tmp_path, monkeypatch, raw)
+    spec = RunSpec("fake:small", "fake-fp16", "cpu", "eager", W)
+    ev = session.repeatability(spec, 6, 0.05, {"variants": [], "detect": {"eager": 0.10}})
+    assert seen["processes"] == 6 and seen["slowdowns"] == [0.05, 0.10] and seen["variants"] == []
+    assert ev.tolerance == 0.05 and ev.detection("slow-10%", "gate").rate == 1.0
+    assert (tmp_path / "out" / f"noise-{spec.id}.json").exists()
+    assert session.noise_rows[0]["runs"] == 6 and session.sensitivity[0]["evaluation"]["processes"] == 6
+
+
+def test_noise_benchmark_fails_on_noise_false_alarms_and_a_blunt_gate(tmp_path, monkeypatch):
+    from test_sensitivity import _raw
+
+    raw = _raw(processes=10, between=0.08, seed=3)
+    raw["spec"]["mode"] = "eager"
+    raw["processes"][4]["sides"]["clean-b"]["decode_tokens_per_s"] = [50.0, 51, 49, 50.5, 49.5]  # an A/A outlier
+    session, _ = _noise_session(tmp_path, monkeypatch, raw)
+    with pytest.raises(Fail) as exc:
+        session.repeatability(RunSpec("fake:small", "fake-fp16", "cpu", "eager", W), 10, 0.001,
+                              {"detect": {"eager": 0.05}, "detect_rate": 0.9})
+    msg = str(exc.value)
+    assert "NOISY small-fake-fp16-cpu-bs1-p4-n6-eager [cpu-test]" in msg
+    assert "FALSE ALARM" in msg and "A/A trials" in msg
+    assert "BLUNT" in msg and "injected 5% slowdown in" in msg and "target 90%" in msg

@@ -41,6 +41,12 @@ class Backend:
         if reason:
             raise BackendUnavailable(f"{self.name}: {reason}")
 
+    def prepare(self, source: ModelSource, device: str) -> bool:
+        """Build what `load` needs and caches (an export, a quantized graph); True when something
+        was built now. The engine then measures in a fresh process, so one-time costs never show
+        in the figures."""
+        return False
+
     def load(self, source: ModelSource, device: str) -> "LoadedModel":
         raise NotImplementedError
 

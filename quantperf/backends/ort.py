@@ -77,10 +77,14 @@ def _io_names(num_layers: int) -> tuple[list[str], list[str]]:
     return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
 
 
+BUILT: list[Path] = []  # cache directories this process built (what prepare() reports)
+
+
 def _atomic_dir(target: Path, build) -> Path:
     """Build into a temp dir, then rename into place; concurrent builders keep the first."""
     if (target / "meta.json").exists():
         return target
+    BUILT.append(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -366,11 +370,19 @@ class OrtBackend(Backend):
                 )
         return None
 
-    def load(self, source: ModelSource, device: str) -> OrtLoaded:
-        self.check(device)
+    def _graph(self, source: ModelSource) -> tuple[Path, dict]:
         fp32_dir, meta = export_fp32(source)
         variant = self.entry.kwargs["variant"]
-        model_dir, meta = (fp32_dir, meta) if variant == "fp32" else quantize_variant(fp32_dir, variant)
+        return (fp32_dir, meta) if variant == "fp32" else quantize_variant(fp32_dir, variant)
+
+    def prepare(self, source: ModelSource, device: str) -> bool:
+        before = len(BUILT)
+        self._graph(source)
+        return len(BUILT) > before
+
+    def load(self, source: ModelSource, device: str) -> OrtLoaded:
+        self.check(device)
+        model_dir, meta = self._graph(source)
         return OrtLoaded(self.name, device, model_dir, meta, self.identity(device), self._providers(device))
 
 

@@ -1,0 +1,271 @@
+"""How sharp is the gate? A/A false alarms, injected-slowdown detection and what each
+noise-reduction step buys, measured over repeated fresh-process runs of one configuration.
+
+Protocol (`run_experiment`), for one configuration in `processes` fresh worker processes, one
+after another (the suite measures each configuration in a fresh process too):
+
+1. each process loads and warms up as the suite does;
+2. the first process calibrates: the mean decode time per token over a few clean rounds. A
+   slowdown `s` becomes a per-token device delay `d = t * s / (1 - s)` (decode tok/s falls by
+   `s`), the same `d` in every process (a library that got slower adds the same work everywhere);
+3. in every process the *sides* run interleaved round by round (round-robin, alternating
+   direction, as the takeaways' A/B runs): `clean`, `clean-b` (a second clean side: the A/A
+   pair), one `slow-N%` side per slowdown, and the ablation variants -- `gc-on` (garbage
+   collector left on during timed regions), `unpinned` (driving thread not pinned to a core),
+   `long` (4x new tokens per round). Every side gets one unmeasured round first.
+
+Evaluation (`evaluate`, pure) at the gate's tolerance for the mode:
+
+- noise per side: within-run CV (median over processes), between-process CV of the side's
+  medians, and the smallest slowdown a 5-vs-5 round comparison detects (power 0.8);
+- the regression gate, as the suite applies it against stored baselines: trial `p` takes the
+  clean runs of the three processes before it (cyclically) as its recorded baseline -- the
+  latest one's samples and all three medians -- and gates process `p`'s `clean-b` side (an A/A
+  trial: a false alarm if flagged) and each slowed side (a detection if flagged) with
+  `gate.compare_metric`;
+- the interleaved A/B (paired) comparison, as the takeaways use it: per process, the ratio of
+  each side to `clean` round by round (`stats.paired_ratio`); flagged when the ratio is worse
+  than the tolerance and its confidence interval lies wholly below 1.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+from .gate import DEFAULT_ALPHA, compare_metric
+from .stats import Summary, interleaved_order, min_detectable_change, paired_ratio
+
+CLEAN, AA = "clean", "clean-b"
+VARIANTS = {
+    "gc-on": {"gc_off": False},
+    "unpinned": {"pin_cpu": False},
+    "long": {"tokens_factor": 4},
+}
+BASELINE_RUNS = 3  # recorded runs a trial's baseline holds (the gate's MIN_BASELINE_RUNS)
+CALIBRATION_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str
+    slowdown: float = 0.0
+    gc_off: bool = True
+    pin_cpu: bool = True
+    tokens_factor: int = 1
+
+
+def slow_name(s: float) -> str:
+    return f"slow-{s * 100:g}%"
+
+
+def make_sides(slowdowns: list[float], variants: list[str], mode: str = "eager") -> list[Side]:
+    for s in slowdowns:
+        if not 0 < s < 0.9:
+            raise ConfigError(f"slowdown {s!r}: must be a fraction between 0 and 0.9 (0.05 = 5%)")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown noise variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
+    if mode == "graph" and "long" in variants:
+        # measured on an H100: alternating lengths made graph-mode rounds 10x noisier and 2x slower
+        raise ConfigError("noise variant 'long' changes the static cache length, which in graph mode recompiles "
+                          "between rounds: measure longer rounds as their own configuration (--new-tokens) instead")
+    return ([Side(CLEAN), Side(AA)] + [Side(slow_name(s), slowdown=s) for s in sorted(set(slowdowns))]
+            + [Side(v, **VARIANTS[v]) for v in variants])
+
+
+def delay_for(ms_per_token: float, slowdown: float) -> float:
+    """Per-token delay that lowers decode tok/s by the fraction `slowdown`."""
+    return ms_per_token * slowdown / (1 - slowdown)
+
+
+def _tok_s(batch_size: int, round_: dict) -> float:
+    return batch_size * len(round_["decode_ms"]) / (sum(round_["decode_ms"]) / 1e3)
+
+
+def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: list[str], isolation: str = "process",
+                   model_options: dict | None = None, progress=None, checkpoint=None) -> dict:
+    """Measure `spec` in `processes` fresh workers with interleaved sides; returns the raw data
+    that `evaluate` reads (JSON-able). `checkpoint(raw)` is called after each process, so an
+    interrupted experiment keeps what it measured."""
+    from .engine import open_worker
+    from .envinfo import environment
+
+    if processes < 2:
+        raise ConfigError(f"the noise experiment needs >= 2 processes, got {processes}")
+    sides = make_sides(slowdowns, variants, spec.mode)
+    w = spec.workload
+    raw: dict = {"config": spec.id, "spec": spec.to_dict(), "rounds": w.rounds, "sides": [s.name for s in sides],
+                 "slowdowns": {s.name: s.slowdown for s in sides if s.slowdown}, "variants": list(variants),
+                 "processes": [], "environment": environment()}
+    delays: dict[str, float] = {}
+    for p in range(processes):
+        worker = open_worker(spec, isolation, dict(model_options or {}))
+        entry: dict = {"index": p}
+        try:
+            info = worker.load()
+            if info["status"] == "ok":
+                wu = worker.warmup()
+                if wu["status"] != "ok":
+                    info = {"status": wu["status"], "reason": wu["reason"]}
+            if info["status"] != "ok":
+                raw["status"], raw["reason"] = info["status"], info["reason"]
+                return raw
+            raw.setdefault("backend_identity", info["identity"])
+            if not delays:
+                cal = worker.rounds(n=CALIBRATION_ROUNDS)
+                per_token = statistics.median(sum(r["decode_ms"]) / len(r["decode_ms"]) for r in cal)
+                raw["calibration_ms_per_token"] = per_token
+                delays = {s.name: delay_for(per_token, s.slowdown) for s in sides if s.slowdown}
+                raw["delays_ms"] = delays
+            by_name = {s.name: s for s in sides}
+            collected: dict[str, list] = {s.name: [] for s in sides}
+
+            def one(side: Side) -> dict:
+                worker.configure(inject_ms=delays.get(side.name, 0.0), gc_off=side.gc_off, pin_cpu=side.pin_cpu)
+                return worker.rounds(n=1, new_tokens=w.new_tokens * side.tokens_factor)[0]
+
+            for side in sides:  # one unmeasured round each (a new length compiles in graph mode)
+                one(side)
+            for name in interleaved_order([s.name for s in sides], w.rounds):
+                collected[name].append(one(by_name[name]))
+            entry["sides"] = {
+                name: {"decode_tokens_per_s": [_tok_s(w.batch_size, r) for r in rs],
+                       "prefill_ms": [r["prefill_ms"] for r in rs],
+                       "throttled_rounds": sum(1 for r in rs if r["throttled"]),
+                       "retried_rounds": sum(1 for r in rs if r.get("retried_after_throttle"))}
+                for name, rs in collected.items()
+            }
+        finally:
+            worker.close()
+        raw["processes"].append(entry)
+        if checkpoint:
+            checkpoint(raw | {"status": "ok" if p + 1 == processes else "partial"})
+        if progress:
+            med = statistics.median(entry["sides"][CLEAN]["decode_tokens_per_s"])
+            progress(f"process {p + 1}/{processes}: clean decode {med:.1f} tok/s")
+    raw["status"] = "ok"
+    return raw
+
+
+@dataclass
+class SideNoise:
+    side: str
+    cv_within: float
+    cv_between: float | None
+    median: float
+    min_detectable: float
+    throttled_rounds: int
+
+
+@dataclass
+class Detection:
+    side: str  # clean-b (A/A) or slow-N%
+    slowdown: float
+    method: str  # gate | paired
+    flagged: int
+    trials: int
+    ratios: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.flagged / self.trials if self.trials else float("nan")
+
+
+@dataclass
+class Evaluation:
+    config: str
+    mode: str
+    tolerance: float
+    alpha: float
+    processes: int
+    rounds: int
+    noise: list[SideNoise]
+    detections: list[Detection]
+    notes: list[str] = field(default_factory=list)
+
+    def detection(self, side: str, method: str) -> Detection | None:
+        return next((d for d in self.detections if d.side == side and d.method == method), None)
+
+    def side_noise(self, side: str) -> SideNoise | None:
+        return next((n for n in self.noise if n.side == side), None)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Evaluation":
+        detections = [Detection(**{k: v for k, v in x.items() if k != "rate"}) for x in d["detections"]]
+        return cls(d["config"], d["mode"], d["tolerance"], d["alpha"], d["processes"], d["rounds"],
+                   [SideNoise(**x) for x in d["noise"]], detections, list(d.get("notes", [])))
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "mode": self.mode, "tolerance": self.tolerance, "alpha": self.alpha,
+                "processes": self.processes, "rounds": self.rounds, "notes": self.notes,
+                "noise": [vars(n) for n in self.noise],
+                "detections": [vars(d) | {"rate": d.rate} for d in self.detections]}
+
+
+def evaluate(raw: dict, tolerance: float, alpha: float = DEFAULT_ALPHA, confidence: float = 0.95) -> Evaluation:
+    """Noise per side, and false alarms / detections of the gate and of the paired comparison."""
+    if raw.get("status") not in ("ok", "partial"):
+        raise ConfigError(f"noise experiment did not run: {raw.get('status')}: {raw.get('reason')}")
+    procs = [p for p in raw["processes"] if p.get("sides")]
+    rounds = raw["rounds"]
+    spec = raw["spec"]
+    config = raw.get("config") or f"{spec['model']}-{spec['backend']}-{spec['mode']}"
+
+    def tps(p, name):
+        return p["sides"][name]["decode_tokens_per_s"]
+
+    noise = []
+    for name in raw["sides"]:
+        cvs = [Summary.from_values(tps(p, name)).cv for p in procs]
+        medians = [statistics.median(tps(p, name)) for p in procs]
+        cv_w = statistics.median(cvs)
+        noise.append(SideNoise(
+            side=name, cv_within=cv_w, cv_between=Summary.from_values(medians).cv if len(medians) > 1 else None,
+            median=statistics.median(medians), min_detectable=min_detectable_change(cv_w, rounds, rounds),
+            throttled_rounds=sum(p["sides"][name]["throttled_rounds"] for p in procs)))
+    slow = raw.get("slowdowns", {})
+    targets = [AA] + [n for n in raw["sides"] if n in slow]
+    detections = []
+    notes = [] if raw["status"] == "ok" else [f"partial: the experiment stopped after {len(procs)} processes"]
+    n = len(procs)
+    if n > BASELINE_RUNS:
+        for name in targets:
+            flagged, ratios = 0, []
+            for i, p in enumerate(procs):
+                base = [procs[(i - k) % n] for k in range(1, BASELINE_RUNS + 1)]
+                v = compare_metric("decode_tokens_per_s", tps(base[0], CLEAN), tps(p, name), True, tolerance, alpha,
+                                   [statistics.median(tps(b, CLEAN)) for b in base])
+                flagged += v.status == "regressed"
+                ratios.append(round(v.ratio, 4))
+            detections.append(Detection(name, slow.get(name, 0.0), "gate", flagged, n, ratios))
+    else:
+        notes.append(f"gate trials need > {BASELINE_RUNS} processes (a {BASELINE_RUNS}-run baseline from other "
+                     f"processes); got {n}")
+    for name in targets:
+        flagged, ratios = 0, []
+        for p in procs:
+            est = paired_ratio(tps(p, CLEAN), tps(p, name), confidence=confidence)
+            flagged += (1 - est.ratio) > tolerance and est.high < 1
+            ratios.append(round(est.ratio, 4))
+        detections.append(Detection(name, slow.get(name, 0.0), "paired", flagged, n, ratios))
+    return Evaluation(config, spec["mode"], tolerance, alpha, n, rounds, noise, detections, notes)
+
+
+def evaluation_table(ev: Evaluation, markdown: bool = False) -> str:
+    """Noise per side and detection rates, as one table."""
+    from .report import format_table
+
+    def pct(v):
+        return "-" if v is None else f"{v * 100:.2f}%"
+
+    header = ["side", "median tok/s", "CV within", "CV between", "min detectable", "gate flagged", "paired flagged"]
+    rows = []
+    for s in ev.noise:
+        g, pr = ev.detection(s.side, "gate"), ev.detection(s.side, "paired")
+        rows.append([s.side, f"{s.median:.1f}", pct(s.cv_within), pct(s.cv_between), pct(s.min_detectable),
+                     f"{g.flagged}/{g.trials}" if g else "-", f"{pr.flagged}/{pr.trials}" if pr else "-"])
+    head = (f"{ev.config}: {ev.processes} processes x {ev.rounds} rounds per side, tolerance {ev.tolerance * 100:g}%, "
+            f"alpha {ev.alpha:g} ('flagged' on clean-b = A/A false alarms; on slow-N% = detections)")
+    return "\n".join([head, format_table(header, rows, markdown), *ev.notes])
