@@ -37,12 +37,11 @@ def _cmd_run(args) -> int:
     from .engine import measure_many
     from .report import results_table
     from .results import ResultLog
-    from .spec import RunSpec, Workload
+    from .spec import RunSpec
 
     device = _device(args.device)
     backends = list(BACKENDS) if args.backend == ["all"] else [b for item in args.backend for b in item.split(",")]
-    workload = Workload(batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                        warmup_rounds=args.warmup, rounds=args.rounds)
+    workload = _workload(args)
     specs = [RunSpec(m, b, device, mode, workload) for m in args.model for b in backends for mode in args.mode]
     log = ResultLog(args.out) if args.out else None
     results = []
@@ -71,6 +70,21 @@ def _cmd_noise(args) -> int:
     return 0
 
 
+def _workload_args(p, rounds_help: str = "measured rounds") -> None:
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=5, help=rounds_help)
+    p.add_argument("--warmup", type=int, default=1)
+
+
+def _workload(args):
+    from .spec import Workload
+
+    return Workload(batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                    warmup_rounds=args.warmup, rounds=args.rounds)
+
+
 def _device(name: str) -> str:
     if name != "auto":
         return name
@@ -87,7 +101,7 @@ def _cmd_sensitivity(args) -> int:
     from .gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, parse_tolerances, resolve_tolerance
     from .results import atomic_write_text, dump_json
     from .sensitivity import evaluate, evaluation_table, run_experiment
-    from .spec import RunSpec, Workload
+    from .spec import RunSpec
 
     if args.source:
         path = Path(args.source)
@@ -100,9 +114,7 @@ def _cmd_sensitivity(args) -> int:
         if not isinstance(raw, dict) or "processes" not in raw or "spec" not in raw:
             raise ConfigError(f"{path}: not a noise experiment (fields 'spec' and 'processes' missing)")
     else:
-        workload = Workload(batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                            warmup_rounds=args.warmup, rounds=args.rounds)
-        spec = RunSpec(args.model, args.backend, _device(args.device), args.mode, workload)
+        spec = RunSpec(args.model, args.backend, _device(args.device), args.mode, _workload(args))
         save = (lambda data: atomic_write_text(Path(args.out), dump_json(data))) if args.out else None
         raw = run_experiment(spec, processes=args.processes, slowdowns=args.slowdowns, variants=args.variants,
                              isolation=args.isolation, progress=lambda line: print(line, file=sys.stderr, flush=True),
@@ -168,11 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", nargs="+", default=["all"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--mode", nargs="+", default=["eager"], choices=["eager", "graph"])
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    _workload_args(p)
     p.add_argument("--isolation", default="process", choices=["process", "inprocess"])
     p.add_argument("--out", help="append results to this JSON-lines file")
     p.add_argument("--markdown", action="store_true")
@@ -192,14 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--mode", default="eager", choices=["eager", "graph"])
     p.add_argument("--processes", type=int, default=10, help="fresh worker processes, one after another (>= 4 for gate trials)")
-    p.add_argument("--rounds", type=int, default=5, help="measured rounds per side and process")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--warmup", type=int, default=1)
+    _workload_args(p, rounds_help="measured rounds per side and process")
     p.add_argument("--slowdowns", type=float, nargs="*", default=[0.05, 0.10], help="injected slowdowns (0.05 = 5%%)")
-    p.add_argument("--variants", nargs="*", default=["gc-on", "unpinned", "long"],
-                   help="ablations interleaved with the clean side: gc-on, unpinned, long")
+    p.add_argument("--variants", nargs="*", default=None,
+                   help="ablations interleaved with the clean side: gc-on, unpinned, long (eager only); "
+                        "default: all the mode allows")
     p.add_argument("--isolation", default="process", choices=["process", "inprocess"])
     p.add_argument("--tolerance", help="gate tolerances as in --qp-tolerance, e.g. 'speed:5%%,speed.graph:3%%'")
     p.add_argument("--alpha", type=float)

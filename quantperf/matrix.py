@@ -37,7 +37,8 @@ class Tier:
     noise_settings: dict = field(default_factory=dict)
 
 
-NOISE_DEFAULTS = {"slowdowns": [0.05, 0.10], "variants": ["gc-on", "unpinned", "long"],
+# variants None: the mode's defaults (quantperf.sensitivity.DEFAULT_VARIANTS)
+NOISE_DEFAULTS = {"slowdowns": [0.05, 0.10], "variants": None,
                   "detect": {"graph": 0.05, "eager": 0.10}, "detect_rate": 0.9}
 
 
@@ -48,8 +49,8 @@ def _noise_settings(noise: dict, where: str) -> dict:
     slow, detect, rate = out["slowdowns"], out["detect"], out["detect_rate"]
     if not isinstance(slow, list) or not all(isinstance(x, (int, float)) and 0 < x < 0.9 for x in slow):
         raise ConfigError(f"{where}.noise.slowdowns must be a list of fractions in (0, 0.9) (0.05 = 5%), got {slow!r}")
-    variants = _list(out["variants"], f"{where}.noise.variants")
-    if any(v not in VARIANTS for v in variants):
+    variants = None if out["variants"] is None else _list(out["variants"], f"{where}.noise.variants")
+    if variants is not None and any(v not in VARIANTS for v in variants):
         raise ConfigError(f"{where}.noise.variants: {variants!r} has unknown names; choose from {', '.join(VARIANTS)}")
     if not isinstance(detect, dict) or any(m not in MODES or v not in slow for m, v in detect.items()):
         raise ConfigError(f"{where}.noise.detect must map modes ({', '.join(MODES)}) to one of the slowdowns "

@@ -43,6 +43,8 @@ VARIANTS = {
     "unpinned": {"pin_cpu": False},
     "long": {"tokens_factor": 4},
 }
+# what a mode runs when no variants are named: `long` changes graph mode's static cache length
+DEFAULT_VARIANTS = {"eager": ["gc-on", "unpinned", "long"], "graph": ["gc-on", "unpinned"]}
 BASELINE_RUNS = 3  # recorded runs a trial's baseline holds (the gate's MIN_BASELINE_RUNS)
 CALIBRATION_ROUNDS = 3
 
@@ -60,7 +62,10 @@ def slow_name(s: float) -> str:
     return f"slow-{s * 100:g}%"
 
 
-def make_sides(slowdowns: list[float], variants: list[str], mode: str = "eager") -> list[Side]:
+def make_sides(slowdowns: list[float], variants: list[str] | None, mode: str = "eager") -> list[Side]:
+    """The experiment's sides; `variants=None` takes the mode's DEFAULT_VARIANTS."""
+    if variants is None:
+        variants = DEFAULT_VARIANTS[mode]
     for s in slowdowns:
         if not 0 < s < 0.9:
             raise ConfigError(f"slowdown {s!r}: must be a fraction between 0 and 0.9 (0.05 = 5%)")
@@ -84,7 +89,7 @@ def _tok_s(batch_size: int, round_: dict) -> float:
     return batch_size * len(round_["decode_ms"]) / (sum(round_["decode_ms"]) / 1e3)
 
 
-def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: list[str], isolation: str = "process",
+def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: list[str] | None, isolation: str = "process",
                    model_options: dict | None = None, progress=None, checkpoint=None) -> dict:
     """Measure `spec` in `processes` fresh workers with interleaved sides; returns the raw data
     that `evaluate` reads (JSON-able). `checkpoint(raw)` is called after each process, so an
@@ -97,7 +102,7 @@ def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: li
     sides = make_sides(slowdowns, variants, spec.mode)
     w = spec.workload
     raw: dict = {"config": spec.id, "spec": spec.to_dict(), "rounds": w.rounds, "sides": [s.name for s in sides],
-                 "slowdowns": {s.name: s.slowdown for s in sides if s.slowdown}, "variants": list(variants),
+                 "slowdowns": {s.name: s.slowdown for s in sides if s.slowdown}, "variants": [s.name for s in sides if s.name in VARIANTS],
                  "processes": [], "environment": environment()}
     delays: dict[str, float] = {}
     for p in range(processes):

@@ -16,6 +16,11 @@ def test_sides_are_clean_aa_slowdowns_then_variants():
     sides = make_sides([0.10, 0.05], ["gc-on", "long"])
     assert [s.name for s in sides] == [CLEAN, AA, "slow-5%", "slow-10%", "gc-on", "long"]
     assert sides[2].slowdown == 0.05 and not sides[4].gc_off and sides[5].tokens_factor == 4
+    # unnamed variants: every ablation the mode allows (graph mode cannot change round length)
+    assert [s.name for s in make_sides([0.05], None, "eager")][3:] == ["gc-on", "unpinned", "long"]
+    assert [s.name for s in make_sides([0.05], None, "graph")][3:] == ["gc-on", "unpinned"]
+    with pytest.raises(ConfigError, match="recompiles"):
+        make_sides([0.05], ["long"], "graph")
     with pytest.raises(ConfigError, match="unknown noise variant"):
         make_sides([0.05], ["turbo"])
     with pytest.raises(ConfigError, match="between 0 and 0.9"):
