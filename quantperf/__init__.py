@@ -1,6 +1,6 @@
 """quantperf: a pytest-based performance regression suite for LLM quantization."""
 
-from .engine import measure, measure_many
+from .scheduler import measure, measure_many
 from .results import Metric, RunResult
 from .spec import RunSpec, Workload
 

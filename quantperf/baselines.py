@@ -1,9 +1,17 @@
 """Baselines: one human-diffable JSON file per hardware profile under `baselines/`.
 
-    {"schema": 1, "profile": "nvidia-h100-80gb-hbm3",
+    {"schema": 2, "profile": "nvidia-h100-80gb-hbm3",
      "configs": {"llama-1b-bnb-int8-cuda-bs1-eager": {
          "recorded_at": ..., "git_revision": ..., "packages": {...}, "backend_identity": {...},
-         "metrics": {"decode_tokens_per_s": {"samples": [...], "median": ..., "cv": ..., ...}}}}}
+         "metrics": {"decode_tokens_per_s": {"samples": [...], "median": ..., "cv": ...,
+                                             "runs": [{"value": 55.0, "run_id": ..., "host": ..., "boot_id": ...,
+                                                       "started_at": ...}, ...]}}}},
+     "takeaways": {"small-int8-slower-than-fp16": {"verdict": "holds", "ratio": ..., "ci": [...], ...}}}
+
+The run is the unit of replication: each recorded run keeps its median with who measured it and
+when (run id, host hash, boot id, start time), so the gate can separate run-to-run noise from
+the shift of a whole session. Schema-1 files (one `run_medians` list, no session information)
+are read as runs of one unknown session.
 
 Files are written only by `record()` (the suite's explicit record flag), atomically, with
 stable key order. A corrupt file, a file for another profile or a config recorded with other
@@ -17,11 +25,12 @@ import re
 import subprocess
 from pathlib import Path
 
-from .errors import BaselineError
+from .config import BaselineFileModel, validate
+from .errors import BaselineError, ConfigError
 from .results import RunResult, atomic_write_text, dump_json
 
-SCHEMA = 1
-MAX_RUNS = 10  # run medians kept per metric for the run-to-run spread
+SCHEMA = 2
+MAX_RUNS = 20  # recorded runs kept per metric
 
 
 def git_revision(cwd: str | Path | None = None) -> str | None:
@@ -56,26 +65,20 @@ class BaselineStore:
             ) from exc
         if not isinstance(data, dict):
             raise BaselineError(f"{self.path}: top level must be an object, got {type(data).__name__}")
-        if data.get("schema") != SCHEMA:
-            raise BaselineError(f"{self.path}: field 'schema' is {data.get('schema')!r}, this quantperf reads schema {SCHEMA}")
+        if data.get("schema") not in (1, SCHEMA):
+            raise BaselineError(f"{self.path}: field 'schema' is {data.get('schema')!r}, this quantperf reads schemas 1 "
+                                f"and {SCHEMA}")
         if data.get("profile") != self.profile:
             raise BaselineError(
                 f"{self.path}: field 'profile' is {data.get('profile')!r} but this file is for profile {self.profile!r}; "
                 "baselines never cross profiles: fix the field or re-record on the right hardware"
             )
-        configs = data.get("configs")
-        if not isinstance(configs, dict):
-            raise BaselineError(f"{self.path}: field 'configs' must be an object, got {type(configs).__name__}")
-        for cid, entry in configs.items():
-            metrics = entry.get("metrics") if isinstance(entry, dict) else None
-            if not isinstance(metrics, dict):
-                raise BaselineError(f"{self.path}: configs.{cid}.metrics is missing or not an object")
-            for name, m in metrics.items():
-                samples = m.get("samples") if isinstance(m, dict) else None
-                if not isinstance(samples, list) or not samples or not all(isinstance(x, (int, float)) for x in samples):
-                    raise BaselineError(
-                        f"{self.path}: configs.{cid}.metrics.{name}.samples must be a non-empty list of numbers, got {samples!r}"
-                    )
+        try:
+            validate(BaselineFileModel, data, self.path)
+        except ConfigError as exc:
+            raise BaselineError(f"{exc}; restore the file from git or re-record it") from None
+        if data["schema"] == 1:
+            data = _upgrade_schema_1(data)
         return data
 
     def other_profiles(self) -> list[str]:
@@ -105,25 +108,31 @@ class BaselineStore:
         new = {k: v for k, v in (result.environment or {}).get("packages", {}).items() if v}
         return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
+    def runs(self, config_id: str, metric: str) -> list[dict]:
+        """The recorded runs of one metric of one configuration (oldest first)."""
+        return list(((self.entry(config_id) or {}).get("metrics", {}).get(metric) or {}).get("runs", []))
+
     def update(self, result: RunResult, revision: str | None, config_id: str | None = None) -> list[str]:
-        """Put a result into the in-memory data; returns human lines of what changed."""
+        """Add one run of a configuration -- all its metrics at once, so an interrupted recording
+        never leaves a configuration half-updated -- to the in-memory data; returns human lines of
+        what changed. A run with other backend options or library versions starts the record anew."""
         cid = config_id or result.spec.id
         old = self.entry(cid)
         packages = {k: v for k, v in (result.environment or {}).get("packages", {}).items() if v}
-        # the same options and library versions: this run adds to the run-to-run record
         same_setup = bool(old) and old.get("backend_identity") == json.loads(json.dumps(result.backend_identity)) \
             and old.get("packages") == packages
+        run = (result.environment or {}).get("run") or {}
+        who = {"run_id": run.get("run_id"), "host": run.get("host"), "boot_id": run.get("boot_id"),
+               "started_at": run.get("started_at") or result.timestamp}
         metrics = {}
         for name, m in result.metrics.items():
             s = m.summary
-            runs = list((old or {}).get("metrics", {}).get(name, {}).get("run_medians", [])) if same_setup else []
-            runs = (runs + [round(s.median, 6)])[-MAX_RUNS:]
+            runs = self.runs(cid, name) if same_setup else []
+            runs = [r for r in runs if not (who["run_id"] and r.get("run_id") == who["run_id"])]  # re-record: replace
+            runs = (runs + [{"value": round(s.median, 6), **who}])[-MAX_RUNS:]
             metrics[name] = {"samples": [round(x, 6) for x in m.samples], "median": round(s.median, 6),
                              "cv": round(s.cv, 6), "unit": m.unit, "higher_is_better": m.higher_is_better,
-                             "kind": m.kind, "run_medians": runs,
-                             **({"stderr": m.stderr} if m.stderr is not None else {})}
-        # metric kinds recorded by the config's other tests (speed and memory share an entry)
-        # stay as they are when this result does not carry them
+                             "kind": m.kind, "runs": runs, **({"stderr": m.stderr} if m.stderr is not None else {})}
         if same_setup:
             for name, kept in old.get("metrics", {}).items():
                 metrics.setdefault(name, kept)
@@ -140,12 +149,36 @@ class BaselineStore:
         for name in result.metrics:
             m = metrics[name]
             before = (old or {}).get("metrics", {}).get(name, {}).get("median")
-            runs = f" ({len(m['run_medians'])} runs)" if len(m["run_medians"]) > 1 else ""
+            runs = f" ({len(m['runs'])} runs)" if len(m["runs"]) > 1 else ""
             if before is None:
                 lines.append(f"{cid} {name}: new {m['median']:.4g}{runs}")
             elif before != m["median"]:
                 lines.append(f"{cid} {name}: {before:.4g} -> {m['median']:.4g}{runs}")
         return lines
 
+    def takeaway(self, claim_id: str) -> dict | None:
+        """The verdict recorded for a claim on this profile (None: never recorded here)."""
+        return self.data.get("takeaways", {}).get(claim_id)
+
+    def record_takeaway(self, claim_id: str, verdict: str, ratio: float | None, ci: list, packages: dict,
+                        recorded_at: str | None) -> str:
+        self.data.setdefault("takeaways", {})[claim_id] = {
+            "verdict": verdict, "ratio": ratio, "ci": ci, "packages": packages, "recorded_at": recorded_at}
+        return f"takeaway {claim_id}: {verdict}" + ("" if ratio is None else f" ({ratio:.3g} [{ci[0]:.3g}, {ci[1]:.3g}])")
+
     def save(self) -> None:
-        atomic_write_text(self.path, dump_json(self.data))
+        atomic_write_text(self.path, dump_json(self.data | {"schema": SCHEMA}))
+
+
+def _upgrade_schema_1(data: dict) -> dict:
+    """Schema 1 kept `run_medians` without saying who measured them: read them as runs of one
+    session named after the recording date (the honest reading: nothing separates them)."""
+    data = json.loads(json.dumps(data))
+    for cid, entry in data["configs"].items():
+        day = (entry.get("recorded_at") or "unknown")[:10]
+        for m in entry["metrics"].values():
+            medians = m.pop("run_medians", None) or [m["median"]]
+            m["runs"] = [{"value": v, "run_id": f"schema1-{i}", "host": None, "boot_id": f"schema1-{day}",
+                          "started_at": None} for i, v in enumerate(medians)]
+    data["schema"] = SCHEMA
+    return data

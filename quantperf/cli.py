@@ -22,10 +22,11 @@ def _cmd_profile(args) -> int:
 def _cmd_backends(args) -> int:
     from .backends import BACKENDS, get_backend
 
+    devices = ("cpu", "cuda") if args.device == "all" else (_device(args.device),)
     for name, entry in BACKENDS.items():
         b = get_backend(name)
         where = []
-        for dev in ("cpu", "cuda"):
+        for dev in devices:
             reason = b.unavailable_reason(dev)
             where.append(f"{dev}: {'ok' if reason is None else 'unavailable (' + reason + ')'}")
         print(f"{name:20s} {entry.description}\n{'':20s} " + "; ".join(where))
@@ -34,14 +35,14 @@ def _cmd_backends(args) -> int:
 
 def _cmd_run(args) -> int:
     from .backends import BACKENDS
-    from .engine import measure_many
+    from .scheduler import measure_many
     from .report import results_table
     from .results import ResultLog
     from .spec import RunSpec
 
     device = _device(args.device)
     backends = list(BACKENDS) if args.backend == ["all"] else [b for item in args.backend for b in item.split(",")]
-    workload = _workload(args)
+    workload = _workload(args, device)
     specs = [RunSpec(m, b, device, mode, workload) for m in args.model for b in backends for mode in args.mode]
     log = ResultLog(args.out) if args.out else None
     results = []
@@ -71,18 +72,33 @@ def _cmd_noise(args) -> int:
 
 
 def _workload_args(p, rounds_help: str = "measured rounds") -> None:
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=5, help=rounds_help)
-    p.add_argument("--warmup", type=int, default=1)
+    g = p.add_argument_group("workload (default: the matrix tier of the device, so results match the suite's "
+                             "configuration ids and `quantperf gate` finds their baselines)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--prompt-tokens", type=int)
+    g.add_argument("--new-tokens", type=int)
+    g.add_argument("--rounds", type=int, help=rounds_help)
+    g.add_argument("--warmup", type=int)
+    g.add_argument("--matrix", default="benchmarks/matrix.toml", help="where the tier workloads come from")
 
 
-def _workload(args):
+def _workload(args, device: str):
+    """The device's tier workload from the matrix (when the file is there), with any option given
+    on the command line replacing its field."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .matrix import load_matrix
     from .spec import Workload
 
-    return Workload(batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                    warmup_rounds=args.warmup, rounds=args.rounds)
+    base = asdict(Workload())
+    if Path(args.matrix).is_file():
+        tier = next((t for t in load_matrix(args.matrix).values() if t.device == device), None)
+        if tier is not None:
+            base = asdict(tier.workload)
+    given = {"batch_size": args.batch_size, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+             "rounds": args.rounds, "warmup_rounds": args.warmup}
+    return Workload(**(base | {k: v for k, v in given.items() if v is not None}))
 
 
 def _device(name: str) -> str:
@@ -100,7 +116,8 @@ def _cmd_sensitivity(args) -> int:
     from .errors import ConfigError
     from .gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, parse_tolerances, resolve_tolerance
     from .results import atomic_write_text, dump_json
-    from .sensitivity import evaluate, evaluation_table, run_experiment
+    from .report import evaluation_table
+    from .sensitivity import evaluate, run_experiment
     from .spec import RunSpec
 
     if args.source:
@@ -114,7 +131,8 @@ def _cmd_sensitivity(args) -> int:
         if not isinstance(raw, dict) or "processes" not in raw or "spec" not in raw:
             raise ConfigError(f"{path}: not a noise experiment (fields 'spec' and 'processes' missing)")
     else:
-        spec = RunSpec(args.model, args.backend, _device(args.device), args.mode, _workload(args))
+        device = _device(args.device)
+        spec = RunSpec(args.model, args.backend, device, args.mode, _workload(args, device))
         save = (lambda data: atomic_write_text(Path(args.out), dump_json(data))) if args.out else None
         raw = run_experiment(spec, processes=args.processes, slowdowns=args.slowdowns, variants=args.variants,
                              isolation=args.isolation, progress=lambda line: print(line, file=sys.stderr, flush=True),
@@ -131,39 +149,77 @@ def _cmd_sensitivity(args) -> int:
 
 
 def _cmd_gate(args) -> int:
-    """Gate (or record) stored results against a profile's baselines, without measuring."""
+    """Gate (or record) stored results against a profile's baselines, without measuring: speed
+    with the run-level gate over the file's configurations (session shift removed), memory and
+    quality per configuration, and the takeaways whose both sides the file holds."""
     from pathlib import Path
 
     from .results import ResultLog
-    from .suite import Fail, Skip, SuiteSession
+    from .suite import SuiteSession
+    from .takeaways import evaluate, load_claims
 
-    failed = 0
+    claims = load_claims(args.takeaways) if args.takeaways and Path(args.takeaways).is_file() else []
+    failed = gated = 0
+
+    def show(outcome, label):
+        word = {"no-baseline": "SKIPPED", "skipped": "SKIPPED", "regressed": "FAILED", "error": "FAILED"}.get(
+            outcome.status, outcome.status.upper())
+        detail = outcome.message or "; ".join(v.line for v in outcome.verdicts if v.status != "ok")
+        print(f"{word:12s} {label}" + (f": {detail}" if detail else ""))
+
     for path in args.results:
         if not Path(path).is_file():
             print(f"quantperf: {path}: no such results file (a results.jsonl written by the suite or `quantperf run --out`)",
                   file=sys.stderr)
             return 2
         results = ResultLog(path).read()
+        if not results:
+            print(f"quantperf: {path}: holds no results (nothing to gate)", file=sys.stderr)
+            return 2
         profile = args.profile or next((r.profile for r in results if r.profile), None)
         if not profile:
             print(f"quantperf: {path}: results name no profile; pass --profile", file=sys.stderr)
             return 2
         session = SuiteSession(baselines_dir=Path(args.baselines), profiles={"cpu": profile, "cuda": profile},
-                               record=args.record)
-        for r in results:
-            session.results[("quality:" if r.quality else "") + r.spec.id] = r
-        for r in results:
-            for kinds in ((("quality",),) if r.quality else (("speed",), ("memory",))):
-                label = f"{'quality ' if r.quality else ''}{r.spec.id} {kinds[0]}"
-                try:
-                    outcome = session.check(r.spec, kinds, quality=bool(r.quality))
-                    detail = outcome.message or "; ".join(v.line() for v in outcome.verdicts if v.status != "ok")
-                    print(f"{outcome.status.upper():9s} {label}" + (f": {detail}" if detail else ""))
-                except Skip as exc:
-                    print(f"SKIPPED   {label}: {exc}")
-                except Fail as exc:
-                    failed += 1
-                    print(f"FAILED    {label}: {exc}")
+                               record=args.record, record_hint="record one with `quantperf gate RESULTS --record`")
+        latest = {(bool(r.quality), r.spec.id): r for r in results}  # a confirmation re-run replaces the first
+        speed_results = [r for (q, _), r in latest.items() if not q and r.ok and session.has_baseline(r.spec)]
+        speed = {} if args.record else session.gate_speed(speed_results)
+        for (quality, cid), r in latest.items():
+            label = f"{'quality ' if quality else ''}{cid}"
+            if quality:
+                outcomes = [session.gate_result(r, ("quality",), quality=True)]
+            elif args.record:
+                outcomes = [session.gate_result(r, ("speed", "memory"))]
+            else:
+                outcomes = [speed.get(cid) or session.gate_result(r, ("speed",)), session.gate_result(r, ("memory",))]
+            for o in outcomes:
+                show(o, f"{label} {o.kinds[0]}")
+                failed += o.status in ("regressed", "error")
+                gated += o.status not in ("no-baseline", "skipped")
+        for note in dict.fromkeys(session.notes):
+            print(f"{'SESSION':12s} {note}")
+        store = session.store("cpu")
+        for claim in claims:
+            if not claim.applies_to(profile):
+                continue
+            a_spec, b_spec = claim.specs(next(iter(latest.values())).spec.workload)
+            quality = claim.metric in ("ppl", "mean_kld", "top1_agreement", "ln_ppl_ratio", "rms_dp")
+            a, b = latest.get((quality, a_spec.id)), latest.get((quality, b_spec.id))
+            if a is None or b is None:
+                continue
+            recorded = store.takeaway(claim.id)
+            result = evaluate(claim, a, b, profile, expected=claim.expected(profile) or (recorded or {}).get("verdict"))
+            if args.record and result.verdict != "inconclusive":
+                store.record_takeaway(claim.id, result.verdict, result.ratio, [result.low, result.high],
+                                      {k: v for k, v in (b.environment or {}).get("packages", {}).items() if v}, b.timestamp)
+                store.save()
+            flipped = not args.record and result.verdict != "inconclusive" and not result.passed
+            failed += flipped
+            print(f"{'FLIPPED' if flipped else 'TAKEAWAY':12s} {result.message()}")
+    if not gated:
+        print("quantperf: no result had a baseline to be gated against: nothing was checked", file=sys.stderr)
+        return 2
     return 1 if failed else 0
 
 
@@ -174,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(fn=_cmd_profile)
     p = sub.add_parser("backends", help="list backends and whether they can run here")
+    p.add_argument("--device", default="all", choices=["all", "auto", "cpu", "cuda"])
     p.set_defaults(fn=_cmd_backends)
     p = sub.add_parser("run", help="measure configurations and print a table")
     p.add_argument("--model", nargs="+", default=["synthetic:llama-tiny"])
@@ -218,10 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baselines", default="baselines")
     p.add_argument("--profile", help="profile id (default: the one recorded in the results)")
     p.add_argument("--record", action="store_true", help="write the results into the baselines (explicit, atomic)")
+    p.add_argument("--takeaways", default="baselines/takeaways.toml", help="claims evaluated on the stored results")
     p.set_defaults(fn=_cmd_gate)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
+    except BrokenPipeError:
+        # the reader went away (`quantperf profile | head -1`): not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         from .errors import QuantperfError
 

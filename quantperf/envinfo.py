@@ -44,6 +44,7 @@ def cpu_info() -> dict:
         "model": model,
         "arch": platform.machine(),
         "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "isa": sorted(f for f in CPU_FLAGS if f in flags),
     }
 
@@ -68,11 +69,6 @@ class Nvml:
             except Exception as exc:  # NVMLError_LibraryNotFound on CPU machines, ImportError without the package
                 cls._failed = f"{type(exc).__name__}: {exc}"
         return cls._instance
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        cls.get()
-        return cls._failed
 
     def handle(self, index: int = 0):
         return self.nv.nvmlDeviceGetHandleByIndex(index)
@@ -125,8 +121,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+_CPU_NOISE_WORDS = re.compile(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|\d+-core|@.*$|\bwith\b.*$", re.IGNORECASE)
+
+
+def cpu_family(model_name: str) -> str:
+    """`AMD EPYC 7B13 64-Core Processor` -> `amd-epyc-7b13`; `Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz`
+    -> `intel-xeon-platinum-8480`: vendor and model family, without clocks and marketing words."""
+    return _slug(_CPU_NOISE_WORDS.sub(" ", model_name)) or "unknown"
+
+
 def profile_id(device: str = "auto") -> str:
-    """Stable hardware-profile id: `nvidia-h100-80gb-hbm3`, `nvidia-tesla-t4`, `cpu-x86_64-avx512-amx`."""
+    """Stable hardware-profile id: `nvidia-h100-80gb-hbm3`, `nvidia-tesla-t4`, and for CPUs the
+    vendor and model family, the architecture, the widest vector ISA and the usable core count,
+    e.g. `cpu-amd-epyc-x86_64-avx2-2c`: two AVX2 boxes of other models or sizes do not share a
+    baseline."""
     if device in ("auto", "cuda"):
         gpu = gpu_info()
         if gpu is not None:
@@ -136,14 +144,43 @@ def profile_id(device: str = "auto") -> str:
             raise RuntimeError("no CUDA device: cannot name a GPU profile")
     cpu = cpu_info()
     isa = set(cpu["isa"])
-    parts = ["cpu", cpu["arch"]]
+    parts = ["cpu", cpu_family(cpu["model"]), cpu["arch"]]
     if "avx512f" in isa:
         parts.append("avx512")
     elif "avx2" in isa:
         parts.append("avx2")
     if "amx_tile" in isa:
         parts.append("amx")
+    parts.append(f"{cpu['usable_cores']}c")
     return "-".join(parts)
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def run_info() -> dict:
+    """Who measured, when: one id per measuring process (a pytest session, a `quantperf run`),
+    the machine's boot id and a hash of its host name. Baselines keep these per recorded run, so
+    the gate can tell runs of one sitting from runs of different sessions (the unit of
+    replication is the run, and the session it ran in)."""
+    import hashlib
+    import uuid
+    from datetime import datetime, timezone
+
+    host = platform.node() or "unknown"
+    boot = _boot_id()
+    return {
+        "run_id": uuid.uuid4().hex[:12],
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "boot_id": boot,
+        "host": hashlib.sha256(host.encode()).hexdigest()[:10],
+    }
 
 
 def environment() -> dict:
@@ -155,4 +192,5 @@ def environment() -> dict:
         "gpu": gpu_info(),
         "cpu": cpu_info(),
         "nvml": None if Nvml.get() is None else "ok",
+        "run": run_info(),
     }

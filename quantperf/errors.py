@@ -21,6 +21,10 @@ class BaselineError(QuantperfError):
     """A corrupt or mismatched baseline file."""
 
 
+class ResultsError(QuantperfError):
+    """A results file that cannot be read as quantperf results."""
+
+
 class NonFiniteLogits(QuantperfError):
     """NaN or inf in a model's logits: never averaged away."""
 

@@ -12,13 +12,13 @@ import statistics
 from dataclasses import asdict, dataclass, field
 
 from .errors import ConfigError
+from .spec import MODES
 from .stats import ratio_of_medians
 
 # A key `KIND.MODE` applies to one runtime mode. Graph mode is steady enough within a run to
 # gate a 3% slowdown; eager-mode HF generate is host-bound and wanders more.
-DEFAULT_TOLERANCES = {"speed": 0.05, "speed.graph": 0.03, "memory": 0.05, "quality": 0.02}
+DEFAULT_TOLERANCES = {"speed": 0.05, "speed.graph": 0.03, "speed.kernel": 0.02, "memory": 0.05, "quality": 0.02}
 KINDS = ("speed", "memory", "quality")
-MODES = ("eager", "graph")
 DEFAULT_ALPHA = 0.01
 # One-sided level for the run-to-run test. With a handful of recorded runs the t prediction
 # interval is wide (3 runs: 2 degrees of freedom); 0.05 keeps a gross regression detectable.
@@ -36,13 +36,23 @@ def parse_tolerances(text: str) -> dict[str, float]:
             raise ConfigError(f"tolerance {item!r}: expected KIND:N% or KIND.MODE:N% with KIND one of "
                               f"{', '.join(KINDS)} and MODE one of {', '.join(MODES)}")
         try:
-            number = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+            number = float(value.strip().rstrip("%")) / 100
         except ValueError:
             raise ConfigError(f"tolerance {item!r}: {value!r} is not a number or percentage") from None
+        if not value.strip().endswith("%"):
+            raise ConfigError(f"tolerance {item!r}: write the value as a percentage ({kind}:{value.strip()}% or "
+                              f"{kind}:{_as_pct(value)}); a bare number is ambiguous")
         if not 0 <= number < 10:
             raise ConfigError(f"tolerance {item!r}: must be between 0 and 1000%, got {value}")
         out[kind] = number
     return out
+
+
+def _as_pct(value: str) -> str:
+    try:
+        return f"{float(value) * 100:g}%"
+    except ValueError:
+        return "N%"
 
 
 def resolve_tolerance(layers: list[dict], kind: str, mode: str) -> float:
@@ -158,3 +168,64 @@ def compare_metric(name: str, baseline_samples: list[float], current_samples: li
     else:
         status = "ok"
     return Verdict(name, status, base, cur, ratio, worse_by, tolerance, p, ci, notes)
+
+
+def gate_metrics(metrics: dict, entry: dict, tolerance_for, alpha: float = DEFAULT_ALPHA) -> list[Verdict]:
+    """Gate a result's metrics (name -> results.Metric) against a baseline entry; `tolerance_for(kind)`
+    gives the tolerance of a metric kind. Metrics the baseline does not hold are not gated."""
+    verdicts = []
+    for name, m in metrics.items():
+        base = entry["metrics"].get(name)
+        if base is None:
+            continue
+        verdicts.append(compare_metric(name, base["samples"], m.samples, m.higher_is_better, tolerance_for(m.kind),
+                                       alpha, base.get("run_medians")))
+    return verdicts
+
+
+# -- the run-level gate (speed) ------------------------------------------------------------
+# Rounds of one run share the machine's state: they estimate the run's median, they are not
+# independent samples. The gate therefore works on run medians (log scale): the noise of a run
+# is pooled over every configuration of the profile, mode and metric (quantperf.runstats), the
+# common shift of this session against the baseline is estimated over configurations and
+# removed, and each configuration is gated on its residual with a Bonferroni correction over
+# the configurations and metrics gated in the session.
+SESSION_GAP_MINUTES = 30  # runs of one host and boot further apart than this are separate sessions
+
+
+def session_ids(runs: list[dict]) -> list[str]:
+    """A session id for each recorded run (the dicts baselines keep): runs of one host and boot
+    that started less than SESSION_GAP_MINUTES apart are one sitting."""
+    from .runlevel import assign_sessions
+
+    return assign_sessions(runs, SESSION_GAP_MINUTES)
+
+
+def gate_runs(current: dict[str, float], baselines: dict[str, list[dict]], metric: str, higher_is_better: bool,
+              tolerance: float, alpha: float, family_size: int, current_run: dict | None = None):
+    """Gate the current run's value of `metric` for each configuration (config id -> median of
+    its rounds) against the recorded runs of every configuration of the same profile and mode.
+
+    Returns (verdicts by config id, the session shift, the noise model). Configurations without
+    recorded runs get no verdict."""
+    import math
+
+    from .runlevel import RunRecord, fit_noise, gate, session_shift
+
+    flat = [(cid, run) for cid, runs in baselines.items() for run in runs]
+    sessions = session_ids([run for _, run in flat])
+    records = [RunRecord(config_id=cid, metric=metric, value=float(run["value"]), session_id=sid,
+                         run_id=str(run.get("run_id")), higher_is_better=higher_is_better)
+               for (cid, run), sid in zip(flat, sessions)]
+    gated = {cid: v for cid, v in current.items() if baselines.get(cid)}
+    if not gated:
+        return {}, None, None
+    model = fit_noise(records)
+    means = {cid: sum(math.log(r["value"]) for r in runs) / len(runs) for cid, runs in baselines.items() if runs}
+    mean_runs = sum(len(baselines[c]) for c in gated) / len(gated)
+    shift = session_shift(gated, means, model.sigma, mean_runs)
+    verdicts = {}
+    for cid, value in gated.items():
+        base = [r for r in records if r.config_id == cid]
+        verdicts[cid] = gate(value, base, model, shift, tolerance, alpha, family_size, higher_is_better)
+    return verdicts, shift, model

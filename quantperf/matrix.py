@@ -10,6 +10,9 @@
     [tier.gpu.quality]
     model = "fixture"
     backends = ["bnb-int8", "bnb-nf4"]
+
+The file is validated (quantperf.config): unknown keys, wrong types, unknown backends, modes
+or noise variants fail with the file, the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import MatrixModel, NoiseModel, validate
 from .errors import ConfigError, read_toml
-from .spec import DEVICES, MODES, RunSpec, Workload
+from .spec import MODES, RunSpec, Workload
 
 
 @dataclass
@@ -35,29 +39,32 @@ class Tier:
     # the noise experiment: slowdowns injected, ablation variants, per mode the slowdown the gate
     # must catch (`detect`) and in what share of trials (`detect_rate`)
     noise_settings: dict = field(default_factory=dict)
+    slow: bool = False
 
 
-# variants None: the mode's defaults (quantperf.sensitivity.DEFAULT_VARIANTS)
-NOISE_DEFAULTS = {"slowdowns": [0.05, 0.10], "variants": None,
-                  "detect": {"graph": 0.05, "eager": 0.10}, "detect_rate": 0.9}
+NOISE_DEFAULTS = {k: v for k, v in NoiseModel().model_dump().items() if k in ("slowdowns", "variants", "detect", "detect_rate")}
 
 
-def _noise_settings(noise: dict, where: str) -> dict:
-    from .sensitivity import VARIANTS
+def _check_names(values: list[str], known, where: str, what: str) -> None:
+    for v in values:
+        if v not in known:
+            raise ConfigError(f"{where}: unknown {what} {v!r}; known: {', '.join(known)}")
 
-    out = {k: noise.get(k, v) for k, v in NOISE_DEFAULTS.items()}
-    slow, detect, rate = out["slowdowns"], out["detect"], out["detect_rate"]
-    if not isinstance(slow, list) or not all(isinstance(x, (int, float)) and 0 < x < 0.9 for x in slow):
-        raise ConfigError(f"{where}.noise.slowdowns must be a list of fractions in (0, 0.9) (0.05 = 5%), got {slow!r}")
-    variants = None if out["variants"] is None else _list(out["variants"], f"{where}.noise.variants")
-    if variants is not None and any(v not in VARIANTS for v in variants):
-        raise ConfigError(f"{where}.noise.variants: {variants!r} has unknown names; choose from {', '.join(VARIANTS)}")
-    if not isinstance(detect, dict) or any(m not in MODES or v not in slow for m, v in detect.items()):
-        raise ConfigError(f"{where}.noise.detect must map modes ({', '.join(MODES)}) to one of the slowdowns "
-                          f"{slow}, got {detect!r}")
-    if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
-        raise ConfigError(f"{where}.noise.detect_rate must be a fraction in (0, 1], got {rate!r}")
-    return {"slowdowns": [float(x) for x in slow], "variants": variants, "detect": dict(detect), "detect_rate": float(rate)}
+
+def _noise_settings(noise: NoiseModel, where: str) -> dict:
+    from .noise import VARIANTS
+
+    if not all(0 < x < 0.9 for x in noise.slowdowns):
+        raise ConfigError(f"{where}.noise.slowdowns: must be fractions in (0, 0.9) (0.05 = 5%), got {noise.slowdowns!r}")
+    if noise.variants is not None:
+        _check_names(noise.variants, VARIANTS, f"{where}.noise.variants", "noise variant")
+    for mode, value in noise.detect.items():
+        if mode not in MODES or value not in noise.slowdowns:
+            raise ConfigError(f"{where}.noise.detect: must map modes ({', '.join(MODES)}) to one of the slowdowns "
+                              f"{noise.slowdowns}, got {noise.detect!r}")
+    _check_names(list(noise.cv_within_max), MODES, f"{where}.noise.cv_within_max", "mode")
+    return {"slowdowns": list(noise.slowdowns), "variants": noise.variants, "detect": dict(noise.detect),
+            "detect_rate": noise.detect_rate}
 
 
 def _list(value, where: str) -> list[str]:
@@ -68,61 +75,51 @@ def _list(value, where: str) -> list[str]:
     return value
 
 
-def load_matrix(path: str | Path, overrides: dict | None = None) -> dict[str, Tier]:
-    """Parse the matrix; `overrides` (models/backends/modes lists) replace every tier's lists."""
-    path = Path(path)
-    data = read_toml(path, "matrix file", " (set --qp-matrix or the qp_matrix ini option)")
-    overrides = {k: v for k, v in (overrides or {}).items() if v}
-    tiers: dict[str, Tier] = {}
-    for name, raw in data.get("tier", {}).items():
-        where = f"{path}: tier.{name}"
-        device = raw.get("device")
-        if device not in DEVICES:
-            raise ConfigError(f"{where}.device is {device!r}; use one of {DEVICES}")
-        try:
-            workload = Workload(**raw.get("workload", {}))
-        except (TypeError, ConfigError) as exc:
-            raise ConfigError(f"{where}.workload: {exc}") from None
-        models = _list(overrides.get("models", raw.get("models", [])), f"{where}.models")
-        backends = _list(overrides.get("backends", raw.get("backends", [])), f"{where}.backends")
-        modes = _list(overrides.get("modes", raw.get("modes", ["eager"])), f"{where}.modes")
-        for m in modes:
-            if m not in MODES:
-                raise ConfigError(f"{where}.modes has {m!r}; use {MODES}")
-        from .backends import BACKENDS
+def load_matrix(path: str | Path, overrides: dict | None = None, override_source: str = "the command line") -> dict[str, Tier]:
+    """Parse and validate the matrix; `overrides` (models/backends/modes lists, e.g. from
+    --qp-models) replace every tier's lists, and a bad value in them is blamed on
+    `override_source`, not on the file."""
+    from .backends import BACKENDS
 
-        for b in backends:
-            if b not in BACKENDS:
-                raise ConfigError(f"{where}.backends has unknown backend {b!r}; known: {', '.join(BACKENDS)}")
-        configs = [RunSpec(m, b, device, mode, workload) for m in models for b in backends for mode in modes]
+    path = Path(path)
+    matrix = validate(MatrixModel, read_toml(path, "matrix file", " (set --qp-matrix or the qp_matrix ini option)"), path)
+    overrides = {k: _list(v, f"{override_source}: --qp-{k}") for k, v in (overrides or {}).items() if v}
+    for key, values in overrides.items():
+        known = BACKENDS if key == "backends" else MODES if key == "modes" else None
+        if known is not None:
+            _check_names(values, known, f"{override_source}: --qp-{key}", key[:-1])
+    tiers: dict[str, Tier] = {}
+    for name, raw in matrix.tier.items():
+        where = f"{path}: tier.{name}"
+        _check_names(raw.backends, BACKENDS, f"{where}.backends", "backend")
+        _check_names(raw.modes, MODES, f"{where}.modes", "mode")
+        for i, e in enumerate(raw.extra):
+            _check_names([e.backend], BACKENDS, f"{where}.extra[{i}].backend", "backend")
+            _check_names([e.mode], MODES, f"{where}.extra[{i}].mode", "mode")
+        workload = Workload(**raw.workload.model_dump())
+        models = overrides.get("models", raw.models)
+        backends = overrides.get("backends", raw.backends)
+        modes = overrides.get("modes", raw.modes)
+        configs = [RunSpec(m, b, raw.device, mode, workload) for m in models for b in backends for mode in modes]
         if not overrides:
-            for i, e in enumerate(raw.get("extra", [])):
-                try:
-                    configs.append(RunSpec(e["model"], e["backend"], device, e.get("mode", "eager"), workload))
-                except KeyError as exc:
-                    raise ConfigError(f"{where}.extra[{i}] misses field {exc.args[0]!r}") from None
-        seen, unique = set(), []
-        for c in configs:
-            if c.id not in seen:
-                seen.add(c.id)
-                unique.append(c)
-        q = raw.get("quality", {})
-        qbackends = _list(overrides.get("quality_backends", q.get("backends", [])), f"{where}.quality.backends")
-        quality = [RunSpec(q.get("model", "fixture"), b, device, "eager", workload) for b in qbackends]
-        qparams = {k: q[k] for k in ("context", "max_windows", "corpus") if k in q}
-        noise = raw.get("noise", {})
-        noise_ids = _list(noise.get("configs", []), f"{where}.noise.configs")
+            configs += [RunSpec(e.model, e.backend, raw.device, e.mode, workload) for e in raw.extra]
+        unique = list({c.id: c for c in configs}.values())
+        quality, qparams = [], {}
+        if raw.quality is not None:
+            q = raw.quality
+            qbackends = overrides.get("quality_backends", q.backends)
+            _check_names(qbackends, BACKENDS, f"{where}.quality.backends", "backend")
+            quality = [RunSpec(q.model, b, raw.device, "eager", workload) for b in qbackends]
+            qparams = {"context": q.context, "max_windows": q.max_windows} | ({"corpus": q.corpus} if q.corpus else {})
+        noise = raw.noise or NoiseModel()
         by_id = {c.id: c for c in unique}
-        missing = [i for i in noise_ids if i not in by_id]
+        missing = [i for i in noise.configs if i not in by_id]
         if missing and not overrides:
-            raise ConfigError(f"{where}.noise.configs names configurations not in the tier: {missing}")
-        try:
-            targets = {k: float(v) for k, v in noise.get("cv_within_max", {}).items()}
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}.noise.cv_within_max must map modes to numbers (0.01 = 1%), "
-                              f"got {noise.get('cv_within_max')!r}") from None
-        tiers[name] = Tier(name, device, unique, workload, quality, qparams, int(raw.get("max_rounds", 0)),
-                           [by_id[i] for i in noise_ids if i in by_id], targets, _noise_settings(noise, where))
+            raise ConfigError(f"{where}.noise.configs: names configurations not in the tier: {missing}; "
+                              f"the tier has: {', '.join(by_id)}")
+        tiers[name] = Tier(name, raw.device, unique, workload, quality, qparams, raw.max_rounds,
+                           [by_id[i] for i in noise.configs if i in by_id], dict(noise.cv_within_max),
+                           _noise_settings(noise, where), raw.slow)
     if not tiers:
         raise ConfigError(f"{path}: no [tier.NAME] tables")
     return tiers

@@ -69,6 +69,27 @@ def size_class(parameters: int) -> str:
     raise AssertionError("unreachable")
 
 
+def synthetic_parameters(shape: str) -> int:
+    """Parameter count of a synthetic shape (LLaMA-style blocks), without building it:
+    embeddings (+ an untied lm_head) + per layer q/k/v/o, gate/up/down and two norms + final norm."""
+    c = SHAPES[shape]
+    h, i, layers, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i + 2 * h
+    return v * h * (1 if c.get("tie_word_embeddings") else 2) + layers * per_layer + h
+
+
+LARGE_PARAMETERS = 2e9  # a configuration above this many parameters is marked `slow`
+
+
+def is_large(ref: str) -> bool:
+    """Whether a model reference is big enough to be marked slow (synthetic shapes only: the size
+    of a hub id or a local checkpoint is not known before loading it)."""
+    if ref.startswith("synthetic:") and ref.split(":", 1)[1] in SHAPES:
+        return synthetic_parameters(ref.split(":", 1)[1]) > LARGE_PARAMETERS
+    return False
+
+
 def cache_dir() -> Path:
     root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "quantperf")
     return Path(root)

@@ -21,6 +21,28 @@ from .results import ResultLog, RunResult
 from .stats import Summary, min_detectable_change
 
 SPEED = ("decode_tokens_per_s", "prefill_ms", "e2e_tokens_per_s")
+# The noise experiment's ablations (quantperf.sensitivity): each a setting changed between
+# rounds of one loaded model, interleaved with the clean side.
+VARIANTS = {
+    "gc-on": {"gc_off": False},
+    "unpinned": {"pin_cpu": False},
+    "long": {"tokens_factor": 4},
+}
+# what a mode runs when no variants are named: `long` changes graph mode's static cache length
+DEFAULT_VARIANTS = {"eager": ["gc-on", "unpinned", "long"], "graph": ["gc-on", "unpinned"]}
+
+
+def run_noise(samples_per_run: list[list[float]]) -> dict:
+    """Noise of one metric over repeated runs: within-run CV (median over runs), between-run CV
+    (of the runs' medians), median of medians, and the smallest change the within-run rounds
+    detect (stats.min_detectable_change). The one place these formulas live."""
+    within = [Summary.from_values(s).cv for s in samples_per_run]
+    medians = [statistics.median(s) for s in samples_per_run]
+    n = min(len(s) for s in samples_per_run)
+    cv_w = statistics.median(within)
+    return {"runs": len(samples_per_run), "rounds": n, "cv_within": cv_w,
+            "cv_between": Summary.from_values(medians).cv if len(medians) > 1 else None,
+            "median": statistics.median(medians), "min_detectable": min_detectable_change(cv_w, n, n)}
 
 
 def noise_rows(runs: list[list[RunResult]], metrics=SPEED) -> list[dict]:
@@ -35,24 +57,18 @@ def noise_rows(runs: list[list[RunResult]], metrics=SPEED) -> list[dict]:
             ms = [r.metrics[name] for r in results if name in r.metrics]
             if not ms:
                 continue
-            within = [m.summary.cv for m in ms]
-            medians = [m.summary.median for m in ms]
-            n = min(len(m.samples) for m in ms)
-            cv_w = statistics.median(within)
-            rows.append({
-                "config": cid, "mode": mode, "metric": name, "runs": len(ms), "rounds": n,
-                "cv_within": cv_w,
-                "cv_between": Summary.from_values(medians).cv if len(medians) > 1 else None,
-                "min_detectable": min_detectable_change(cv_w, n, n),
-            })
+            fig = run_noise([m.samples for m in ms])
+            rows.append({"config": cid, "mode": mode, "metric": name, **{k: v for k, v in fig.items() if k != "median"}})
     return rows
 
 
 def gate_counts(summaries: list[dict]) -> dict:
     """Regressions and flips in suite summary.json files (A/A: both should be zero)."""
-    regressions = sum(1 for s in summaries for c in s.get("configs", {}).values() if c.get("status") == "regressed")
-    flips = sum(1 for s in summaries for c in s.get("claims", []) if c["verdict"] not in (c["expected"], "inconclusive"))
-    return {"runs": len(summaries), "regressions": regressions, "flips": flips}
+    from .summary import SessionSummary
+
+    parsed = [SessionSummary.from_dict(s) for s in summaries]
+    return {"runs": len(parsed), "regressions": sum(len(s.regressions) for s in parsed),
+            "flips": sum(len(s.flips) for s in parsed)}
 
 
 def load_runs(paths: list[str]) -> list[list[RunResult]]:

@@ -99,7 +99,8 @@ def _tiers(config):
         from .matrix import load_matrix
 
         overrides = {k: _opt(config, o) for k, o in (("models", MODELS), ("backends", BACKENDS), ("modes", MODES))}
-        config._qp_tiers = load_matrix(_path(config, _opt(config, MATRIX, "qp_matrix")), overrides)
+        config._qp_tiers = load_matrix(_path(config, _opt(config, MATRIX, "qp_matrix")), overrides,
+                                       override_source="pytest options")
     return config._qp_tiers
 
 
@@ -112,12 +113,13 @@ def _claims(config):
     return config._qp_claims
 
 
-def _device_mark(device: str):
-    return pytest.mark.gpu if device == "cuda" else pytest.mark.cpu
+def _marks(device: str, model: str | None = None, tier=None, *extra) -> list:
+    from .models import is_large
 
-
-def _slow(model: str) -> list:
-    return [pytest.mark.slow] if any(s in model for s in ("llama-3b", "llama-8b")) else []
+    marks = [pytest.mark.gpu if device == "cuda" else pytest.mark.cpu, *extra]
+    if (tier is not None and tier.slow) or (model is not None and is_large(model)):
+        marks.append(pytest.mark.slow)
+    return marks
 
 
 def pytest_generate_tests(metafunc):
@@ -126,27 +128,27 @@ def pytest_generate_tests(metafunc):
         return
     tiers = _tiers(metafunc.config)
     if "qp_config" in names:
-        params = [pytest.param(spec, id=spec.id, marks=[_device_mark(t.device), *_slow(spec.model)])
-                  for t in tiers.values() for spec in t.configs]
-        metafunc.parametrize("qp_config", params)
+        metafunc.parametrize("qp_config", [pytest.param(spec, id=spec.id, marks=_marks(t.device, spec.model, t))
+                                           for t in tiers.values() for spec in t.configs])
     if "qp_quality_config" in names:
-        params = [pytest.param(spec, id=f"{spec.model_label}-{spec.backend}-{spec.device}-quality", marks=[_device_mark(t.device), pytest.mark.quality])
-                  for t in tiers.values() for spec in t.quality_configs]
-        metafunc.parametrize("qp_quality_config", params)
+        metafunc.parametrize("qp_quality_config", [
+            pytest.param(spec, id=f"{spec.model_label}-{spec.backend}-{spec.device}-quality",
+                         marks=_marks(t.device, None, None, pytest.mark.quality))
+            for t in tiers.values() for spec in t.quality_configs])
     if "qp_noise_config" in names:
-        params = [pytest.param((spec, t), id=spec.id, marks=[_device_mark(t.device), pytest.mark.slow])
-                  for t in tiers.values() for spec in t.noise_configs]
-        metafunc.parametrize("qp_noise_config", params)
+        metafunc.parametrize("qp_noise_config", [pytest.param((spec, t), id=spec.id, marks=_marks(t.device, None, None, pytest.mark.slow))
+                                                 for t in tiers.values() for spec in t.noise_configs])
     if "qp_claim" in names:
+        from .suite import QUALITY_METRICS
+
         params = []
         for claim in _claims(metafunc.config):
             tier = next((t for t in tiers.values() if t.device == claim.device), None)
             if tier is None:
                 continue
-            marks = [_device_mark(claim.device), pytest.mark.takeaway]
-            if claim.metric in ("ppl",):
-                marks.append(pytest.mark.quality)
-            params.append(pytest.param((claim, tier.workload), id=f"{claim.id}-{claim.device}", marks=marks))
+            extra = [pytest.mark.takeaway] + ([pytest.mark.quality] if claim.metric in QUALITY_METRICS else [])
+            params.append(pytest.param((claim, tier.workload), id=f"{claim.id}-{claim.device}",
+                                       marks=_marks(claim.device, claim.a.model, None, *extra)))
         metafunc.parametrize("qp_claim", params)
 
 
@@ -210,8 +212,13 @@ def qp_session(request):
         claims=_claims(config),
         max_rounds=config.getoption(MAX_ROUNDS) or max((t.max_rounds for t in tiers.values()), default=0),
         root=Path(config.rootpath),
+        record_hint=f"record one with `pytest benchmarks -m {{marker}} {RECORD}`",
     )
     session.quality_params = {t.device: t.quality_params for t in tiers.values() if t.quality_params}
+    # the speed/memory configurations selected in this run: gated together (session shift)
+    session.selected = list({item.callspec.params["qp_config"].id: item.callspec.params["qp_config"]
+                             for item in request.session.items
+                             if hasattr(item, "callspec") and "qp_config" in item.callspec.params}.values())
     # quality configurations selected in this run, measured in one batch per model and device
     session.quality_specs = [item.callspec.params["qp_quality_config"] for item in request.session.items
                              if hasattr(item, "callspec") and "qp_quality_config" in item.callspec.params]
@@ -225,82 +232,44 @@ def qp_session(request):
 
 
 def run_check(fn, *args, **kwargs):
-    """Translate suite outcomes into pytest outcomes."""
+    """Translate suite outcomes into pytest outcomes: one clean line each (the outcome is raised
+    outside the except block, so pytest prints no chained traceback)."""
+    import warnings
+
     from .errors import QuantperfError
-    from .suite import Fail, Skip
+    from .suite import Fail, Skip, Warn
 
     try:
         return fn(*args, **kwargs)
     except Skip as exc:
-        pytest.skip(str(exc))
-    except Fail as exc:
-        pytest.fail(str(exc), pytrace=False)
-    except QuantperfError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        outcome, message = pytest.skip, str(exc)
+    except Warn as exc:
+        outcome, message = None, str(exc)
+    except (Fail, QuantperfError) as exc:
+        outcome, message = pytest.fail, str(exc)
+    if outcome is None:
+        warnings.warn(message)
+        return None
+    if outcome is pytest.fail:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    qp = getattr(session.config, "_qp_session", None)
+    if qp is not None and qp.log is not None:
+        qp.summary().write(qp.log.path.with_name("summary.json"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     session = getattr(config, "_qp_session", None)
     if session is None or not (session.outcomes or session.claim_results or session.noise_rows):
         return
-    from .report import format_table
+    from .report import render_terminal
 
     tr = terminalreporter
     tr.section("quantperf")
-    tr.write_line(f"profiles: {', '.join(f'{d}={p}' for d, p in session.profiles.items())}")
-    rows = []
-    for key, o in session.outcomes.items():
-        cid = key
-        if not o.verdicts:
-            m = o.result.metrics.get("decode_tokens_per_s")
-            rows.append([cid, "-", "-" if m is None else f"{m.value:.4g}", "-", "-", o.status, o.message[:100]])
-        for v in o.verdicts:
-            delta = "-" if v.ratio is None else f"{(v.ratio - 1) * 100:+.1f}%"
-            note = "; ".join(([] if v.p_value is None else [f"p={v.p_value:.3g}"]) + v.notes)
-            rows.append([cid, v.metric, f"{v.current:.4g}", "-" if v.baseline is None else f"{v.baseline:.4g}", delta,
-                         v.status, note[:90]])
-        if o.version_changes:
-            rows.append([cid, "versions", "", "", "", "", ", ".join(f"{k} {a}->{b}" for k, (a, b) in o.version_changes.items())])
-    tr.write_line(format_table(["config", "metric", "current", "baseline", "delta", "verdict", "note"], rows))
-    if session.claim_results:
-        tr.write_line("")
-        tr.write_line("takeaways:")
-        crow = [[c.claim.id, c.profile, "-" if c.ratio is None else f"{c.ratio:.3g} [{c.low:.3g}, {c.high:.3g}]",
-                 c.claim.describe_bounds(), c.expected, c.verdict] for c in session.claim_results]
-        tr.write_line(format_table(["claim", "profile", "ratio B/A [CI]", "claimed", "expected", "verdict"], crow))
-    measured = [r for k, r in session.results.items() if not k.startswith("quality:") and r.ok
-                 and "decode_tokens_per_s" in r.metrics]
-    if measured:
-        from .stats import min_detectable_change
-
-        tr.write_line("")
-        tr.write_line("noise (decode tok/s): within-run CV and the smallest slowdown this many rounds detects (alpha 0.05, power 0.8)")
-        nrows = []
-        for r in measured:
-            m = r.metrics["decode_tokens_per_s"]
-            s = m.summary
-            extra = r.timings.get("adaptive_extra_rounds")
-            nrows.append([r.spec.id, f"{s.median:.4g}", f"{s.cv * 100:.1f}%", s.n,
-                          f"{min_detectable_change(s.cv, s.n) * 100:.1f}%", extra or "",
-                          "" if r.validity.get("valid", True) else "throttled"])
-        tr.write_line(format_table(["config", "median", "CV", "rounds", "min detectable", "adaptive +rounds", "validity"], nrows))
-    if session.noise_rows:
-        tr.write_line("")
-        tr.write_line("repeatability (fresh process per run):")
-        from .report import noise_table
-
-        tr.write_line(noise_table(session.noise_rows))
-    for exp in session.sensitivity:
-        from .sensitivity import Evaluation, evaluation_table
-
-        tr.write_line("")
-        tr.write_line(evaluation_table(Evaluation.from_dict(exp["evaluation"])))
-    if session.recorded:
-        tr.write_line("")
-        tr.write_line(f"recorded {len(session.recorded)} baseline figure(s):")
-        for line in session.recorded[:50]:
-            tr.write_line(f"  {line}")
+    for line in render_terminal(session.summary()).splitlines():
+        tr.write_line(line)
     if session.log:
-        summary = session.log.path.with_name("summary.json")
-        session.write_summary(summary)
-        tr.write_line(f"results: {session.log.path}  summary: {summary}")
+        tr.write_line(f"results: {session.log.path}  summary: {session.log.path.with_name('summary.json')}")

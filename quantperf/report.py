@@ -1,8 +1,11 @@
-"""Plain-text tables for results (terminal summaries, README tables)."""
+"""Renderers: plain-text and markdown tables of results and of a session's typed summary
+(quantperf.summary.SessionSummary). A new report format is one function here that reads the
+summary."""
 
 from __future__ import annotations
 
 from .results import RunResult
+from .summary import SessionSummary
 
 
 def _fmt(v, digits=1):
@@ -55,3 +58,87 @@ def format_table(header: list[str], rows: list[list], markdown: bool = False) ->
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+
+
+def evaluation_table(ev, markdown: bool = False) -> str:
+    """Noise per side and detection rates, as one table."""
+    def pct(v):
+        return "-" if v is None else f"{v * 100:.2f}%"
+
+    header = ["side", "median tok/s", "CV within", "CV between", "min detectable", "gate flagged", "paired flagged"]
+    rows = []
+    for s in ev.noise:
+        g, pr = ev.detection(s.side, "gate"), ev.detection(s.side, "paired")
+        rows.append([s.side, f"{s.median:.1f}", pct(s.cv_within), pct(s.cv_between), pct(s.min_detectable),
+                     f"{g.flagged}/{g.trials}" if g else "-", f"{pr.flagged}/{pr.trials}" if pr else "-"])
+    head = (f"{ev.config}: {ev.processes} processes x {ev.rounds} rounds per side, tolerance {ev.tolerance * 100:g}%, "
+            f"alpha {ev.alpha:g} ('flagged' on clean-b = A/A false alarms; on slow-N% = detections)")
+    return "\n".join([head, format_table(header, rows, markdown), *ev.notes])
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v * 100:.1f}%"
+
+
+def summary_sections(summary: SessionSummary, markdown: bool = False) -> list[tuple[str, str]]:
+    """(title, table) sections of a session summary, in reading order."""
+    sections = []
+    if summary.notes:
+        sections.append(("session", "\n".join(summary.notes)))
+    rows = []
+    for o in summary.configs:
+        if not o.verdicts:
+            head = "-" if o.decode_tokens_per_s is None else f"{o.decode_tokens_per_s:.4g}"
+            rows.append([o.key, "-", head, "-", "-", o.status, o.message])
+        for v in o.verdicts:
+            delta = "-" if v.ratio is None else f"{(v.ratio - 1) * 100:+.1f}%"
+            if v.noise_floor is not None:
+                note = f"noise floor {v.noise_floor * 100:.0f}%" + (f" [{v.ci[0]:.3f}, {v.ci[1]:.3f}]" if v.ci else "")
+            else:
+                note = "; ".join(([] if v.p_value is None else [f"p={v.p_value:.3g}"]) + v.notes)
+                note = note if len(note) <= 80 else note[:77] + "..."
+            rows.append([o.key, v.metric, f"{v.current:.4g}", "-" if v.baseline is None else f"{v.baseline:.4g}", delta,
+                         v.status, note])
+        if o.version_changes:
+            rows.append([o.key, "versions", "", "", "", "", ", ".join(f"{k} {a}->{b}" for k, (a, b) in o.version_changes.items())])
+    if rows:
+        sections.append(("gate", format_table(["config", "metric", "current", "baseline", "delta", "verdict", "note"],
+                                              rows, markdown)))
+    if summary.claims:
+        crow = [[c.id, c.profile, "-" if c.ratio is None else f"{c.ratio:.3g} [{c.ci[0]:.3g}, {c.ci[1]:.3g}]",
+                 c.claimed, c.expected, c.verdict] for c in summary.claims]
+        sections.append(("takeaways", format_table(["claim", "profile", "ratio B/A [CI]", "claimed", "expected", "verdict"],
+                                                   crow, markdown)))
+    if summary.noise:
+        nrows = [[n.config_id, f"{n.median:.4g}", _pct(n.cv), n.rounds, _pct(n.min_detectable),
+                  n.adaptive_extra_rounds or "", n.validity] for n in summary.noise]
+        sections.append(("noise (decode tok/s): within-run CV and the smallest slowdown this many rounds detects "
+                         "(alpha 0.05, power 0.8)",
+                         format_table(["config", "median", "CV", "rounds", "min detectable", "adaptive +rounds", "validity"],
+                                      nrows, markdown)))
+    if summary.repeatability:
+        sections.append(("repeatability (fresh process per run)", noise_table(summary.repeatability, markdown)))
+    for exp in summary.sensitivity:
+        from .sensitivity import Evaluation
+
+        sections.append(("noise experiment", evaluation_table(Evaluation.from_dict(exp["evaluation"]), markdown)))
+    if summary.recorded:
+        shown = summary.recorded[:50]
+        more = len(summary.recorded) - len(shown)
+        sections.append((f"recorded {len(summary.recorded)} baseline figure(s)",
+                         "\n".join(f"  {line}" for line in shown) + (f"\n  ... and {more} more" if more else "")))
+    return sections
+
+
+def render_terminal(summary: SessionSummary) -> str:
+    head = f"profiles: {', '.join(f'{d}={p}' for d, p in summary.profiles.items())}"
+    return "\n\n".join([head] + [f"{title}:\n{body}" for title, body in summary_sections(summary)])
+
+
+def render_markdown(summary: SessionSummary) -> str:
+    """A markdown report (a PR comment, $GITHUB_STEP_SUMMARY)."""
+    lines = ["# quantperf", "", "Profiles: " + ", ".join(f"`{d}` = `{p}`" for d, p in summary.profiles.items()), "",
+             f"**{len(summary.regressions)} regression(s), {len(summary.flips)} flipped claim(s).**", ""]
+    for title, body in summary_sections(summary, markdown=True):
+        lines += [f"## {title}", "", body, ""]
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ METRICS: dict[str, tuple[str, bool, str]] = {
     "mean_kld": ("nats", False, "quality"),
     "top1_agreement": ("", True, "quality"),
     "rms_dp": ("", False, "quality"),
+    "kernel_decode_us_per_layer": ("us", False, "speed"),
+    "kernel_prefill_us_per_layer": ("us", False, "speed"),
 }
 
 
@@ -80,6 +83,7 @@ class RunResult:
     arch: dict = field(default_factory=dict)
     execution: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)  # scenario figures beyond the metrics (kernel tables)
     generations: list = field(default_factory=list)
     environment: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -89,9 +93,6 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
-
-    def metric(self, name: str) -> Metric | None:
-        return self.metrics.get(name)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k not in ("spec", "metrics")}
@@ -112,11 +113,19 @@ class RunResult:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same directory, fsync, then rename: readers never see a torn file."""
+    """Write via a temp file in the same directory, fsync, then rename: readers never see a torn
+    file. The file keeps its mode (a new one gets the umask's), not the temp file's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -145,20 +154,43 @@ class ResultLog:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def rotate(self) -> Path | None:
+        """Start a new session's log: an existing one moves beside it as `results-<time>.jsonl`
+        (with its summary.json), so gating a log never re-gates an older session's results."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.path.stat().st_mtime))
+        target = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.stem}-{stamp}-{n}{self.path.suffix}")
+        os.replace(self.path, target)
+        summary = self.path.with_name("summary.json")
+        if summary.exists():
+            os.replace(summary, target.with_name(target.stem.replace(self.path.stem, "summary", 1) + ".json"))
+        return target
+
     def read(self) -> list[RunResult]:
+        """Every result in the log. A torn last line (a killed run) is dropped; any other line that
+        is not a result is a ResultsError naming the file and line."""
+        from .errors import ResultsError
+
         if not self.path.exists():
             return []
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         out = []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 out.append(RunResult.from_dict(json.loads(line)))
-            except (ValueError, TypeError, KeyError) as exc:
-                # a torn last line from a killed run is expected; anything else is corruption
-                if n == len(self.path.read_text(encoding="utf-8").splitlines()):
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                if n == len(lines) and out:  # a torn last line from a killed run is expected
                     break
-                raise ValueError(f"{self.path}: line {n} is not a quantperf result ({exc})") from exc
+                raise ResultsError(f"{self.path}: line {n} is not a quantperf result ({type(exc).__name__}: {exc}); "
+                                   "a results file holds one JSON result per line, as the suite or `quantperf run --out` "
+                                   "writes it") from None
         return out
 
 

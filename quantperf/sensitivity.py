@@ -35,16 +35,10 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .gate import DEFAULT_ALPHA, compare_metric
-from .stats import Summary, interleaved_order, min_detectable_change, paired_ratio
+from .noise import DEFAULT_VARIANTS, VARIANTS, run_noise
+from .stats import paired_ratio
 
 CLEAN, AA = "clean", "clean-b"
-VARIANTS = {
-    "gc-on": {"gc_off": False},
-    "unpinned": {"pin_cpu": False},
-    "long": {"tokens_factor": 4},
-}
-# what a mode runs when no variants are named: `long` changes graph mode's static cache length
-DEFAULT_VARIANTS = {"eager": ["gc-on", "unpinned", "long"], "graph": ["gc-on", "unpinned"]}
 BASELINE_RUNS = 3  # recorded runs a trial's baseline holds (the gate's MIN_BASELINE_RUNS)
 CALIBRATION_ROUNDS = 3
 
@@ -85,65 +79,58 @@ def delay_for(ms_per_token: float, slowdown: float) -> float:
     return ms_per_token * slowdown / (1 - slowdown)
 
 
-def _tok_s(batch_size: int, round_: dict) -> float:
-    return batch_size * len(round_["decode_ms"]) / (sum(round_["decode_ms"]) / 1e3)
-
-
 def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: list[str] | None, isolation: str = "process",
                    model_options: dict | None = None, progress=None, checkpoint=None) -> dict:
     """Measure `spec` in `processes` fresh workers with interleaved sides; returns the raw data
     that `evaluate` reads (JSON-able). `checkpoint(raw)` is called after each process, so an
     interrupted experiment keeps what it measured."""
-    from .engine import open_worker
     from .envinfo import environment
+    from .scenarios import scenario_for
+    from .scheduler import interleave_rounds, open_side
 
     if processes < 2:
         raise ConfigError(f"the noise experiment needs >= 2 processes, got {processes}")
     sides = make_sides(slowdowns, variants, spec.mode)
-    w = spec.workload
-    raw: dict = {"config": spec.id, "spec": spec.to_dict(), "rounds": w.rounds, "sides": [s.name for s in sides],
+    scenario = scenario_for(spec.mode)
+    raw: dict = {"config": spec.id, "spec": spec.to_dict(), "rounds": spec.workload.rounds, "sides": [s.name for s in sides],
                  "slowdowns": {s.name: s.slowdown for s in sides if s.slowdown}, "variants": [s.name for s in sides if s.name in VARIANTS],
                  "processes": [], "environment": environment()}
     delays: dict[str, float] = {}
     for p in range(processes):
-        worker = open_worker(spec, isolation, dict(model_options or {}))
+        side = open_side(spec, isolation=isolation, model_options=model_options, environment=raw["environment"])
         entry: dict = {"index": p}
         try:
-            info = worker.load()
-            if info["status"] == "ok":
-                wu = worker.warmup()
-                if wu["status"] != "ok":
-                    info = {"status": wu["status"], "reason": wu["reason"]}
-            if info["status"] != "ok":
-                raw["status"], raw["reason"] = info["status"], info["reason"]
+            if not side.ok:
+                raw["status"], raw["reason"] = side.failed.status, side.failed.reason
                 return raw
-            raw.setdefault("backend_identity", info["identity"])
+            worker = side.worker
+            raw.setdefault("backend_identity", side.info["identity"])
             if not delays:
                 cal = worker.rounds(n=CALIBRATION_ROUNDS)
                 per_token = statistics.median(sum(r["decode_ms"]) / len(r["decode_ms"]) for r in cal)
                 raw["calibration_ms_per_token"] = per_token
                 delays = {s.name: delay_for(per_token, s.slowdown) for s in sides if s.slowdown}
                 raw["delays_ms"] = delays
-            by_name = {s.name: s for s in sides}
-            collected: dict[str, list] = {s.name: [] for s in sides}
 
-            def one(side: Side) -> dict:
-                worker.configure(inject_ms=delays.get(side.name, 0.0), gc_off=side.gc_off, pin_cpu=side.pin_cpu)
-                return worker.rounds(n=1, new_tokens=w.new_tokens * side.tokens_factor)[0]
+            def runner(s: Side):
+                def one() -> dict:
+                    worker.configure(inject_ms=delays.get(s.name, 0.0), gc_off=s.gc_off, pin_cpu=s.pin_cpu,
+                                     tokens_factor=s.tokens_factor)
+                    return worker.rounds(n=1)[0]
+                return one
 
-            for side in sides:  # one unmeasured round each (a new length compiles in graph mode)
-                one(side)
-            for name in interleaved_order([s.name for s in sides], w.rounds):
-                collected[name].append(one(by_name[name]))
-            entry["sides"] = {
-                name: {"decode_tokens_per_s": [_tok_s(w.batch_size, r) for r in rs],
-                       "prefill_ms": [r["prefill_ms"] for r in rs],
-                       "throttled_rounds": sum(1 for r in rs if r["throttled"]),
-                       "retried_rounds": sum(1 for r in rs if r.get("retried_after_throttle"))}
-                for name, rs in collected.items()
-            }
+            runners = {s.name: runner(s) for s in sides}
+            interleave_rounds(runners, 1)  # one unmeasured round each (a new length compiles in graph mode)
+            collected = interleave_rounds(runners, spec.workload.rounds)
+            entry["sides"] = {}
+            for name, rs in collected.items():
+                m = scenario.metrics(spec, rs)
+                entry["sides"][name] = {
+                    "decode_tokens_per_s": m["decode_tokens_per_s"].samples, "prefill_ms": m["prefill_ms"].samples,
+                    "throttled_rounds": sum(1 for r in rs if r.get("throttled")),
+                    "retried_rounds": sum(1 for r in rs if r.get("retried_after_throttle"))}
         finally:
-            worker.close()
+            side.close()
         raw["processes"].append(entry)
         if checkpoint:
             checkpoint(raw | {"status": "ok" if p + 1 == processes else "partial"})
@@ -223,13 +210,10 @@ def evaluate(raw: dict, tolerance: float, alpha: float = DEFAULT_ALPHA, confiden
 
     noise = []
     for name in raw["sides"]:
-        cvs = [Summary.from_values(tps(p, name)).cv for p in procs]
-        medians = [statistics.median(tps(p, name)) for p in procs]
-        cv_w = statistics.median(cvs)
-        noise.append(SideNoise(
-            side=name, cv_within=cv_w, cv_between=Summary.from_values(medians).cv if len(medians) > 1 else None,
-            median=statistics.median(medians), min_detectable=min_detectable_change(cv_w, rounds, rounds),
-            throttled_rounds=sum(p["sides"][name]["throttled_rounds"] for p in procs)))
+        fig = run_noise([tps(p, name) for p in procs])
+        noise.append(SideNoise(side=name, cv_within=fig["cv_within"], cv_between=fig["cv_between"],
+                               median=fig["median"], min_detectable=fig["min_detectable"],
+                               throttled_rounds=sum(p["sides"][name]["throttled_rounds"] for p in procs)))
     slow = raw.get("slowdowns", {})
     targets = [AA] + [n for n in raw["sides"] if n in slow]
     detections = []
@@ -256,21 +240,3 @@ def evaluate(raw: dict, tolerance: float, alpha: float = DEFAULT_ALPHA, confiden
             ratios.append(round(est.ratio, 4))
         detections.append(Detection(name, slow.get(name, 0.0), "paired", flagged, n, ratios))
     return Evaluation(config, spec["mode"], tolerance, alpha, n, rounds, noise, detections, notes)
-
-
-def evaluation_table(ev: Evaluation, markdown: bool = False) -> str:
-    """Noise per side and detection rates, as one table."""
-    from .report import format_table
-
-    def pct(v):
-        return "-" if v is None else f"{v * 100:.2f}%"
-
-    header = ["side", "median tok/s", "CV within", "CV between", "min detectable", "gate flagged", "paired flagged"]
-    rows = []
-    for s in ev.noise:
-        g, pr = ev.detection(s.side, "gate"), ev.detection(s.side, "paired")
-        rows.append([s.side, f"{s.median:.1f}", pct(s.cv_within), pct(s.cv_between), pct(s.min_detectable),
-                     f"{g.flagged}/{g.trials}" if g else "-", f"{pr.flagged}/{pr.trials}" if pr else "-"])
-    head = (f"{ev.config}: {ev.processes} processes x {ev.rounds} rounds per side, tolerance {ev.tolerance * 100:g}%, "
-            f"alpha {ev.alpha:g} ('flagged' on clean-b = A/A false alarms; on slow-N% = detections)")
-    return "\n".join([head, format_table(header, rows, markdown), *ev.notes])

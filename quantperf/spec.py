@@ -7,7 +7,13 @@ from typing import Any
 
 from .errors import ConfigError
 
-MODES = ("eager", "graph")
+# The one list of modes: each mode names the scenario (quantperf/scenarios/<name>.py) that
+# measures it. A new way of measuring is a scenario module plus one line here.
+MODES: dict[str, str] = {
+    "eager": "generate",  # HF generate with a dynamic KV cache: what most users run
+    "graph": "generate",  # generate(cache_implementation="static"): transformers compiles the decode step
+    "kernel": "kernel",  # the loaded linear modules alone, at decode and prefill shape, in CUDA graphs
+}
 DEVICES = ("cpu", "cuda")
 
 
@@ -41,10 +47,6 @@ class Workload:
     def id(self) -> str:
         return f"bs{self.batch_size}-p{self.prompt_tokens}-n{self.new_tokens}"
 
-    def shape_key(self) -> str:
-        """The part of the workload that changes the figures (not the number of rounds)."""
-        return self.id
-
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -61,7 +63,7 @@ class RunSpec:
         if self.device not in DEVICES:
             raise ConfigError(f"RunSpec.device must be one of {DEVICES}, got {self.device!r}")
         if self.mode not in MODES:
-            raise ConfigError(f"RunSpec.mode must be one of {MODES}, got {self.mode!r}")
+            raise ConfigError(f"RunSpec.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
     @property
     def model_label(self) -> str:

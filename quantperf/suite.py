@@ -1,31 +1,24 @@
 """The regression suite's session logic, independent of pytest: measure each configuration
 once (interleaved with its takeaway partners), gate it against the profile's baseline,
-evaluate claims, record baselines on request, and keep everything for the summary."""
+evaluate claims, record baselines on request, and keep everything in a typed summary.
+
+Messages never name a command of one interface: `record_hint` (given by the plugin or the CLI)
+says how to record a baseline in the interface in use."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends import entry as backend_entry
 from .baselines import BaselineStore, git_revision
-from .engine import measure_many
-from .gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, Verdict, compare_metric, resolve_tolerance
-from .results import ResultLog, RunResult, atomic_write_text, dump_json
+from .gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, Verdict, gate_metrics, resolve_tolerance
+from .quality import limit_violations
+from .results import ResultLog, RunResult
 from .spec import RunSpec
+from .summary import ClaimOutcome, ConfigOutcome, MetricVerdict, NoiseLine, SessionSummary
 from .takeaways import Claim, ClaimResult, evaluate, is_inconclusive
 
-
-@dataclass
-class ConfigOutcome:
-    result: RunResult
-    verdicts: list[Verdict] = field(default_factory=list)
-    status: str = "ok"  # ok | regressed | improved | no-baseline | recorded | skipped | error
-    message: str = ""
-    version_changes: dict = field(default_factory=dict)
-
-
-class NoBaseline(Exception):
-    pass
+QUALITY_METRICS = ("ppl", "mean_kld", "top1_agreement", "ln_ppl_ratio", "rms_dp")
 
 
 class Skip(Exception):
@@ -36,23 +29,35 @@ class Fail(Exception):
     pass
 
 
+class Warn(Exception):
+    """Passes with a warning (an inconclusive verdict outside --qp-strict)."""
+
+
+def _metric_verdict(v: Verdict) -> MetricVerdict:
+    return MetricVerdict(metric=v.metric, status=v.status, current=v.current, baseline=v.baseline, ratio=v.ratio,
+                         ci=None if v.ci is None else list(v.ci), tolerance=v.tolerance, p_value=v.p_value,
+                         line=v.line(), notes=list(v.notes))
+
+
 class SuiteSession:
     def __init__(self, *, baselines_dir: Path, profiles: dict[str, str], record: bool = False, strict: bool = False,
-                 tolerances: dict | None = None, profile_tolerances: dict | None = None, alpha: float = DEFAULT_ALPHA,
-                 isolation: str = "process", results_path: Path | None = None, claims: list[Claim] | None = None,
-                 max_rounds: int = 0, root: Path | None = None):
+                 tolerances: dict | None = None, alpha: float = DEFAULT_ALPHA, isolation: str = "process",
+                 results_path: Path | None = None, claims: list[Claim] | None = None, max_rounds: int = 0,
+                 root: Path | None = None, record_hint: str = "record one with the suite's record option"):
         self.baselines_dir = Path(baselines_dir)
         self.profiles = profiles  # device -> profile id
         self.record = record
         self.strict = strict
         self.tolerances = tolerances or {}
-        self.profile_tolerances = profile_tolerances or {}
         self.alpha = alpha
         self.isolation = isolation
         self.log = ResultLog(results_path) if results_path else None
+        if self.log is not None:
+            self.log.rotate()  # one results file per session: older ones move beside it
         self.claims = claims or []
         self.max_rounds = max_rounds
         self.root = root
+        self.record_hint = record_hint
         self.results: dict[str, RunResult] = {}
         self.outcomes: dict[str, ConfigOutcome] = {}
         self.claim_results: list[ClaimResult] = []
@@ -62,6 +67,10 @@ class SuiteSession:
         self.quality_specs: list[RunSpec] = []  # quality configurations selected in this run
         self.noise_rows: list[dict] = []
         self.sensitivity: list[dict] = []  # noise experiments: {"evaluation": ..., "raw": ...}
+        self.selected: list[RunSpec] = []  # the speed/memory configurations of this run (gated together)
+        self.notes: list[str] = []  # session-wide lines: the session shift, the noise floor
+        self._speed: dict[str, ConfigOutcome] = {}  # config id -> speed outcome, once the device is gated
+        self._recorded_runs: set[str] = set()  # config ids recorded in this session (one unit each)
 
     # -- baselines -----------------------------------------------------------------------
     def store(self, device: str) -> BaselineStore:
@@ -83,12 +92,13 @@ class SuiteSession:
         return group
 
     def measure(self, spec: RunSpec, quality: bool = False) -> RunResult:
+        """Measure `spec` once per session (with its takeaway partners, interleaved)."""
+        from .scheduler import measure_many, measure_quality
+
         key = ("quality:" if quality else "") + spec.id
         if key in self.results:
             return self.results[key]
         if quality:
-            from .quality import measure_quality
-
             # one reference pass serves every quality configuration of this model and device
             batch = [spec] + [s for s in self.quality_specs if s.model == spec.model and s.device == spec.device
                               and s.id != spec.id and "quality:" + s.id not in self.results]
@@ -112,74 +122,202 @@ class SuiteSession:
             self._keep(res.spec.id, res)
         return self.results[key]
 
-
     def _keep(self, key: str, res: RunResult) -> None:
         self.results[key] = res
         if self.log:
             self.log.append(res)
 
     # -- gating --------------------------------------------------------------------------
-    def tolerance(self, kind: str, device: str, override: dict | None = None, mode: str = "eager") -> float:
-        prof = self.profile_tolerances.get(self.profiles.get(device, ""), {})
-        return resolve_tolerance([DEFAULT_TOLERANCES, self.tolerances, prof, override or {}], kind, mode)
+    def tolerance(self, kind: str, override: dict | None = None, mode: str = "eager") -> float:
+        return resolve_tolerance([DEFAULT_TOLERANCES, self.tolerances, override or {}], kind, mode)
 
-    def check(self, spec: RunSpec, kinds: tuple[str, ...], quality: bool = False, tolerances: dict | None = None) -> ConfigOutcome:
-        """Measure (once) and gate `spec` on metric kinds. Raises Skip/Fail with a one-line reason."""
-        res = self.measure(spec, quality=quality)
+    def gate_result(self, res: RunResult, kinds: tuple[str, ...], quality: bool = False,
+                    tolerances: dict | None = None) -> ConfigOutcome:
+        """Gate (or, when recording, record) one stored result on metric kinds. Pure with respect
+        to measuring: the CLI gates results files with it."""
+        spec = res.spec
         key = f"{'quality:' if quality else ''}{spec.id}:{','.join(kinds)}"
+        cid = ("quality-" if quality else "") + spec.id
+        decode = res.metrics.get("decode_tokens_per_s")
+        outcome = ConfigOutcome(key, cid, list(kinds), "ok", decode_tokens_per_s=decode.value if decode else None)
+        self.outcomes[key] = outcome
         if res.status in ("unavailable", "mode-unsupported"):
-            self.outcomes[key] = ConfigOutcome(res, status="skipped", message=res.reason or "")
-            raise Skip(res.reason)
+            outcome.status, outcome.message = "skipped", res.reason or ""
+            return outcome
         if res.status != "ok":
-            self.outcomes[key] = ConfigOutcome(res, status="error", message=res.reason or "")
-            raise Fail(res.reason)
+            outcome.status, outcome.message = "error", res.reason or ""
+            return outcome
         store = self.store(spec.device)
         metrics = {n: m for n, m in res.metrics.items() if m.kind in kinds}
-        cid = ("quality-" if quality else "") + spec.id
         if self.record:
-            lines = self._record(store, RunResult(**{**res.__dict__, "metrics": metrics}), cid)
-            outcome = ConfigOutcome(res, status="recorded", message="; ".join(lines) or "unchanged")
-            self.outcomes[key] = outcome
+            # a configuration's speed and memory are recorded as one unit, once per session
+            if cid in self._recorded_runs:
+                outcome.status, outcome.message = "recorded", "recorded with the configuration's other metrics"
+                return outcome
+            lines = store.update(res, git_revision(self.root), config_id=cid)
+            store.save()  # atomic, after every config: an interrupted run keeps what it recorded
+            self._recorded_runs.add(cid)
+            self.recorded.extend(lines)
+            outcome.status, outcome.message = "recorded", "; ".join(lines) or "unchanged"
             return outcome
         entry = store.entry(cid)
         if entry is None:
-            others = store.other_profiles()
-            note = (f" (baselines exist for other profiles: {', '.join(others)}; they are not used: "
-                    "baselines never cross profiles)") if others else ""
-            msg = (f"no baseline for {cid} on profile {store.profile} in {store.path}{note}; record one with "
-                   f"`pytest benchmarks -m {'gpu' if spec.device == 'cuda' else 'cpu'} --qp-record`")
-            self.outcomes[key] = ConfigOutcome(res, status="no-baseline", message=msg)
-            if self.strict:
-                raise Fail(msg)
-            raise Skip(msg)
+            return self._no_baseline(outcome, spec, store)
         store.check_identity(res, cid)
-        verdicts = []
-        for name, m in metrics.items():
-            base = entry["metrics"].get(name)
-            if base is None:
-                continue
-            verdicts.append(compare_metric(name, base["samples"], m.samples, m.higher_is_better,
-                                           self.tolerance(m.kind, spec.device, tolerances, spec.mode), self.alpha,
-                                           base.get("run_medians")))
-        changes = store.version_changes(res, cid)
-        status = "regressed" if any(v.failed for v in verdicts) else (
+        verdicts = gate_metrics(metrics, entry, lambda kind: self.tolerance(kind, tolerances, spec.mode), self.alpha)
+        outcome.verdicts = [_metric_verdict(v) for v in verdicts]
+        outcome.version_changes = {k: list(v) for k, v in store.version_changes(res, cid).items()}
+        outcome.status = "regressed" if any(v.failed for v in verdicts) else (
             "improved" if any(v.status == "improved" for v in verdicts) else "ok")
-        outcome = ConfigOutcome(res, verdicts, status, version_changes=changes)
         if not res.validity.get("valid", True):
             outcome.message = f"measured while throttled (rounds {res.validity['throttled_rounds']})"
-        self.outcomes[key] = outcome
-        if status == "regressed":
-            lines = [v.line() for v in verdicts if v.failed]
-            vers = "" if not changes else " | library versions differ from the baseline: " + ", ".join(
-                f"{k} {a} -> {b}" for k, (a, b) in changes.items())
-            raise Fail(f"REGRESSED {cid} [{store.profile}]: " + "; ".join(lines) + vers)
+        if outcome.status == "regressed":
+            vers = "" if not outcome.version_changes else " | library versions differ from the baseline: " + ", ".join(
+                f"{k} {a} -> {b}" for k, (a, b) in outcome.version_changes.items())
+            outcome.message = (f"REGRESSED {cid} [{store.profile}]: " + "; ".join(v.line() for v in verdicts if v.failed)
+                               + vers)
         return outcome
 
-    def _record(self, store: BaselineStore, res: RunResult, cid: str) -> list[str]:
-        lines = store.update(res, git_revision(self.root), config_id=cid)
-        store.save()  # atomic, after every config: an interrupted run keeps what it recorded
-        self.recorded.extend(lines)
-        return lines
+    def _no_baseline(self, outcome: ConfigOutcome, spec: RunSpec, store: BaselineStore) -> ConfigOutcome:
+        others = store.other_profiles()
+        note = (f" (baselines exist for other profiles: {', '.join(others)}; they are not used: "
+                "baselines never cross profiles)") if others else ""
+        hint = self.record_hint.format(marker="gpu" if spec.device == "cuda" else "cpu")
+        outcome.status = "no-baseline"
+        outcome.message = f"no baseline for {outcome.config_id} on profile {store.profile} in {store.path}{note}; {hint}"
+        return outcome
+
+    def has_baseline(self, spec: RunSpec, quality: bool = False) -> bool:
+        """Whether the profile's baseline (read and validated now) holds this configuration."""
+        return self.store(spec.device).entry(("quality-" if quality else "") + spec.id) is not None
+
+    def gate_speed(self, results: list[RunResult]) -> dict[str, ConfigOutcome]:
+        """The run-level speed gate over one run's results of one device (quantperf.gate.gate_runs):
+        per mode and gated metric, the noise pooled over the profile's configurations, the common
+        session shift removed, a Bonferroni family of every configuration and metric gated here."""
+        from .gate import gate_runs
+        from .results import METRICS
+        from .scenarios import scenario_for
+
+        by_mode: dict[str, list[RunResult]] = {}
+        for r in results:
+            if r.ok:
+                by_mode.setdefault(r.spec.mode, []).append(r)
+        outcomes: dict[str, ConfigOutcome] = {}
+        for mode, group in sorted(by_mode.items()):
+            store = self.store(group[0].spec.device)
+            gated = scenario_for(mode).gated
+            family = len(group) * len(gated)
+            for metric in gated:
+                hib = METRICS[metric][1]
+                current = {r.spec.id: r.metrics[metric].value for r in group if metric in r.metrics}
+                baselines = {cid: store.runs(cid, metric) for cid, e in store.data["configs"].items()
+                             if (e.get("spec") or {}).get("mode", mode) == mode and store.runs(cid, metric)}
+                verdicts, shift, model = gate_runs(current, baselines, metric, hib, self.tolerance("speed", mode=mode),
+                                                   self.alpha, family)
+                if shift is not None:
+                    noise = ("unknown (one run per configuration)" if model.sigma is None else
+                             f"{model.sigma * 100:.1f}% (pooled over {model.n_configs} configurations, "
+                             f"{model.n_sessions} session(s), {model.df:g} df)")
+                    self.notes.append(f"{store.profile} {mode} {metric}: {shift.line(hib)}; run-to-run noise {noise}")
+                for r in group:
+                    key = f"{r.spec.id}:speed"
+                    head = r.metrics.get("decode_tokens_per_s")
+                    o = outcomes.setdefault(r.spec.id, ConfigOutcome(
+                        key, r.spec.id, ["speed"], "ok", decode_tokens_per_s=head.value if head else None))
+                    v = verdicts.get(r.spec.id)
+                    if v is None:
+                        continue
+                    o.verdicts.append(MetricVerdict(
+                        metric=metric, status=v.status, current=current[r.spec.id], baseline=v.baseline,
+                        ratio=v.ratio, ci=list(v.ci), tolerance=self.tolerance("speed", mode=mode),
+                        noise_floor=v.noise_floor, line=v.line(), notes=list(v.notes)))
+        for cid, o in outcomes.items():
+            statuses = {v.status for v in o.verdicts}
+            o.status = next((s for s in ("regressed", "inconclusive", "improved") if s in statuses), "ok")
+            if o.status == "regressed":
+                o.message = f"REGRESSED {cid} [{self.store(results[0].spec.device).profile}]: " + "; ".join(
+                    v.line for v in o.verdicts if v.status == "regressed")
+            elif o.status == "inconclusive":
+                o.message = f"INCONCLUSIVE {cid}: " + "; ".join(v.line for v in o.verdicts if v.status == "inconclusive")
+        return outcomes
+
+    def _speed_outcome(self, spec: RunSpec) -> ConfigOutcome:
+        """Measure every selected configuration of the device (once), gate them together, and
+        re-measure a flagged one in a fresh process: it is regressed only if flagged again."""
+        if spec.id not in self._speed:
+            todo = [s for s in (self.selected or [spec]) if s.device == spec.device and self.has_baseline(s)]
+            if spec not in todo:
+                todo.append(spec)
+            results = [self.measure(s) for s in todo]
+            first = self.gate_speed(results)
+            for cid, o in first.items():
+                if o.status == "regressed":
+                    again = self._remeasure(self.results[cid].spec)
+                    second = self.gate_speed([again if r.spec.id == cid else r for r in results])[cid]
+                    if second.status != "regressed":
+                        second.message = (f"{cid}: flagged once, not confirmed by a fresh process "
+                                          f"({second.status}); first: {o.message}")
+                        for v in second.verdicts:
+                            v.notes.append("flagged once, not confirmed")
+                    first[cid] = second
+            self._speed.update(first)
+        outcome = self._speed[spec.id]
+        self.outcomes[outcome.key] = outcome
+        store = self.store(spec.device)
+        changes = store.version_changes(self.results[spec.id], spec.id)
+        outcome.version_changes = {k: list(v) for k, v in changes.items()}
+        if outcome.status == "regressed" and changes:
+            outcome.message += " | library versions differ from the baseline: " + ", ".join(
+                f"{k} {a} -> {b}" for k, (a, b) in changes.items())
+        return outcome
+
+    def _remeasure(self, spec: RunSpec) -> RunResult:
+        from .scheduler import measure_many
+
+        res = measure_many([spec], isolation=self.isolation, profile=self.profiles[spec.device])[0]
+        res.timings["confirmation"] = True
+        self._keep("confirm:" + spec.id, res)
+        return res
+
+    def raise_for(self, outcome: ConfigOutcome) -> ConfigOutcome:
+        """An outcome as a test outcome: Skip, Fail, or return."""
+        if outcome.status == "skipped":
+            raise Skip(outcome.message)
+        if outcome.status in ("error", "regressed"):
+            raise Fail(outcome.message)
+        if outcome.status == "no-baseline":
+            raise (Fail if self.strict else Skip)(outcome.message)
+        if outcome.status == "inconclusive":
+            raise (Fail if self.strict else Warn)(outcome.message)
+        return outcome
+
+    def check(self, spec: RunSpec, kinds: tuple[str, ...], quality: bool = False, tolerances: dict | None = None) -> ConfigOutcome:
+        """Measure (once) and gate `spec` on metric kinds. Raises Skip/Fail/Warn with a one-line reason.
+        The baseline is read (and validated) before anything is measured: a corrupt file or a
+        missing configuration costs no measuring time."""
+        store = self.store(spec.device)
+        if not self.record and not self.has_baseline(spec, quality):
+            key = f"{'quality:' if quality else ''}{spec.id}:{','.join(kinds)}"
+            outcome = ConfigOutcome(key, ("quality-" if quality else "") + spec.id, list(kinds), "ok")
+            self.outcomes[key] = outcome
+            return self.raise_for(self._no_baseline(outcome, spec, store))
+        if kinds == ("speed",) and not quality and not self.record and tolerances is None:
+            res = self.measure(spec)
+            if not res.ok:
+                return self.raise_for(self.gate_result(res, kinds))
+            return self.raise_for(self._speed_outcome(spec))
+        return self.raise_for(self.gate_result(self.measure(spec, quality=quality), kinds, quality, tolerances))
+
+    def check_quality(self, spec: RunSpec) -> ConfigOutcome:
+        """Quality figures within the backend class's limits, and not regressed against the baseline."""
+        res = self.measure(spec, quality=True)
+        if res.ok:
+            broken = limit_violations(backend_entry(spec.backend).quality_class, res.quality)
+            if broken:
+                raise Fail(f"QUALITY {spec.backend} on {spec.device}: " + "; ".join(broken)
+                           + f" (reference {res.quality['reference_backend']})")
+        return self.check(spec, ("quality",), quality=True)
 
     # -- repeatability -------------------------------------------------------------------
     def repeatability(self, spec: RunSpec, runs: int, target_cv: float | None, settings: dict | None = None):
@@ -189,7 +327,8 @@ class SuiteSession:
         Fails when the within-run CV misses `target_cv`, when an A/A trial is flagged, or when
         the gate catches the mode's `detect` slowdown in fewer than `detect_rate` of the trials."""
         from .matrix import NOISE_DEFAULTS
-        from .sensitivity import AA, CLEAN, evaluate, run_experiment, slow_name
+        from .results import atomic_write_text, dump_json
+        from .sensitivity import AA, evaluate as evaluate_noise, run_experiment, slow_name
 
         settings = {**NOISE_DEFAULTS, **(settings or {})}
         save = None
@@ -202,13 +341,13 @@ class SuiteSession:
             if raw["status"] in ("unavailable", "mode-unsupported"):
                 raise Skip(raw["reason"])
             raise Fail(raw["reason"])
-        ev = evaluate(raw, self.tolerance("speed", spec.device, mode=spec.mode), self.alpha)
-        self.sensitivity = [*self.sensitivity, {"evaluation": ev.to_dict(), "raw": raw}]
-        clean = ev.side_noise(CLEAN)
-        self.noise_rows = [*self.noise_rows, {
+        ev = evaluate_noise(raw, self.tolerance("speed", mode=spec.mode), self.alpha)
+        self.sensitivity.append({"evaluation": ev.to_dict(), "raw": raw})
+        clean = ev.side_noise("clean")
+        self.noise_rows.append({
             "config": spec.id, "mode": spec.mode, "metric": "decode_tokens_per_s", "runs": ev.processes,
             "rounds": ev.rounds, "cv_within": clean.cv_within, "cv_between": clean.cv_between,
-            "min_detectable": clean.min_detectable, "target": target_cv}]
+            "min_detectable": clean.min_detectable, "target": target_cv})
         profile = self.profiles[spec.device]
         problems = []
         if target_cv is not None and clean.cv_within > target_cv:
@@ -232,29 +371,58 @@ class SuiteSession:
 
     # -- takeaways -----------------------------------------------------------------------
     def check_claim(self, claim: Claim, workload, confidence: float = 0.95) -> ClaimResult:
+        """Measure both sides (interleaved) and evaluate the claim; Skip when it does not apply,
+        Fail when the verdict differs from the expected one, Warn when inconclusive (Fail under
+        strict)."""
         a_spec, b_spec = claim.specs(workload)
         profile = self.profiles[claim.device]
         if not claim.applies_to(profile):
             raise Skip(f"claim {claim.id} does not apply to profile {profile} (profiles: {', '.join(claim.profiles)})")
-        quality = claim.metric in ("ppl", "mean_kld", "top1_agreement", "ln_ppl_ratio", "rms_dp")
+        quality = claim.metric in QUALITY_METRICS
         a = self.measure(a_spec, quality=quality)
         b = self.measure(b_spec, quality=quality)
         for side in (a, b):
             if side.status in ("unavailable", "mode-unsupported"):
                 raise Skip(f"claim {claim.id}: {side.reason}")
-        result = evaluate(claim, a, b, profile, confidence)
+        store = self.store(claim.device)
+        recorded = store.takeaway(claim.id)
+        expected = claim.expected(profile) or (recorded or {}).get("verdict")
+        result = evaluate(claim, a, b, profile, confidence, expected=expected)
         self.claim_results.append(result)
+        if self.record and result.verdict != "inconclusive":
+            packages = {k: v for k, v in (b.environment or {}).get("packages", {}).items() if v}
+            self.recorded.append(store.record_takeaway(claim.id, result.verdict, result.ratio, [result.low, result.high],
+                                                       packages, b.timestamp))
+            store.save()
+            return result
+        if result.verdict == "inconclusive":
+            raise (Fail if self.strict else Warn)(result.message())
+        if not result.passed:
+            raise Fail(result.message())
+        if result.expected is None:
+            message = f"{result.message()}; {self.record_hint.format(marker='gpu' if claim.device == 'cuda' else 'cpu')}"
+            raise (Fail if self.strict else Warn)(message)
         return result
 
-    def write_summary(self, path: Path) -> None:
-        data = {
-            "profiles": self.profiles,
-            "configs": {k: {"status": o.status, "message": o.message, "verdicts": [v.to_dict() for v in o.verdicts],
-                            "version_changes": o.version_changes} for k, o in self.outcomes.items()},
-            "claims": [{"id": c.claim.id, "profile": c.profile, "verdict": c.verdict, "expected": c.expected,
-                        "ratio": c.ratio, "ci": [c.low, c.high], "p_value": c.p_value, "message": c.message()}
-                       for c in self.claim_results],
-            "repeatability": self.noise_rows,
-            "sensitivity": self.sensitivity,
-        }
-        atomic_write_text(path, dump_json(data))
+    # -- the summary ---------------------------------------------------------------------
+    def summary(self) -> SessionSummary:
+        from .stats import min_detectable_change
+
+        claims = [ClaimOutcome(id=c.claim.id, profile=c.profile, verdict=c.verdict, expected=c.expected, ratio=c.ratio,
+                               ci=[c.low, c.high], p_value=c.p_value, message=c.message(), sentence=c.claim.sentence,
+                               claimed=c.claim.describe_bounds(), a=c.claim.a.backend, b=c.claim.b.backend,
+                               metric=c.claim.metric)
+                  for c in self.claim_results]
+        noise = []
+        for key, r in self.results.items():
+            if key.startswith("quality:") or not r.ok or "decode_tokens_per_s" not in r.metrics:
+                continue
+            s = r.metrics["decode_tokens_per_s"].summary
+            noise.append(NoiseLine(r.spec.id, s.median, s.cv, s.n, min_detectable_change(s.cv, s.n),
+                                   r.timings.get("adaptive_extra_rounds") or 0,
+                                   ("confirmation run; " if key.startswith("confirm:") else "")
+                                   + ("" if r.validity.get("valid", True) else "throttled")))
+        return SessionSummary(profiles=dict(self.profiles), configs=list(self.outcomes.values()), claims=claims,
+                              noise=noise, repeatability=list(self.noise_rows), sensitivity=list(self.sensitivity),
+                              recorded=list(self.recorded), notes=list(dict.fromkeys(self.notes)),
+                              results_path=str(self.log.path) if self.log else None)

@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import ClaimsModel, validate
 from .errors import ConfigError, read_toml
 from .results import METRICS, RunResult
 from .spec import MODES, RunSpec, Workload
@@ -63,11 +64,14 @@ class Claim:
     def applies_to(self, profile: str) -> bool:
         return any(fnmatch.fnmatch(profile, pat) for pat in self.profiles)
 
-    def expected(self, profile: str) -> str:
+    def expected(self, profile: str) -> str | None:
+        """The verdict this file expects on `profile` (hardware-independent expectations only);
+        None when it says nothing: then the verdict recorded for the profile decides, and a
+        profile with none gets the verdict reported, not judged."""
         for pattern, verdict in self.expect:
             if fnmatch.fnmatch(profile, pattern):
                 return verdict
-        return "holds"
+        return None
 
     def specs(self, workload: Workload) -> tuple[RunSpec, RunSpec]:
         return (RunSpec(self.a.model, self.a.backend, self.device, self.a.mode, workload),
@@ -83,50 +87,38 @@ class Claim:
 
 
 def load_claims(path: str | Path) -> list[Claim]:
+    """Parse and validate a claims file (quantperf.config.ClaimsModel): unknown keys, wrong
+    types, unknown metrics or modes, bad bounds and duplicate ids fail with file, key and value."""
     path = Path(path)
-    data = read_toml(path, "takeaways file")
+    data = validate(ClaimsModel, read_toml(path, "takeaways file"), path)
     claims, seen = [], set()
-    for i, raw in enumerate(data.get("claim", [])):
-        where = f"{path}: claim[{i}]"
-        try:
-            cid = raw["id"]
-            where = f"{path}: claim {cid!r}"
-            metric = raw["metric"]
-            if metric not in METRICS:
-                raise ConfigError(f"{where}: field 'metric' is {metric!r}; known: {', '.join(METRICS)}")
-            if "bounds" in raw:
-                lo, hi = (float(x) for x in raw["bounds"])
-            elif raw.get("relation") in RELATIONS:
-                lo, hi = RELATIONS[raw["relation"]]
-            elif raw.get("relation") == "within":
-                pct = float(raw["within"])
-                lo, hi = 1 - pct, 1 + pct
-            else:
-                raise ConfigError(f"{where}: field 'relation' is {raw.get('relation')!r}; use lower, higher, within (+ within = 0.05) or bounds = [lo, hi]")
-            if not lo < hi:
-                raise ConfigError(f"{where}: bounds must satisfy lo < hi, got [{lo}, {hi}]")
-            sides = []
-            for key in ("a", "b"):
-                side = raw[key]
-                mode = side.get("mode", "eager")
-                if mode not in MODES:
-                    raise ConfigError(f"{where}: field '{key}.mode' is {mode!r}; use one of {MODES}")
-                sides.append(Side(side["model"], side["backend"], mode))
-            expect = tuple((str(k), str(v)) for k, v in raw.get("expect", {}).items())
-            for pattern, verdict in expect:
-                if verdict not in ("holds", "flipped"):
-                    raise ConfigError(f"{where}: expect.{pattern} is {verdict!r}; use 'holds' or 'flipped'")
-            claim = Claim(
-                id=cid, sentence=raw["sentence"], source=raw.get("source", ""), metric=metric, bounds=(lo, hi),
-                a=sides[0], b=sides[1], device=raw.get("device", "cuda"), profiles=tuple(raw.get("profiles", ["*"])),
-                expect=expect, claimed_ratio=raw.get("claimed_ratio"), relation=raw.get("relation", "bounds"),
-            )
-        except KeyError as exc:
-            raise ConfigError(f"{where}: missing field {exc.args[0]!r}") from None
-        if cid in seen:
-            raise ConfigError(f"{where}: duplicate claim id")
-        seen.add(cid)
-        claims.append(claim)
+    for i, raw in enumerate(data.claim):
+        where = f"{path}: claim[{i}] {raw.id!r}"
+        if raw.metric not in METRICS:
+            raise ConfigError(f"{where}.metric: unknown metric {raw.metric!r}; known: {', '.join(METRICS)}")
+        if raw.bounds is not None:
+            lo, hi = raw.bounds
+        elif raw.relation in RELATIONS:
+            lo, hi = RELATIONS[raw.relation]
+        elif raw.relation == "within" and raw.within is not None:
+            lo, hi = 1 - raw.within, 1 + raw.within
+        else:
+            raise ConfigError(f"{where}.relation: is {raw.relation!r}; use lower, higher, within (+ within = 0.05) "
+                              "or bounds = [lo, hi]")
+        if not lo < hi:
+            raise ConfigError(f"{where}.bounds: must satisfy lo < hi, got [{lo}, {hi}]")
+        for key, side in (("a", raw.a), ("b", raw.b)):
+            if side.mode not in MODES:
+                raise ConfigError(f"{where}.{key}.mode: unknown mode {side.mode!r}; known: {', '.join(MODES)}")
+        if raw.id in seen:
+            raise ConfigError(f"{where}.id: duplicate claim id")
+        seen.add(raw.id)
+        claims.append(Claim(
+            id=raw.id, sentence=raw.sentence, source=raw.source, metric=raw.metric, bounds=(float(lo), float(hi)),
+            a=Side(raw.a.model, raw.a.backend, raw.a.mode), b=Side(raw.b.model, raw.b.backend, raw.b.mode),
+            device=raw.device, profiles=tuple(raw.profiles), expect=tuple(raw.expect.items()),
+            claimed_ratio=raw.claimed_ratio, relation=raw.relation or "bounds",
+        ))
     return claims
 
 
@@ -146,17 +138,22 @@ class ClaimResult:
 
     @property
     def passed(self) -> bool:
-        return self.verdict == self.expected
+        return self.expected is None or self.verdict == self.expected
 
     def message(self) -> str:
         c = self.claim
         # FLIPPED means "differs from what the file expects on this profile", in either direction
-        label = "FLIPPED" if self.verdict not in (self.expected, "inconclusive") else self.verdict.upper()
+        if self.expected is None:
+            label = self.verdict.upper()
+        else:
+            label = "FLIPPED" if self.verdict not in (self.expected, "inconclusive") else self.verdict.upper()
+        expectation = ("no verdict recorded for this profile yet" if self.expected is None
+                       else f"expected {self.expected}, got {self.verdict}")
         unit = c.metric.replace("_per_s", "/s").replace("_", " ").replace("tokens", "tok")
         ratio = "n/a" if self.ratio is None else f"{self.ratio:.3g} [{self.low:.3g}, {self.high:.3g}]"
         claimed = f", source measured {c.claimed_ratio:g}" if c.claimed_ratio else ""
         return (f"{label} {c.id} [{self.profile}]: {c.b.backend}/{c.a.backend} {unit} = {ratio}, "
-                f"claimed {c.describe_bounds()}{claimed}; expected {self.expected}, got {self.verdict}"
+                f"claimed {c.describe_bounds()}{claimed}; {expectation}"
                 + (f" ({'; '.join(self.notes)})" if self.notes else ""))
 
 
@@ -178,8 +175,11 @@ def _quality_ratio(a: RunResult, b: RunResult, z: float):
     return math.exp(ln), math.exp(ln - z * se), math.exp(ln + z * se)
 
 
-def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence: float = 0.95) -> ClaimResult:
-    expected = claim.expected(profile)
+def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence: float = 0.95,
+             expected: str | None = "file") -> ClaimResult:
+    """The claim's verdict on B/A. `expected`: the verdict to compare with (None: none known);
+    by default what the claims file says for the profile."""
+    expected = claim.expected(profile) if expected == "file" else expected
     for side in (a, b):
         if not side.ok:
             return ClaimResult(claim, profile, "inconclusive", expected, None, None, None, confidence,

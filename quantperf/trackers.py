@@ -43,10 +43,6 @@ class RoundTiming:
     decode_ms: list[float]
     total_ms: float
 
-    @property
-    def decode_steps_per_s(self) -> float:
-        return len(self.decode_ms) / (sum(self.decode_ms) / 1e3)
-
 
 _CYCLES_PER_MS: float | None = None
 
@@ -194,6 +190,45 @@ def memory_snapshot(device: str) -> dict:
         snap["nvml_process_mib"] = None if mine is None else round(mine, 1)
         snap["other_gpu_processes"] = others
     return snap
+
+
+class HostLoad:
+    """What else the host did during a round, from /proc/stat: CPU time stolen by the
+    hypervisor and CPU time other processes used, in cores (1.0 = one core busy the whole
+    round). On a 2-core box a round that shares its cores is a different measurement; it is
+    marked, not silently averaged in."""
+
+    STEAL_MAX = 0.05  # fraction of all CPU time
+    OTHER_MAX = 0.5  # cores busy with other processes
+
+    def __init__(self):
+        self._t0 = self._read()
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat", encoding="utf-8") as fh:
+                fields = [int(x) for x in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        t = os.times()
+        return fields, t.user + t.system, time.perf_counter()
+
+    def finish(self) -> dict:
+        end = self._read()
+        if self._t0 is None or end is None:
+            return {}
+        (a, own_a, w_a), (b, own_b, w_b) = self._t0, end
+        d = [y - x for x, y in zip(a, b)]
+        total = sum(d[:8]) or 1
+        hz = os.sysconf("SC_CLK_TCK")
+        idle = d[3] + d[4]
+        busy_s = (total - idle - d[7]) / hz
+        wall = max(w_b - w_a, 1e-9)
+        steal = d[7] / total if len(d) > 7 else 0.0
+        other = max(busy_s - (own_b - own_a), 0.0) / wall
+        return {"steal_fraction": round(steal, 4), "other_load_cores": round(other, 3),
+                "contended": steal > self.STEAL_MAX or other > self.OTHER_MAX}
 
 
 # NVML clock-event (throttle) reasons that slow the SM clock for reasons other than idling

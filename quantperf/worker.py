@@ -1,5 +1,8 @@
 """Entry point of a measurement subprocess: JSON requests on stdin, JSON replies on a
-private copy of stdout (anything libraries print goes to stderr instead)."""
+private copy of stdout (anything libraries print goes to stderr instead).
+
+The first request is `init` with the parent's protocol version; a mismatch (a worker started
+from another quantperf) is refused with one clear line."""
 
 from __future__ import annotations
 
@@ -22,11 +25,14 @@ def main() -> None:
             break
         try:
             if method == "init":
-                from .engine import LocalWorker
                 from .spec import RunSpec
+                from .workers import PROTOCOL, LocalWorker
 
+                if kwargs.get("protocol") != PROTOCOL:
+                    raise RuntimeError(f"worker protocol mismatch: the parent speaks {kwargs.get('protocol')}, this "
+                                       f"quantperf ({__file__}) speaks {PROTOCOL}: install the same quantperf on both sides")
                 worker = LocalWorker(RunSpec.from_dict(kwargs["spec"]), kwargs.get("model_options"))
-                result = None
+                result = worker.hello()
             else:
                 result = worker.call(method, kwargs)
             replies.write(json.dumps({"result": result}, default=str) + "\n")

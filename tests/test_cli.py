@@ -41,9 +41,16 @@ def test_gate_replays_stored_results(tmp_path):
                          backend_identity={"t": 6.0}, timestamp="2026-11-26T00:00:00+00:00")
 
     ResultLog(tmp_path / "base.jsonl").append(res([100, 101, 99, 100.5, 99.5]))
+    ResultLog(tmp_path / "base2.jsonl").append(res([98, 99, 97, 98.5, 97.5]))
+    ResultLog(tmp_path / "base3.jsonl").append(res([101, 102, 100, 101.5, 100.5]))
     ResultLog(tmp_path / "slow.jsonl").append(res([70, 71, 69, 70.5, 69.5]))
     assert run_cli("gate", str(tmp_path / "slow.jsonl"), "--baselines", str(tmp_path / "bl")).stdout.startswith("SKIPPED")
+    # one recorded run: the run-to-run noise is unknown, so the verdict is inconclusive, not a pass
     assert run_cli("gate", str(tmp_path / "base.jsonl"), "--baselines", str(tmp_path / "bl"), "--record").returncode == 0
+    once = run_cli("gate", str(tmp_path / "slow.jsonl"), "--baselines", str(tmp_path / "bl"))
+    assert once.returncode == 0 and "INCONCLUSIVE" in once.stdout and "noise floor unknown" in once.stdout
+    for more in ("base2.jsonl", "base3.jsonl"):
+        assert run_cli("gate", str(tmp_path / more), "--baselines", str(tmp_path / "bl"), "--record").returncode == 0
     out = run_cli("gate", str(tmp_path / "slow.jsonl"), "--baselines", str(tmp_path / "bl"))
     assert out.returncode == 1 and "REGRESSED llama-1b-bnb-int8-cuda-bs1-eager [nvidia-x]" in out.stdout
 

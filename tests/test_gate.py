@@ -36,7 +36,10 @@ def test_deterministic_memory_uses_tolerance_alone():
 
 
 def test_parse_tolerances():
-    assert parse_tolerances("speed:5%,memory:0.01") == {"speed": 0.05, "memory": 0.01}
+    assert parse_tolerances("speed:5%,memory:1%") == {"speed": 0.05, "memory": 0.01}
+    # a bare number once meant 500% for `speed:5`: now it is refused, with both readings offered
+    with pytest.raises(ConfigError, match="speed:5%.*speed:500%.*bare number is ambiguous"):
+        parse_tolerances("speed:5")
     assert parse_tolerances("") == {}
     with pytest.raises(ConfigError, match="KIND"):
         parse_tolerances("latency:5%")

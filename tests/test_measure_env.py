@@ -40,16 +40,16 @@ def test_injected_delay_is_per_backend(monkeypatch):
 def test_worker_settings_change_between_rounds_of_one_loaded_model(monkeypatch):
     """The noise experiment's knobs: an explicit injected delay (beats the environment's), GC
     during timed regions, and rounds of another length."""
-    from quantperf.engine import LocalWorker
+    from quantperf.workers import LocalWorker
 
     monkeypatch.setenv(M.INJECT_ENV, "fake-fp16=50")
     w = LocalWorker(RunSpec("fake:small", "fake-fp16", "cpu", "eager", Workload(prompt_tokens=8, new_tokens=6)))
     assert w.load()["status"] == "ok"
-    assert w.configure(inject_ms=0.0, gc_off=False) == {"inject_ms": 0.0, "gc_off": False, "pin_cpu": True}
+    assert w.configure(inject_ms=0.0, gc_off=False) == {"inject_ms": 0.0, "gc_off": False, "tokens_factor": 1, "pin_cpu": True}
     quick = w.rounds(n=1)[0]
     assert len(quick["decode_ms"]) == 5 and max(quick["decode_ms"]) < 40
-    w.configure(inject_ms=20.0)
-    slow = w.rounds(n=1, new_tokens=12)[0]
+    w.configure(inject_ms=20.0, tokens_factor=2)
+    slow = w.rounds(n=1)[0]
     assert len(slow["decode_ms"]) == 11 and min(slow["decode_ms"]) >= 20
     w.close()
 
@@ -71,7 +71,7 @@ def test_memory_snapshot_on_cpu_has_host_figures():
 
 def test_cpu_profile_id_is_stable_and_safe():
     pid = envinfo.profile_id("cpu")
-    assert re.fullmatch(r"cpu-[a-z0-9_]+(-avx512|-avx2)?(-amx)?", pid)
+    assert re.fullmatch(r"cpu-[a-z0-9-]+-[a-z0-9_]+(-avx512|-avx2)?(-amx)?-\d+c", pid)
     assert pid == envinfo.profile_id("cpu")
 
 

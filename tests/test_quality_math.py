@@ -73,8 +73,8 @@ def test_quality_limits_name_what_broke():
     from quantperf.quality import limit_violations
 
     good = {"ln_ppl_ratio": 0.0003, "mean_kld": 0.0001, "top1_agreement": 0.99}
-    assert limit_violations("bnb-int8", good) == []
+    assert limit_violations("8-bit", good) == []
     bad = {"ln_ppl_ratio": math.log(1.02), "mean_kld": 0.003, "top1_agreement": 0.9}
-    msgs = limit_violations("bnb-int8", bad)
+    msgs = limit_violations("8-bit", bad)
     assert len(msgs) == 3 and msgs[0].startswith("PPL ratio 1.0200 > 1.01")
-    assert limit_violations("bnb-nf4", bad) == []  # the same figures are fine for 4-bit
+    assert limit_violations("4-bit", bad) == []  # the same figures are fine for 4-bit

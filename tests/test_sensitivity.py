@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantperf.errors import ConfigError
-from quantperf.sensitivity import AA, CLEAN, delay_for, evaluate, evaluation_table, make_sides, slow_name
+from quantperf.report import evaluation_table
+from quantperf.sensitivity import AA, CLEAN, delay_for, evaluate, make_sides, slow_name
 
 
 def test_sides_are_clean_aa_slowdowns_then_variants():

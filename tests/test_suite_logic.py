@@ -53,18 +53,20 @@ def test_regression_report_names_the_library_versions_that_changed(tmp_path):
     store.update(result([100, 101, 99, 100.5, 99.5], "2.11.0"), None)
     store.save()
     session = SuiteSession(baselines_dir=tmp_path, profiles={"cpu": "cpu-test"})
-    session.results[spec.id] = result([70, 71, 69, 70.5, 69.5], "2.12.0")
-    with pytest.raises(Fail, match="library versions differ from the baseline: torch 2.11.0 -> 2.12.0"):
-        session.check(spec, ("speed",))
-    assert session.outcomes[f"{spec.id}:speed"].version_changes == {"torch": ("2.11.0", "2.12.0")}
+    outcome = session.gate_result(result([70, 71, 69, 70.5, 69.5], "2.12.0"), ("speed",))
+    assert outcome.status == "regressed"
+    assert "library versions differ from the baseline: torch 2.11.0 -> 2.12.0" in outcome.message
+    assert outcome.version_changes == {"torch": ["2.11.0", "2.12.0"]}
+    with pytest.raises(Fail, match="torch 2.11.0 -> 2.12.0"):
+        session.raise_for(outcome)
 
 
 def test_a_silent_worker_is_killed_with_a_clear_error(monkeypatch):
-    from quantperf import engine
+    from quantperf import workers
 
-    monkeypatch.setattr(engine, "WORKER_TIMEOUT_S", 0.001)
-    with pytest.raises(engine.WorkerCrashed, match="gave no answer to 'init' within"):
-        engine.ProcessWorker(_pair()[0])
+    monkeypatch.setattr(workers, "WORKER_TIMEOUT_S", 0.001)
+    with pytest.raises(workers.WorkerCrashed, match="gave no answer to 'init' within"):
+        workers.ProcessWorker(_pair()[0])
 
 
 def test_onnx_export_is_cached(model_cache):

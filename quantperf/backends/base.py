@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import BackendUnavailable, ModeUnsupported
+from ..errors import BackendUnavailable
 from ..models import ArchInfo, ModelSource
 
 
@@ -73,11 +73,6 @@ class LoadedModel:
     def supports_mode(self, mode: str) -> str | None:
         """None if `mode` can run; else why not."""
         return None if mode == "eager" else f"{self.backend} has no {mode} mode"
-
-    def check_mode(self, mode: str) -> None:
-        reason = self.supports_mode(mode)
-        if reason:
-            raise ModeUnsupported(reason)
 
     def after_warmup(self, mode: str) -> None:
         """Called after warm-up rounds: verify the mode really took effect."""

@@ -23,25 +23,20 @@ class _BnbBackend(HFBackend):
 
 class BnbInt8Backend(_BnbBackend):
     def identity(self, device: str) -> dict:
-        return {"llm_int8_threshold": self.entry.kwargs["threshold"], "compute_dtype": self.compute_dtype(device)}
+        return self.entry.options | {"compute_dtype": self.compute_dtype(device)}
 
     def from_pretrained_kwargs(self, device: str) -> dict:
         from transformers import BitsAndBytesConfig
 
         return {
-            "quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.entry.kwargs["threshold"]),
+            "quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.entry.options["llm_int8_threshold"]),
             "dtype": self.compute_dtype(device),
         }
 
 
 class Bnb4bitBackend(_BnbBackend):
     def identity(self, device: str) -> dict:
-        return {
-            "bnb_4bit_quant_type": self.entry.kwargs["quant_type"],
-            "bnb_4bit_compute_dtype": self.compute_dtype(device),
-            "bnb_4bit_use_double_quant": False,
-            "blocksize": 64,
-        }
+        return self.entry.options | {"bnb_4bit_compute_dtype": self.compute_dtype(device)}
 
     def from_pretrained_kwargs(self, device: str) -> dict:
         import torch
@@ -50,8 +45,8 @@ class Bnb4bitBackend(_BnbBackend):
         compute = getattr(torch, self.compute_dtype(device))
         return {
             "quantization_config": BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type=self.entry.kwargs["quant_type"],
-                bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=False,
+                load_in_4bit=True, bnb_4bit_quant_type=self.entry.options["bnb_4bit_quant_type"],
+                bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=self.entry.options["bnb_4bit_use_double_quant"],
             ),
             "dtype": self.compute_dtype(device),
         }

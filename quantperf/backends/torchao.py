@@ -9,13 +9,7 @@ class TorchaoBackend(HFBackend):
     requires = (("torchao", "pip install torchao"),)
 
     def compute_dtype(self, device: str) -> str:
-        return "bfloat16"
-
-    def identity(self, device: str) -> dict:
-        ident = {"scheme": self.entry.kwargs["scheme"], "dtype": "bfloat16"}
-        if self.entry.kwargs["scheme"] == "int4wo":
-            ident["group_size"] = 128
-        return ident
+        return self.entry.options["dtype"]
 
     def library_reason(self, device: str) -> str | None:
         reason = super().library_reason(device)
@@ -42,5 +36,5 @@ class TorchaoBackend(HFBackend):
         else:
             from torchao.quantization import Int4WeightOnlyConfig
 
-            cfg = Int4WeightOnlyConfig(group_size=128)
-        return {"quantization_config": TorchAoConfig(quant_type=cfg), "dtype": "bfloat16"}
+            cfg = Int4WeightOnlyConfig(group_size=self.entry.options["group_size"])
+        return {"quantization_config": TorchAoConfig(quant_type=cfg), "dtype": self.entry.options["dtype"]}

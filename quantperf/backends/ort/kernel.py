@@ -1,0 +1,253 @@
+"""Kernel mode for ONNX Runtime: the seven linear layers of one decoder layer, each cut out of
+the exported (or quantized) graph into a small ONNX model and timed alone, at decode shape
+([batch, 1, in]) or prefill shape ([batch, prompt, in]).
+
+Which MatMul is which projection. The dynamo exporter names initializers `val_<n>`, but records
+each node's module path in its metadata (`pkg.torch.onnx.name_scopes`, e.g.
+`model.model.layers.0.self_attn.q_proj`) and the torch parameter in `pkg.torch.onnx.fx_node`
+(`p_model_model_layers_0_self_attn_q_proj_weight`); older exporters keep parameter names
+(`model.layers.0.self_attn.q_proj.weight`). `projection_map` reads any of these from the fp32
+export with `_PROJECTION`: `layers.<i>.self_attn.{q,k,v,o}_proj` and
+`layers.<i>.mlp.{gate,up,down}_proj`. onnxruntime's quantizers drop node metadata but keep the
+linear's activation input and output tensor names (int8: DynamicQuantizeLinear ->
+MatMulInteger -> Cast -> Mul -> the same output; int4: one MatMulNBits; fp16: the same MatMul),
+so a variant's projection is the subgraph between those two tensors, cut from the variant's
+own graph. For int8 that includes the activation's dynamic quantization, which the full graph
+shares between q/k/v and between gate/up.
+
+Timing: each model runs with IOBinding on the session's provider, inputs and outputs bound
+once to fixed buffers (numpy on the CPU, torch tensors on the GPU). On CUDA, ORT's CUDA graph
+(`enable_cuda_graph`) is tried first and a session without it is the fallback; the method is
+labelled in every result. A sample is `runs_per_sample` calls timed by `timer(fn) -> ms`,
+which must synchronize the device around `fn` (default: `trackers.wall_ms`, perf_counter
+with `torch.cuda.synchronize()` on both sides, which waits for ORT's own stream too); on CUDA
+the calls are queued back to back (run option `disable_synchronize_execution_providers=1`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ... import trackers as M
+from ...errors import BackendUnavailable
+from .export import initializer_bytes
+from .quantize import variant_unavailable_reason
+from .session import create_session
+
+LINEAR_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LINEAR_OPS = ("MatMul", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "Gemm")
+_PROJECTION = re.compile(r"layers[._](\d+)[._](?:self_attn|mlp)[._](%s)(?![A-Za-z0-9])" % "|".join(LINEAR_TYPES))
+_METADATA_KEYS = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.fx_node")
+WARMUP_RUNS = 5  # untimed runs per session; ORT captures its CUDA graph after 2 plain runs
+
+
+@dataclass
+class Linear:
+    """One projection of one decoder layer, as a subgraph of an ONNX graph."""
+
+    kind: str
+    layer: int
+    input: str  # activation tensor name
+    output: str
+    in_features: int
+    out_features: int
+    nodes: list = field(repr=False)  # NodeProtos in topological order
+    initializers: list = field(repr=False)  # TensorProtos (external data not loaded)
+
+    @property
+    def op_types(self) -> list[str]:
+        return [n.op_type for n in self.nodes]
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(initializer_bytes(t) for t in self.initializers)
+
+
+def projection_map(model) -> dict[tuple[int, str], tuple[str, str, int, int]]:
+    """(layer, kind) -> (activation input, output tensor, in_features, out_features) for every
+    projection MatMul of an fp32 export (weights as [in, out] initializers)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    found: dict[tuple[int, str], tuple[str, str, int, int]] = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        texts = [node.input[1], node.name] + [p.value for p in node.metadata_props if p.key in _METADATA_KEYS]
+        match = next((m for m in map(_PROJECTION.search, texts) if m), None)
+        dims = list(inits[node.input[1]].dims)
+        if match and len(dims) == 2:
+            found.setdefault((int(match[1]), match[2]), (node.input[0], node.output[0], dims[0], dims[1]))
+    return found
+
+
+def _subgraph(model, start: str, end: str) -> tuple[list, list]:
+    """Nodes (topological order) and initializers that compute tensor `end` from tensor `start`."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes, used, seen, loose = [], {}, set(), set()
+
+    def visit(name: str) -> None:
+        if not name or name == start:
+            return
+        if name in inits:
+            used[name] = inits[name]
+            return
+        node = producers.get(name)
+        if node is None:
+            loose.add(name)
+            return
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for i in node.input:
+            visit(i)
+        nodes.append(node)
+
+    visit(end)
+    if loose or not any(start in n.input for n in nodes) or not any(n.op_type in LINEAR_OPS for n in nodes):
+        raise ValueError(f"cannot isolate the linear {start} -> {end}: it also reads {sorted(loose) or 'nothing'}, "
+                         f"ops {[n.op_type for n in nodes]}")
+    return nodes, list(used.values())
+
+
+def find_linears(model_dir: Path, layer: int = 0, model=None) -> dict[str, Linear]:
+    """The seven projections of decoder layer `layer` in the graph in `model_dir` (an fp32
+    export or a variant beside it), keyed by LINEAR_TYPES (`model`: that graph, loaded without
+    external data, if the caller has it)."""
+    import onnx
+
+    if model is None:
+        model = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    fp32_dir = model_dir.parent / "fp32"
+    ref = model if model_dir.resolve() == fp32_dir.resolve() else onnx.load(str(fp32_dir / "model.onnx"),
+                                                                            load_external_data=False)
+    projections = projection_map(ref)
+    missing = [k for k in LINEAR_TYPES if (layer, k) not in projections]
+    if missing:
+        layers = sorted({lay for lay, _ in projections})
+        raise ValueError(f"{model_dir}: no {', '.join(missing)} in decoder layer {layer} "
+                         f"(layers with projections: {layers or 'none'})")
+    out = {}
+    for kind in LINEAR_TYPES:
+        x, y, k, n = projections[(layer, kind)]
+        nodes, inits = _subgraph(model, x, y)
+        out[kind] = Linear(kind, layer, x, y, k, n, nodes, inits)
+    return out
+
+
+def linear_model(model_dir: Path, lin: Linear, src=None) -> bytes:
+    """A standalone serialized ONNX model of one projection, its weights embedded (`src`: the
+    graph in `model_dir`, loaded without external data, if the caller has it)."""
+    import onnx
+    from onnx import external_data_helper, helper
+
+    if src is None:
+        src = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    elem = src.graph.output[0].type.tensor_type.elem_type  # the graph's float type (the logits')
+    weights = []
+    for t in lin.initializers:
+        w = onnx.TensorProto()
+        w.CopyFrom(t)
+        if external_data_helper.uses_external_data(w):
+            external_data_helper.load_external_data_for_tensor(w, str(model_dir))
+            w.data_location = onnx.TensorProto.DEFAULT
+            del w.external_data[:]
+        weights.append(w)
+    graph = helper.make_graph(
+        lin.nodes, f"layer{lin.layer}_{lin.kind}",
+        [helper.make_tensor_value_info(lin.input, elem, ["batch", "seq", lin.in_features])],
+        [helper.make_tensor_value_info(lin.output, elem, ["batch", "seq", lin.out_features])],
+        initializer=weights,
+    )
+    return helper.make_model(graph, opset_imports=src.opset_import, ir_version=src.ir_version).SerializeToString()
+
+
+class _Runner:
+    """One projection's session with its input and output bound once."""
+
+    def __init__(self, blob: bytes, lin: Linear, device: str, options: dict, batch: int, tokens: int, elem: int):
+        import numpy as np
+        import onnx
+
+        np_type = onnx.helper.tensor_dtype_to_np_dtype(elem).type
+        shape_in, shape_out = [batch, tokens, lin.in_features], [batch, tokens, lin.out_features]
+        if device != "cuda":
+            self.session, _ = create_session(blob, options, device)
+            self.x = np.random.default_rng(0).standard_normal(shape_in).astype(np_type)
+            self.y = np.empty(shape_out, dtype=np_type)
+            self.binding = self.session.io_binding()
+            self.binding.bind_cpu_input(lin.input, self.x)
+            self.binding.bind_output(lin.output, "cpu", 0, np_type, shape_out, self.y.ctypes.data)
+            self.run_options, self.method, self.graph_error = None, "cpu-iobinding", None
+            self.run(WARMUP_RUNS)
+            return
+        import onnxruntime as ort
+        import torch
+
+        from .session import cuda_device_id
+
+        dev = cuda_device_id()
+        gen = torch.Generator(device=f"cuda:{dev}").manual_seed(0)
+        self.x = torch.randn(shape_in, generator=gen, device=f"cuda:{dev}").to(getattr(torch, np.dtype(np_type).name))
+        self.y = torch.empty(shape_out, dtype=self.x.dtype, device=f"cuda:{dev}")
+        # the timer synchronizes the device around a sample: the calls inside it queue back to back
+        self.run_options = ort.RunOptions()
+        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self.graph_error = None
+        for method, provider_options in (("cuda-graph", {"enable_cuda_graph": "1"}), ("cuda-iobinding", {})):
+            try:
+                self.session, _ = create_session(blob, options, "cuda", provider_options, allow_shape_plumbing=False)
+                self.binding = self.session.io_binding()
+                self.binding.bind_input(lin.input, "cuda", dev, np_type, shape_in, self.x.data_ptr())
+                self.binding.bind_output(lin.output, "cuda", dev, np_type, shape_out, self.y.data_ptr())
+                self.method = method
+                self.run(WARMUP_RUNS)  # the CUDA graph is captured here
+                torch.cuda.synchronize()
+                return
+            except Exception as exc:
+                self.graph_error = f"{type(exc).__name__}: {exc}"[:300]
+                if method == "cuda-iobinding":
+                    raise BackendUnavailable(f"layer {lin.layer} {lin.kind} ({', '.join(lin.op_types)}) does not run "
+                                             f"on the CUDA execution provider alone: {exc}") from exc
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            self.session.run_with_iobinding(self.binding, self.run_options)
+
+
+def time_linears(model_dir: Path, device: str, options: dict, *, layer: int = 0, batch: int = 1, tokens: int = 1,
+                 samples: int = 15, runs_per_sample: int = 50, timer=None) -> dict[str, dict]:
+    """Time each projection of decoder layer `layer` at input shape [batch, tokens, in_features].
+
+    Returns, per LINEAR_TYPES key: `us_per_call` (median of the samples), `samples_us` (each
+    sample's mean microseconds per call), `method` (cpu-iobinding, cuda-graph or
+    cuda-iobinding), `weight_bytes` (the subgraph's initializers: packed weights, scales and
+    zero points), `op_types`, `in_features`, `out_features`, `batch`, `tokens`.
+    `timer(fn) -> milliseconds` must synchronize the device around fn."""
+    import onnx
+
+    if samples < 1 or runs_per_sample < 1:
+        raise ValueError(f"samples and runs_per_sample must be >= 1, got {samples} and {runs_per_sample}")
+    variant = json.loads((model_dir / "meta.json").read_text()).get("variant", "fp32")
+    reason = variant_unavailable_reason(variant, device)
+    if reason:
+        raise BackendUnavailable(f"ort {variant} kernels on {device}: {reason}")
+    timer = timer or (lambda fn: M.wall_ms(fn, device)[0])
+    src = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    elem = src.graph.output[0].type.tensor_type.elem_type
+    results = {}
+    for kind, lin in find_linears(model_dir, layer, src).items():
+        runner = _Runner(linear_model(model_dir, lin, src), lin, device, options, batch, tokens, elem)  # warmed up
+        per_call = [timer(lambda: runner.run(runs_per_sample)) * 1e3 / runs_per_sample for _ in range(samples)]
+        results[kind] = {
+            "us_per_call": statistics.median(per_call), "samples_us": per_call, "method": runner.method,
+            "weight_bytes": lin.weight_bytes, "op_types": lin.op_types, "in_features": lin.in_features,
+            "out_features": lin.out_features, "batch": batch, "tokens": tokens,
+        }
+        if runner.graph_error:
+            results[kind]["cuda_graph_error"] = runner.graph_error
+        del runner
+    return results

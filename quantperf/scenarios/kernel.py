@@ -1,0 +1,359 @@
+"""The `kernel` scenario (mode `kernel`): the model's own loaded linear modules timed alone, at
+decode shape (batch x 1 token) and prefill shape (batch x prompt), fed with real activations.
+
+Why: HF `generate` at batch 1 measures Python and launch overhead as much as the quantized
+kernels (eager CV 10-20% on an H200); a library upgrade that changes a kernel by a few percent
+is invisible end to end and plain here.
+
+How (CUDA): forward pre-hooks capture each linear's input on one real prompt (random inputs
+never take bitsandbytes' outlier path). For each module type (q, k, v, o, gate, up, down) one
+CUDA graph walks that module across all layers (a working set far larger than L2), captured on a
+side stream after warm-up; a sample is `replays` graph replays between two CUDA events; the SM
+clock is read per sample. Where capture fails (bitsandbytes LLM.int8 with its outlier threshold
+syncs with the host), the process never captures again (a failed capture leaves CUDA's RNG state
+broken) and times K back-to-back walks between events instead, labelled `eager-timed`: results of
+different methods are never compared. On the CPU the walks are timed with perf_counter
+(`cpu-timed`). ONNX Runtime backends time each projection's node(s) cut out of their own graph
+(quantperf.backends.ort.kernel).
+
+A round is one timing pass: SAMPLES samples of every module type at both shapes (the workload's
+5 rounds give 15 samples per type and shape). Its metrics
+are the microseconds per decoder layer (the sum over the seven types of the per-call median) at
+decode and at prefill shape; the per-type figures (us per call, CV, bytes, GB/s against the peak
+and a measured copy bandwidth, TFLOP/s at prefill) go to the result's `figures`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from .. import trackers as M
+from ..results import Metric
+from .base import Scenario
+from .generate import prompt_ids
+
+LINEAR_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
+SHAPES = ("decode", "prefill")
+L2_HOT_MARGIN = 1.05  # a figure above the measured copy bandwidth by more than this is L2-hot, not a result
+_CAPTURE_BROKEN = False  # a failed capture breaks CUDA's RNG state for later captures in this process
+_CYCLES_PER_US: float | None = None
+
+
+def linear_modules(model) -> tuple[dict[str, list], object]:
+    """Per module type the list of per-layer modules of an HF decoder (LLaMA, Qwen2, Mistral
+    layout), and the lm_head."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise ValueError(f"kernel mode knows decoder models with `model.layers` (LLaMA, Qwen2, Mistral); "
+                         f"{type(model).__name__} has none")
+    out = {}
+    for t in LINEAR_TYPES:
+        parent = "self_attn" if t in ATTENTION else "mlp"
+        out[t] = [getattr(getattr(layer, parent), t) for layer in layers]
+    return out, getattr(model, "lm_head", None)
+
+
+def capture_inputs(model, input_ids) -> dict[str, list]:
+    """Each linear module's input on one real prompt ([batch, prompt, in_features])."""
+    import torch
+
+    mods, head = linear_modules(model)
+    seen: dict[str, list] = {t: [None] * len(m) for t, m in mods.items()}
+    seen["lm_head"] = [None]
+    hooks = []
+
+    def keeper(t, i):
+        def hook(module, args):
+            seen[t][i] = args[0].detach().clone()
+        return hook
+
+    for t, ms in mods.items():
+        for i, m in enumerate(ms):
+            hooks.append(m.register_forward_pre_hook(keeper(t, i)))
+    if head is not None:
+        hooks.append(head.register_forward_pre_hook(keeper("lm_head", 0)))
+    try:
+        with torch.inference_mode():
+            model(torch.as_tensor(input_ids, device=model.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def module_bytes(module, x, out_features: int) -> int:
+    """Bytes one call moves: the weights as stored (quantized storage and scales) + input + output."""
+    from ..backends.hf import module_weight_bytes
+
+    return module_weight_bytes(module) + x.numel() * x.element_size() + x[..., :1].numel() * out_features * x.element_size()
+
+
+def _out_features(module) -> int:
+    return int(getattr(module, "out_features", None) or module.weight.shape[0])
+
+
+def _in_features(module) -> int:
+    return int(getattr(module, "in_features", None) or module.weight.shape[-1])
+
+
+def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth (bytes read + written per second / 1e9)."""
+    import torch
+
+    n = nbytes // 2
+    if device == "cuda":
+        a = torch.empty(n, dtype=torch.float16, device="cuda")
+        b = torch.empty_like(a)
+        b.copy_(a)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(10):
+            b.copy_(a)
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1e3 / 10
+        del a, b
+        torch.cuda.empty_cache()
+    else:
+        n = min(n, 1 << 27)  # 256 MiB on the host is plenty to leave the caches
+        a = torch.empty(n, dtype=torch.float16)
+        b = torch.empty_like(a)
+        b.copy_(a)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            b.copy_(a)
+        seconds = (time.perf_counter() - t0) / 5
+    return 2 * n * 2 / seconds / 1e9
+
+
+def _sleep_cycles_per_us() -> float:
+    global _CYCLES_PER_US
+    import torch
+
+    if _CYCLES_PER_US is None:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1_000_000)
+        start.record()
+        torch.cuda._sleep(10_000_000)
+        end.record()
+        end.synchronize()
+        _CYCLES_PER_US = 10_000_000 / (start.elapsed_time(end) * 1e3)
+    return _CYCLES_PER_US
+
+
+class _Walk:
+    """One module type across all layers at one shape, timed by the best method available."""
+
+    def __init__(self, modules, inputs, device: str, inject_us: float, replays: int):
+        self.modules, self.inputs, self.device = modules, inputs, device
+        self.inject_us, self.replays = inject_us, replays
+        self.graph = None
+        self.method = "cpu-timed" if device == "cpu" else "eager-timed"
+        self.note = ""
+        if device == "cuda":
+            self._capture()
+
+    def run(self) -> None:
+        inject = self.inject_us
+        for m, x in zip(self.modules, self.inputs):
+            m(x)
+            if inject:
+                if self.device == "cuda":
+                    import torch
+
+                    torch.cuda._sleep(int(inject * _sleep_cycles_per_us()))
+                else:
+                    M._cpu_spin(inject / 1e3)
+
+    def _capture(self) -> None:
+        global _CAPTURE_BROKEN
+        import torch
+
+        if self.inject_us:
+            _sleep_cycles_per_us()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.run()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        if _CAPTURE_BROKEN:
+            self.note = "an earlier capture failed in this process: timed eagerly"
+            return
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.run()
+        except Exception as exc:  # host syncs (bnb's outlier path) cannot be captured
+            _CAPTURE_BROKEN = True
+            self.note = f"CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:120]}): timed eagerly"
+            torch.cuda.synchronize()
+            return
+        graph.replay()
+        torch.cuda.synchronize()
+        self.graph, self.method = graph, "cuda-graph"
+
+    def sample_us(self) -> float:
+        """Microseconds per module call over `replays` repetitions of the walk."""
+        calls = self.replays * len(self.modules)
+        if self.device == "cuda":
+            import torch
+
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(self.replays):
+                self.graph.replay() if self.graph is not None else self.run()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) * 1e3 / calls
+        t0 = time.perf_counter()
+        for _ in range(self.replays):
+            self.run()
+        return (time.perf_counter() - t0) * 1e6 / calls
+
+
+class KernelScenario(Scenario):
+    name = "kernel"
+    gated = ("kernel_decode_us_per_layer", "kernel_prefill_us_per_layer")
+    SAMPLES = 3  # per round and module type: 5 rounds make the 15 samples of a run
+    REPLAYS = {"cuda": 50, "cpu": 5}
+
+    def __init__(self, spec, loaded, settings=None):
+        super().__init__(spec, loaded, settings)
+        self._walks: dict[tuple, _Walk] = {}
+        self._inputs = None
+        self._copy_gbps: float | None = None
+
+    def unsupported(self) -> str | None:
+        if getattr(self.loaded, "model_dir", None) is not None:  # ONNX Runtime: its own graph cut per projection
+            return None
+        model = getattr(self.loaded, "model", None)
+        if model is None:
+            return f"{self.spec.backend}: kernel mode needs a loaded torch model or an ONNX graph"
+        try:
+            linear_modules(model)
+        except ValueError as exc:
+            return f"{self.spec.backend}: {exc}"
+        return None
+
+    def _ensure_inputs(self) -> None:
+        if self._inputs is None and getattr(self.loaded, "model_dir", None) is None:
+            w = self.spec.workload
+            self._inputs = capture_inputs(self.loaded.model, prompt_ids(self.loaded.arch.vocab_size, w.batch_size,
+                                                                        w.prompt_tokens))
+        if self._copy_gbps is None:
+            self._copy_gbps = copy_bandwidth_gbps(self.spec.device)
+
+    def _walk(self, t: str, shape: str) -> _Walk:
+        inject_us = (self.settings.get("inject_ms") or M.injected_delay_ms(self.spec.backend)) * 1e3
+        key = (t, shape, inject_us)
+        if key not in self._walks:
+            xs = self._inputs[t] if t != "lm_head" else self._inputs["lm_head"]
+            xs = [x if shape == "prefill" else x[:, -1:, :].contiguous() for x in xs]
+            mods = linear_modules(self.loaded.model)[0][t] if t != "lm_head" else [self.loaded.model.lm_head]
+            self._walks[key] = _Walk(mods, xs, self.spec.device, inject_us, self.REPLAYS[self.spec.device])
+        return self._walks[key]
+
+    def warmup(self, rounds: int) -> dict:
+        self._ensure_inputs()
+        for _ in range(max(rounds, 1)):
+            self.round()
+        return {"status": "ok", "warmup_rounds": max(rounds, 1)}
+
+    def measure_round(self) -> dict:
+        self._ensure_inputs()
+        if getattr(self.loaded, "model_dir", None) is not None:
+            return self._ort_round()
+        import torch
+
+        out: dict = {"copy_gbps": self._copy_gbps, "types": {}}
+        with torch.inference_mode():
+            for shape in SHAPES:
+                for t in (*LINEAR_TYPES, "lm_head"):
+                    walk = self._walk(t, shape)
+                    samples, clocks = [], []
+                    for _ in range(self.SAMPLES):
+                        samples.append(walk.sample_us())
+                        if self.spec.device == "cuda":
+                            state = M.gpu_state()
+                            clocks.append(state.sm_clock_mhz if state else None)
+                    m, x = walk.modules[0], walk.inputs[0]
+                    out["types"][f"{shape}:{t}"] = {
+                        "us_per_call": statistics.median(samples), "samples_us": samples, "method": walk.method,
+                        "note": walk.note, "bytes": module_bytes(m, x, _out_features(m)),
+                        "flops": 2 * x[..., :1].numel() * _in_features(m) * _out_features(m), "sm_clock_mhz": clocks,
+                        "layers": len(walk.modules)}
+        return out
+
+    def _ort_round(self) -> dict:
+        from ..backends.ort.kernel import time_linears
+
+        w = self.spec.workload
+        out: dict = {"copy_gbps": self._copy_gbps, "types": {}}
+        for shape, tokens in (("decode", 1), ("prefill", w.prompt_tokens)):
+            timed = time_linears(self.loaded.model_dir, self.spec.device, self.loaded.options, batch=w.batch_size,
+                                 tokens=tokens, samples=self.SAMPLES, runs_per_sample=self.REPLAYS[self.spec.device])
+            for t, r in timed.items():
+                elem = 2 if self.loaded.options.get("variant") == "fp16" else 4
+                act = w.batch_size * tokens * (r["in_features"] + r["out_features"]) * elem
+                out["types"][f"{shape}:{t}"] = {
+                    "us_per_call": r["us_per_call"], "samples_us": r["samples_us"], "method": r["method"], "note": "",
+                    "bytes": r["weight_bytes"] + act, "flops": 2 * w.batch_size * tokens * r["in_features"] * r["out_features"],
+                    "sm_clock_mhz": [], "layers": 1}
+        return out
+
+    # -- pure -------------------------------------------------------------------------------
+    @staticmethod
+    def per_layer_us(round_: dict, shape: str) -> float:
+        return sum(v["us_per_call"] for k, v in round_["types"].items()
+                   if k.startswith(f"{shape}:") and k.split(":", 1)[1] in LINEAR_TYPES)
+
+    @classmethod
+    def metrics(cls, spec, rounds: list[dict]) -> dict[str, Metric]:
+        return {f"kernel_{shape}_us_per_layer": Metric.of(f"kernel_{shape}_us_per_layer",
+                                                          [cls.per_layer_us(r, shape) for r in rounds])
+                for shape in SHAPES}
+
+    @classmethod
+    def figures(cls, spec, load_info: dict, rounds: list[dict], metrics: dict[str, Metric], environment: dict) -> dict:
+        gpu = environment.get("gpu") or {}
+        return {"kernel": cls.table(rounds, gpu.get("peak_bandwidth_gbps") if spec.device == "cuda" else None)}
+
+    @staticmethod
+    def table(rounds: list[dict], peak_gbps: float | None = None, peak_tflops: float | None = None) -> dict:
+        """Per shape and module type over a run's rounds: us per call (median), CV of the samples,
+        GB/s and % of the peak and of the measured copy bandwidth, TFLOP/s at prefill, method.
+        A figure above the measured copy bandwidth is marked `l2_hot` and has no bandwidth."""
+        from ..stats import Summary
+
+        out = {}
+        copy = statistics.median(r["copy_gbps"] for r in rounds if r.get("copy_gbps")) if rounds else None
+        for key in rounds[0]["types"]:
+            per_round = [r["types"][key] for r in rounds]
+            samples = [s for p in per_round for s in p["samples_us"]]
+            us = statistics.median(p["us_per_call"] for p in per_round)
+            first = per_round[0]
+            gbps = first["bytes"] / (us * 1e-6) / 1e9
+            hot = copy is not None and gbps > copy * L2_HOT_MARGIN
+            row = {"us_per_call": us, "cv": Summary.from_values(samples).cv, "method": first["method"],
+                   "bytes": first["bytes"], "gbps": None if hot else gbps, "l2_hot": hot,
+                   "pct_peak": None if hot or not peak_gbps else gbps / peak_gbps,
+                   "pct_copy": None if hot or not copy else gbps / copy, "note": first.get("note", "")}
+            if key.startswith("prefill:"):
+                tflops = first["flops"] / (us * 1e-6) / 1e12
+                row |= {"tflops": tflops, "pct_peak_tflops": None if not peak_tflops else tflops / peak_tflops}
+            out[key] = row
+        return {"copy_gbps": copy, "types": out}
+
+
+def decode_decomposition(step_ms: float, kernel_sum_ms: float) -> dict:
+    """A graph-mode decode step against the sum of its linear kernels: the rest is attention,
+    norms and launch overhead. The kernels cannot take longer than the step (flagged otherwise)."""
+    return {"step_ms": step_ms, "linears_ms": kernel_sum_ms, "rest_ms": step_ms - kernel_sum_ms,
+            "linears_fraction": kernel_sum_ms / step_ms if step_ms else None, "consistent": kernel_sum_ms <= step_ms}
+
+
+SCENARIO = KernelScenario

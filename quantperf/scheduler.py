@@ -1,0 +1,287 @@
+"""The scheduler: the only place that opens sides (prepare, load, warm up), interleaves their
+rounds (ABBA) and turns what workers return into results. The suite, the takeaways, the
+noise experiment, quality and upgrade checks all go through it.
+
+    >>> from quantperf import RunSpec, Workload, measure
+    >>> r = measure(RunSpec("synthetic:llama-1b", "bnb-int8", device="cuda",
+    ...                     workload=Workload(batch_size=1, prompt_tokens=128, new_tokens=64)))
+    >>> r.metrics["decode_tokens_per_s"].summary.median
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from .errors import QuantperfError
+from .results import Metric, RunResult
+from .spec import RunSpec
+from .stats import interleaved_order
+from .trackers import MIB
+from .workers import is_oom, open_worker
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def not_measured(spec: RunSpec, status: str, reason: str, identity: dict | None, environment: dict,
+                 profile: str | None) -> RunResult:
+    return RunResult(spec=spec, status=status, reason=reason, backend_identity=identity or {},
+                     environment=environment, profile=profile, timestamp=now())
+
+
+@dataclass
+class Side:
+    """One configuration loaded in a worker, warmed up and ready for rounds (or why not)."""
+
+    spec: RunSpec
+    worker: Any = None
+    info: dict = field(default_factory=dict)  # what load() returned
+    timings: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)  # the worker's own (its interpreter's versions)
+    failed: RunResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
+def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict | None = None,
+              python: str | None = None, env: dict | None = None, environment: dict | None = None,
+              profile: str | None = None, warm: bool = True) -> Side:
+    """Prepare, load and (with `warm`) warm up `spec` in a worker. One-time work (a checkpoint
+    build, an export) inflates a process's peak memory, so when prepare() built something the
+    side is loaded in a fresh process that only reads the cached result."""
+    from .envinfo import environment as parent_environment
+
+    parent = environment or parent_environment()
+    worker = open_worker(spec, isolation, dict(model_options or {}), python, env)
+    side = Side(spec, worker)
+    try:
+        prepared = worker.prepare()
+        if prepared["built"] and isolation == "process":
+            worker.close()
+            worker = side.worker = open_worker(spec, isolation, dict(model_options or {}), python, env)
+            side.timings["prepared_first_s"] = prepared["prepare_s"]
+        # the worker reports its own interpreter's environment; the run is the parent's
+        side.environment = (worker.environment() if (python or env) else dict(parent)) | {"run": parent.get("run")}
+        info = worker.load()
+        if info["status"] == "ok" and warm:
+            wu = worker.warmup()
+            if wu["status"] != "ok":
+                info = {"status": wu["status"], "reason": wu["reason"], "identity": info["identity"]}
+            else:
+                side.timings.update({k: v for k, v in wu.items() if k != "status"})
+        side.info = info
+        if info["status"] != "ok":
+            side.failed = not_measured(spec, info["status"], info["reason"], info.get("identity"), side.environment, profile)
+            side.close()
+    except Exception as exc:
+        side.close()
+        reason = (f"{spec.backend}: out of memory running {spec.model} on {spec.device}" if is_oom(exc)
+                  else f"{type(exc).__name__}: {exc}")
+        side.failed = not_measured(spec, "error", reason, side.info.get("identity"), side.environment or parent, profile)
+    return side
+
+
+def interleave_rounds(runners: dict[str, Callable[[], dict]], rounds: int) -> dict[str, list[dict]]:
+    """Run `rounds` rounds of each runner in ABBA order (round-robin with alternating direction
+    for more than two), so drift hits every side alike. The one interleaving loop of quantperf."""
+    collected: dict[str, list[dict]] = {name: [] for name in runners}
+    for name in interleaved_order(list(runners), rounds):
+        collected[name].append(runners[name]())
+    return collected
+
+
+def build_result(side: Side, rounds: list[dict], memory: dict, profile: str | None) -> RunResult:
+    """Turn one side's raw rounds and memory into a RunResult: the scenario's metrics and
+    figures, memory metrics, validity (throttled and contended rounds)."""
+    from .scenarios import scenario_for
+
+    spec, loaded = side.spec, side.info
+    scenario = scenario_for(spec.mode)
+    metrics = scenario.metrics(spec, rounds)
+    metrics["weight_mib"] = Metric.of("weight_mib", [loaded["weight_bytes"] / MIB])
+    metrics["host_peak_rss_mib"] = Metric.of("host_peak_rss_mib", [memory["host_peak_rss_mib"]])
+    if spec.device == "cuda":
+        metrics["peak_allocated_mib"] = Metric.of("peak_allocated_mib", [memory["peak_allocated_mib"]])
+        if memory.get("nvml_process_mib") is not None:
+            metrics["nvml_process_mib"] = Metric.of("nvml_process_mib", [memory["nvml_process_mib"]])
+    figures = scenario.figures(spec, loaded, rounds, metrics, side.environment)
+    throttled = [i for i, r in enumerate(rounds) if r.get("throttled")]
+    validity = {
+        "valid": not throttled,
+        "throttled_rounds": throttled,
+        "retried_rounds": [i for i, r in enumerate(rounds) if r.get("retried_after_throttle")],
+        "contended_rounds": [i for i, r in enumerate(rounds) if (r.get("host") or {}).get("contended")],
+        "invalid_rounds": {i: r["invalid"] for i, r in enumerate(rounds) if r.get("invalid")},
+        "host_load": [r.get("host") or {} for r in rounds],
+        "sm_clock_mhz": [r.get("sm_clock_mhz") for r in rounds],
+        "temperature_c": [r.get("temperature_c") for r in rounds],
+        "other_gpu_processes": memory.get("other_gpu_processes", []),
+    }
+    per_round = [sorted(r["decode_ms"])[len(r["decode_ms"]) // 2] for r in rounds if "decode_ms" in r]
+    return RunResult(
+        spec=spec, status="ok", profile=profile, backend_identity=loaded["identity"], metrics=metrics,
+        memory={"after_load": loaded["load_memory"], "after_rounds": memory}, roofline=figures.get("roofline", {}),
+        figures={k: v for k, v in figures.items() if k != "roofline"},
+        validity=validity, arch=loaded["arch"] | {"source": loaded.get("source_meta", {})},
+        execution=loaded.get("execution", {}), environment=side.environment,
+        timings={"load_ms": loaded["load_ms"], **side.timings, "per_round_decode_ms_median": per_round},
+        injected_delay_ms=loaded.get("injected_delay_ms", 0.0), timestamp=now(),
+    )
+
+
+def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave: bool = False,
+                 model_options: dict | None = None, environment: dict | None = None, profile: str | None = None,
+                 more_rounds: Callable[[dict], bool] | None = None, max_rounds: int | None = None,
+                 python: str | None = None, env: dict | None = None) -> list[RunResult]:
+    """Measure configurations. With `interleave`, all are loaded at once and their rounds
+    alternate in ABBA order (what A/B claims need).
+
+    Adaptive rounds: with `more_rounds(samples_by_config_id) -> bool` and `max_rounds`, an
+    interleaved comparison that is still undecided gets more ABBA blocks of 2 rounds per side,
+    up to `max_rounds` per side; results record how many were added (`adaptive_extra_rounds`),
+    so figures extended adaptively are never gated as if they had a fixed size."""
+    from .envinfo import environment as env_fn, profile_id
+    from .scenarios import scenario_for
+
+    environment = environment or env_fn()
+    profile = profile or profile_id("cuda" if any(s.device == "cuda" for s in specs) else "cpu")
+    results: dict[str, RunResult] = {}
+    sides: dict[str, Side] = {}
+
+    def finish(side: Side, rounds: list[dict]) -> None:
+        memory = side.worker.memory()
+        results[side.spec.id] = build_result(side, rounds, memory, profile)
+        side.close()
+
+    try:
+        if interleave:
+            for spec in specs:
+                side = open_side(spec, isolation=isolation, model_options=model_options, python=python, env=env,
+                                 environment=environment, profile=profile)
+                if side.ok:
+                    sides[spec.id] = side
+                else:
+                    results[spec.id] = side.failed
+            live = list(sides.values())
+            n = max((s.spec.workload.rounds for s in live), default=0)
+            runners = {s.spec.id: (lambda s=s: s.worker.rounds(n=1)[0]) for s in live}
+            collected = interleave_rounds(runners, n)
+            extra = 0
+            while more_rounds and max_rounds and n + extra < max_rounds and len(live) > 1:
+                samples = {s.spec.id: scenario_for(s.spec.mode).metrics(s.spec, collected[s.spec.id])
+                           ["decode_tokens_per_s"].samples for s in live}
+                if not more_rounds(samples):
+                    break
+                for sid, more in interleave_rounds(runners, 2).items():
+                    collected[sid].extend(more)
+                extra += 2
+            for side in live:
+                side.timings["adaptive_extra_rounds"] = extra
+                side.timings["interleaved_with"] = [s.spec.id for s in live if s is not side]
+                finish(side, collected[side.spec.id])
+        else:
+            for spec in specs:
+                side = open_side(spec, isolation=isolation, model_options=model_options, python=python, env=env,
+                                 environment=environment, profile=profile)
+                if not side.ok:
+                    results[spec.id] = side.failed
+                    continue
+                sides[spec.id] = side
+                finish(side, side.worker.rounds(n=spec.workload.rounds))
+    except Exception as exc:
+        for spec in specs:
+            if spec.id not in results:
+                reason = (f"{spec.backend}: out of memory running {spec.model} on {spec.device}" if is_oom(exc)
+                          else f"{type(exc).__name__}: {exc}")
+                results[spec.id] = not_measured(spec, "error", reason, sides.get(spec.id, Side(spec)).info.get("identity"),
+                                                environment, profile)
+    finally:
+        for side in sides.values():
+            side.close()
+    return [results[s.id] for s in specs]
+
+
+def measure(spec: RunSpec, **kwargs) -> RunResult:
+    """Measure one configuration (in a fresh process unless isolation='inprocess')."""
+    return measure_many([spec], **kwargs)[0]
+
+
+def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params: dict | None = None,
+                    environment: dict | None = None, profile: str | None = None) -> list[RunResult]:
+    """Quality of each spec against its device's reference backend on the same model: one
+    reference pass per model and device, then one compare pass per backend, each in its own
+    worker. Results hold ppl, ln_ppl_ratio, mean_kld, top1_agreement and rms_dp (with SEs)."""
+    from .backends import REFERENCE_BACKEND
+    from .envinfo import environment as env_fn, profile_id
+    from .scenarios.quality import QualityScenario
+
+    params = dict(params or {})
+    environment = environment or env_fn()
+    out: list[RunResult] = []
+    by_ref: dict[tuple, list[RunSpec]] = {}
+    for s in specs:
+        by_ref.setdefault((s.model, s.device), []).append(s)
+
+    def result(side: Side, stats: dict) -> RunResult:
+        stats = dict(stats)
+        gens = stats.pop("generations", [])
+        return RunResult(spec=side.spec, status="ok", profile=prof, backend_identity=side.info["identity"],
+                         metrics=QualityScenario.metrics(side.spec, [stats]), quality=stats, generations=gens,
+                         arch=side.info["arch"], environment=side.environment, timestamp=now())
+
+    for (model, device), group in by_ref.items():
+        prof = profile or profile_id(device)
+        ref_spec = replace(group[0], backend=REFERENCE_BACKEND[device], mode="eager")
+        fd, ref_file = tempfile.mkstemp(prefix="quantperf-ref-", suffix=".npy")
+        os.close(fd)
+        try:
+            ref = open_side(ref_spec, isolation=isolation, environment=environment, profile=prof, warm=False)
+            if not ref.ok:
+                raise QuantperfError(f"reference backend {ref_spec.backend} failed: {ref.failed.reason}")
+            try:
+                ref_stats = ref.worker.quality(params=params | {"role": "reference", "file": ref_file})
+            finally:
+                ref.close()
+            for spec in group:
+                if spec.backend == ref_spec.backend:
+                    # the reference against itself: zero divergence by definition, no second pass
+                    stats = {"tokens": ref_stats["tokens"], "ppl_ref": ref_stats["ppl"], "ppl": ref_stats["ppl"],
+                             "ln_ppl_ratio": 0.0, "ln_ppl_ratio_se": 0.0, "mean_kld": 0.0, "mean_kld_se": 0.0,
+                             "kld_p999": 0.0, "kld_p99": 0.0, "kld_p90": 0.0, "kld_median": 0.0,
+                             "top1_agreement": 1.0, "top1_agreement_se": 0.0, "rms_dp": 0.0, "rms_dp_se": 0.0,
+                             "reference_backend": ref_spec.backend, "windows": ref_stats["windows"],
+                             "context": ref_stats["context"], "generations": ref_stats.get("generations", [])}
+                    out.append(result(replace(ref, spec=spec), stats))
+                    continue
+                side = open_side(spec, isolation=isolation, environment=environment, profile=prof, warm=False)
+                if not side.ok:
+                    out.append(side.failed)
+                    continue
+                try:
+                    stats = side.worker.quality(params=params | {"role": "compare", "file": ref_file,
+                                                                 "reference_backend": ref_spec.backend})
+                    out.append(result(side, stats))
+                except Exception as exc:
+                    out.append(not_measured(spec, "error", f"{spec.backend}: {type(exc).__name__}: {exc}",
+                                            side.info.get("identity"), environment, prof))
+                finally:
+                    side.close()
+        finally:
+            try:
+                os.unlink(ref_file)
+            except OSError:
+                pass
+    order = {s.id: i for i, s in enumerate(specs)}
+    return sorted(out, key=lambda r: order[r.spec.id])

@@ -1,0 +1,110 @@
+"""The typed summary of a session: what each configuration's gate said, each claim's verdict,
+the noise figures and what was recorded. The suite writes it (`summary.json`); every renderer
+(terminal, JSON, markdown, HTML) reads it. Plain dataclasses that round-trip to JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .results import atomic_write_text, dump_json
+
+SUMMARY_SCHEMA = 2
+
+
+@dataclass
+class MetricVerdict:
+    metric: str
+    status: str  # ok | regressed | improved | inconclusive | changed-insignificant | new
+    current: float
+    baseline: float | None = None
+    ratio: float | None = None
+    ci: list[float] | None = None
+    tolerance: float | None = None
+    p_value: float | None = None
+    noise_floor: float | None = None
+    line: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConfigOutcome:
+    key: str  # "<config id>:<kinds>" (quality configurations are prefixed "quality:")
+    config_id: str
+    kinds: list[str]
+    status: str  # ok | regressed | improved | inconclusive | no-baseline | recorded | skipped | error
+    message: str = ""
+    verdicts: list[MetricVerdict] = field(default_factory=list)
+    version_changes: dict = field(default_factory=dict)
+    decode_tokens_per_s: float | None = None  # the headline figure, for tables
+
+
+@dataclass
+class ClaimOutcome:
+    id: str
+    profile: str
+    verdict: str  # holds | flipped | inconclusive
+    expected: str | None  # None: no verdict recorded for the profile yet
+    ratio: float | None
+    ci: list[float | None]
+    p_value: float | None
+    message: str
+    sentence: str = ""
+    claimed: str = ""
+    a: str = ""
+    b: str = ""
+    metric: str = ""
+
+
+@dataclass
+class NoiseLine:
+    """One measured configuration's round-to-round noise in this run."""
+
+    config_id: str
+    median: float
+    cv: float
+    rounds: int
+    min_detectable: float
+    adaptive_extra_rounds: int = 0
+    validity: str = ""
+
+
+@dataclass
+class SessionSummary:
+    profiles: dict
+    configs: list[ConfigOutcome] = field(default_factory=list)
+    claims: list[ClaimOutcome] = field(default_factory=list)
+    noise: list[NoiseLine] = field(default_factory=list)
+    repeatability: list[dict] = field(default_factory=list)
+    sensitivity: list[dict] = field(default_factory=list)
+    recorded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # session-wide lines (e.g. the session shift)
+    results_path: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"schema": SUMMARY_SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SessionSummary":
+        d = {k: v for k, v in d.items() if k != "schema"}
+        d["configs"] = [ConfigOutcome(**{**c, "verdicts": [MetricVerdict(**v) for v in c.get("verdicts", [])]})
+                        for c in d.get("configs", [])]
+        d["claims"] = [ClaimOutcome(**c) for c in d.get("claims", [])]
+        d["noise"] = [NoiseLine(**n) for n in d.get("noise", [])]
+        return cls(**d)
+
+    def write(self, path: str | Path) -> None:
+        atomic_write_text(path, dump_json(self.to_dict()))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "SessionSummary":
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    @property
+    def regressions(self) -> list[ConfigOutcome]:
+        return [c for c in self.configs if c.status == "regressed"]
+
+    @property
+    def flips(self) -> list[ClaimOutcome]:
+        return [c for c in self.claims if c.verdict not in (c.expected, "inconclusive")]

@@ -1,0 +1,308 @@
+"""Workers: one loaded configuration each. `LocalWorker` runs in this process; `ProcessWorker`
+runs the same methods in a fresh `python -m quantperf.worker` process of any interpreter (the
+default is this one), so one backend's memory figures, compiled graphs and allocator state
+never leak into the next, and a worker in another Python environment (an upgrade check) is the
+same object with another `python`/`env`. The child reports its own environment and versions.
+
+Every method returns JSON-able data, so it can be proxied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any
+
+from . import trackers as M
+from .errors import BackendUnavailable, ConfigError, ModeUnsupported, QuantperfError
+from .spec import RunSpec
+
+PROTOCOL = 2  # bump when a request or reply changes shape
+WORKER_TIMEOUT_ENV = "QUANTPERF_WORKER_TIMEOUT_S"
+# A hung worker (a wedged GPU, a deadlocked library) must not hang the suite: one request
+# (a load, a set of rounds, a quality pass) gets this long.
+WORKER_TIMEOUT_S = float(os.environ.get(WORKER_TIMEOUT_ENV, "1800"))
+METHODS = {"hello", "environment", "prepare", "load", "warmup", "rounds", "configure", "memory", "quality", "close"}
+
+
+def is_oom(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+
+
+class LocalWorker:
+    """One loaded configuration, measured by the scenario of its mode."""
+
+    def __init__(self, spec: RunSpec, model_options: dict | None = None):
+        self.spec = spec
+        self.model_options = model_options or {}
+        self.loaded = None
+        self.scenario = None
+        # scenario settings changed between rounds (configure)
+        self.settings: dict = {"gc_off": True, "inject_ms": None, "tokens_factor": 1}
+        self._all_cpus: set[int] | None = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+    # -- identity of the process ---------------------------------------------------------
+    def hello(self) -> dict:
+        from . import __version__
+
+        return {"protocol": PROTOCOL, "python": sys.executable, "quantperf": __version__, "pid": os.getpid()}
+
+    def environment(self) -> dict:
+        """This interpreter's environment (versions differ from the parent's in an upgrade check)."""
+        from .envinfo import environment
+
+        return environment()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _source(self):
+        from .models import resolve
+
+        return resolve(self.spec.model, local_files_only=self.model_options.get("local_files_only", False),
+                       trust_remote_code=self.model_options.get("trust_remote_code", False))
+
+    def prepare(self) -> dict:
+        """Build the checkpoint and the backend's cached artifacts if missing. Failures are left
+        to load(), which reports them; `built` says whether one-time work happened here."""
+        from .backends import get_backend
+
+        try:
+            backend = get_backend(self.spec.backend)
+            if backend.unavailable_reason(self.spec.device):
+                return {"built": False}
+            t0 = time.perf_counter()
+            source = self._source()
+            built = backend.prepare(source, self.spec.device) or source.built
+            return {"built": bool(built), "prepare_s": round(time.perf_counter() - t0, 1)}
+        except Exception:
+            return {"built": False}
+
+    def load(self) -> dict:
+        from .backends import get_backend
+        from .scenarios import scenario_for
+
+        spec = self.spec
+        backend = get_backend(spec.backend)
+        identity = backend.identity(spec.device)
+        reason = backend.unavailable_reason(spec.device)
+        if reason:
+            return {"status": "unavailable", "reason": f"{spec.backend}: {reason}", "identity": identity}
+        if spec.device == "cuda":
+            import torch
+
+            torch.cuda.init()
+            self._pin(self.model_options.get("pin_cpu", True))
+        try:
+            source = self._source()
+            M.reset_peak(spec.device)
+            load_ms, self.loaded = M.wall_ms(lambda: backend.load(source, spec.device), spec.device)
+        except BackendUnavailable as exc:
+            return {"status": "unavailable", "reason": str(exc), "identity": identity}
+        except QuantperfError as exc:
+            return {"status": "error", "reason": str(exc), "identity": identity}
+        except Exception as exc:  # a failing load is one clear line, not a traceback
+            if is_oom(exc):
+                return {"status": "error", "reason": f"{spec.backend}: out of memory loading {spec.model} on {spec.device}",
+                        "identity": identity}
+            if isinstance(exc, ImportError):
+                return {"status": "unavailable", "reason": f"{spec.backend}: {exc}", "identity": identity}
+            return {"status": "error", "reason": f"{spec.backend}: load failed: {type(exc).__name__}: {exc}",
+                    "identity": identity}
+        if spec.device == "cpu" and self.loaded.options.get("intra_op_num_threads") == 1:
+            # a single-threaded runtime (ORT here) gets one core of its own for the whole run
+            self._pin(self.model_options.get("pin_cpu", True))
+        self.scenario = scenario_for(spec.mode)(spec, self.loaded, self.settings)
+        mode_reason = self.scenario.unsupported()
+        if mode_reason:
+            return {"status": "mode-unsupported", "reason": mode_reason, "identity": identity}
+        return {
+            "status": "ok",
+            "identity": identity,
+            "arch": asdict(self.loaded.arch) | {"size_class": self.loaded.arch.size_class},
+            "source_meta": source.meta,
+            "load_ms": round(load_ms, 1),
+            "load_memory": M.memory_snapshot(spec.device),
+            "weight_bytes": self.loaded.weight_bytes(),
+            "streamed_weight_bytes": self.loaded.streamed_weight_bytes(),
+            "kv_bytes_per_element": self.loaded.kv_bytes_per_element(),
+            "execution": self.loaded.execution_report() | {"threads": self._threads()},
+            "injected_delay_ms": M.injected_delay_ms(spec.backend),
+        }
+
+    def _threads(self) -> dict:
+        """Thread counts and the cores this worker runs on: recorded with every result."""
+        out: dict = {"affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+        try:
+            import torch
+
+            out["torch_intra_op"] = torch.get_num_threads()
+            out["torch_inter_op"] = torch.get_num_interop_threads()
+        except ImportError:
+            pass
+        if self.loaded is not None and "intra_op_num_threads" in self.loaded.options:
+            out["ort_intra_op"] = self.loaded.options["intra_op_num_threads"]
+        return out
+
+    def _pin(self, on: bool) -> None:
+        """Pin the driving thread to one core (launch latency then does not depend on the
+        scheduler), or give it every core it started with."""
+        if self._all_cpus:
+            os.sched_setaffinity(0, {max(self._all_cpus)} if on else self._all_cpus)
+
+    def configure(self, inject_ms: float | None = None, gc_off: bool | None = None, pin_cpu: bool | None = None,
+                  tokens_factor: int | None = None) -> dict:
+        """Change measurement settings between rounds of one loaded model: the sensitivity
+        experiment's injected per-token delay and its noise-reduction ablations."""
+        self.settings["inject_ms"] = inject_ms
+        if gc_off is not None:
+            self.settings["gc_off"] = gc_off
+        if tokens_factor is not None:
+            self.settings["tokens_factor"] = tokens_factor
+        if pin_cpu is not None:
+            self.model_options["pin_cpu"] = pin_cpu
+            self._pin(pin_cpu)
+        if self.scenario is not None:
+            self.scenario.settings.update(self.settings)
+        return dict(self.settings) | {"pin_cpu": self.model_options.get("pin_cpu", True)}
+
+    def warmup(self, rounds: int | None = None) -> dict:
+        n = self.spec.workload.warmup_rounds if rounds is None else rounds
+        t0 = time.perf_counter()
+        M.reset_peak(self.spec.device)
+        out = {"status": "ok"} | self.scenario.warmup(n)
+        return out | {"warmup_s": round(time.perf_counter() - t0, 2)}
+
+    def rounds(self, n: int) -> list[dict]:
+        """`n` measured rounds; a throttled or invalid round is retried once and flagged if still so."""
+        out = []
+        for _ in range(n):
+            r = self.scenario.round()
+            if r.get("throttled") or r.get("invalid"):
+                # a throttled round, or a graph-mode round during which torch compiled: once more
+                retry = self.scenario.round()
+                retry["retried_after_throttle" if r.get("throttled") else "retried_after_invalid"] = (
+                    r.get("throttle_reasons") or r.get("invalid"))
+                r = retry
+            out.append(r)
+        return out
+
+    def memory(self) -> dict:
+        return M.memory_snapshot(self.spec.device)
+
+    def quality(self, params: dict) -> dict:
+        """One pass of the quality scenario (params: role, file, context, max_windows, corpus)."""
+        from .scenarios.quality import QualityScenario
+
+        return QualityScenario(self.spec, self.loaded, params).round()
+
+    def close(self) -> None:
+        if self.loaded is not None:
+            self.loaded.close()
+            self.loaded = None
+
+    def call(self, method: str, kwargs: dict) -> Any:
+        if method not in METHODS:
+            raise ValueError(f"unknown worker method {method!r}")
+        return getattr(self, method)(**kwargs)
+
+
+class WorkerCrashed(QuantperfError):
+    pass
+
+
+class ProcessWorker:
+    """The same interface as LocalWorker, in a fresh `python -m quantperf.worker` process.
+
+    `python`: the interpreter (default: this one); `env`: variables added to this process's
+    environment for the child (e.g. a PYTHONPATH overlay with other library versions)."""
+
+    def __init__(self, spec: RunSpec, model_options: dict | None = None, python: str | None = None,
+                 env: dict | None = None):
+        self.spec = spec
+        self._log = tempfile.NamedTemporaryFile(prefix="quantperf-worker-", suffix=".log", delete=False)
+        child_env = dict(os.environ)
+        child_env.setdefault("PYTHONUNBUFFERED", "1")
+        child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        child_env.update(env or {})
+        # The project root must stay importable in the child when quantperf is not installed.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (child_env.get("PYTHONPATH"), root) if p)
+        self.proc = subprocess.Popen(
+            [python or sys.executable, "-m", "quantperf.worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=child_env, text=True,
+        )
+        self.info = self._request("init", {"spec": spec.to_dict(), "model_options": model_options or {},
+                                           "protocol": PROTOCOL})
+
+    def _stderr_tail(self, n: int = 2000) -> str:
+        try:
+            with open(self._log.name, encoding="utf-8", errors="replace") as fh:
+                return fh.read()[-n:]
+        except OSError:
+            return ""
+
+    def _request(self, method: str, kwargs: dict) -> Any:
+        if self.proc.poll() is not None:
+            raise WorkerCrashed(f"worker for {self.spec.id} exited with code {self.proc.returncode}: {self._stderr_tail()}")
+        self.proc.stdin.write(json.dumps({"method": method, "kwargs": kwargs}) + "\n")
+        self.proc.stdin.flush()
+        # one reply per request, read whole: nothing is left in the buffer between requests,
+        # so select() on the pipe tells whether the worker is still silent
+        ready, _, _ = select.select([self.proc.stdout], [], [], WORKER_TIMEOUT_S)
+        if not ready:
+            self.proc.kill()
+            raise WorkerCrashed(
+                f"worker for {self.spec.id} gave no answer to {method!r} within {WORKER_TIMEOUT_S:.0f} s "
+                f"(set {WORKER_TIMEOUT_ENV} to allow more); stderr tail:\n{self._stderr_tail()}"
+            )
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=30)
+            code = self.proc.returncode
+            hint = " (killed: out of host memory?)" if code in (-9, 137) else ""
+            raise WorkerCrashed(
+                f"worker for {self.spec.id} died during {method!r} with code {code}{hint}; stderr tail:\n{self._stderr_tail()}"
+            )
+        reply = json.loads(line)
+        if "error" in reply:
+            cls = {"ConfigError": ConfigError, "ModeUnsupported": ModeUnsupported,
+                   "BackendUnavailable": BackendUnavailable}.get(reply["error"], QuantperfError)
+            raise cls(reply["message"])
+        return reply["result"]
+
+    def __getattr__(self, method: str):
+        if method.startswith("_") or method not in METHODS:
+            raise AttributeError(method)
+        return lambda **kwargs: self._request(method, kwargs)
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self._request("close", {})
+                self.proc.stdin.write(json.dumps({"method": "exit", "kwargs": {}}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=60)
+        except Exception:
+            self.proc.kill()
+        finally:
+            try:
+                os.unlink(self._log.name)
+            except OSError:
+                pass
+
+
+def open_worker(spec: RunSpec, isolation: str = "process", model_options: dict | None = None,
+                python: str | None = None, env: dict | None = None):
+    """A worker for `spec`: in a fresh process (default), or in this one (`inprocess`)."""
+    if isolation == "process":
+        return ProcessWorker(spec, model_options, python, env)
+    if isolation == "inprocess":
+        if python or env:
+            raise ConfigError("a worker on another interpreter or environment needs isolation='process'")
+        return LocalWorker(spec, model_options)
+    raise ConfigError(f"isolation must be 'process' or 'inprocess', got {isolation!r}")

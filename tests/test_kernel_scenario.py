@@ -1,0 +1,87 @@
+"""Kernel mode on the CPU: the loaded model's own linear modules timed alone, with real
+activations, for a torch backend and an ONNX Runtime backend (the CUDA-graph path runs on GPUs)."""
+
+import pytest
+
+from quantperf.scenarios.kernel import LINEAR_TYPES, KernelScenario, decode_decomposition, linear_modules
+from quantperf.spec import RunSpec, Workload
+from quantperf.workers import LocalWorker
+
+WORKLOAD = Workload(batch_size=1, prompt_tokens=16, new_tokens=4, warmup_rounds=1, rounds=3)
+
+
+@pytest.fixture(scope="module")
+def torch_worker(model_cache):
+    w = LocalWorker(RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "kernel", WORKLOAD))
+    assert w.load()["status"] == "ok"
+    w.scenario.SAMPLES = 5
+    assert w.warmup()["status"] == "ok"
+    yield w
+    w.close()
+
+
+def test_kernel_mode_times_every_linear_type_at_decode_and_prefill(torch_worker):
+    rounds = torch_worker.rounds(n=2)
+    metrics = KernelScenario.metrics(torch_worker.spec, rounds)
+    assert set(metrics) == {"kernel_decode_us_per_layer", "kernel_prefill_us_per_layer"}
+    assert all(v > 0 for m in metrics.values() for v in m.samples)
+    # 16 prompt tokens cost more than one
+    assert metrics["kernel_prefill_us_per_layer"].value > metrics["kernel_decode_us_per_layer"].value
+    table = KernelScenario.table(rounds)["types"]
+    for shape in ("decode", "prefill"):
+        for t in (*LINEAR_TYPES, "lm_head"):
+            row = table[f"{shape}:{t}"]
+            assert row["method"] == "cpu-timed" and row["us_per_call"] > 0 and row["cv"] >= 0
+    assert "tflops" in table["prefill:q_proj"] and "tflops" not in table["decode:q_proj"]
+
+
+def test_bytes_and_flops_follow_the_formulas(torch_worker):
+    """q_proj of llama-tiny: 256x256 fp32 weights + input + output at one token."""
+    rnd = torch_worker.rounds(n=1)[0]["types"]
+    hidden = 256
+    assert rnd["decode:q_proj"]["bytes"] == hidden * hidden * 4 + hidden * 4 + hidden * 4
+    assert rnd["prefill:q_proj"]["flops"] == 2 * 16 * hidden * hidden
+    assert rnd["decode:gate_proj"]["flops"] == 2 * 1 * hidden * 768
+
+
+def test_an_injected_per_call_delay_shows_in_the_per_call_time(torch_worker):
+    base = KernelScenario.table(torch_worker.rounds(n=1))["types"]["decode:q_proj"]["us_per_call"]
+    torch_worker.configure(inject_ms=0.2)
+    slowed = KernelScenario.table(torch_worker.rounds(n=1))["types"]["decode:q_proj"]["us_per_call"]
+    torch_worker.configure(inject_ms=0.0)
+    assert slowed - base == pytest.approx(200, rel=0.3)
+
+
+def test_decode_decomposition_flags_kernels_longer_than_the_step():
+    ok = decode_decomposition(4.0, 3.0)
+    assert ok["consistent"] and ok["rest_ms"] == pytest.approx(1.0)
+    assert not decode_decomposition(2.0, 3.0)["consistent"]
+
+
+def test_an_unknown_architecture_is_named():
+    class NotADecoder:
+        pass
+
+    with pytest.raises(ValueError, match="NotADecoder has none"):
+        linear_modules(NotADecoder())
+
+
+def test_l2_hot_figures_are_rejected():
+    rnd = {"copy_gbps": 10.0, "types": {"decode:q_proj": {"us_per_call": 1.0, "samples_us": [1.0, 1.0], "method": "x",
+                                                           "bytes": 1_000_000, "flops": 1}}}
+    row = KernelScenario.table([rnd])["types"]["decode:q_proj"]
+    assert row["l2_hot"] and row["gbps"] is None  # 1 MB in 1 us = 1000 GB/s > the 10 GB/s copy bandwidth
+
+
+def test_ort_kernel_mode_on_the_cpu(model_cache):
+    w = LocalWorker(RunSpec("synthetic:llama-tiny", "ort-int8", "cpu", "kernel", WORKLOAD))
+    try:
+        w.prepare()
+        assert w.load()["status"] == "ok"
+        w.scenario.SAMPLES = 3
+        rounds = w.rounds(n=1)
+        table = KernelScenario.table(rounds)["types"]
+        assert {k.split(":")[1] for k in table} == set(LINEAR_TYPES)
+        assert all(r["us_per_call"] > 0 for r in table.values())
+    finally:
+        w.close()
