@@ -43,8 +43,8 @@ python3 -c "from quantperf.models import resolve; [resolve(f'synthetic:{s}') for
 case "$phase" in
 record)
     for i in $(seq 1 "${3:-1}"); do
-        sel=(); [ "$i" -gt 1 ] && sel=(-m "gpu and not quality")
         n=$(ls -d /tmp/qpout/rec* 2>/dev/null | wc -l); n=$((n + 1))
+        sel=(); [ "$n" -gt 1 ] && sel=(-m "gpu and not quality")
         QUANTPERF_RESULTS_DIR="/tmp/qpout/rec$n" job --qp-record "${sel[@]}"
         pack "rec$n"
     done
