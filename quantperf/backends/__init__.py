@@ -78,6 +78,8 @@ if os.environ.get("QUANTPERF_TEST_BACKENDS") == "1":
            {"token_ms": 2.0, "prefill_ms": 5.0, "bytes_per_param": 2.0}, 16, True),
         _E("fake-int8", "fake", "FakeBackend", ("cpu",), "test double: 3 ms/token",
            {"token_ms": 3.0, "prefill_ms": 6.0, "bytes_per_param": 1.1}, 8, True),
+        _E("fake-lib", "fake", "FakeBackend", ("cpu",), "test double: per token calls qp_slowlib.work(2 ms)",
+           {"token_ms": 2.0, "prefill_ms": 5.0, "bytes_per_param": 2.0, "library": "qp_slowlib"}, 16, True),
     ):
         BACKENDS[_entry.name] = _entry
 

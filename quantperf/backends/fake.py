@@ -1,9 +1,14 @@
 """A deterministic test double (like httpx's MockTransport): it loads no model and spends a
 fixed, busy-waited time per token, so the plugin, baselines, gate and takeaway logic can be
-tested end to end on any CPU. Registered only when QUANTPERF_TEST_BACKENDS=1."""
+tested end to end on any CPU. Registered only when QUANTPERF_TEST_BACKENDS=1.
+
+Option `library` (a module name): per token the fake calls `<library>.work(token_ms)` instead of
+spinning itself, so its speed depends on which version of that package the worker imports (the
+upgrade check's test double). A missing library makes the backend unavailable at load."""
 
 from __future__ import annotations
 
+import importlib
 import time
 
 from ..models import ArchInfo, ModelSource
@@ -23,6 +28,9 @@ class FakeLoaded(LoadedModel):
         self.backend, self.device, self.options = backend, "cpu", options
         self.arch = ArchInfo("fake", params, 4, 4, 64, 256, 1000, False)
         self._bytes = int(params * options["bytes_per_param"])
+        library = options.get("library")
+        # an ImportError here is reported by the worker as "unavailable", naming the module
+        self._work = importlib.import_module(library).work if library else _spin
 
     def weight_bytes(self) -> int:
         return self._bytes
@@ -32,7 +40,7 @@ class FakeLoaded(LoadedModel):
         _spin(self.options["prefill_ms"])
         for _ in range(new_tokens):
             if _:
-                _spin(self.options["token_ms"])
+                self._work(self.options["token_ms"])
             clock.mark()
         return [[1] * new_tokens for _ in range(len(input_ids))]
 
