@@ -54,7 +54,13 @@ def _cmd_run(args) -> int:
         if log:
             log.append(res)
         line = f"{spec.id}: {res.status}"
-        line += f" ({res.reason})" if not res.ok else f" decode {res.metrics['decode_tokens_per_s'].value:.1f} tok/s"
+        if not res.ok:
+            line += f" ({res.reason})"
+        elif "kernel_decode_us_per_layer" in res.metrics:
+            line += (f" decode {res.metrics['kernel_decode_us_per_layer'].value:.2f} us/layer, prefill "
+                     f"{res.metrics['kernel_prefill_us_per_layer'].value:.2f} us/layer")
+        else:
+            line += f" decode {res.metrics['decode_tokens_per_s'].value:.1f} tok/s"
         print(line, file=sys.stderr, flush=True)
     print(results_table(results, markdown=args.markdown))
     return 0 if all(r.status in ("ok", "unavailable", "mode-unsupported") for r in results) else 1
@@ -433,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-blocks", type=int, help="blocks per configuration an inconclusive result may grow to, one "
                    "extra pair at a time; the confidence is split over the planned looks (default: no extension)")
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence of each interval (before the split)")
-    p.add_argument("--tolerance", help="e.g. 'speed:5%%,speed.graph:2%%' (defaults: eager 5%%, graph 3%%, kernel 2%%)")
+    p.add_argument("--tolerance", help="e.g. 'speed:5%%,speed.graph:2%%' (defaults: eager 5%%, graph 3%%, kernel 1%%)")
     p.add_argument("--takeaways", default="baselines/takeaways.toml", help="claims evaluated in A and in B")
     p.add_argument("--strict", action="store_true", help="an inconclusive configuration fails (exit 1)")
     p.add_argument("--markdown", metavar="FILE", help="write a markdown report (a PR comment, $GITHUB_STEP_SUMMARY)")

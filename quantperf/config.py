@@ -116,6 +116,7 @@ class QualityModel(Strict):
 class NoiseModel(Strict):
     configs: list[str] = []
     cv_within_max: dict[str, float] = {}
+    cv_between_max: dict[str, float] = {}
     slowdowns: list[float] = [0.05, 0.10]
     variants: list[str] | None = None
     detect: dict[str, float] = {"graph": 0.05, "eager": 0.10}

@@ -42,7 +42,8 @@ class Tier:
     slow: bool = False
 
 
-NOISE_DEFAULTS = {k: v for k, v in NoiseModel().model_dump().items() if k in ("slowdowns", "variants", "detect", "detect_rate")}
+NOISE_DEFAULTS = {k: v for k, v in NoiseModel().model_dump().items()
+                  if k in ("slowdowns", "variants", "detect", "detect_rate", "cv_between_max")}
 
 
 def _check_names(values: list[str], known, where: str, what: str) -> None:
@@ -63,8 +64,9 @@ def _noise_settings(noise: NoiseModel, where: str) -> dict:
             raise ConfigError(f"{where}.noise.detect: must map modes ({', '.join(MODES)}) to one of the slowdowns "
                               f"{noise.slowdowns}, got {noise.detect!r}")
     _check_names(list(noise.cv_within_max), MODES, f"{where}.noise.cv_within_max", "mode")
+    _check_names(list(noise.cv_between_max), MODES, f"{where}.noise.cv_between_max", "mode")
     return {"slowdowns": list(noise.slowdowns), "variants": noise.variants, "detect": dict(noise.detect),
-            "detect_rate": noise.detect_rate}
+            "detect_rate": noise.detect_rate, "cv_between_max": dict(noise.cv_between_max)}
 
 
 def _list(value, where: str) -> list[str]:

@@ -29,7 +29,7 @@ VARIANTS = {
     "long": {"tokens_factor": 4},
 }
 # what a mode runs when no variants are named: `long` changes graph mode's static cache length
-DEFAULT_VARIANTS = {"eager": ["gc-on", "unpinned", "long"], "graph": ["gc-on", "unpinned"]}
+DEFAULT_VARIANTS = {"eager": ["gc-on", "unpinned", "long"], "graph": ["gc-on", "unpinned"], "kernel": []}
 
 
 def run_noise(samples_per_run: list[list[float]]) -> dict:

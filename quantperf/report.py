@@ -17,10 +17,14 @@ def _fmt(v, digits=1):
 
 
 def results_table(results: list[RunResult], markdown: bool = False) -> str:
-    """One row per configuration: decode tok/s (median, CV), prefill ms, weight/peak MiB, roofline %."""
+    """One row per configuration: decode tok/s (median, CV), prefill ms, weight/peak MiB, roofline %.
+    Kernel-mode results get their own tables (`kernel_tables`) after it."""
     header = ["config", "status", "decode tok/s", "CV %", "prefill ms", "e2e tok/s", "weight MiB", "peak MiB", "roofline %"]
     rows = []
+    kernel = [r for r in results if r.ok and "kernel_decode_us_per_layer" in r.metrics]
     for r in results:
+        if r in kernel:
+            continue
         if not r.ok:
             rows.append([r.spec.id, r.status, (r.reason or "")[:90], "", "", "", "", "", ""])
             continue
@@ -34,7 +38,33 @@ def results_table(results: list[RunResult], markdown: bool = False) -> str:
             _fmt(m["e2e_tokens_per_s"].summary.median), _fmt(m["weight_mib"].value),
             _fmt(peak.value if peak else None), _fmt(None if frac is None else frac * 100, 2),
         ])
-    return format_table(header, rows, markdown)
+    out = format_table(header, rows, markdown) if rows else ""
+    if kernel:
+        out = (out + "\n\n" if out else "") + kernel_tables(kernel, markdown)
+    return out
+
+
+def kernel_tables(results: list[RunResult], markdown: bool = False) -> str:
+    """Kernel mode: per configuration microseconds per decoder layer (decode, prefill) with the CV
+    of the rounds and the timing method; then per module type and shape: us per call, CV of the
+    samples, GB/s with % of the peak and of the measured copy bandwidth, TFLOP/s at prefill."""
+    header = ["config", "decode us/layer", "CV %", "prefill us/layer", "CV %", "method", "copy GB/s"]
+    rows, detail = [], []
+    for r in results:
+        m, fig = r.metrics, (r.figures or {}).get("kernel") or {}
+        dec, pre = m["kernel_decode_us_per_layer"].summary, m["kernel_prefill_us_per_layer"].summary
+        types = fig.get("types", {})
+        methods = sorted({t.get("method", "?") for t in types.values()})
+        rows.append([r.spec.id, _fmt(dec.median, 2), _fmt(dec.cv * 100, 2), _fmt(pre.median, 2), _fmt(pre.cv * 100, 2),
+                     ",".join(methods), _fmt(fig.get("copy_gbps"))])
+        for key, t in types.items():
+            shape, name = key.split(":", 1)
+            pct = lambda v: "-" if v is None else f"{v * 100:.0f}%"  # noqa: E731
+            detail.append([r.spec.backend, r.spec.model_label, shape, name, _fmt(t["us_per_call"], 2),
+                           _fmt(t["cv"] * 100, 2), "L2-hot" if t.get("l2_hot") else _fmt(t.get("gbps")),
+                           pct(t.get("pct_peak")), pct(t.get("pct_copy")), _fmt(t.get("tflops"), 1), t.get("method", "")])
+    dh = ["backend", "model", "shape", "module", "us/call", "CV %", "GB/s", "% peak", "% copy", "TFLOP/s", "method"]
+    return format_table(header, rows, markdown) + "\n\n" + format_table(dh, detail, markdown)
 
 
 def noise_table(rows: list[dict], markdown: bool = False) -> str:
@@ -65,13 +95,13 @@ def evaluation_table(ev, markdown: bool = False) -> str:
     def pct(v):
         return "-" if v is None else f"{v * 100:.2f}%"
 
-    header = ["side", "median tok/s", "CV within", "CV between", "min detectable", "gate flagged", "paired flagged"]
+    header = ["side", "median", "CV within", "CV between", "min detectable", "gate flagged", "paired flagged"]
     rows = []
     for s in ev.noise:
         g, pr = ev.detection(s.side, "gate"), ev.detection(s.side, "paired")
-        rows.append([s.side, f"{s.median:.1f}", pct(s.cv_within), pct(s.cv_between), pct(s.min_detectable),
+        rows.append([s.side, f"{s.median:.4g}", pct(s.cv_within), pct(s.cv_between), pct(s.min_detectable),
                      f"{g.flagged}/{g.trials}" if g else "-", f"{pr.flagged}/{pr.trials}" if pr else "-"])
-    head = (f"{ev.config}: {ev.processes} processes x {ev.rounds} rounds per side, tolerance {ev.tolerance * 100:g}%, "
+    head = (f"{ev.config} ({ev.metric}): {ev.processes} processes x {ev.rounds} rounds per side, tolerance {ev.tolerance * 100:g}%, "
             f"alpha {ev.alpha:g} ('flagged' on clean-b = A/A false alarms; on slow-N% = detections)")
     return "\n".join([head, format_table(header, rows, markdown), *ev.notes])
 

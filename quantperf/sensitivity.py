@@ -5,9 +5,10 @@ Protocol (`run_experiment`), for one configuration in `processes` fresh worker p
 after another (the suite measures each configuration in a fresh process too):
 
 1. each process loads and warms up as the suite does;
-2. the first process calibrates: the mean decode time per token over a few clean rounds. A
-   slowdown `s` becomes a per-token device delay `d = t * s / (1 - s)` (decode tok/s falls by
-   `s`), the same `d` in every process (a library that got slower adds the same work everywhere);
+2. the first process calibrates the scenario's unit of injection over a few clean rounds (the
+   mean decode time per token; in kernel mode, of one linear call at decode shape). A slowdown
+   `s` becomes a device delay `d = t * s / (1 - s)` per unit (the rate falls by `s`), the same
+   `d` in every process (a library that got slower adds the same work everywhere);
 3. in every process the *sides* run interleaved round by round (round-robin, alternating
    direction, as the takeaways' A/B runs): `clean`, `clean-b` (a second clean side: the A/A
    pair), one `slow-N%` side per slowdown, and the ablation variants -- `gc-on` (garbage
@@ -18,11 +19,10 @@ Evaluation (`evaluate`, pure) at the gate's tolerance for the mode:
 
 - noise per side: within-run CV (median over processes), between-process CV of the side's
   medians, and the smallest slowdown a 5-vs-5 round comparison detects (power 0.8);
-- the regression gate, as the suite applies it against stored baselines: trial `p` takes the
-  clean runs of the three processes before it (cyclically) as its recorded baseline -- the
-  latest one's samples and all three medians -- and gates process `p`'s `clean-b` side (an A/A
-  trial: a false alarm if flagged) and each slowed side (a detection if flagged) with
-  `gate.compare_metric`;
+- the regression gate, as the suite applies it (`runlevel.gate`, run medians on the log scale,
+  Student-t interval): trial `p` takes the clean runs of all other processes as its recorded
+  baseline and gates process `p`'s `clean-b` side (an A/A trial: a false alarm if flagged) and
+  each slowed side (a detection if flagged);
 - the interleaved A/B (paired) comparison, as the takeaways use it: per process, the ratio of
   each side to `clean` round by round (`stats.paired_ratio`); flagged when the ratio is worse
   than the tolerance and its confidence interval lies wholly below 1.
@@ -34,12 +34,12 @@ import statistics
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .gate import DEFAULT_ALPHA, compare_metric
+from .gate import DEFAULT_ALPHA
 from .noise import DEFAULT_VARIANTS, VARIANTS, run_noise
 from .stats import paired_ratio
 
 CLEAN, AA = "clean", "clean-b"
-BASELINE_RUNS = 3  # recorded runs a trial's baseline holds (the gate's MIN_BASELINE_RUNS)
+MIN_GATE_PROCESSES = 4  # a gate trial's baseline: the clean runs of the other processes (>= 3)
 CALIBRATION_ROUNDS = 3
 
 
@@ -66,6 +66,8 @@ def make_sides(slowdowns: list[float], variants: list[str] | None, mode: str = "
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown noise variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
+    if mode == "kernel":  # kernel rounds have no tokens: `long` means nothing there
+        variants = [v for v in variants if v != "long"]
     if mode == "graph" and "long" in variants:
         # measured on an H100: alternating lengths made graph-mode rounds 10x noisier and 2x slower
         raise ConfigError("noise variant 'long' changes the static cache length, which in graph mode recompiles "
@@ -77,6 +79,18 @@ def make_sides(slowdowns: list[float], variants: list[str] | None, mode: str = "
 def delay_for(ms_per_token: float, slowdown: float) -> float:
     """Per-token delay that lowers decode tok/s by the fraction `slowdown`."""
     return ms_per_token * slowdown / (1 - slowdown)
+
+
+def gate_trial(metric: str, baseline_runs: list[float], value: float, higher_is_better: bool, tolerance: float,
+               alpha: float):
+    """The suite's run-level gate (runlevel.gate) on one configuration: `baseline_runs` (run
+    medians, one session) against one run's median. One configuration: no session shift."""
+    from .runlevel import RunRecord, Shift, fit_noise, gate
+
+    records = [RunRecord(config_id="trial", metric=metric, value=v, session_id="experiment", run_id=str(i),
+                         higher_is_better=higher_is_better) for i, v in enumerate(baseline_runs)]
+    shift = Shift(0.0, 0.0, 0, ["one configuration in one session: no session shift"])
+    return gate(value, records, fit_noise(records), shift, tolerance, alpha, 1, higher_is_better)
 
 
 def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: list[str] | None, isolation: str = "process",
@@ -92,7 +106,9 @@ def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: li
         raise ConfigError(f"the noise experiment needs >= 2 processes, got {processes}")
     sides = make_sides(slowdowns, variants, spec.mode)
     scenario = scenario_for(spec.mode)
+    metric, higher = scenario.primary
     raw: dict = {"config": spec.id, "spec": spec.to_dict(), "rounds": spec.workload.rounds, "sides": [s.name for s in sides],
+                 "metric": metric, "higher_is_better": higher,
                  "slowdowns": {s.name: s.slowdown for s in sides if s.slowdown}, "variants": [s.name for s in sides if s.name in VARIANTS],
                  "processes": [], "environment": environment()}
     delays: dict[str, float] = {}
@@ -107,9 +123,9 @@ def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: li
             raw.setdefault("backend_identity", side.info["identity"])
             if not delays:
                 cal = worker.rounds(n=CALIBRATION_ROUNDS)
-                per_token = statistics.median(sum(r["decode_ms"]) / len(r["decode_ms"]) for r in cal)
-                raw["calibration_ms_per_token"] = per_token
-                delays = {s.name: delay_for(per_token, s.slowdown) for s in sides if s.slowdown}
+                unit = scenario.injection_unit_ms(cal)
+                raw["calibration_ms_per_unit"] = unit
+                delays = {s.name: delay_for(unit, s.slowdown) for s in sides if s.slowdown}
                 raw["delays_ms"] = delays
 
             def runner(s: Side):
@@ -125,8 +141,7 @@ def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: li
             entry["sides"] = {}
             for name, rs in collected.items():
                 m = scenario.metrics(spec, rs)
-                entry["sides"][name] = {
-                    "decode_tokens_per_s": m["decode_tokens_per_s"].samples, "prefill_ms": m["prefill_ms"].samples,
+                entry["sides"][name] = {k: m[k].samples for k in scenario.gated} | {
                     "throttled_rounds": sum(1 for r in rs if r.get("throttled")),
                     "retried_rounds": sum(1 for r in rs if r.get("retried_after_throttle"))}
         finally:
@@ -135,8 +150,8 @@ def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: li
         if checkpoint:
             checkpoint(raw | {"status": "ok" if p + 1 == processes else "partial"})
         if progress:
-            med = statistics.median(entry["sides"][CLEAN]["decode_tokens_per_s"])
-            progress(f"process {p + 1}/{processes}: clean decode {med:.1f} tok/s")
+            med = statistics.median(entry["sides"][CLEAN][metric])
+            progress(f"process {p + 1}/{processes}: clean {metric} {med:.4g}")
     raw["status"] = "ok"
     return raw
 
@@ -176,6 +191,7 @@ class Evaluation:
     noise: list[SideNoise]
     detections: list[Detection]
     notes: list[str] = field(default_factory=list)
+    metric: str = "decode_tokens_per_s"
 
     def detection(self, side: str, method: str) -> Detection | None:
         return next((d for d in self.detections if d.side == side and d.method == method), None)
@@ -187,10 +203,11 @@ class Evaluation:
     def from_dict(cls, d: dict) -> "Evaluation":
         detections = [Detection(**{k: v for k, v in x.items() if k != "rate"}) for x in d["detections"]]
         return cls(d["config"], d["mode"], d["tolerance"], d["alpha"], d["processes"], d["rounds"],
-                   [SideNoise(**x) for x in d["noise"]], detections, list(d.get("notes", [])))
+                   [SideNoise(**x) for x in d["noise"]], detections, list(d.get("notes", [])),
+                   d.get("metric", "decode_tokens_per_s"))
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "mode": self.mode, "tolerance": self.tolerance, "alpha": self.alpha,
+        return {"config": self.config, "mode": self.mode, "metric": self.metric, "tolerance": self.tolerance, "alpha": self.alpha,
                 "processes": self.processes, "rounds": self.rounds, "notes": self.notes,
                 "noise": [vars(n) for n in self.noise],
                 "detections": [vars(d) | {"rate": d.rate} for d in self.detections]}
@@ -205,8 +222,11 @@ def evaluate(raw: dict, tolerance: float, alpha: float = DEFAULT_ALPHA, confiden
     spec = raw["spec"]
     config = raw.get("config") or f"{spec['model']}-{spec['backend']}-{spec['mode']}"
 
+    metric = raw.get("metric", "decode_tokens_per_s")  # files written before kernel mode name no metric
+    higher = raw.get("higher_is_better", True)
+
     def tps(p, name):
-        return p["sides"][name]["decode_tokens_per_s"]
+        return p["sides"][name][metric]
 
     noise = []
     for name in raw["sides"]:
@@ -219,24 +239,26 @@ def evaluate(raw: dict, tolerance: float, alpha: float = DEFAULT_ALPHA, confiden
     detections = []
     notes = [] if raw["status"] == "ok" else [f"partial: the experiment stopped after {len(procs)} processes"]
     n = len(procs)
-    if n > BASELINE_RUNS:
+    if n >= MIN_GATE_PROCESSES:
         for name in targets:
             flagged, ratios = 0, []
             for i, p in enumerate(procs):
-                base = [procs[(i - k) % n] for k in range(1, BASELINE_RUNS + 1)]
-                v = compare_metric("decode_tokens_per_s", tps(base[0], CLEAN), tps(p, name), True, tolerance, alpha,
-                                   [statistics.median(tps(b, CLEAN)) for b in base])
+                others = [statistics.median(tps(q, CLEAN)) for j, q in enumerate(procs) if j != i]
+                v = gate_trial(metric, others, statistics.median(tps(p, name)), higher, tolerance, alpha)
                 flagged += v.status == "regressed"
                 ratios.append(round(v.ratio, 4))
             detections.append(Detection(name, slow.get(name, 0.0), "gate", flagged, n, ratios))
     else:
-        notes.append(f"gate trials need > {BASELINE_RUNS} processes (a {BASELINE_RUNS}-run baseline from other "
-                     f"processes); got {n}")
+        notes.append(f"gate trials need >= {MIN_GATE_PROCESSES} processes (the clean runs of the others are the "
+                     f"trial's baseline); got {n}")
     for name in targets:
         flagged, ratios = 0, []
         for p in procs:
-            est = paired_ratio(tps(p, CLEAN), tps(p, name), confidence=confidence)
+            if higher:
+                est = paired_ratio(tps(p, CLEAN), tps(p, name), confidence=confidence)
+            else:  # a time: the ratio of rates is the inverse ratio of times
+                est = paired_ratio(tps(p, name), tps(p, CLEAN), confidence=confidence)
             flagged += (1 - est.ratio) > tolerance and est.high < 1
             ratios.append(round(est.ratio, 4))
         detections.append(Detection(name, slow.get(name, 0.0), "paired", flagged, n, ratios))
-    return Evaluation(config, spec["mode"], tolerance, alpha, n, rounds, noise, detections, notes)
+    return Evaluation(config, spec["mode"], tolerance, alpha, n, rounds, noise, detections, notes, metric)

@@ -345,15 +345,19 @@ class SuiteSession:
         self.sensitivity.append({"evaluation": ev.to_dict(), "raw": raw})
         clean = ev.side_noise("clean")
         self.noise_rows.append({
-            "config": spec.id, "mode": spec.mode, "metric": "decode_tokens_per_s", "runs": ev.processes,
+            "config": spec.id, "mode": spec.mode, "metric": raw.get("metric"), "runs": ev.processes,
             "rounds": ev.rounds, "cv_within": clean.cv_within, "cv_between": clean.cv_between,
             "min_detectable": clean.min_detectable, "target": target_cv})
         profile = self.profiles[spec.device]
         problems = []
         if target_cv is not None and clean.cv_within > target_cv:
-            problems.append(f"NOISY {spec.id} [{profile}]: decode tok/s within-run CV {clean.cv_within * 100:.2f}% > target "
+            problems.append(f"NOISY {spec.id} [{profile}]: {raw.get('metric')} within-run CV {clean.cv_within * 100:.2f}% > target "
                             f"{target_cv * 100:.2f}% (between runs {(clean.cv_between or 0) * 100:.2f}%, "
                             f"min detectable {clean.min_detectable * 100:.1f}%)")
+        between_max = (settings.get("cv_between_max") or {}).get(spec.mode)
+        if between_max is not None and clean.cv_between is not None and clean.cv_between > between_max:
+            problems.append(f"NOISY {spec.id} [{profile}]: {raw.get('metric')} between-process CV "
+                            f"{clean.cv_between * 100:.2f}% > target {between_max * 100:.2f}%")
         for method in ("gate", "paired"):
             aa = ev.detection(AA, method)
             if aa and aa.flagged:

@@ -14,7 +14,7 @@ Design, per configuration (model x backend x mode):
 - Pair mean = mean of its blocks' d; across pairs a Student-t interval with P - 1 degrees of
   freedom: the pair (two fresh processes) is the unit, so process-level effects (placement,
   allocator state, clocks at load) are inside the interval, not hidden by many rounds.
-- Decision against the mode's tolerance tau (eager 5%, graph 3%, kernel 2%; `--tolerance`),
+- Decision against the mode's tolerance tau (eager 5%, graph 3%, kernel 1%; `--tolerance`),
   on the log scale, symmetric: `slower` if the whole interval of the ratio B/A lies above 1+tau,
   `faster` if it lies below 1/(1+tau), `same` if it lies inside [1/(1+tau), 1+tau] (equivalence
   shown), else `inconclusive`.

@@ -40,6 +40,10 @@ def main() -> None:
             traceback.print_exc()
             replies.write(json.dumps({"error": type(exc).__name__, "message": str(exc)}) + "\n")
     replies.close()
+    # Everything is answered: skip the interpreter's teardown, which can hang for minutes on
+    # library threads and pools (inductor's compile workers, CUDA contexts) and gains nothing.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -215,6 +215,9 @@ class WorkerCrashed(QuantperfError):
     pass
 
 
+EXIT_TIMEOUT_S = 20  # the worker exits without teardown; longer means it hangs: killed
+
+
 class ProcessWorker:
     """The same interface as LocalWorker, in a fresh `python -m quantperf.worker` process.
 
@@ -286,7 +289,7 @@ class ProcessWorker:
                 self._request("close", {})
                 self.proc.stdin.write(json.dumps({"method": "exit", "kwargs": {}}) + "\n")
                 self.proc.stdin.flush()
-                self.proc.wait(timeout=60)
+                self.proc.wait(timeout=EXIT_TIMEOUT_S)
         except Exception:
             self.proc.kill()
         finally:

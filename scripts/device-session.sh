@@ -1,76 +1,126 @@
 #!/usr/bin/env bash
 # How this repository's GPU numbers were produced on a lent machine with no registry access:
-# carried wheels, the image's own torch/transformers, no install step.
+# carried wheels, the image's own torch/transformers, no install step, calls of a few seconds
+# while a pipeline of measurements runs in the background (a machine goes back after 30 s idle).
 #   bash scripts/device-session.sh PHASE OUTDIR [ARGS]
-# PHASE: ortpart DIR  copy one carried part of the onnxruntime-gpu wheel to /tmp/ortparts (the
-#                     wheel is larger than one call may carry: it travels in parts, one a call)
-#        setup        install .whl/*.whl and the joined onnxruntime-gpu wheel into /tmp/site
-#                     (sha256 checked against .whl-ort.sha256)
-#        record [N]   N recording runs of the GPU tier (the first with quality, the rest without)
-#        aa [N]       N A/A re-runs against the baseline, each into OUTDIR/aaI
-#        inject       a 40 ms/token slowdown injected into torch-fp16 on the small-model configurations
-#        kernel MODEL every CUDA backend's kernels at decode and prefill shape (quantperf run --mode kernel)
-#        noise MODE N [VARIANTS]
-#                     the noise benchmark on the tier's MODE noise configuration in N fresh processes
-# Every phase after setup needs the same machine (it stays warm 30 s between calls): baselines
-# live in /tmp/bl (copied from baselines/ at setup), results in /tmp/qpout; each phase ends by
-# packing its results into OUTDIR/PHASE.tgz and copying the GPU baselines to OUTDIR (a call
-# brings back at most 8 files).
+# PHASE: wheels        install the carried .whl/*.whl (bitsandbytes, torchao, ...) into /tmp/site
+#        ortpart DIR   copy one carried part of the onnxruntime-gpu wheel to /tmp/ortparts (the
+#                      wheel is larger than one call may carry: it travels in parts, one a call)
+#        ortsetup      join the parts (sha256 checked against .whl-ort.sha256), install into /tmp/site
+#        start STEP... snapshot this checkout to /tmp/qp-src and run the STEPs one after another in
+#                      the background (setsid), each under its own time limit; a running pipeline
+#                      is stopped first
+#        collect [S]   wait up to S seconds (default 0) for the pipeline, then pack every step's
+#                      results into OUTDIR/STEP.tgz and print the pipeline's status and log tails
+# STEPs: kernel-1b, kernel-8b (every torch/bitsandbytes/torchao backend in kernel mode),
+#        noise-kernel (the noise benchmark on kernel mode, 10 fresh processes), ort (ort-fp16,
+#        ort-int4, ort-int8 on the CUDA EP, eager and kernel mode; waits for ortsetup),
+#        rec (one recording run of the GPU tier into /tmp/bl), aa (an A/A run), inject (a 40 ms/token
+#        slowdown injected into torch-fp16).
 set -uo pipefail
 phase="$1"; out="$2"
-case "$phase" in ortpart|setup|record|aa|inject|kernel|noise) ;; *) echo "unknown phase $phase" >&2; exit 2 ;; esac
-if [ "$phase" = ortpart ]; then
+Q=/tmp/qpout
+mkdir -p "$Q"
+case "$phase" in
+wheels)
+    mkdir -p /tmp/site /tmp/bl
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 5
+    cp -n baselines/*.json baselines/*.toml /tmp/bl/ 2>/dev/null
+    PYTHONPATH=/tmp/site python3 -c "import bitsandbytes, torchao, pydantic; print('bnb', bitsandbytes.__version__, 'torchao', torchao.__version__)"
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
+    exit $?
+    ;;
+ortpart)
     mkdir -p /tmp/ortparts && cp "$3"/part* /tmp/ortparts/ && ls -la /tmp/ortparts
     exit $?
-fi
-if [ "$phase" = setup ]; then
-    mkdir -p /tmp/site
-    if ls /tmp/ortparts/part* >/dev/null 2>&1; then
-        cat /tmp/ortparts/part* > /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
-        (cd /tmp && sha256sum -c "$OLDPWD/.whl-ort.sha256") || exit 3
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl || exit 4
-    fi
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 5
-    mkdir -p /tmp/bl /tmp/qpout && cp baselines/*.json baselines/*.toml /tmp/bl/
-    PYTHONPATH="/tmp/site:$PWD" python3 -c "import onnxruntime as o, bitsandbytes, torchao, pydantic; print(o.__version__, o.get_available_providers())"
+    ;;
+ortsetup)
+    cat /tmp/ortparts/part* > /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
+    (cd /tmp && sha256sum -c "$OLDPWD/.whl-ort.sha256") || exit 3
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl || exit 4
+    touch /tmp/site/.ort-ready
+    PYTHONPATH=/tmp/site python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"
     exit $?
-fi
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 QUANTPERF_SKIP_INSTALL=1 QUANTPERF_CACHE="${QUANTPERF_CACHE:-/tmp/qpc}"
-pack() { tar czf "$out/$1.tgz" -C /tmp/qpout "$1"; cp /tmp/bl/nvidia-*.json "$out/" 2>/dev/null; true; }
-job() { bash scripts/gpu-job.sh --qp-baselines /tmp/bl "$@"; }
-python3 -c "from quantperf.models import resolve; [resolve(f'synthetic:{s}') for s in ('llama-125m', 'llama-1b')]"
-case "$phase" in
-record)
-    for i in $(seq 1 "${3:-1}"); do
-        n=$(ls -d /tmp/qpout/rec* 2>/dev/null | wc -l); n=$((n + 1))
-        sel=(); [ "$n" -gt 1 ] && sel=(-m "gpu and not quality")
-        QUANTPERF_RESULTS_DIR="/tmp/qpout/rec$n" job --qp-record "${sel[@]}"
-        pack "rec$n"
+    ;;
+start)
+    shift 2
+    if [ -f "$Q/pipeline.pid" ]; then kill -- -"$(cat "$Q/pipeline.pid")" 2>/dev/null; fi
+    rm -rf /tmp/qp-src && mkdir -p /tmp/qp-src && cp -r quantperf benchmarks baselines scripts conftest.py pyproject.toml /tmp/qp-src/
+    echo "pipeline: $* (started $(date -u +%H:%M:%S))" >> "$Q/STATUS"
+    setsid bash /tmp/qp-src/scripts/device-session.sh _run "$out" "$@" > "$Q/pipeline.log" 2>&1 < /dev/null &
+    echo $! > "$Q/pipeline.pid"
+    sleep 2; cat "$Q/pipeline.log"
+    exit 0
+    ;;
+collect)
+    waited=0; limit="${3:-0}"
+    while [ "$waited" -lt "$limit" ] && [ -f "$Q/pipeline.pid" ] && kill -0 "$(cat "$Q/pipeline.pid")" 2>/dev/null; do
+        sleep 5; waited=$((waited + 5))
     done
-    ;;
-aa)
-    for i in $(seq 1 "${3:-1}"); do
-        n=$(ls -d /tmp/qpout/aa* 2>/dev/null | wc -l); n=$((n + 1))
-        QUANTPERF_RESULTS_DIR="/tmp/qpout/aa$n" job -m "gpu and not quality"
-        pack "aa$n"
+    for d in "$Q"/*/; do
+        [ -d "$d" ] || continue
+        n=$(basename "$d"); tar czf "$out/$n.tgz" -C "$Q" "$n"
     done
+    cp /tmp/bl/nvidia-*.json "$out/" 2>/dev/null
+    echo "== STATUS"; cat "$Q/STATUS"
+    echo "== pipeline.log (tail)"; tail -n 40 "$Q/pipeline.log"
+    nvidia-smi --query-gpu=clocks.sm,temperature.gpu,power.draw,memory.used --format=csv,noheader
+    exit 0
     ;;
-inject)
-    QUANTPERF_INJECT_DELAY_MS="torch-fp16=40" QUANTPERF_RESULTS_DIR="/tmp/qpout/inject" \
-        job -m "gpu and not quality" -k "125m or small"
-    pack inject
-    ;;
-kernel)
-    mkdir -p /tmp/qpout/kernel
-    python3 -m quantperf run --device cuda --mode kernel --backend all --model "${3:-synthetic:llama-1b}" \
-        --out "/tmp/qpout/kernel/results.jsonl" 2>&1 | tee "/tmp/qpout/kernel/run.log"
-    pack kernel
-    ;;
-noise)
-    variants=()
-    if [ "$#" -ge 5 ]; then variants=(--qp-noise-variants "$5"); fi
-    QUANTPERF_RESULTS_DIR="/tmp/qpout/noise-$3" job -k "repeatability and $3" --qp-noise-runs "${4:-10}" "${variants[@]}"
-    pack "noise-$3"
-    ;;
+_run) ;;
+*) echo "unknown phase $phase" >&2; exit 2 ;;
 esac
+
+# ---- the background pipeline (runs from the snapshot in /tmp/qp-src) -----------------------
+shift 2
+cd /tmp/qp-src || exit 1
+export PYTHONPATH="/tmp/site:/tmp/qp-src" PYTHONUNBUFFERED=1 QUANTPERF_SKIP_INSTALL=1 QUANTPERF_CACHE=/tmp/qpc
+TORCH_BACKENDS="torch-fp32 torch-fp16 torch-bf16 bnb-int8 bnb-int8-nodecomp bnb-nf4 bnb-fp4 torchao-int8wo torchao-int4wo"
+gpu_job() {  # results dir, time limit, pytest args...
+    local dir="$1" limit="$2"; shift 2
+    mkdir -p "$dir"
+    timeout -k 10 "$limit" python3 -m pytest benchmarks -m gpu -p no:cacheprovider -rsfE -v --durations=0 \
+        -o faulthandler_timeout=200 --qp-baselines /tmp/bl --qp-results "$dir/results.jsonl" "$@" > "$dir/pytest.log" 2>&1
+}
+step() {  # name, then the command
+    local name="$1"; shift
+    local t0; t0=$(date +%s)
+    echo "[$(date -u +%H:%M:%S)] $name: start"
+    "$@"
+    local rc=$?
+    echo "$name rc=$rc $(( $(date +%s) - t0 )) s" >> "$Q/STATUS"
+    echo "[$(date -u +%H:%M:%S)] $name: rc=$rc"
+}
+n_of() { local n; n=$(ls -d "$Q/$1"* 2>/dev/null | wc -l); echo $((n + 1)); }
+for s in "$@"; do
+    case "$s" in
+    kernel-1b|kernel-8b)
+        model="synthetic:llama-${s#kernel-}"; mkdir -p "$Q/$s"
+        # shellcheck disable=SC2086
+        step "$s" timeout -k 10 900 python3 -m quantperf run --device cuda --mode kernel --backend $TORCH_BACKENDS \
+            --model "$model" --out "$Q/$s/results.jsonl" --markdown > "$Q/$s/run.log" 2>&1
+        ;;
+    noise-kernel)
+        step "$s" gpu_job "$Q/$s" 900 -k "repeatability and kernel" --qp-noise-runs 10 --qp-noise-variants ""
+        ;;
+    ort)
+        mkdir -p "$Q/ort"
+        for _ in $(seq 1 120); do [ -f /tmp/site/.ort-ready ] && break; sleep 5; done
+        step ort timeout -k 10 900 python3 -m quantperf run --device cuda --mode eager kernel \
+            --backend ort-fp16 ort-int4 ort-int8 --model synthetic:llama-1b --out "$Q/ort/results.jsonl" --markdown \
+            > "$Q/ort/run.log" 2>&1
+        ;;
+    rec)
+        n=$(n_of rec); step "rec$n" gpu_job "$Q/rec$n" 900 --qp-record -m "gpu and not quality and not slow"
+        ;;
+    aa)
+        n=$(n_of aa); step "aa$n" gpu_job "$Q/aa$n" 900 -m "gpu and not quality and not slow"
+        ;;
+    inject)
+        QUANTPERF_INJECT_DELAY_MS="torch-fp16=40" step inject gpu_job "$Q/inject" 900 -m "gpu and not quality and not slow" -k "125m"
+        ;;
+    *) echo "unknown step $s" ;;
+    esac
+done
+echo "pipeline done $(date -u +%H:%M:%S)" >> "$Q/STATUS"

@@ -172,7 +172,7 @@ cv_within_max = { eager = 0.0000001 }
     """)
     result = run(project, "-m", "cpu", "test_noise.py", "--qp-noise-runs", "2")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*NOISY small-fake-fp16-cpu-bs1-p8-n12-eager [[]cpu-test[]]: decode tok/s within-run CV*",
+    result.stdout.fnmatch_lines(["*NOISY small-fake-fp16-cpu-bs1-p8-n12-eager [[]cpu-test[]]: decode_tokens_per_s within-run CV*",
                                  "*repeatability (fresh process per run):*"])
     summary = json.loads(project.path.joinpath("out", "summary.json").read_text())
     assert summary["repeatability"][0]["runs"] == 2

@@ -79,7 +79,23 @@ def test_run_to_run_wander_blunts_the_gate_but_not_the_paired_comparison():
 def test_too_few_processes_for_gate_trials_is_said():
     ev = evaluate(_raw(processes=3), tolerance=0.03)
     assert ev.detection("slow-5%", "gate") is None and ev.detection("slow-5%", "paired").trials == 3
-    assert "gate trials need > 3 processes" in evaluation_table(ev)
+    assert "gate trials need >= 4 processes" in evaluation_table(ev)
+
+
+def test_a_time_metric_is_gated_in_its_own_direction():
+    """Kernel mode's metric is a time (lower is better): a 2% slowdown is a longer time, flagged at a
+    1% tolerance by the run-level gate (other processes' clean runs as the baseline) and the paired check."""
+    raw = _raw(processes=10, noise=0.001, slow=(0.02,), between=0.001, seed=3)
+    raw["metric"], raw["higher_is_better"] = "kernel_decode_us_per_layer", False
+    for p in raw["processes"]:
+        for side in p["sides"].values():
+            side["kernel_decode_us_per_layer"] = [1e4 / v for v in side.pop("decode_tokens_per_s")]
+    ev = evaluate(raw, tolerance=0.01)
+    assert ev.metric == "kernel_decode_us_per_layer"
+    for method in ("gate", "paired"):
+        assert ev.detection(AA, method).flagged == 0
+        assert ev.detection("slow-2%", method).rate >= 0.9
+    assert ev.detection("slow-2%", "gate").ratios[0] == pytest.approx(1 / 0.98, abs=0.005)
 
 
 def test_a_failed_experiment_is_an_error_and_evaluations_round_trip():

@@ -11,6 +11,8 @@ per-token intervals), end-to-end tok/s; per result, the memory roofline of the d
 
 from __future__ import annotations
 
+import statistics
+
 from .. import trackers as M
 from ..results import Metric
 from .base import Scenario
@@ -55,6 +57,12 @@ def decode_tokens_per_s(batch_size: int, decode_ms: list[float]) -> float:
 class GenerateScenario(Scenario):
     name = "generate"
     gated = ("decode_tokens_per_s", "prefill_ms")  # e2e tok/s repeats decode: reported, not gated
+    primary = ("decode_tokens_per_s", True)  # the noise experiment's metric and whether higher is better
+
+    @staticmethod
+    def injection_unit_ms(rounds: list[dict]) -> float:
+        """What `inject_ms` is added to: the mean decode time of one token (ms)."""
+        return statistics.median(sum(r["decode_ms"]) / len(r["decode_ms"]) for r in rounds)
 
     def __init__(self, spec, loaded, settings=None):
         super().__init__(spec, loaded, settings)

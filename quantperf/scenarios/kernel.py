@@ -146,7 +146,7 @@ def _sleep_cycles_per_us() -> float:
 class _Walk:
     """One module type across all layers at one shape, timed by the best method available."""
 
-    def __init__(self, modules, inputs, device: str, inject_us: float, replays: int):
+    def __init__(self, modules, inputs, device: str, inject_us: float | None, replays: int):
         self.modules, self.inputs, self.device = modules, inputs, device
         self.inject_us, self.replays = inject_us, replays
         self.graph = None
@@ -156,22 +156,26 @@ class _Walk:
             self._capture()
 
     def run(self) -> None:
-        inject = self.inject_us
         for m, x in zip(self.modules, self.inputs):
             m(x)
-            if inject:
-                if self.device == "cuda":
-                    import torch
+        if self.inject_us is not None:
+            # One delay at the end of the walk (inject_us per module call on average): a sleep
+            # kernel per call would cost more launch overhead than a small slowdown is worth.
+            # inject_us = 0 keeps the (empty) sleep node, so that a clean side and a slowed side
+            # differ by the calibrated delay only.
+            total = self.inject_us * len(self.modules)
+            if self.device == "cuda":
+                import torch
 
-                    torch.cuda._sleep(int(inject * _sleep_cycles_per_us()))
-                else:
-                    M._cpu_spin(inject / 1e3)
+                torch.cuda._sleep(int(total * _sleep_cycles_per_us()))
+            elif total:
+                M._cpu_spin(total / 1e3)
 
     def _capture(self) -> None:
         global _CAPTURE_BROKEN
         import torch
 
-        if self.inject_us:
+        if self.inject_us is not None:
             _sleep_cycles_per_us()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -218,6 +222,13 @@ class _Walk:
 class KernelScenario(Scenario):
     name = "kernel"
     gated = ("kernel_decode_us_per_layer", "kernel_prefill_us_per_layer")
+    primary = ("kernel_decode_us_per_layer", False)
+
+    @classmethod
+    def injection_unit_ms(cls, rounds: list[dict]) -> float:
+        """What `inject_ms` is added to: the mean time of one linear call at decode shape (ms),
+        so that a delay d per call slows the decode layer time by d / unit."""
+        return statistics.median(cls.per_layer_us(r, "decode") for r in rounds) / len(LINEAR_TYPES) / 1e3
     SAMPLES = 3  # per round and module type: 5 rounds make the 15 samples of a run
     REPLAYS = {"cuda": 50, "cpu": 5}
 
@@ -248,7 +259,10 @@ class KernelScenario(Scenario):
             self._copy_gbps = copy_bandwidth_gbps(self.spec.device)
 
     def _walk(self, t: str, shape: str) -> _Walk:
-        inject_us = (self.settings.get("inject_ms") or M.injected_delay_ms(self.spec.backend)) * 1e3
+        ms = self.settings.get("inject_ms")
+        if ms is None:
+            ms = M.injected_delay_ms(self.spec.backend) or None  # QUANTPERF_INJECT_DELAY_MS: ms per module call
+        inject_us = None if ms is None else ms * 1e3
         key = (t, shape, inject_us)
         if key not in self._walks:
             xs = self._inputs[t] if t != "lm_head" else self._inputs["lm_head"]
