@@ -7,16 +7,18 @@
 #        ortpart DIR   copy one carried part of the onnxruntime-gpu wheel to /tmp/ortparts (the
 #                      wheel is larger than one call may carry: it travels in parts, one a call)
 #        ortsetup      join the parts (sha256 checked against .whl-ort.sha256), install into /tmp/site
-#        start STEP... snapshot this checkout to /tmp/qp-src and run the STEPs one after another in
+#        start STEP... snapshot this checkout to /tmp/qp-src.* and run the STEPs one after another in
 #                      the background (setsid), each under its own time limit; a running pipeline
 #                      is stopped first
+#        after STEP... the same, queued behind the running pipeline
 #        collect [S]   wait up to S seconds (default 0) for the pipeline, then pack every step's
 #                      results into OUTDIR/STEP.tgz and print the pipeline's status and log tails
 # STEPs: kernel-1b, kernel-8b (every torch/bitsandbytes/torchao backend in kernel mode),
 #        noise-kernel (the noise benchmark on kernel mode, 10 fresh processes), ort (ort-fp16,
 #        ort-int4, ort-int8 on the CUDA EP, eager and kernel mode; waits for ortsetup),
 #        rec (one recording run of the GPU tier into /tmp/bl), aa (an A/A run), inject (a 40 ms/token
-#        slowdown injected into torch-fp16).
+#        slowdown injected into torch-fp16 on llama-125m); QP_K selects their tests (pytest -k, default
+#        125m), QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b.
 set -uo pipefail
 phase="$1"; out="$2"
 Q=/tmp/qpout
@@ -43,14 +45,17 @@ ortsetup)
     PYTHONPATH=/tmp/site python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"
     exit $?
     ;;
-start)
+start|after)
+    # start: stop a running pipeline first; after: queue behind it
     shift 2
-    if [ -f "$Q/pipeline.pid" ]; then kill -- -"$(cat "$Q/pipeline.pid")" 2>/dev/null; fi
-    rm -rf /tmp/qp-src && mkdir -p /tmp/qp-src && cp -r quantperf benchmarks baselines scripts conftest.py pyproject.toml /tmp/qp-src/
-    echo "pipeline: $* (started $(date -u +%H:%M:%S))" >> "$Q/STATUS"
-    setsid bash /tmp/qp-src/scripts/device-session.sh _run "$out" "$@" > "$Q/pipeline.log" 2>&1 < /dev/null &
+    prev=""; [ -f "$Q/pipeline.pid" ] && prev=$(cat "$Q/pipeline.pid")
+    if [ "$phase" = start ] && [ -n "$prev" ]; then kill -- -"$prev" 2>/dev/null; prev=""; fi
+    src=$(mktemp -d /tmp/qp-src.XXXX) && cp -r quantperf benchmarks baselines scripts conftest.py pyproject.toml "$src/"
+    echo "pipeline: $* (queued $(date -u +%H:%M:%S))" >> "$Q/STATUS"
+    setsid bash -c "while [ -n '$prev' ] && kill -0 '$prev' 2>/dev/null; do sleep 2; done; \
+        exec bash '$src/scripts/device-session.sh' _run '$out' $*" >> "$Q/pipeline.log" 2>&1 < /dev/null &
     echo $! > "$Q/pipeline.pid"
-    sleep 2; cat "$Q/pipeline.log"
+    sleep 1; tail -n 3 "$Q/pipeline.log"
     exit 0
     ;;
 collect)
@@ -74,8 +79,10 @@ esac
 
 # ---- the background pipeline (runs from the snapshot in /tmp/qp-src) -----------------------
 shift 2
-cd /tmp/qp-src || exit 1
-export PYTHONPATH="/tmp/site:/tmp/qp-src" PYTHONUNBUFFERED=1 QUANTPERF_SKIP_INSTALL=1 QUANTPERF_CACHE=/tmp/qpc
+src="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$src" || exit 1
+export PYTHONPATH="/tmp/site:$src" PYTHONUNBUFFERED=1 QUANTPERF_SKIP_INSTALL=1 QUANTPERF_CACHE=/tmp/qpc
+QP_K="${QP_K:-125m}"  # which GPU-tier tests rec/aa/inject run (pytest -k)
 TORCH_BACKENDS="torch-fp32 torch-fp16 torch-bf16 bnb-int8 bnb-int8-nodecomp bnb-nf4 bnb-fp4 torchao-int8wo torchao-int4wo"
 gpu_job() {  # results dir, time limit, pytest args...
     local dir="$1" limit="$2"; shift 2
@@ -97,8 +104,9 @@ for s in "$@"; do
     case "$s" in
     kernel-1b|kernel-8b)
         model="synthetic:llama-${s#kernel-}"; mkdir -p "$Q/$s"
+        backends="${QP_1B_BACKENDS:-$TORCH_BACKENDS}"; [ "$s" = kernel-8b ] && backends="${QP_8B_BACKENDS:-$TORCH_BACKENDS}"
         # shellcheck disable=SC2086
-        step "$s" timeout -k 10 900 python3 -m quantperf run --device cuda --mode kernel --backend $TORCH_BACKENDS \
+        step "$s" timeout -k 10 900 python3 -m quantperf run --device cuda --mode kernel --backend $backends \
             --model "$model" --out "$Q/$s/results.jsonl" --markdown > "$Q/$s/run.log" 2>&1
         ;;
     noise-kernel)
@@ -112,13 +120,14 @@ for s in "$@"; do
             > "$Q/ort/run.log" 2>&1
         ;;
     rec)
-        n=$(n_of rec); step "rec$n" gpu_job "$Q/rec$n" 900 --qp-record -m "gpu and not quality and not slow"
+        n=$(n_of rec); step "rec$n" gpu_job "$Q/rec$n" 900 --qp-record -m "gpu and not quality and not slow" -k "$QP_K"
         ;;
     aa)
-        n=$(n_of aa); step "aa$n" gpu_job "$Q/aa$n" 900 -m "gpu and not quality and not slow"
+        n=$(n_of aa); step "aa$n" gpu_job "$Q/aa$n" 900 -m "gpu and not quality and not slow" -k "$QP_K"
         ;;
     inject)
-        QUANTPERF_INJECT_DELAY_MS="torch-fp16=40" step inject gpu_job "$Q/inject" 900 -m "gpu and not quality and not slow" -k "125m"
+        QUANTPERF_INJECT_DELAY_MS="torch-fp16=40" step inject gpu_job "$Q/inject" 900 -m "gpu and not quality and not slow" \
+            -k "($QP_K) and 125m"
         ;;
     *) echo "unknown step $s" ;;
     esac

@@ -182,8 +182,9 @@ def _profile(tmp_path, runs):
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
-def test_placement_flags_a_cpu_compute_node_and_a_memcpy(tmp_path):
+def test_placement_flags_a_cpu_compute_node_and_reports_input_copies(tmp_path):
     from quantperf.backends.ort import node_placement, placement_problems
+    from quantperf.backends.ort.session import host_copies
 
     clean = [("Shape", CPU), ("Gather", CPU), ("Concat", CPU), ("MatMul", CUDA), ("MatMulNBits", CUDA), ("Softmax", CUDA)]
     bad = [("Shape", CPU), ("MatMulInteger", CPU), ("DynamicQuantizeLinear", CPU), ("MemcpyToHost", CUDA),
@@ -192,8 +193,11 @@ def test_placement_flags_a_cpu_compute_node_and_a_memcpy(tmp_path):
     assert placement == {CPU: {"Shape": 1, "MatMulInteger": 1, "DynamicQuantizeLinear": 1},
                          CUDA: {"MemcpyToHost": 1, "MemcpyFromHost": 1, "MatMul": 2}}
     assert placement_problems(placement, CUDA) == [
-        "DynamicQuantizeLinear on CPUExecutionProvider (x1)", "MatMulInteger on CPUExecutionProvider (x1)",
-        "MemcpyFromHost on CUDAExecutionProvider (x1)", "MemcpyToHost on CUDAExecutionProvider (x1)"]
+        "DynamicQuantizeLinear on CPUExecutionProvider (x1)", "MatMulInteger on CPUExecutionProvider (x1)"]
+    # the CUDA EP copying host-fed inputs (token ids) is reported, not disqualifying; a Memcpy on the CPU EP is
+    assert host_copies(placement, CUDA) == {"MemcpyToHost": 1, "MemcpyFromHost": 1}
+    assert placement_problems({CPU: {"MemcpyFromHost": 1}, CUDA: {"MatMul": 2}}, CUDA) == [
+        "MemcpyFromHost on CPUExecutionProvider (x1)"]
     # shape plumbing on the CPU is fine; only the last run (the decode step) is judged
     assert placement_problems(node_placement(_profile(tmp_path, [bad, clean]), last_run_only=True), CUDA) == []
     assert placement_problems(node_placement(_profile(tmp_path, [bad, clean])), CUDA) != []

@@ -37,6 +37,7 @@ LINEAR_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
 SHAPES = ("decode", "prefill")
 L2_HOT_MARGIN = 1.05  # a figure above the measured copy bandwidth by more than this is L2-hot, not a result
+EAGER_REPLAY_DIVISOR = 10
 _CAPTURE_BROKEN = False  # a failed capture breaks CUDA's RNG state for later captures in this process
 _CYCLES_PER_US: float | None = None
 
@@ -154,6 +155,8 @@ class _Walk:
         self.note = ""
         if device == "cuda":
             self._capture()
+            if self.graph is None:  # eager-timed walks are 10-100x slower: fewer per sample, fixed per config
+                self.replays = max(1, replays // EAGER_REPLAY_DIVISOR)
 
     def run(self) -> None:
         for m, x in zip(self.modules, self.inputs):

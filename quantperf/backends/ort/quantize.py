@@ -87,6 +87,23 @@ def _int4(src: Path, out: Path) -> dict:
     return {"method": "MatMulNBits", "bits": 4, "block_size": INT4_BLOCK_SIZE, "symmetric": True}
 
 
+def _unique_node_names(graph) -> int:
+    """The fp16 converter names the Casts it inserts after the node they serve, so one node
+    feeding two kept-fp32 consumers gives two nodes of one name, which onnxruntime refuses to
+    load ("two nodes with same node name"). Names carry no meaning: suffix the repeats."""
+    seen: set[str] = set()
+    renamed = 0
+    for node in graph.node:
+        if node.name and node.name in seen:
+            i = 1
+            while f"{node.name}_{i}" in seen:
+                i += 1
+            node.name = f"{node.name}_{i}"
+            renamed += 1
+        seen.add(node.name)
+    return renamed
+
+
 def _fp16(src: Path, out: Path) -> dict:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -97,6 +114,7 @@ def _fp16(src: Path, out: Path) -> dict:
     # which works for graphs over protobuf's 2 GB limit
     model = OnnxModel(convert_float_to_float16(str(src), keep_io_types=False, node_block_list=keep))
     model.remove_cascaded_cast_nodes()
+    _unique_node_names(model.model.graph)
     model.save_model_to_file(str(out), use_external_data_format=True)
     return {"method": "convert_float_to_float16", "keep_io_types": False,
             "fp32_modules": list(FP16_KEEP_FP32_MODULES), "fp32_nodes": len(keep)}

@@ -139,13 +139,20 @@ def node_placement(profile_file: str, last_run_only: bool = False) -> dict[str, 
 
 def placement_problems(placement: dict[str, dict[str, int]], wanted: str) -> list[str]:
     """What disqualifies a run on `wanted`: compute ops that ran on another provider (shape
-    plumbing excepted) and any Memcpy node, as `op on provider (xN)`."""
+    plumbing excepted) and any Memcpy node placed on another provider, as `op on provider (xN)`.
+    A Memcpy on `wanted` itself is the EP fetching a host-fed input (the token ids of a step):
+    reported by `host_copies`, not disqualifying."""
     bad = []
     for provider, ops in sorted(placement.items()):
         for op, n in sorted(ops.items()):
-            if op.startswith(MEMCPY_OPS) or (provider != wanted and op not in HOST_OK_OPS):
+            if provider != wanted and (op.startswith(MEMCPY_OPS) or op not in HOST_OK_OPS):
                 bad.append(f"{op} on {provider} (x{n})")
     return bad
+
+
+def host_copies(placement: dict[str, dict[str, int]], wanted: str) -> dict[str, int]:
+    """Memcpy nodes the `wanted` EP ran per step (host <-> device copies of inputs/outputs)."""
+    return {op: n for op, n in placement.get(wanted, {}).items() if op.startswith(MEMCPY_OPS)}
 
 
 def step_inputs(ids, total_past: int, past_len: int, dummy: bool) -> dict:
@@ -328,8 +335,8 @@ class OrtLoaded(LoadedModel):
         bad = placement_problems(self._placement, CUDA_EP)
         if bad:
             raise BackendUnavailable(
-                f"{self.backend}: on the CUDA execution provider a decode step ran {', '.join(bad)}; compute on the "
-                "CPU EP or a host copy inside the graph is not a GPU result"
+                f"{self.backend}: on the CUDA execution provider a decode step ran {', '.join(bad)}; compute or "
+                "copies on the CPU EP are not a GPU result"
             )
 
     def weight_bytes(self) -> int:
