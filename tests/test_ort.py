@@ -293,3 +293,32 @@ def test_cuda_sessions_disable_cpu_fallback_and_say_when_ort_refuses(monkeypatch
     monkeypatch.setattr(FakeSession, "providers", ["CPUExecutionProvider"])
     with pytest.raises(BackendUnavailable, match="could not start the CUDA execution provider"):
         S.create_session("m.onnx", options, "cuda")
+
+
+def test_a_cast_the_fp16_converter_emits_twice_is_dropped_and_the_graph_loads():
+    """Seen on an H200 with onnxruntime-gpu 1.31.1 on synthetic llama-1b: the converter emitted
+    `embedding_cast_to_fp32_node` twice; onnxruntime refused the model (duplicate node, then
+    duplicate value). The repair drops an identical repeat and refuses two different definitions."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantperf.backends.ort.quantize import repair_converted_graph
+
+    w = numpy_helper.from_array(np.arange(40, dtype=np.float16).reshape(10, 4), "W")
+    cast = lambda: helper.make_node("Cast", ["e"], ["e32"], name="e_cast_to_fp32_node", to=TensorProto.FLOAT)  # noqa: E731
+    nodes = [helper.make_node("Gather", ["W", "ids"], ["e"], name="embedding"), cast(), cast(),
+             helper.make_node("Relu", ["e32"], ["out"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(Exception, match="[Dd]uplicate|same node name"):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert repair_converted_graph(model.graph) == {"duplicate_nodes_dropped": 1, "nodes_renamed": 0}
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"ids": np.array([[0, 1, 2]], dtype=np.int64)})[0]
+    assert out.shape == (1, 3, 4) and float(out[0, 2, 3]) == 11.0
+    model.graph.node.append(helper.make_node("Relu", ["e"], ["e32"], name="other"))
+    with pytest.raises(ValueError, match="defined by two different nodes"):
+        repair_converted_graph(model.graph)

@@ -87,10 +87,29 @@ def _int4(src: Path, out: Path) -> dict:
     return {"method": "MatMulNBits", "bits": 4, "block_size": INT4_BLOCK_SIZE, "symmetric": True}
 
 
-def _unique_node_names(graph) -> int:
-    """The fp16 converter names the Casts it inserts after the node they serve, so one node
-    feeding two kept-fp32 consumers gives two nodes of one name, which onnxruntime refuses to
-    load ("two nodes with same node name"). Names carry no meaning: suffix the repeats."""
+def repair_converted_graph(graph) -> dict:
+    """The fp16 converter inserts a Cast per kept-fp32 consumer, named after the value it casts:
+    where one value feeds several kept-fp32 nodes on some graphs (LLaMA's embedding output on
+    onnxruntime 1.31) it emits the same Cast twice -- two nodes of one name defining one value,
+    which onnxruntime refuses to load ("Duplicate definition of name"). A repeat that computes
+    the same thing (op, inputs, attributes) as the first definition is dropped; two different
+    definitions of one value are an error. Then node names are made unique (they carry no meaning)."""
+    first: dict[str, object] = {}
+    drop = []
+    for node in graph.node:
+        same = [first[o] for o in node.output if o in first]
+        if same:
+            prev = same[0]
+            if (prev.op_type, list(prev.input), list(prev.output), list(prev.attribute)) != \
+                    (node.op_type, list(node.input), list(node.output), list(node.attribute)):
+                raise ValueError(f"fp16 conversion: value {node.output[0]!r} is defined by two different nodes "
+                                 f"({prev.name!r}, {node.name!r}); cannot repair")
+            drop.append(node)
+            continue
+        for o in node.output:
+            first[o] = node
+    for node in drop:
+        graph.node.remove(node)
     seen: set[str] = set()
     renamed = 0
     for node in graph.node:
@@ -101,7 +120,7 @@ def _unique_node_names(graph) -> int:
             node.name = f"{node.name}_{i}"
             renamed += 1
         seen.add(node.name)
-    return renamed
+    return {"duplicate_nodes_dropped": len(drop), "nodes_renamed": renamed}
 
 
 def _fp16(src: Path, out: Path) -> dict:
@@ -114,10 +133,10 @@ def _fp16(src: Path, out: Path) -> dict:
     # which works for graphs over protobuf's 2 GB limit
     model = OnnxModel(convert_float_to_float16(str(src), keep_io_types=False, node_block_list=keep))
     model.remove_cascaded_cast_nodes()
-    _unique_node_names(model.model.graph)
+    repaired = repair_converted_graph(model.model.graph)
     model.save_model_to_file(str(out), use_external_data_format=True)
     return {"method": "convert_float_to_float16", "keep_io_types": False,
-            "fp32_modules": list(FP16_KEEP_FP32_MODULES), "fp32_nodes": len(keep)}
+            "fp32_modules": list(FP16_KEEP_FP32_MODULES), "fp32_nodes": len(keep), **repaired}
 
 
 _BUILDERS = {"int8": _int8, "int4": _int4, "fp16": _fp16}
