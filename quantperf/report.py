@@ -40,7 +40,12 @@ def results_table(results: list[RunResult], markdown: bool = False) -> str:
         ])
     out = format_table(header, rows, markdown) if rows else ""
     if kernel:
+        from .scenarios.kernel import decomposition_lines
+
         out = (out + "\n\n" if out else "") + kernel_tables(kernel, markdown)
+        lines = decomposition_lines(results)
+        if lines:
+            out += "\n\n" + "\n".join(lines)
     return out
 
 

@@ -426,6 +426,9 @@ class SuiteSession:
                                    r.timings.get("adaptive_extra_rounds") or 0,
                                    ("confirmation run; " if key.startswith("confirm:") else "")
                                    + ("" if r.validity.get("valid", True) else "throttled")))
+        from .scenarios.kernel import decomposition_lines
+
+        self.notes.extend(decomposition_lines([r for k, r in self.results.items() if not k.startswith(("quality:", "confirm:"))]))
         return SessionSummary(profiles=dict(self.profiles), configs=list(self.outcomes.values()), claims=claims,
                               noise=noise, repeatability=list(self.noise_rows), sensitivity=list(self.sensitivity),
                               recorded=list(self.recorded), notes=list(dict.fromkeys(self.notes)),

@@ -186,6 +186,11 @@ def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence:
                                notes=[f"{side.spec.id} not measured: {side.reason}"])
     from scipy.stats import norm
 
+    methods = [timing_methods(r) for r in (a, b)]
+    if all(methods) and methods[0] != methods[1]:
+        return ClaimResult(claim, profile, "inconclusive", expected, None, None, None, confidence,
+                           notes=[f"timing methods differ ({a.spec.backend}: {', '.join(methods[0])}; {b.spec.backend}: "
+                                  f"{', '.join(methods[1])}): kernel figures are never compared across methods"])
     p = None
     if claim.metric in ("ppl",) and a.quality and b.quality:
         ratio, low, high = _quality_ratio(a, b, norm.ppf(0.5 + confidence / 2))
@@ -208,6 +213,12 @@ def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence:
     verdict = classify(claim.bounds, low, high)
     n = min(len(a.metrics[claim.metric].samples), len(b.metrics[claim.metric].samples)) if claim.metric in a.metrics else 0
     return ClaimResult(claim, profile, verdict, expected, ratio, low, high, confidence, p, n)
+
+
+def timing_methods(result: RunResult) -> list[str]:
+    """Kernel mode: the timing methods of a result's figures (cuda-graph, eager-timed, ...)."""
+    types = ((result.figures or {}).get("kernel") or {}).get("types") or {}
+    return sorted({t.get("method") for t in types.values() if t.get("method")})
 
 
 def is_inconclusive(claim: Claim, a_samples: list[float], b_samples: list[float], confidence: float = 0.95) -> bool:

@@ -85,3 +85,35 @@ def test_ort_kernel_mode_on_the_cpu(model_cache):
         assert all(r["us_per_call"] > 0 for r in table.values())
     finally:
         w.close()
+
+
+def test_the_decode_step_is_decomposed_when_graph_and_kernel_results_meet():
+    from quantperf.results import Metric, RunResult
+    from quantperf.scenarios.kernel import decomposition_lines, decompositions
+
+    w = Workload(batch_size=1, prompt_tokens=16, new_tokens=4, warmup_rounds=1, rounds=3)
+    graph = RunResult(spec=RunSpec("synthetic:llama-1b", "torch-fp16", "cuda", "graph", w),
+                      metrics={"decode_tokens_per_s": Metric.of("decode_tokens_per_s", [400.0, 400.0])})
+    kernel = RunResult(spec=RunSpec("synthetic:llama-1b", "torch-fp16", "cuda", "kernel", w),
+                       metrics={"kernel_decode_us_per_layer": Metric.of("kernel_decode_us_per_layer", [50.0, 50.0])},
+                       arch={"num_layers": 22}, figures={"kernel": {"types": {"decode:lm_head": {"us_per_call": 35.0}}}})
+    (d,) = decompositions([graph, kernel])
+    assert d["step_ms"] == pytest.approx(2.5) and d["linears_ms"] == pytest.approx((50 * 22 + 35) / 1e3)
+    assert d["consistent"] and "linear kernels 1.135 ms (45%)" in decomposition_lines([graph, kernel])[0]
+    assert decompositions([kernel]) == []
+
+
+def test_bnb_int8_footprint_is_the_same_before_and_after_a_forward(model_cache):
+    """bitsandbytes moves LLM.int8's row scales from `weight.SCB` to `module.state.SCB` on the
+    first forward; the weight footprint must count them either way."""
+    pytest.importorskip("bitsandbytes")
+    from quantperf.backends.hf import module_weight_bytes
+
+    w = LocalWorker(RunSpec("synthetic:llama-tiny", "bnb-int8", "cpu", "kernel", WORKLOAD))
+    if w.load()["status"] != "ok":
+        pytest.skip("bnb-int8 does not load on this CPU")
+    model = w.loaded.model
+    before = module_weight_bytes(model)
+    assert w.warmup()["status"] == "ok"  # forwards every linear module
+    assert module_weight_bytes(model) == before
+    w.close()

@@ -95,3 +95,23 @@ def test_unmeasured_side_is_inconclusive_with_reason(tmp_path):
 def test_bad_claim_files_name_the_field(tmp_path, mutation, match):
     with pytest.raises(ConfigError, match=match):
         _claim(tmp_path, CLAIM.replace(*mutation))
+
+
+def _kernel_res(backend, samples, method):
+    spec = RunSpec("synthetic:llama-1b", backend, "cuda", "kernel", Workload())
+    types = {f"decode:{t}": {"method": method} for t in ("q_proj", "down_proj")}
+    return RunResult(spec=spec, metrics={"kernel_decode_us_per_layer": Metric.of("kernel_decode_us_per_layer", samples)},
+                     figures={"kernel": {"types": types}})
+
+
+def test_kernel_claims_hold_on_time_ratios_and_never_compare_timing_methods():
+    claims = {c.id: c for c in load_claims(ROOT / "baselines" / "takeaways.toml")}
+    claim = claims["medium-int8-kernels-slower-than-fp16"]
+    assert claim.metric == "kernel_decode_us_per_layer" and claim.a.mode == claim.b.mode == "kernel"
+    fp16 = _kernel_res("torch-fp16", [50.5, 50.6, 50.4, 50.5, 50.55], "cuda-graph")
+    int8 = _kernel_res("bnb-int8-nodecomp", [92.3, 92.2, 92.4, 92.3, 92.25], "cuda-graph")
+    held = evaluate(claim, fp16, int8, "nvidia-h200", expected=None)
+    assert held.verdict == "holds" and held.ratio == pytest.approx(92.3 / 50.5, rel=0.01)
+    eager = _kernel_res("bnb-int8-nodecomp", [1288.0, 1290.0, 1285.0, 1300.0, 1280.0], "eager-timed")
+    mixed = evaluate(claim, fp16, eager, "nvidia-h200", expected="holds")
+    assert mixed.verdict == "inconclusive" and "timing methods differ" in mixed.message()

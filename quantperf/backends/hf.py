@@ -56,6 +56,14 @@ def module_weight_bytes(model) -> int:
         total += _quant_state_bytes(getattr(p, "quant_state", None), seen)
     for b in model.buffers():
         total += tensor_bytes(b, seen)
+    # bitsandbytes LLM.int8: after the first forward the row scales move from `weight.SCB` to the
+    # module's MatmulLtState (`state.SCB`, and `state.CB` the int8 weight itself): count them there too
+    # (the storage de-duplication keeps a tensor seen twice from counting twice)
+    for m in model.modules() if hasattr(model, "modules") else ():
+        state = getattr(m, "state", None)
+        if state is not None and hasattr(state, "SCB"):
+            total += tensor_bytes(getattr(state, "SCB", None), seen)
+            total += tensor_bytes(getattr(state, "CB", None), seen)
     return total
 
 

@@ -373,4 +373,35 @@ def decode_decomposition(step_ms: float, kernel_sum_ms: float) -> dict:
             "linears_fraction": kernel_sum_ms / step_ms if step_ms else None, "consistent": kernel_sum_ms <= step_ms}
 
 
+def decompositions(results) -> list[dict]:
+    """For each kernel-mode result with a graph-mode result of the same model, backend and
+    device in `results`: the graph-mode decode step against the sum of its linear kernels
+    (per-layer decode time x layers + the lm_head), via `decode_decomposition`."""
+    out = []
+    for k in results:
+        if not k.ok or "kernel_decode_us_per_layer" not in k.metrics:
+            continue
+        g = next((r for r in results if r.ok and r.spec.mode == "graph" and r.spec.model == k.spec.model
+                  and r.spec.backend == k.spec.backend and r.spec.device == k.spec.device
+                  and "decode_tokens_per_s" in r.metrics), None)
+        layers = (k.arch or {}).get("num_layers")
+        if g is None or not layers:
+            continue
+        head = (((k.figures or {}).get("kernel") or {}).get("types") or {}).get("decode:lm_head", {}).get("us_per_call", 0.0)
+        step_ms = k.spec.workload.batch_size * 1e3 / g.metrics["decode_tokens_per_s"].value
+        linears_ms = (k.metrics["kernel_decode_us_per_layer"].value * layers + head) / 1e3
+        out.append({"config": k.spec.id, "graph_config": g.spec.id, **decode_decomposition(step_ms, linears_ms)})
+    return out
+
+
+def decomposition_lines(results) -> list[str]:
+    lines = []
+    for d in decompositions(results):
+        flag = "" if d["consistent"] else "  INCONSISTENT: the kernels take longer than the step"
+        lines.append(f"decode step {d['graph_config']}: {d['step_ms']:.3f} ms = linear kernels {d['linears_ms']:.3f} ms "
+                     f"({d['linears_fraction'] * 100:.0f}%) + the rest {d['rest_ms']:.3f} ms (attention, norms, "
+                     f"launches){flag}")
+    return lines
+
+
 SCENARIO = KernelScenario
