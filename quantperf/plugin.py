@@ -28,6 +28,7 @@ RESULTS = "--qp-results"
 MAX_ROUNDS = "--qp-max-rounds"
 NOISE_RUNS = "--qp-noise-runs"
 NOISE_VARIANTS = "--qp-noise-variants"
+REPORT = "--qp-report"
 
 MARKERS = {
     "gpu": "needs an NVIDIA GPU (the GPU tier); skipped with a reason elsewhere",
@@ -59,6 +60,7 @@ def pytest_addoption(parser):
     g.addoption(ALPHA, type=float, help="significance level of the regression gate (default 0.01)")
     g.addoption(ISOLATION, choices=["process", "inprocess"], help="measure each configuration in a fresh process (default) or in this one")
     g.addoption(RESULTS, help="JSON-lines file every measured configuration is appended to (ini: qp_results)")
+    g.addoption(REPORT, metavar="DIR", help="after the session, write DIR/report.html (plots embedded) and DIR/report.md")
     g.addoption(MAX_ROUNDS, type=int, help="adaptive rounds: an inconclusive takeaway may add rounds up to this many per side")
     g.addoption(NOISE_RUNS, type=int, default=0,
                 help="noise benchmark: run each tier's noise configurations in this many fresh processes "
@@ -259,6 +261,16 @@ def pytest_sessionfinish(session, exitstatus):
     qp = getattr(session.config, "_qp_session", None)
     if qp is not None and qp.log is not None:
         qp.summary().write(qp.log.path.with_name("summary.json"))
+    report_dir = session.config.getoption(REPORT)
+    if qp is not None and report_dir:
+        from pathlib import Path
+
+        from .htmlreport import ReportData, write
+
+        data = ReportData(results=[r for k, r in qp.results.items() if not k.startswith("confirm:")],
+                          summaries=[qp.summary()], sources=[str(qp.log.path)] if qp.log else [])
+        qp.notes.append("report: " + ", ".join(write(data, Path(report_dir) / "report.html",
+                                                     Path(report_dir) / "report.md")))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

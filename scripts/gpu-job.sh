@@ -5,7 +5,7 @@
 # the current Python environment instead), prints the detected profile, and runs the GPU
 # tier of the benchmark suite against baselines/<profile>.json. Exit status: non-zero when a
 # takeaway flips or a metric regresses. Results: $QUANTPERF_RESULTS_DIR/results.jsonl and
-# summary.json (default .quantperf-results/).
+# summary.json, report/report.html (plots embedded) and report/report.md (default .quantperf-results/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 results_dir="${QUANTPERF_RESULTS_DIR:-.quantperf-results}"
@@ -21,7 +21,7 @@ python3 -m quantperf profile --device cuda | head -n 1 || true
 start=$(date +%s)
 set +e
 python3 -m pytest benchmarks -m gpu -p no:cacheprovider -rsfE \
-    --qp-results "$results_dir/results.jsonl" "$@" 2>&1 | tee "$results_dir/pytest.log"
+    --qp-results "$results_dir/results.jsonl" --qp-report "$results_dir/report" "$@" 2>&1 | tee "$results_dir/pytest.log"
 status=${PIPESTATUS[0]}
 set -e
 echo "quantperf gpu job: exit $status, wall $(( $(date +%s) - start )) s"

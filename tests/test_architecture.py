@@ -17,7 +17,7 @@ LAYERS = [
     {"scheduler"},
     {"matrix", "sensitivity", "upgrade_env", "upgrade"},
     {"suite"},
-    {"report"},
+    {"report", "htmlreport"},
     {"plugin", "cli", "__init__", "__main__"},
 ]
 

@@ -176,3 +176,14 @@ cv_within_max = { eager = 0.0000001 }
                                  "*repeatability (fresh process per run):*"])
     summary = json.loads(project.path.joinpath("out", "summary.json").read_text())
     assert summary["repeatability"][0]["runs"] == 2
+
+
+def test_qp_report_writes_the_html_and_markdown_report_of_the_session(project):
+    pytest.importorskip("matplotlib")
+    result = run(project, "-m", "cpu", "--qp-record", "--qp-report", "rep")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["*report: *rep/report.html*rep/report.md*"])
+    page = project.path.joinpath("rep", "report.html").read_text()
+    assert "<h2>Decode speed</h2>" in page and "data:image/png;base64," in page
+    md = project.path.joinpath("rep", "report.md").read_text()
+    assert "fake-int8-slower-than-fp16" in md and "small-fake-fp16" in md

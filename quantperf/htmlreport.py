@@ -1,0 +1,572 @@
+"""Reports people open: one self-contained HTML file (plots embedded as PNG data URIs, nothing
+fetched at view time) and a markdown report, from stored results files (results.jsonl), session
+summaries (summary.json), the baselines' recorded takeaway verdicts and upgrade-check reports.
+
+`quantperf report RUN...` renders one or more runs; `quantperf merge RUN...` is the same report
+over runs of several profiles, led by the cross-hardware matrix (configuration x profile) and the
+takeaway matrix (claim x profile). Plots need matplotlib (the `[report]` extra); without it the
+HTML keeps every table and says how to get the plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .results import RunResult, atomic_write_text
+from .summary import SessionSummary
+
+VERDICT_COLOURS = {"holds": "#c8e6c9", "flipped": "#ffcdd2", "inconclusive": "#ffe0b2", "not measured": "#eeeeee"}
+SECTIONS = ("Summary", "Cross-hardware matrix", "Decode speed", "Kernel time", "Memory", "Speed against memory",
+            "Quality against bits", "Takeaways", "Upgrade check", "Noise")
+
+
+@dataclass
+class ReportData:
+    results: list[RunResult] = field(default_factory=list)
+    summaries: list[SessionSummary] = field(default_factory=list)
+    takeaways: dict[str, dict] = field(default_factory=dict)  # profile -> claim id -> recorded verdict entry
+    upgrades: list[dict] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def profiles(self) -> list[str]:
+        seen = [r.profile for r in self.results if r.profile]
+        seen += [p for s in self.summaries for p in s.profiles.values()]
+        seen += list(self.takeaways)
+        return list(dict.fromkeys(p for p in seen if p))
+
+
+def load(paths: list[str | Path], baselines: str | Path | None = None) -> ReportData:
+    """Read results files (.jsonl), summaries and upgrade-check reports (.json, told apart by
+    their fields) and, from `baselines`, each profile's recorded takeaway verdicts."""
+    data = ReportData()
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file (give results.jsonl, summary.json or an upgrade-check JSON)")
+        text = path.read_text(encoding="utf-8")
+        data.sources.append(str(path))
+        if path.suffix == ".jsonl":
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    data.results.append(RunResult.from_dict(json.loads(line)))
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise ConfigError(f"{path}:{n}: not a quantperf result ({type(exc).__name__}: {exc}); "
+                                      "give a results.jsonl written by quantperf") from None
+            continue
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not JSON ({exc})") from None
+        if isinstance(doc, dict) and "configs" in doc and "profiles" in doc:
+            data.summaries.append(SessionSummary.from_dict(doc))
+        elif isinstance(doc, dict) and doc.get("kind") in ("upgrade", "aa", "compare"):
+            data.upgrades.append({"kind": doc["kind"], "rows": upgrade_rows(doc)})
+        else:
+            raise ConfigError(f"{path}: neither a session summary (fields 'profiles', 'configs') nor an "
+                              "upgrade-check report")
+    if baselines is not None:
+        for f in sorted(Path(baselines).glob("*.json")):
+            try:
+                doc = json.loads(f.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise ConfigError(f"{f}: not JSON ({exc})") from None
+            if isinstance(doc, dict) and doc.get("takeaways"):
+                data.takeaways[doc.get("profile") or f.stem] = doc["takeaways"]
+    return data
+
+
+def upgrade_rows(doc: dict) -> list[dict]:
+    """Rows of an upgrade-check report (configurations: time ratio new/old) or of a `compare`
+    report (metrics: new/old), as {config, mode, metric, ratio, ci, decision, tolerance}."""
+    rows = []
+    if doc["kind"] == "compare":
+        for r in doc.get("rows", []):
+            rows.append({"config": r.get("config"), "mode": "-", "metric": r.get("metric"), "ratio": r.get("ratio"),
+                         "ci": [r["low"], r["high"]] if r.get("low") is not None else None,
+                         "decision": r.get("status"), "tolerance": r.get("tolerance")})
+        return rows
+    for c in doc.get("configs", []):
+        rows.append({"config": c.get("config_id"), "mode": (c.get("spec") or {}).get("mode", "-"),
+                     "metric": "time per token" if (c.get("spec") or {}).get("mode") != "kernel" else "us per layer",
+                     "ratio": c.get("ratio"), "ci": [c["low"], c["high"]] if c.get("low") is not None else None,
+                     "decision": c.get("verdict") or c.get("status"), "tolerance": c.get("tolerance")})
+    return rows
+
+
+# -- figures (pure: lists of rows the tables and plots share) --------------------------------
+
+def _q(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    if len(s) == 1:
+        return s[0]
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def speed_rows(results: list[RunResult]) -> list[dict]:
+    """Decode tok/s per (profile, model, backend, mode): median and interquartile range of rounds."""
+    rows = []
+    for r in results:
+        m = r.metrics.get("decode_tokens_per_s")
+        if not r.ok or m is None or r.injected_delay_ms:
+            continue
+        rows.append({"profile": r.profile or "?", "model": r.spec.model_label, "backend": r.spec.backend,
+                     "mode": r.spec.mode, "median": m.value, "q1": _q(m.samples, 0.25), "q3": _q(m.samples, 0.75),
+                     "cv": m.summary.cv, "prefill_ms": r.metrics["prefill_ms"].value if "prefill_ms" in r.metrics else None})
+    return rows
+
+
+def kernel_rows(results: list[RunResult]) -> list[dict]:
+    rows = []
+    for r in results:
+        if not r.ok or "kernel_decode_us_per_layer" not in r.metrics:
+            continue
+        fig = (r.figures or {}).get("kernel") or {}
+        types = fig.get("types") or {}
+        pct = {k.split(":", 1)[1]: v.get("pct_copy") for k, v in types.items() if k.startswith("decode:")}
+        rows.append({"profile": r.profile or "?", "model": r.spec.model_label, "backend": r.spec.backend,
+                     "decode_us": r.metrics["kernel_decode_us_per_layer"].value,
+                     "decode_cv": r.metrics["kernel_decode_us_per_layer"].summary.cv,
+                     "prefill_us": r.metrics["kernel_prefill_us_per_layer"].value,
+                     "methods": sorted({t.get("method", "?") for t in types.values()}), "pct_copy": pct})
+    return rows
+
+
+def memory_rows(results: list[RunResult]) -> list[dict]:
+    rows, seen = [], set()
+    for r in results:
+        if not r.ok or "weight_mib" not in r.metrics or r.spec.model_label == "fixture":
+            continue
+        key = (r.profile, r.spec.model_label, r.spec.backend, r.spec.mode)
+        if key in seen:
+            continue
+        seen.add(key)
+        get = lambda k: r.metrics[k].value if k in r.metrics else None  # noqa: E731
+        rows.append({"profile": r.profile or "?", "model": r.spec.model_label, "backend": r.spec.backend, "mode": r.spec.mode,
+                     "weight_mib": get("weight_mib"), "peak_mib": get("peak_allocated_mib") or get("host_peak_rss_mib"),
+                     "peak_kind": "allocator peak" if "peak_allocated_mib" in r.metrics else "host RSS peak",
+                     "nvml_mib": get("nvml_process_mib")})
+    return rows
+
+
+def quality_rows(results: list[RunResult]) -> list[dict]:
+    from .backends import BACKENDS
+
+    rows = []
+    for r in results:
+        if not r.ok or "mean_kld" not in r.metrics:
+            continue
+        bits = BACKENDS[r.spec.backend].bits if r.spec.backend in BACKENDS else None
+        rows.append({"profile": r.profile or "?", "backend": r.spec.backend, "bits": bits,
+                     "mean_kld": r.metrics["mean_kld"].value,
+                     "top1": r.metrics["top1_agreement"].value if "top1_agreement" in r.metrics else None,
+                     "ppl": r.metrics["ppl"].value if "ppl" in r.metrics else None,
+                     "reference": (r.quality or {}).get("reference_backend")})
+    return rows
+
+
+def takeaway_matrix(data: ReportData) -> tuple[list[str], list[str], dict]:
+    """(claim ids, profiles, {(claim, profile): cell}) from the summaries' claims (measured in
+    those runs) and the baselines' recorded verdicts (where no run of the profile measured it)."""
+    cells: dict[tuple[str, str], dict] = {}
+    for s in data.summaries:
+        for c in s.claims:
+            cells[(c.id, c.profile)] = {"verdict": c.verdict, "ratio": c.ratio, "ci": c.ci, "expected": c.expected,
+                                        "source": "this run"}
+    for profile, claims in data.takeaways.items():
+        for cid, entry in claims.items():
+            cells.setdefault((cid, profile), {"verdict": entry.get("verdict"), "ratio": entry.get("ratio"),
+                                              "ci": entry.get("ci"), "expected": None, "source": "recorded baseline"})
+    claims = list(dict.fromkeys(c for c, _ in cells))
+    profiles = list(dict.fromkeys(p for _, p in cells))
+    return claims, profiles, cells
+
+
+def cross_matrix(results: list[RunResult]) -> tuple[list[str], list[str], dict]:
+    """(configurations, profiles, {(config, profile): text}): decode tok/s (generate modes) or
+    decode us per layer (kernel mode) of each configuration on each profile."""
+    values: dict[tuple[str, str], list] = {}
+    status: dict[tuple[str, str], str] = {}
+    for r in results:
+        if r.injected_delay_ms or r.spec.model_label == "fixture":
+            continue
+        key = (f"{r.spec.model_label} {r.spec.backend} {r.spec.mode}", r.profile or "?")
+        if not r.ok:
+            status.setdefault(key, r.status)
+        elif "decode_tokens_per_s" in r.metrics:
+            values.setdefault(key, []).append((r.metrics["decode_tokens_per_s"].value, "tok/s", 1))
+        elif "kernel_decode_us_per_layer" in r.metrics:
+            values.setdefault(key, []).append((r.metrics["kernel_decode_us_per_layer"].value, "us/layer", 2))
+    cells: dict[tuple[str, str], str] = dict(status)
+    for key, vals in values.items():  # several runs of one configuration: the median of their medians
+        med = statistics.median(v for v, _, _ in vals)
+        unit, digits = vals[0][1], vals[0][2]
+        cells[key] = f"{med:.{digits}f} {unit}" + (f" (median of {len(vals)} runs)" if len(vals) > 1 else "")
+    configs = sorted({c for c, _ in cells})
+    profiles = list(dict.fromkeys(p for _, p in cells))
+    return configs, profiles, cells
+
+
+# -- plots ---------------------------------------------------------------------------------
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _groups(rows: list[dict], key) -> dict:
+    out: dict = {}
+    for r in rows:
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
+def plot_speed(rows: list[dict]) -> list[tuple[str, str]]:
+    plt = _plt()
+    if plt is None or not rows:
+        return []
+    out = []
+    for (profile, model), group in _groups(rows, lambda r: (r["profile"], r["model"])).items():
+        modes = sorted({r["mode"] for r in group})
+        backends = sorted({r["backend"] for r in group})
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(backends) + 2), 4))
+        width = 0.8 / len(modes)
+        for i, mode in enumerate(modes):
+            xs, ys, lo, hi = [], [], [], []
+            for j, b in enumerate(backends):
+                r = next((r for r in group if r["backend"] == b and r["mode"] == mode), None)
+                if r:
+                    xs.append(j + i * width)
+                    ys.append(r["median"])
+                    lo.append(r["median"] - r["q1"])
+                    hi.append(r["q3"] - r["median"])
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=mode)
+        ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(backends))])
+        ax.set_xticklabels(backends, rotation=30, ha="right")
+        ax.set_ylabel("decode tokens/s (median, IQR of rounds)")
+        ax.set_title(f"Decode speed, {model} on {profile}")
+        ax.legend(title="mode")
+        out.append((f"Decode speed, {model} on {profile}", _png(fig)))
+    return out
+
+
+def plot_kernel(rows: list[dict]) -> list[tuple[str, str]]:
+    plt = _plt()
+    if plt is None or not rows:
+        return []
+    out = []
+    for (profile, model), group in _groups(rows, lambda r: (r["profile"], r["model"])).items():
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, max(3, 0.45 * len(group) + 1.5)))
+        names = [r["backend"] + (" (eager-timed)" if "eager-timed" in r["methods"] else "") for r in group]
+        y = list(range(len(group)))
+        ax1.barh([v - 0.2 for v in y], [r["decode_us"] for r in group], 0.4, label="decode (1 token)")
+        ax1.barh([v + 0.2 for v in y], [r["prefill_us"] for r in group], 0.4, label="prefill (prompt)")
+        ax1.set_yticks(y)
+        ax1.set_yticklabels(names)
+        ax1.set_xscale("log")
+        ax1.set_xlabel("microseconds per decoder layer (linear modules, log scale)")
+        ax1.set_title(f"Kernel time per layer, {model} on {profile}")
+        ax1.legend(loc="lower right")
+        types = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+        for i, r in enumerate(group):
+            vals = [(r["pct_copy"].get(t) or 0) * 100 for t in types]
+            ax2.plot(types, vals, marker="o", label=names[i])
+        ax2.set_ylabel("% of measured copy bandwidth (decode)")
+        ax2.set_ylim(0, 110)
+        ax2.set_title("Achieved bandwidth per module type")
+        ax2.tick_params(axis="x", rotation=30)
+        ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        out.append((f"Kernel time, {model} on {profile}", _png(fig)))
+    return out
+
+
+def plot_memory(rows: list[dict]) -> list[tuple[str, str]]:
+    plt = _plt()
+    if plt is None or not rows:
+        return []
+    out = []
+    for (profile, model), group in _groups(rows, lambda r: (r["profile"], r["model"])).items():
+        group = [r for r in group if r["mode"] != "kernel"] or group
+        labels = [f"{r['backend']}" + ("" if r["mode"] == "eager" else f" ({r['mode']})") for r in group]
+        x = list(range(len(group)))
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(group) + 2), 4))
+        series = [("weights", "weight_mib"), (group[0]["peak_kind"], "peak_mib"), ("NVML process", "nvml_mib")]
+        series = [(n, k) for n, k in series if any(r[k] for r in group)]
+        width = 0.8 / max(len(series), 1)
+        for i, (name, k) in enumerate(series):
+            ax.bar([v + i * width for v in x], [r[k] or 0 for r in group], width, label=name)
+        ax.set_xticks([v + width * (len(series) - 1) / 2 for v in x])
+        ax.set_xticklabels(labels, rotation=30, ha="right")
+        ax.set_ylabel("MiB")
+        ax.set_title(f"Memory, {model} on {profile}")
+        ax.legend()
+        out.append((f"Memory, {model} on {profile}", _png(fig)))
+    return out
+
+
+def plot_tradeoff(speed: list[dict], memory: list[dict]) -> list[tuple[str, str]]:
+    plt = _plt()
+    if plt is None:
+        return []
+    out = []
+    mem = {(r["profile"], r["model"], r["backend"]): r["weight_mib"] for r in memory}
+    for (profile, model), group in _groups([r for r in speed if r["mode"] == "eager"],
+                                           lambda r: (r["profile"], r["model"])).items():
+        pts = [(mem.get((profile, model, r["backend"])), r["median"], r["backend"]) for r in group]
+        pts = [p for p in pts if p[0]]
+        if len(pts) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        markers = "os^vD<>pPX*h"
+        for i, (w, s, b) in enumerate(pts):
+            ax.scatter([w], [s], marker=markers[i % len(markers)], s=60, label=b)
+        ax.set_xlabel("weight footprint (MiB)")
+        ax.set_ylabel("decode tokens/s (eager, median)")
+        ax.set_title(f"Speed against memory, {model} on {profile}")
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        ax.grid(alpha=0.3)
+        out.append((f"Speed against memory, {model} on {profile}", _png(fig)))
+    return out
+
+
+def plot_quality(rows: list[dict]) -> list[tuple[str, str]]:
+    plt = _plt()
+    if plt is None or not rows:
+        return []
+    out = []
+    for profile, group in _groups(rows, lambda r: r["profile"]).items():
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+        markers = "os^vD<>pPX*h"
+        group = [r for r in group if r["backend"] != r["reference"] and r["bits"]]  # the reference is 0 by definition
+        for i, r in enumerate(group):
+            x = r["bits"] + (i - (len(group) - 1) / 2) * 0.25  # spread backends of one width apart
+            ax1.scatter([x], [max(r["mean_kld"], 1e-9)], marker=markers[i % len(markers)], s=55, label=r["backend"])
+            if r["top1"] is not None:
+                ax2.scatter([x], [r["top1"]], marker=markers[i % len(markers)], s=55, label=r["backend"])
+        ax1.set_yscale("log")
+        ax1.set_xlabel("bits per weight")
+        ax1.set_ylabel("mean KL divergence to the reference (nats, log)")
+        ax1.set_title(f"Quality against bits on {profile}")
+        ax2.set_xlabel("bits per weight")
+        ax2.set_ylabel("top-1 agreement with the reference")
+        ax2.set_title("Top-1 agreement")
+        ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        out.append((f"Quality against bits on {profile}", _png(fig)))
+    return out
+
+
+def plot_upgrade(upgrades: list[dict]) -> list[tuple[str, str]]:
+    plt = _plt()
+    if plt is None:
+        return []
+    out = []
+    for u in upgrades:
+        rows = [r for r in u.get("rows", []) if r.get("ratio") is not None]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(8, max(2.5, 0.5 * len(rows) + 1.5)))
+        y = list(range(len(rows)))
+        ratios = [r["ratio"] for r in rows]
+        lo = [r["ratio"] - (r.get("ci") or [r["ratio"]] * 2)[0] for r in rows]
+        hi = [(r.get("ci") or [r["ratio"]] * 2)[1] - r["ratio"] for r in rows]
+        ax.errorbar(ratios, y, xerr=[lo, hi], fmt="o", capsize=4)
+        tol = rows[0].get("tolerance")
+        if tol:
+            ax.axvspan(1 - tol, 1 + tol, color="#c8e6c9", alpha=0.6, label=f"tolerance +/-{tol * 100:g}%")
+        ax.axvline(1.0, color="grey", lw=0.8)
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{r['config']} {r['metric']}" for r in rows], fontsize=8)
+        ax.set_xlabel("new / old (ratio with its interval)")
+        ax.set_title("Upgrade check: new against old")
+        ax.legend(loc="best")
+        out.append(("Upgrade check", _png(fig)))
+    return out
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+def _table(header: list[str], rows: list[list], cell_styles: list[list[str]] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cells = []
+        for j, c in enumerate(row):
+            style = cell_styles[i][j] if cell_styles else ""
+            cells.append(f"<td{f' style={chr(34)}{style}{chr(34)}' if style else ''}>{html.escape(str(c))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _md_table(header: list[str], rows: list[list]) -> str:
+    def esc(v):
+        return str(v).replace("|", "\\|")
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows])
+
+
+def _fmt(v, digits=1) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _cell(c: dict | None) -> str:
+    if not c:
+        return "not measured"
+    ratio = "" if c.get("ratio") is None else f" {c['ratio']:.3g}"
+    ci = c.get("ci") or []
+    ci_s = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if len(ci) == 2 and None not in ci and ci[0] != ci[1] else ""
+    return f"{c.get('verdict')}{ratio}{ci_s}"
+
+
+def sections(data: ReportData) -> dict[str, dict]:
+    """Each section's tables (header, rows) and plots (title, data URI), shared by both renderers."""
+    speed, kern, mem, qual = (speed_rows(data.results), kernel_rows(data.results), memory_rows(data.results),
+                              quality_rows(data.results))
+    out: dict[str, dict] = {}
+    summary_rows = []
+    for s in data.summaries:
+        regs = len(s.regressions)
+        flips = len(s.flips)
+        inconc = sum(1 for c in s.configs if c.status == "inconclusive")
+        summary_rows.append([", ".join(sorted(set(s.profiles.values()))), len(s.configs), regs, flips, inconc,
+                             "; ".join(n for n in s.notes if n.startswith("this machine") or "runs" in n)[:300]])
+    out["Summary"] = {"text": [f"Sources: {', '.join(data.sources)}" if data.sources else "",
+                               f"Profiles: {', '.join(data.profiles) or '-'}"],
+                      "tables": [(["profiles", "configurations", "regressed", "flipped claims", "inconclusive", "notes"],
+                                  summary_rows)] if summary_rows else []}
+    configs, profiles, cells = cross_matrix(data.results)
+    if len(profiles) > 1 or configs:
+        out["Cross-hardware matrix"] = {"tables": [(["configuration", *profiles],
+                                                    [[c, *[cells.get((c, p), "-") for p in profiles]] for c in configs])]}
+    out["Decode speed"] = {
+        "tables": [(["profile", "model", "backend", "mode", "decode tok/s", "IQR", "CV %", "prefill ms"],
+                    [[r["profile"], r["model"], r["backend"], r["mode"], _fmt(r["median"]),
+                      f"{r['q1']:.1f}-{r['q3']:.1f}", _fmt(r["cv"] * 100, 2), _fmt(r["prefill_ms"], 2)] for r in speed])],
+        "plots": plot_speed(speed)}
+    out["Kernel time"] = {
+        "tables": [(["profile", "model", "backend", "decode us/layer", "CV %", "prefill us/layer", "method"],
+                    [[r["profile"], r["model"], r["backend"], _fmt(r["decode_us"], 2), _fmt(r["decode_cv"] * 100, 2),
+                      _fmt(r["prefill_us"], 2), ", ".join(r["methods"])] for r in kern])],
+        "plots": plot_kernel(kern)}
+    out["Memory"] = {
+        "tables": [(["profile", "model", "backend", "mode", "weights MiB", "peak MiB", "peak kind", "NVML MiB"],
+                    [[r["profile"], r["model"], r["backend"], r["mode"], _fmt(r["weight_mib"]), _fmt(r["peak_mib"]),
+                      r["peak_kind"], _fmt(r["nvml_mib"])] for r in mem])],
+        "plots": plot_memory(mem)}
+    out["Speed against memory"] = {"plots": plot_tradeoff(speed, mem), "tables": []}
+    out["Quality against bits"] = {
+        "tables": [(["profile", "backend", "bits", "mean KLD", "top-1 agreement", "PPL", "reference"],
+                    [[r["profile"], r["backend"], r["bits"], f"{r['mean_kld']:.2e}", _fmt(r["top1"], 3), _fmt(r["ppl"], 2),
+                      r["reference"] or "-"] for r in qual])],
+        "plots": plot_quality(qual)}
+    claims, tprofiles, tcells = takeaway_matrix(data)
+    out["Takeaways"] = {"tables": [(["claim", *tprofiles], [[c, *[_cell(tcells.get((c, p))) for p in tprofiles]]
+                                                           for c in claims])],
+                        "verdict_cells": {(c, p): (tcells.get((c, p)) or {}).get("verdict") or "not measured"
+                                          for c in claims for p in tprofiles},
+                        "text": ["Verdicts measured in these runs, else as recorded in the profile's baseline; "
+                                 "ratio B/A with its interval."]}
+    urows = []
+    for u in data.upgrades:
+        for r in u.get("rows", []):
+            urows.append([r["config"], r["mode"], r["metric"], _fmt(r.get("ratio"), 4),
+                          "-" if not r.get("ci") else f"[{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]", r.get("decision") or "-"])
+    if data.upgrades:
+        out["Upgrade check"] = {"tables": [(["configuration", "mode", "metric", "new/old", "interval", "decision"], urows)],
+                                "plots": plot_upgrade(data.upgrades)}
+    noise = [[n.config_id, _fmt(n.median), _fmt(n.cv * 100, 2), n.rounds, _fmt(n.min_detectable * 100, 1)]
+             for s in data.summaries for n in s.noise]
+    if noise:
+        out["Noise"] = {"tables": [(["configuration", "median", "CV %", "rounds", "min detectable %"], noise)]}
+    return out
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}h2{border-bottom:1px solid #ddd;padding-bottom:3px}
+.note{color:#666;font-size:0.9em}"""
+
+
+def render_html(data: ReportData, title: str = "quantperf report") -> str:
+    secs = sections(data)
+    plots_possible = _plt() is not None
+    parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if not plots_possible:
+        parts.append("<p class=\"note\">Plots need matplotlib: <code>pip install 'quantperf[report]'</code>.</p>")
+    for name, sec in secs.items():
+        parts.append(f"<section id=\"{name.lower().replace(' ', '-')}\"><h2>{html.escape(name)}</h2>")
+        for t in sec.get("text", []):
+            if t:
+                parts.append(f"<p class=\"note\">{html.escape(t)}</p>")
+        for header, rows in sec.get("tables", []):
+            if not rows:
+                parts.append("<p class=\"note\">nothing measured</p>")
+                continue
+            styles = None
+            if name == "Takeaways":
+                cells = sec["verdict_cells"]
+                styles = [[""] + [f"background:{VERDICT_COLOURS.get(cells[(row[0], p)], '#fff')}" for p in header[1:]]
+                          for row in rows]
+            parts.append(_table(header, rows, styles))
+        for caption, uri in sec.get("plots", []):
+            parts.append(f"<figure><img alt=\"{html.escape(caption)}\" src=\"{uri}\"><figcaption class=\"note\">"
+                         f"{html.escape(caption)}</figcaption></figure>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_markdown(data: ReportData, title: str = "quantperf report") -> str:
+    secs = sections(data)
+    out = [f"# {title}", ""]
+    for name, sec in secs.items():
+        tables = [(h, r) for h, r in sec.get("tables", []) if r]
+        if not tables and not any(sec.get("text", [])):
+            continue
+        out += [f"## {name}", ""]
+        out += [t for t in sec.get("text", []) if t]
+        for header, rows in tables:
+            out += ["", _md_table(header, rows), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write(data: ReportData, html_path: str | Path | None = None, md_path: str | Path | None = None,
+          title: str = "quantperf report") -> list[str]:
+    written = []
+    if html_path:
+        atomic_write_text(html_path, render_html(data, title))
+        written.append(str(html_path))
+    if md_path:
+        atomic_write_text(md_path, render_markdown(data, title))
+        written.append(str(md_path))
+    return written
+

@@ -1,0 +1,132 @@
+"""The HTML/markdown report and `merge`, rendered from stored results and summaries (no GPU)."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantperf.htmlreport import SECTIONS, load, render_html, render_markdown, takeaway_matrix
+from quantperf.results import Metric, RunResult
+from quantperf.spec import RunSpec, Workload
+from quantperf.summary import ClaimOutcome, ConfigOutcome, SessionSummary
+
+ROOT = Path(__file__).resolve().parent.parent
+W = Workload(batch_size=1, prompt_tokens=16, new_tokens=8, warmup_rounds=1, rounds=3)
+
+
+def _gen(profile, model, backend, tok_s, weight, mode="eager"):
+    m = {"decode_tokens_per_s": Metric.of("decode_tokens_per_s", [tok_s * f for f in (0.98, 1.0, 1.02)]),
+         "prefill_ms": Metric.of("prefill_ms", [10.0, 10.5, 10.2]), "weight_mib": Metric.of("weight_mib", [weight]),
+         "peak_allocated_mib": Metric.of("peak_allocated_mib", [weight * 1.1])}
+    return RunResult(spec=RunSpec(model, backend, "cuda", mode, W), profile=profile, metrics=m)
+
+
+def _kernel(profile, backend, us, method="cuda-graph"):
+    types = {f"{shape}:{t}": {"us_per_call": us / 7, "method": method, "pct_copy": 0.5}
+             for shape in ("decode", "prefill") for t in ("q_proj", "down_proj", "lm_head")}
+    m = {"kernel_decode_us_per_layer": Metric.of("kernel_decode_us_per_layer", [us, us * 1.001, us * 0.999]),
+         "kernel_prefill_us_per_layer": Metric.of("kernel_prefill_us_per_layer", [2 * us] * 3)}
+    return RunResult(spec=RunSpec("synthetic:llama-1b", backend, "cuda", "kernel", W), profile=profile, metrics=m,
+                     figures={"kernel": {"types": types, "copy_gbps": 4270.0}})
+
+
+def _quality(profile, backend, kld, top1):
+    m = {"mean_kld": Metric.of("mean_kld", [kld]), "top1_agreement": Metric.of("top1_agreement", [top1]),
+         "ppl": Metric.of("ppl", [64.8])}
+    return RunResult(spec=RunSpec("fixture", backend, "cuda", "eager", W), profile=profile, metrics=m,
+                     quality={"reference_backend": "torch-fp16"})
+
+
+def _claim(cid, profile, verdict, ratio):
+    return ClaimOutcome(id=cid, profile=profile, verdict=verdict, expected=verdict, ratio=ratio,
+                        ci=[ratio * 0.9, ratio * 1.1], p_value=0.01, message="")
+
+
+@pytest.fixture
+def stored(tmp_path):
+    runs = {
+        "nvidia-h200": [_gen("nvidia-h200", "synthetic:llama-125m", "torch-fp16", 90.0, 256.0),
+                        _gen("nvidia-h200", "synthetic:llama-125m", "bnb-int8", 25.0, 175.0),
+                        _kernel("nvidia-h200", "torch-fp16", 50.5), _kernel("nvidia-h200", "bnb-int8", 1288.0, "eager-timed"),
+                        _quality("nvidia-h200", "bnb-nf4", 1.3e-3, 0.963), _quality("nvidia-h200", "bnb-int8", 5e-5, 0.992)],
+        "nvidia-h100-80gb-hbm3": [_gen("nvidia-h100-80gb-hbm3", "synthetic:llama-125m", "torch-fp16", 78.0, 256.0),
+                                  _gen("nvidia-h100-80gb-hbm3", "synthetic:llama-125m", "bnb-int8", 24.0, 175.0)],
+    }
+    claims = {"nvidia-h200": [_claim("small-int8-slower-than-fp16", "nvidia-h200", "holds", 0.3),
+                              _claim("small-int8-saves-little-memory", "nvidia-h200", "flipped", 0.685)],
+              "nvidia-h100-80gb-hbm3": [_claim("small-int8-slower-than-fp16", "nvidia-h100-80gb-hbm3", "holds", 0.32)]}
+    paths = []
+    for profile, results in runs.items():
+        res = tmp_path / f"{profile}-results.jsonl"
+        res.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in results))
+        summary = SessionSummary(profiles={"cuda": profile}, claims=claims[profile],
+                                 configs=[ConfigOutcome(key="k", config_id="c", kinds=["speed"], status="ok")],
+                                 notes=["this machine runs 3% faster than when the baseline was recorded"])
+        summary.write(tmp_path / f"{profile}-summary.json")
+        paths += [res, tmp_path / f"{profile}-summary.json"]
+    return paths
+
+
+def test_the_report_has_every_section_embedded_plots_and_the_summarys_verdicts(stored):
+    pytest.importorskip("matplotlib")
+    data = load(stored)
+    page = render_html(data)
+    for name in SECTIONS:
+        if name in ("Upgrade check", "Noise"):
+            continue  # only with an upgrade-check report / noise lines
+        assert f"<h2>{name}</h2>" in page, name
+    assert "http://" not in page and "https://" not in page  # self-contained: nothing fetched at view time
+    plots = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    titles = {t for t, _ in plots}
+    assert {"Decode speed, llama-125m on nvidia-h200", "Kernel time, llama-1b on nvidia-h200",
+            "Memory, llama-125m on nvidia-h200", "Speed against memory, llama-125m on nvidia-h200",
+            "Quality against bits on nvidia-h200"} <= titles
+    assert all(len(b) > 1000 for _, b in plots)
+    # the takeaway matrix is the summaries' verdicts, cell by cell
+    claims, profiles, cells = takeaway_matrix(data)
+    assert cells[("small-int8-saves-little-memory", "nvidia-h200")]["verdict"] == "flipped"
+    assert ("small-int8-saves-little-memory", "nvidia-h100-80gb-hbm3") not in cells
+    table = page[page.index("<h2>Takeaways</h2>"):]
+    assert "flipped 0.685 [0.617, 0.754]" in table and "not measured" in table
+    assert "eager-timed" in page  # the timing method is shown beside a kernel figure
+
+
+def test_merge_builds_one_matrix_across_profiles_and_markdown_has_the_tables(stored, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "quantperf", "merge", *map(str, stored), "--baselines", str(tmp_path),
+                          "--html", str(tmp_path / "m.html"), "--markdown", str(tmp_path / "m.md")],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "m.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| llama-125m torch-fp16 eager"))
+    assert "90.0 tok/s" in row and "78.0 tok/s" in row
+    header = next(line for line in md.splitlines() if line.startswith("| configuration |"))
+    assert "nvidia-h200" in header and "nvidia-h100-80gb-hbm3" in header
+    assert "## Takeaways" in md and "holds 0.3" in md
+    assert (tmp_path / "m.html").read_text().startswith("<!doctype html>")
+
+
+def test_bad_report_input_is_one_clear_line(tmp_path):
+    bad = tmp_path / "r.jsonl"
+    bad.write_text('{"spec": {"model": "m"}}\n')
+    out = subprocess.run([sys.executable, "-m", "quantperf", "report", str(bad)], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 2 and "r.jsonl:1: not a quantperf result" in out.stderr and "Traceback" not in out.stderr
+    other = tmp_path / "x.json"
+    other.write_text('{"hello": 1}')
+    out = subprocess.run([sys.executable, "-m", "quantperf", "report", str(other)], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 2 and "neither a session summary" in out.stderr
+
+
+def test_the_committed_measurements_merge_into_one_matrix():
+    """`merge` of the committed H100, H200 and CPU results: one matrix with all three profiles."""
+    files = [*sorted((ROOT / "docs/measurements/h200-2026-11-29").glob("*.jsonl")),
+             *sorted((ROOT / "docs/measurements/h100-2026-11-27").glob("suite-aa1-results.jsonl")),
+             *sorted((ROOT / "docs/measurements/cpu-2026-11-29").glob("sitting3-results.jsonl"))]
+    md = render_markdown(load(files, ROOT / "baselines"))
+    header = next(line for line in md.splitlines() if line.startswith("| configuration |"))
+    for profile in ("nvidia-h200", "nvidia-h100-80gb-hbm3", "cpu-amd-epyc-x86_64-avx2-2c"):
+        assert profile in header
