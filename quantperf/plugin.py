@@ -82,6 +82,39 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    _validate_options(config)
+
+
+def _validate_options(config) -> None:
+    """Bad --qp-* values are one clean usage line naming the option and the value (pytest's
+    "ERROR: ..."), before anything is collected or measured. Only options given on the command
+    line are checked here, so an unrelated project with this plugin installed is never touched."""
+    from .errors import ConfigError
+
+    try:
+        tol = config.getoption(TOLERANCE)
+        if tol:
+            from .gate import parse_tolerances
+
+            try:
+                parse_tolerances(tol)
+            except ConfigError as exc:
+                raise ConfigError(f"{TOLERANCE}: {exc}") from None
+        alpha = config.getoption(ALPHA)
+        if alpha is not None and not 0 < alpha < 1:
+            raise ConfigError(f"{ALPHA} {alpha!r}: the significance level must lie strictly between 0 and 1")
+        if any(config.getoption(o) for o in (MODELS, BACKENDS, MODES, MATRIX)):
+            matrix = _path(config, _opt(config, MATRIX, "qp_matrix"))
+            if not matrix.exists():
+                raise ConfigError(f"{MATRIX}: {matrix} does not exist (the benchmark matrix TOML)")
+            _tiers(config)
+        if config.getoption(TAKEAWAYS):
+            path = _path(config, config.getoption(TAKEAWAYS))
+            if not path.exists():
+                raise ConfigError(f"{TAKEAWAYS}: {path} does not exist (the takeaway claims TOML)")
+            _claims(config)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"quantperf: {exc}") from None
 
 
 def _opt(config, option: str, ini: str | None = None):
@@ -229,6 +262,12 @@ def qp_session(request):
             claim, workload = item.callspec.params["qp_claim"]
             if claim.metric == "ppl":
                 session.quality_specs.extend(claim.specs(workload))
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None and config.getoption("verbose") >= 0:
+        def progress(line: str) -> None:
+            tr.ensure_newline()
+            tr.write_line(f"  measured {line}")
+        session.progress = progress
     config._qp_session = session
     return session
 
@@ -273,8 +312,26 @@ def pytest_sessionfinish(session, exitstatus):
                                                      Path(report_dir) / "report.md")))
 
 
+def _skip_groups(terminalreporter) -> list[tuple[int, str]]:
+    """Skipped quantperf tests grouped by reason: (count, reason), largest group first."""
+    groups: dict[str, int] = {}
+    for rep in terminalreporter.stats.get("skipped", []):
+        if not any(k in rep.keywords for k in MARKERS):
+            continue
+        longrepr = rep.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        groups[reason] = groups.get(reason, 0) + 1
+    return sorted(((n, r) for r, n in groups.items()), key=lambda x: -x[0])
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     session = getattr(config, "_qp_session", None)
+    skips = _skip_groups(terminalreporter)
+    if skips:  # one line per group, shown without -rs
+        terminalreporter.section("quantperf: skipped")
+        for n, reason in skips:
+            terminalreporter.write_line(f"{n} test{'s' if n > 1 else ''}: {reason}")
     if session is None or not (session.outcomes or session.claim_results or session.noise_rows):
         return
     from .report import render_terminal

@@ -187,3 +187,16 @@ def test_qp_report_writes_the_html_and_markdown_report_of_the_session(project):
     assert "<h2>Decode speed</h2>" in page and "data:image/png;base64," in page
     md = project.path.joinpath("rep", "report.md").read_text()
     assert "fake-int8-slower-than-fp16" in md and "small-fake-fp16" in md
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--qp-backends", "torch-fp33"], "*ERROR: quantperf: pytest options: --qp-backends: unknown backend 'torch-fp33'*"),
+    (["--qp-tolerance", "speed:abc"], "*ERROR: quantperf: --qp-tolerance: tolerance 'speed:abc': 'abc' is not a number*"),
+    (["--qp-alpha", "2"], "*ERROR: quantperf: --qp-alpha 2.0: the significance level must lie strictly between 0 and 1*"),
+])
+def test_a_bad_option_is_one_clean_usage_line(project, args, message):
+    result = run(project, "-m", "cpu", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert len((result.stdout.str() + result.stderr.str()).strip().splitlines()) <= 3
