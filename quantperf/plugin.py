@@ -263,10 +263,14 @@ def qp_session(request):
             if claim.metric == "ppl":
                 session.quality_specs.extend(claim.specs(workload))
     tr = config.pluginmanager.get_plugin("terminalreporter")
+    capman = config.pluginmanager.get_plugin("capturemanager")
     if tr is not None and config.getoption("verbose") >= 0:
-        def progress(line: str) -> None:
-            tr.ensure_newline()
-            tr.write_line(f"  measured {line}")
+        import contextlib
+
+        def progress(line: str) -> None:  # printed past pytest's output capture, as it happens
+            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+                tr.ensure_newline()
+                tr.write_line(f"  {line}")
         session.progress = progress
     config._qp_session = session
     return session

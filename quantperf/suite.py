@@ -130,6 +130,8 @@ class SuiteSession:
             batch = [spec] + [s for s in self.quality_specs if s.model == spec.model and s.device == spec.device
                               and s.id != spec.id and "quality:" + s.id not in self.results]
             batch = list({s.id: s for s in batch}.values())
+            if self.progress:
+                self.progress(f"measuring quality of {len(batch)} backend(s) on {spec.model_label} against the reference")
             for res in measure_quality(batch, isolation=self.isolation, params=self.quality_params.get(spec.device, {}),
                                        profile=self.profiles[spec.device]):
                 self._keep("quality:" + res.spec.id, res)
@@ -144,6 +146,9 @@ class SuiteSession:
                        for c in claims for a, b in [c.specs(spec.workload)])
 
         adaptive = still_inconclusive if (len(group) > 1 and self.max_rounds and claims) else None
+        if self.progress:
+            self.progress(f"measuring {', '.join(g.id for g in group)}"
+                          + (" (interleaved)" if len(group) > 1 else "") + ": load, one-time builds, warm-up, rounds")
         for res in measure_many(group, isolation=self.isolation, interleave=len(group) > 1,
                                 profile=self.profiles[spec.device], more_rounds=adaptive, max_rounds=self.max_rounds):
             self._keep(res.spec.id, res)
@@ -154,7 +159,7 @@ class SuiteSession:
         if self.log:
             self.log.append(res)
         if self.progress:
-            self.progress(measured_line(res, key))
+            self.progress("measured " + measured_line(res, key))
 
     # -- gating --------------------------------------------------------------------------
     def tolerance(self, kind: str, override: dict | None = None, mode: str = "eager") -> float:

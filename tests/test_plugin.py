@@ -182,7 +182,9 @@ def test_qp_report_writes_the_html_and_markdown_report_of_the_session(project):
     pytest.importorskip("matplotlib")
     result = run(project, "-m", "cpu", "--qp-record", "--qp-report", "rep")
     result.assert_outcomes(passed=5)
-    result.stdout.fnmatch_lines(["*report: *rep/report.html*rep/report.md*"])
+    result.stdout.fnmatch_lines(["*measuring small-fake-*: load, one-time builds, warm-up, rounds",
+                                 "*measured small-fake-*: decode * tok/s (CV *%, 7 rounds), prefill * ms*",
+                                 "*report: *rep/report.html*rep/report.md*"])
     page = project.path.joinpath("rep", "report.html").read_text()
     assert "<h2>Decode speed</h2>" in page and "data:image/png;base64," in page
     md = project.path.joinpath("rep", "report.md").read_text()
