@@ -66,6 +66,23 @@ def _cmd_run(args) -> int:
     return 0 if all(r.status in ("ok", "unavailable", "mode-unsupported") for r in results) else 1
 
 
+def _cmd_changed_pins(args) -> int:
+    from pathlib import Path
+
+    from .errors import ConfigError
+    from .upgrade_env import changed_pins
+
+    texts = []
+    for f in (args.base, args.head):
+        try:
+            texts.append(Path(f).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{f}: cannot read ({exc.strerror})") from None
+    for spec in changed_pins(texts[0], texts[1], args.head):
+        print(spec)
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .htmlreport import load, write
 
@@ -468,6 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", metavar="FILE")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(fn=_cmd_compare)
+    p = sub.add_parser("changed-pins", help="the exact pins (NAME==VERSION) a dependency file's new version adds or "
+                                            "changes against its old version, one per line (input of upgrade-check)")
+    p.add_argument("base", help="the old requirements/constraints file or pyproject.toml")
+    p.add_argument("head", help="the new one")
+    p.set_defaults(fn=_cmd_changed_pins)
     for name, helptext in (("report", "render stored runs as one self-contained HTML file (plots embedded) and/or "
                                       "markdown: results.jsonl, summary.json, upgrade-check/compare JSON"),
                            ("merge", "the cross-hardware report: runs of several profiles (each runner's results and "

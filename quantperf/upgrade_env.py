@@ -68,6 +68,42 @@ def _one_line(text: str, limit: int = 400) -> str:
 
 # -- specs -------------------------------------------------------------------------------------
 
+def exact_pins(text: str, name: str = "") -> dict[str, str]:
+    """`NAME==VERSION` pins of a requirements/constraints file or of a pyproject.toml (its
+    dependencies and optional dependencies): canonical name -> the pin as written."""
+    lines: list[str] = []
+    if name.endswith(".toml"):
+        import tomllib
+
+        try:
+            project = tomllib.loads(text).get("project", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{name}: not TOML ({exc})") from None
+        lines = list(project.get("dependencies", [])) + [d for group in project.get("optional-dependencies", {}).values()
+                                                        for d in group]
+    else:
+        lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    pins = {}
+    for line in lines:
+        if not line or line.startswith("-"):
+            continue
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        spec = list(req.specifier)
+        if len(spec) == 1 and spec[0].operator in ("==", "===") and "*" not in spec[0].version and not req.url:
+            pins[canonicalize_name(req.name)] = f"{req.name}=={spec[0].version}"
+    return pins
+
+
+def changed_pins(base: str, head: str, name: str = "") -> list[str]:
+    """The head's exact pins that are new or differ from the base's (what a dependency pull
+    request changes): the specs `upgrade-check` takes."""
+    old, new = exact_pins(base, name), exact_pins(head, name)
+    return [spec for key, spec in sorted(new.items()) if old.get(key) != spec and key != "quantperf"]
+
+
 def parse_requirements(specs, *, find_links=()) -> list[Requirement]:
     """Parse `NAME==VERSION` specs (strings or Requirements). A bare `NAME` is accepted only when
     `find_links` is given (the newest version there). One ConfigError line per bad spec."""

@@ -228,3 +228,16 @@ def test_allow_changes_adds_the_needed_dependency(base, wheels, tmp_path, instal
         assert ov.versions_a["qp_dep"] == "1.0" and ov.versions_b["qp_dep"] == "2.0"
         assert ov.versions_a["qp_wants"] is None and ov.versions_b["qp_wants"] == "1.0"
         assert "also changed in B (--allow-changes): qp_dep 1.0 -> 2.0" in ov.describe()
+
+
+def test_changed_pins_are_the_heads_new_or_changed_exact_pins():
+    from quantperf.upgrade_env import changed_pins
+
+    base = "torch==2.11.0\nbitsandbytes==0.49.2  # the GPU box\ntransformers>=4.56\n-r other.txt\n"
+    head = "torch==2.11.0\nbitsandbytes==0.50.2\ntransformers>=4.57\ntorchao==0.18.0\n"
+    assert changed_pins(base, head) == ["bitsandbytes==0.50.2", "torchao==0.18.0"]
+    toml_base = '[project]\ndependencies = ["torch==2.11.0"]\n[project.optional-dependencies]\ngpu = ["bitsandbytes==0.49.2"]\n'
+    toml_head = toml_base.replace("0.49.2", "0.50.2")
+    assert changed_pins(toml_base, toml_head, "pyproject.toml") == ["bitsandbytes==0.50.2"]
+    with pytest.raises(ConfigError, match="pyproject.toml: not TOML"):
+        changed_pins("[project", toml_head, "pyproject.toml")
