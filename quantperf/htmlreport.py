@@ -67,7 +67,12 @@ def load(paths: list[str | Path], baselines: str | Path | None = None) -> Report
         except ValueError as exc:
             raise ConfigError(f"{path}: not JSON ({exc})") from None
         if isinstance(doc, dict) and "configs" in doc and "profiles" in doc:
-            data.summaries.append(SessionSummary.from_dict(doc))
+            try:
+                data.summaries.append(SessionSummary.from_dict(doc))
+            except (TypeError, KeyError, ValueError) as exc:
+                raise ConfigError(f"{path}: a session summary this quantperf cannot read (schema "
+                                  f"{doc.get('schema', 1)}, {type(exc).__name__}: {exc}); give its results.jsonl "
+                                  "instead") from None
         elif isinstance(doc, dict) and doc.get("kind") in ("upgrade", "aa", "compare"):
             data.upgrades.append({"kind": doc["kind"], "rows": upgrade_rows(doc)})
         else:
