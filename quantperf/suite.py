@@ -225,7 +225,7 @@ class SuiteSession:
         """Whether the profile's baseline (read and validated now) holds this configuration."""
         return self.store(spec.device).entry(("quality-" if quality else "") + spec.id) is not None
 
-    def gate_speed(self, results: list[RunResult]) -> dict[str, ConfigOutcome]:
+    def gate_speed(self, results: list[RunResult], note_prefix: str = "") -> dict[str, ConfigOutcome]:
         """The run-level speed gate over one run's results of one device (quantperf.gate.gate_runs):
         per mode and gated metric, the noise pooled over the profile's configurations, the common
         session shift removed, a Bonferroni family of every configuration and metric gated here."""
@@ -253,7 +253,8 @@ class SuiteSession:
                     noise = ("unknown (one run per configuration)" if model.sigma is None else
                              f"{model.sigma * 100:.1f}% (pooled over {model.n_configs} configurations, "
                              f"{model.n_sessions} session(s), {model.df:g} df)")
-                    self.notes.append(f"{store.profile} {mode} {metric}: {shift.line(hib)}; run-to-run noise {noise}")
+                    self.notes.append(f"{note_prefix}{store.profile} {mode} {metric}: {shift.line(hib)}; "
+                                      f"run-to-run noise {noise}")
                 for r in group:
                     key = f"{r.spec.id}:speed"
                     head = r.metrics.get("decode_tokens_per_s")
@@ -288,7 +289,8 @@ class SuiteSession:
             for cid, o in first.items():
                 if o.status == "regressed":
                     again = self._remeasure(self.results[cid].spec)
-                    second = self.gate_speed([again if r.spec.id == cid else r for r in results])[cid]
+                    second = self.gate_speed([again if r.spec.id == cid else r for r in results],
+                                             note_prefix=f"re-measure of {cid}: ")[cid]
                     if second.status != "regressed":
                         second.message = (f"{cid}: flagged once, not confirmed by a fresh process "
                                           f"({second.status}); first: {o.message}")
