@@ -162,8 +162,12 @@ class BaselineStore:
 
     def record_takeaway(self, claim_id: str, verdict: str, ratio: float | None, ci: list, packages: dict,
                         recorded_at: str | None) -> str:
-        self.data.setdefault("takeaways", {})[claim_id] = {
+        takeaways = self.data.setdefault("takeaways", {})
+        published = (takeaways.get(claim_id) or {}).get("published")
+        takeaways[claim_id] = {
             "verdict": verdict, "ratio": ratio, "ci": ci, "packages": packages, "recorded_at": recorded_at}
+        if published:  # a published profile's verdict is replaced by the measured one, its source kept
+            takeaways[claim_id]["published"] = published
         return f"takeaway {claim_id}: {verdict}" + ("" if ratio is None else f" ({ratio:.3g} [{ci[0]:.3g}, {ci[1]:.3g}])")
 
     def save(self) -> None:

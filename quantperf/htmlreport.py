@@ -191,8 +191,10 @@ def takeaway_matrix(data: ReportData) -> tuple[list[str], list[str], dict]:
                                         "source": "this run"}
     for profile, claims in data.takeaways.items():
         for cid, entry in claims.items():
+            published = bool(entry.get("published")) and not entry.get("recorded_at")
             cells.setdefault((cid, profile), {"verdict": entry.get("verdict"), "ratio": entry.get("ratio"),
-                                              "ci": entry.get("ci"), "expected": None, "source": "recorded baseline"})
+                                              "ci": entry.get("ci"), "expected": None,
+                                              "source": "published" if published else "recorded baseline"})
     claims = list(dict.fromkeys(c for c, _ in cells))
     profiles = list(dict.fromkeys(p for _, p in cells))
     return claims, profiles, cells
@@ -448,7 +450,7 @@ def _cell(c: dict | None) -> str:
     ratio = "" if c.get("ratio") is None else f" {c['ratio']:.3g}"
     ci = c.get("ci") or []
     ci_s = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if len(ci) == 2 and None not in ci and ci[0] != ci[1] else ""
-    return f"{c.get('verdict')}{ratio}{ci_s}"
+    return f"{c.get('verdict')}{ratio}{ci_s}" + (" (published)" if c.get("source") == "published" else "")
 
 
 def sections(data: ReportData) -> dict[str, dict]:
@@ -497,7 +499,8 @@ def sections(data: ReportData) -> dict[str, dict]:
                                                            for c in claims])],
                         "verdict_cells": {(c, p): (tcells.get((c, p)) or {}).get("verdict") or "not measured"
                                           for c in claims for p in tprofiles},
-                        "text": ["Verdicts measured in these runs, else as recorded in the profile's baseline; "
+                        "text": ["Verdicts measured in these runs, else as recorded in the profile's baseline "
+                                 "('published': taken from published figures, not measured by quantperf); "
                                  "ratio B/A with its interval."]}
     urows = []
     for u in data.upgrades:

@@ -428,6 +428,11 @@ class SuiteSession:
         recorded = store.takeaway(claim.id)
         expected = claim.expected(profile) or (recorded or {}).get("verdict")
         result = evaluate(claim, a, b, profile, confidence, expected=expected)
+        published = (recorded or {}).get("published") if recorded and not recorded.get("recorded_at") else None
+        if published and not claim.expected(profile):
+            result.notes.append(f"expected verdict from published figures ({published.get('source')}: "
+                                f"{published.get('figures')})"
+                                + (f"; disagreeing source: {published['disagrees']}" if published.get("disagrees") else ""))
         self.claim_results.append(result)
         if self.record and result.verdict != "inconclusive":
             packages = {k: v for k, v in (b.environment or {}).get("packages", {}).items() if v}

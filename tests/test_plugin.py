@@ -202,3 +202,35 @@ def test_a_bad_option_is_one_clean_usage_line(project, args, message):
     result.stderr.fnmatch_lines([message])
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
     assert len((result.stdout.str() + result.stderr.str()).strip().splitlines()) <= 3
+
+
+def test_a_published_profile_judges_takeaways_from_the_first_run_and_keeps_its_source(project):
+    """A profile whose baseline holds only published verdicts (like baselines/nvidia-tesla-t4.json):
+    the first run is judged against them, says where the expectation came from, and recording
+    replaces the verdict while keeping the published entry."""
+    published = {"source": "a published study", "figures": "INT8 1.2x FP16", "disagrees": "another source: 0.6x"}
+    project.path.joinpath("baselines", "cpu-test.json").write_text(json.dumps({
+        "schema": 2, "profile": "cpu-test", "provenance": {"kind": "published"}, "configs": {},
+        "takeaways": {"fake-int8-slower-than-fp16": {"verdict": "flipped", "ratio": 1.2, "ci": [1.2, 1.2],
+                                                     "packages": {}, "recorded_at": None, "published": published}}}))
+    result = run(project, "-m", "cpu", "-k", "takeaway")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*FLIPPED fake-int8-slower-than-fp16 [[]cpu-test[]]*expected flipped, got holds*"
+                                 "expected verdict from published figures (a published study: INT8 1.2x FP16)*"
+                                 "disagreeing source: another source: 0.6x*"])
+    rec = run(project, "-m", "cpu", "-k", "takeaway", "--qp-record")
+    rec.assert_outcomes(passed=1)
+    entry = json.loads(project.path.joinpath("baselines", "cpu-test.json").read_text())["takeaways"][
+        "fake-int8-slower-than-fp16"]
+    assert entry["verdict"] == "holds" and entry["recorded_at"] and entry["published"] == published
+
+
+def test_the_shipped_t4_profile_is_published_and_valid():
+    from quantperf.baselines import BaselineStore
+
+    store = BaselineStore(Path(__file__).resolve().parents[1] / "baselines", "nvidia-tesla-t4")
+    assert store.data["provenance"]["kind"] == "published" and store.data["configs"] == {}
+    for cid in ("small-int8-slower-than-fp16", "medium-int4-faster-than-fp16", "medium-int4-75pct-smaller"):
+        entry = store.takeaway(cid)
+        assert entry["verdict"] in ("holds", "flipped") and entry["published"]["source"] == "seed"
+    assert "0.64x" in store.takeaway("medium-int4-faster-than-fp16")["published"]["disagrees"]
