@@ -300,7 +300,6 @@ def test_a_cast_the_fp16_converter_emits_twice_is_dropped_and_the_graph_loads():
     `embedding_cast_to_fp32_node` twice; onnxruntime refused the model (duplicate node, then
     duplicate value). The repair drops an identical repeat and refuses two different definitions."""
     import numpy as np
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

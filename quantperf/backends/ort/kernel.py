@@ -241,7 +241,7 @@ def time_linears(model_dir: Path, device: str, options: dict, *, layer: int = 0,
     results = {}
     for kind, lin in find_linears(model_dir, layer, src).items():
         runner = _Runner(linear_model(model_dir, lin, src), lin, device, options, batch, tokens, elem)  # warmed up
-        per_call = [timer(lambda: runner.run(runs_per_sample)) * 1e3 / runs_per_sample for _ in range(samples)]
+        per_call = [timer(lambda r=runner: r.run(runs_per_sample)) * 1e3 / runs_per_sample for _ in range(samples)]
         results[kind] = {
             "us_per_call": statistics.median(per_call), "samples_us": per_call, "method": runner.method,
             "weight_bytes": lin.weight_bytes, "op_types": lin.op_types, "in_features": lin.in_features,
