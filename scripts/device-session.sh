@@ -19,6 +19,11 @@
 #        rec (one recording run of the GPU tier into /tmp/bl), aa (an A/A run), inject (a 40 ms/token
 #        slowdown injected into torch-fp16 on llama-125m); QP_K selects their tests (pytest -k, default
 #        125m), QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b.
+#
+# The machine goes back after 30 s without a call in flight, and with it every installed wheel
+# and every result not yet collected: while the pipeline runs, keep a `collect 250` call in flight
+# (it returns when the pipeline ends or after 250 s, with every finished step's results) and
+# issue the next one at once; edit code between calls only in short bursts.
 set -uo pipefail
 phase="$1"; out="$2"
 Q=/tmp/qpout
