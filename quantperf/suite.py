@@ -469,8 +469,9 @@ class SuiteSession:
                                    + ("" if r.validity.get("valid", True) else "throttled")))
         from .scenarios.kernel import decomposition_lines
 
-        self.notes.extend(decomposition_lines([r for k, r in self.results.items() if not k.startswith(("quality:", "confirm:"))]))
+        measured = [r for k, r in self.results.items() if not k.startswith(("quality:", "confirm:"))]
+        notes = self.notes + decomposition_lines(measured)
         return SessionSummary(profiles=dict(self.profiles), configs=list(self.outcomes.values()), claims=claims,
                               noise=noise, repeatability=list(self.noise_rows), sensitivity=list(self.sensitivity),
-                              recorded=list(self.recorded), notes=list(dict.fromkeys(self.notes)),
+                              recorded=list(self.recorded), notes=list(dict.fromkeys(notes)),
                               results_path=str(self.log.path) if self.log else None)

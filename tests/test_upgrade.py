@@ -5,7 +5,6 @@ wheels of qp_slowlib 1.0 (the base), 2.0 (1.5x slower) and 3.0 (crashes mid-run)
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 from scipy.stats import t as student_t
 from test_upgrade_env import build_wheel
 
+from offline import isolate_installers
 from quantperf import upgrade as U
 from quantperf.results import Metric, ResultLog, RunResult
 from quantperf.spec import RunSpec, Workload
@@ -211,13 +211,7 @@ def base(wheels, tmp_path_factory):
     """Environment A = this venv + qp_slowlib 1.0 on PYTHONPATH (child processes only), installers
     cut off from every index and config, as in test_upgrade_env."""
     with pytest.MonkeyPatch.context() as mp:
-        for var in list(os.environ):
-            if var.startswith(("PIP_", "UV_")):
-                mp.delenv(var)
-        mp.setenv("PIP_CONFIG_FILE", os.devnull)
-        mp.setenv("UV_NO_CONFIG", "1")
-        mp.setenv("UV_OFFLINE", "1")
-        mp.delenv("PYTHONPATH", raising=False)
+        isolate_installers(mp)
         ov = build_overlay(["qp_slowlib==1.0"], find_links=[wheels], no_index=True,
                            workdir=tmp_path_factory.mktemp("base"), installer="pip")
         mp.setenv("PYTHONPATH", str(ov.path))

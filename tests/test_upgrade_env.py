@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from offline import isolate_installers
 from quantperf.errors import ConfigError
 from quantperf.upgrade_env import (
     PROJECT_ROOT, Overlay, OverlayError, build_overlay, child_versions, parse_requirements, same_environment,
@@ -80,13 +81,7 @@ def base(wheels, tmp_path_factory):
     """The base environment A = this venv + qp_slowlib 1.0, qp_dep 1.0, qp_user 1.0 on PYTHONPATH
     (seen by child processes only). Installers are cut off from every configured index and config."""
     with pytest.MonkeyPatch.context() as mp:
-        for var in list(os.environ):
-            if var.startswith(("PIP_", "UV_")):
-                mp.delenv(var)
-        mp.setenv("PIP_CONFIG_FILE", os.devnull)
-        mp.setenv("UV_NO_CONFIG", "1")
-        mp.setenv("UV_OFFLINE", "1")
-        mp.delenv("PYTHONPATH", raising=False)
+        isolate_installers(mp)
         ov = build_overlay(["qp_slowlib==1.0", "qp_dep==1.0", "qp_user==1.0"], find_links=[wheels], no_index=True,
                            workdir=tmp_path_factory.mktemp("base"), installer="pip")
         mp.setenv("PYTHONPATH", str(ov.path))
