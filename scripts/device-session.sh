@@ -7,6 +7,9 @@
 #        ortpart DIR   copy one carried part of the onnxruntime-gpu wheel to /tmp/ortparts (the
 #                      wheel is larger than one call may carry: it travels in parts, one a call)
 #        ortsetup      join the parts (sha256 checked against .whl-ort.sha256), install into /tmp/site
+#        oldpart DIR   the same for the parts of an older bitsandbytes wheel (the upgrade check's side A)
+#        oldsetup      join them (sha256 checked against .whl-bnbold.sha256) and install that wheel alone
+#                      into /tmp/site-old, which the upgrade steps put ahead of /tmp/site
 #        start STEP... snapshot this checkout to /tmp/qp-src.* and run the STEPs one after another in
 #                      the background (setsid), each under its own time limit; a running pipeline
 #                      is stopped first
@@ -16,9 +19,12 @@
 # STEPs: kernel-1b, kernel-8b (every torch/bitsandbytes/torchao backend in kernel mode),
 #        noise-kernel (the noise benchmark on kernel mode, 10 fresh processes), ort (ort-fp16,
 #        ort-int4, ort-int8 on the CUDA EP, eager and kernel mode; waits for ortsetup),
-#        rec (one recording run of the GPU tier into /tmp/bl), aa (an A/A run), inject (a 40 ms/token
-#        slowdown injected into torch-fp16 on llama-125m); QP_K selects their tests (pytest -k, default
-#        125m), QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b.
+#        rec (one recording run of the GPU tier into /tmp/bl), aa (an A/A run), inject (QP_INJECT,
+#        default torch-fp16=10 ms/token, about 2x on llama-125m, on the 125m tests); QP_K selects their
+#        tests (pytest -k, default 125m); layout (`pytest benchmarks -m gpu -k 125m`, the README's GPU
+#        command, with --qp-report); upgrade-aa / upgrade (`quantperf upgrade-check` A/A calibration,
+#        then the installed bitsandbytes against the old one of oldsetup: A = old, B = /tmp/wh's wheel;
+#        QP_UP_BACKENDS, QP_UP_MODES); QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b.
 #
 # The machine goes back after 30 s without a call in flight, and with it every installed wheel
 # and every result not yet collected: while the pipeline runs, keep a `collect 250` call in flight
@@ -33,6 +39,7 @@ wheels)
     mkdir -p /tmp/site /tmp/bl
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 5
     cp -n baselines/*.json baselines/*.toml /tmp/bl/ 2>/dev/null
+    mkdir -p /tmp/wh && cp .whl/bitsandbytes-*.whl /tmp/wh/  # side B's wheel for the upgrade steps
     PYTHONPATH=/tmp/site python3 -c "import bitsandbytes, torchao, pydantic; print('bnb', bitsandbytes.__version__, 'torchao', torchao.__version__)"
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
     exit $?
@@ -48,6 +55,20 @@ ortsetup)
         /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl || exit 4
     touch /tmp/site/.ort-ready
     PYTHONPATH=/tmp/site python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"
+    exit $?
+    ;;
+oldpart)
+    mkdir -p /tmp/oldparts && cp "$3"/part* /tmp/oldparts/ && ls -la /tmp/oldparts
+    exit $?
+    ;;
+oldsetup)
+    whl=$(awk '{print $2}' .whl-bnbold.sha256)
+    cat /tmp/oldparts/part* > "/tmp/$whl"
+    (cd /tmp && sha256sum -c "$OLDPWD/.whl-bnbold.sha256") || exit 3
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-old \
+        "/tmp/$whl" || exit 4
+    touch /tmp/site-old/.ready
+    PYTHONPATH=/tmp/site-old:/tmp/site python3 -c "import bitsandbytes as b; print('side A: bitsandbytes', b.__version__)"
     exit $?
     ;;
 start|after)
@@ -93,7 +114,8 @@ gpu_job() {  # results dir, time limit, pytest args...
     local dir="$1" limit="$2"; shift 2
     mkdir -p "$dir"
     timeout -k 10 "$limit" python3 -m pytest benchmarks -m gpu -p no:cacheprovider -rsfE -v --durations=0 \
-        -o faulthandler_timeout=200 --qp-baselines /tmp/bl --qp-results "$dir/results.jsonl" "$@" > "$dir/pytest.log" 2>&1
+        -o faulthandler_timeout=200 --qp-baselines /tmp/bl --qp-results "$dir/results.jsonl" --qp-report "$dir/report" \
+        "$@" > "$dir/pytest.log" 2>&1
 }
 step() {  # name, then the command
     local name="$1"; shift
@@ -130,8 +152,22 @@ for s in "$@"; do
     aa)
         n=$(n_of aa); step "aa$n" gpu_job "$Q/aa$n" 900 -m "gpu and not quality and not slow" -k "$QP_K"
         ;;
+    layout)
+        step layout gpu_job "$Q/layout" 900 -k 125m
+        ;;
+    upgrade-aa|upgrade)
+        mkdir -p "$Q/$s"
+        for _ in $(seq 1 120); do [ -f /tmp/site-old/.ready ] && break; sleep 5; done
+        what=(--aa --calibration "$Q/upgrade-aa/calibration.json")
+        [ "$s" = upgrade ] && what=(bitsandbytes --find-links /tmp/wh --no-index --calibration "$Q/upgrade-aa/calibration.json")
+        # shellcheck disable=SC2086
+        PYTHONPATH="/tmp/site-old:$PYTHONPATH" step "$s" timeout -k 10 600 python3 -m quantperf upgrade-check "${what[@]}" \
+            --device cuda --model synthetic:llama-1b --backend ${QP_UP_BACKENDS:-bnb-nf4 bnb-int8-nodecomp} \
+            --mode ${QP_UP_MODES:-kernel graph eager} --markdown "$Q/$s/report.md" --json "$Q/$s/report.json" \
+            > "$Q/$s/run.log" 2>&1
+        ;;
     inject)
-        QUANTPERF_INJECT_DELAY_MS="torch-fp16=40" step inject gpu_job "$Q/inject" 900 -m "gpu and not quality and not slow" \
+        QUANTPERF_INJECT_DELAY_MS="${QP_INJECT:-torch-fp16=10}" step inject gpu_job "$Q/inject" 900 -m "gpu and not quality and not slow" \
             -k "($QP_K) and 125m"
         ;;
     *) echo "unknown step $s" ;;
