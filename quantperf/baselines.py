@@ -115,12 +115,16 @@ class BaselineStore:
     def update(self, result: RunResult, revision: str | None, config_id: str | None = None) -> list[str]:
         """Add one run of a configuration -- all its metrics at once, so an interrupted recording
         never leaves a configuration half-updated -- to the in-memory data; returns human lines of
-        what changed. A run with other backend options or library versions starts the record anew."""
+        what changed. A run with other backend options, or another version of a library installed on
+        both sides, starts the record anew. A library installed on one side only does not: the run
+        of a torch backend is the same whether or not onnxruntime-gpu was installed beside it (a
+        backend that needs a library cannot run without it, and its identity names what it used)."""
         cid = config_id or result.spec.id
         old = self.entry(cid)
         packages = {k: v for k, v in (result.environment or {}).get("packages", {}).items() if v}
+        recorded = (old or {}).get("packages", {})
         same_setup = bool(old) and old.get("backend_identity") == json.loads(json.dumps(result.backend_identity)) \
-            and old.get("packages") == packages
+            and all(recorded[k] == packages[k] for k in recorded.keys() & packages.keys())
         run = (result.environment or {}).get("run") or {}
         who = {"run_id": run.get("run_id"), "host": run.get("host"), "boot_id": run.get("boot_id"),
                "started_at": run.get("started_at") or result.timestamp}

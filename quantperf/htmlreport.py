@@ -37,9 +37,19 @@ class ReportData:
     @property
     def profiles(self) -> list[str]:
         seen = [r.profile for r in self.results if r.profile]
-        seen += [p for s in self.summaries for p in s.profiles.values()]
+        if not seen:  # a summary names every device of its machine; with results, only those measured
+            seen += [p for s in self.summaries for p in s.profiles.values()]
         seen += list(self.takeaways)
         return list(dict.fromkeys(p for p in seen if p))
+
+
+def _shown(path: Path) -> str:
+    """How a source file is named in a report: relative to the working directory when it lies
+    below it, else its folder and name (a report names the run, not the machine it was made on)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(path.resolve().parent.name) / path.name)
 
 
 def load(paths: list[str | Path], baselines: str | Path | None = None) -> ReportData:
@@ -51,7 +61,7 @@ def load(paths: list[str | Path], baselines: str | Path | None = None) -> Report
         if not path.is_file():
             raise ConfigError(f"{path}: no such file (give results.jsonl, summary.json or an upgrade-check JSON)")
         text = path.read_text(encoding="utf-8")
-        data.sources.append(str(path))
+        data.sources.append(_shown(path))
         if path.suffix == ".jsonl":
             for n, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
@@ -119,31 +129,53 @@ def _q(samples: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def speed_rows(results: list[RunResult]) -> list[dict]:
-    """Decode tok/s per (profile, model, backend, mode): median and interquartile range of rounds."""
-    rows = []
+def _by_config(results: list[RunResult], ok) -> dict[tuple, list[RunResult]]:
+    """The results `ok` accepts, grouped by (profile, model, backend, mode): several runs of one
+    configuration (a merge, a recording session) become one row, not one row per run."""
+    out: dict[tuple, list[RunResult]] = {}
     for r in results:
-        m = r.metrics.get("decode_tokens_per_s")
-        if not r.ok or m is None or r.injected_delay_ms:
-            continue
-        rows.append({"profile": r.profile or "?", "model": r.spec.model_label, "backend": r.spec.backend,
-                     "mode": r.spec.mode, "median": m.value, "q1": _q(m.samples, 0.25), "q3": _q(m.samples, 0.75),
-                     "cv": m.summary.cv, "prefill_ms": r.metrics["prefill_ms"].value if "prefill_ms" in r.metrics else None})
+        if ok(r):
+            out.setdefault((r.profile or "?", r.spec.model_label, r.spec.backend, r.spec.mode), []).append(r)
+    return out
+
+
+def speed_rows(results: list[RunResult]) -> list[dict]:
+    """Decode tok/s per (profile, model, backend, mode). One run: its median and the IQR of its
+    rounds. Several runs: the median of the run medians and their range (the run is the unit)."""
+    rows = []
+    ok = lambda r: r.ok and "decode_tokens_per_s" in r.metrics and not r.injected_delay_ms  # noqa: E731
+    for (profile, model, backend, mode), runs in _by_config(results, ok).items():
+        meds = [r.metrics["decode_tokens_per_s"].value for r in runs]
+        prefill = [r.metrics["prefill_ms"].value for r in runs if "prefill_ms" in r.metrics]
+        if len(runs) == 1:
+            m = runs[0].metrics["decode_tokens_per_s"]
+            lo, hi, cv = _q(m.samples, 0.25), _q(m.samples, 0.75), m.summary.cv
+        else:
+            lo, hi = min(meds), max(meds)
+            cv = statistics.stdev(meds) / statistics.mean(meds)
+        rows.append({"profile": profile, "model": model, "backend": backend, "mode": mode, "runs": len(runs),
+                     "median": statistics.median(meds), "q1": lo, "q3": hi, "cv": cv,
+                     "prefill_ms": statistics.median(prefill) if prefill else None})
     return rows
 
 
 def kernel_rows(results: list[RunResult]) -> list[dict]:
+    """Kernel-mode time per layer per configuration; several runs: the run nearest the median of
+    the run medians stands for them (its per-module bandwidth), the CV is between runs."""
     rows = []
-    for r in results:
-        if not r.ok or "kernel_decode_us_per_layer" not in r.metrics:
-            continue
+    ok = lambda r: r.ok and "kernel_decode_us_per_layer" in r.metrics  # noqa: E731
+    for (profile, model, backend, _mode), runs in _by_config(results, ok).items():
+        meds = [r.metrics["kernel_decode_us_per_layer"].value for r in runs]
+        mid = statistics.median(meds)
+        r = min(runs, key=lambda x: abs(x.metrics["kernel_decode_us_per_layer"].value - mid))
         fig = (r.figures or {}).get("kernel") or {}
         types = fig.get("types") or {}
         pct = {k.split(":", 1)[1]: v.get("pct_copy") for k, v in types.items() if k.startswith("decode:")}
-        rows.append({"profile": r.profile or "?", "model": r.spec.model_label, "backend": r.spec.backend,
-                     "decode_us": r.metrics["kernel_decode_us_per_layer"].value,
-                     "decode_cv": r.metrics["kernel_decode_us_per_layer"].summary.cv,
-                     "prefill_us": r.metrics["kernel_prefill_us_per_layer"].value,
+        cv = (statistics.stdev(meds) / statistics.mean(meds) if len(runs) > 1
+              else r.metrics["kernel_decode_us_per_layer"].summary.cv)
+        rows.append({"profile": profile, "model": model, "backend": backend, "runs": len(runs),
+                     "decode_us": mid, "decode_cv": cv,
+                     "prefill_us": statistics.median(x.metrics["kernel_prefill_us_per_layer"].value for x in runs),
                      "methods": sorted({t.get("method", "?") for t in types.values()}), "pct_copy": pct})
     return rows
 
@@ -240,8 +272,8 @@ def _plt():
 
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.tight_layout(w_pad=3)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # keeps legends placed outside the axes
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -277,7 +309,7 @@ def plot_speed(rows: list[dict]) -> list[tuple[str, str]]:
             ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=mode)
         ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(backends))])
         ax.set_xticklabels(backends, rotation=30, ha="right")
-        ax.set_ylabel("decode tokens/s (median, IQR of rounds)")
+        ax.set_ylabel("decode tokens/s (median; bars: IQR or range of runs)")
         ax.set_title(f"Decode speed, {model} on {profile}")
         ax.legend(title="mode")
         out.append((f"Decode speed, {model} on {profile}", _png(fig)))
@@ -297,17 +329,16 @@ def plot_kernel(rows: list[dict]) -> list[tuple[str, str]]:
         ax1.barh([v + 0.2 for v in y], [r["prefill_us"] for r in group], 0.4, label="prefill (prompt)")
         ax1.set_yticks(y)
         ax1.set_yticklabels(names)
-        ax1.set_xscale("log")
-        ax1.set_xlabel("microseconds per decoder layer (linear modules, log scale)")
-        ax1.set_title(f"Kernel time per layer, {model} on {profile}")
+        ax1.set_xlabel("µs per decoder layer (its linear modules)")
+        ax1.set_title(f"Kernel time per layer\n{model} on {profile}")
         ax1.legend(loc="lower right")
         types = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
         for i, r in enumerate(group):
-            vals = [(r["pct_copy"].get(t) or 0) * 100 for t in types]
+            vals = [r["pct_copy"][t] * 100 if r["pct_copy"].get(t) is not None else float("nan") for t in types]  # a gap where not timed
             ax2.plot(types, vals, marker="o", label=names[i])
-        ax2.set_ylabel("% of measured copy bandwidth (decode)")
+        ax2.set_ylabel("% of measured copy bandwidth")
         ax2.set_ylim(0, 110)
-        ax2.set_title("Achieved bandwidth per module type")
+        ax2.set_title("Achieved bandwidth per module type\ndecode (1 token)")
         ax2.tick_params(axis="x", rotation=30)
         ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         out.append((f"Kernel time, {model} on {profile}", _png(fig)))
@@ -459,11 +490,13 @@ def sections(data: ReportData) -> dict[str, dict]:
                               quality_rows(data.results))
     out: dict[str, dict] = {}
     summary_rows = []
+    measured = {r.profile for r in data.results if r.profile}  # a device the session ran nothing on is left out
     for s in data.summaries:
         regs = len(s.regressions)
         flips = len(s.flips)
         inconc = sum(1 for c in s.configs if c.status == "inconclusive")
-        summary_rows.append([", ".join(sorted(set(s.profiles.values()))), len(s.configs), regs, flips, inconc,
+        shown = sorted(p for p in set(s.profiles.values()) if not measured or p in measured)
+        summary_rows.append([", ".join(shown), len(s.configs), regs, flips, inconc,
                              "; ".join(n for n in s.notes if n.startswith("this machine") or "runs" in n)[:300]])
     out["Summary"] = {"text": [f"Sources: {', '.join(data.sources)}" if data.sources else "",
                                f"Profiles: {', '.join(data.profiles) or '-'}"],
@@ -474,13 +507,15 @@ def sections(data: ReportData) -> dict[str, dict]:
         out["Cross-hardware matrix"] = {"tables": [(["configuration", *profiles],
                                                     [[c, *[cells.get((c, p), "-") for p in profiles]] for c in configs])]}
     out["Decode speed"] = {
-        "tables": [(["profile", "model", "backend", "mode", "decode tok/s", "IQR", "CV %", "prefill ms"],
-                    [[r["profile"], r["model"], r["backend"], r["mode"], _fmt(r["median"]),
+        "text": ["One run: its median and the interquartile range and CV of its rounds. Several runs of a "
+                 "configuration: the median of the run medians, their range and the CV between runs."],
+        "tables": [(["profile", "model", "backend", "mode", "runs", "decode tok/s", "IQR / range", "CV %", "prefill ms"],
+                    [[r["profile"], r["model"], r["backend"], r["mode"], r["runs"], _fmt(r["median"]),
                       f"{r['q1']:.1f}-{r['q3']:.1f}", _fmt(r["cv"] * 100, 2), _fmt(r["prefill_ms"], 2)] for r in speed])],
         "plots": plot_speed(speed)}
     out["Kernel time"] = {
-        "tables": [(["profile", "model", "backend", "decode us/layer", "CV %", "prefill us/layer", "method"],
-                    [[r["profile"], r["model"], r["backend"], _fmt(r["decode_us"], 2), _fmt(r["decode_cv"] * 100, 2),
+        "tables": [(["profile", "model", "backend", "runs", "decode us/layer", "CV %", "prefill us/layer", "method"],
+                    [[r["profile"], r["model"], r["backend"], r["runs"], _fmt(r["decode_us"], 2), _fmt(r["decode_cv"] * 100, 2),
                       _fmt(r["prefill_us"], 2), ", ".join(r["methods"])] for r in kern])],
         "plots": plot_kernel(kern)}
     out["Memory"] = {

@@ -130,3 +130,13 @@ def test_the_committed_measurements_merge_into_one_matrix():
     header = next(line for line in md.splitlines() if line.startswith("| configuration |"))
     for profile in ("nvidia-h200", "nvidia-h100-80gb-hbm3", "cpu-amd-epyc-x86_64-avx2-2c"):
         assert profile in header
+
+
+def test_several_runs_of_a_configuration_are_one_row_with_the_median_of_their_medians():
+    from quantperf.htmlreport import kernel_rows, speed_rows
+
+    runs = [_gen("nvidia-h200", "synthetic:llama-125m", "torch-fp16", v, 256.0) for v in (67.0, 105.0, 99.0)]
+    (row,) = speed_rows(runs + [_gen("nvidia-h200", "synthetic:llama-125m", "bnb-int8", 30.0, 175.0)])[:1]
+    assert row["runs"] == 3 and row["median"] == pytest.approx(99.0) and (row["q1"], row["q3"]) == pytest.approx((67.0, 105.0))
+    (k,) = kernel_rows([_kernel("nvidia-h200", "torch-fp16", us) for us in (48.0, 48.3, 48.2)])
+    assert k["runs"] == 3 and k["decode_us"] == pytest.approx(48.2) and 0 < k["decode_cv"] < 0.01

@@ -77,3 +77,19 @@ def test_identity_change_is_a_mismatch(tmp_path):
     store.update(make_result(identity={"llm_int8_threshold": 6.0}), None)
     with pytest.raises(BaselineError, match="re-record"):
         store.check_identity(make_result(identity={"llm_int8_threshold": 0.0}))
+
+
+def _with_packages(result, packages, run_id):
+    result.environment = {"packages": packages, "run": {"run_id": run_id, "boot_id": "b", "host": "h"}}
+    return result
+
+
+def test_runs_accumulate_unless_a_shared_library_changes_version(tmp_path):
+    """A library installed beside the run (onnxruntime-gpu next to a torch backend) does not start
+    the record anew; another version of a library both runs had does."""
+    store = BaselineStore(tmp_path, "p")
+    store.update(_with_packages(make_result(), {"torch": "2.11.0"}, "r1"), None)
+    store.update(_with_packages(make_result(), {"torch": "2.11.0", "onnxruntime-gpu": "1.31.1"}, "r2"), None)
+    assert [r["run_id"] for r in store.runs("llama-1b-torch-fp16-cuda-bs1-eager", "decode_tokens_per_s")] == ["r1", "r2"]
+    store.update(_with_packages(make_result(), {"torch": "2.12.0", "onnxruntime-gpu": "1.31.1"}, "r3"), None)
+    assert [r["run_id"] for r in store.runs("llama-1b-torch-fp16-cuda-bs1-eager", "decode_tokens_per_s")] == ["r3"]
