@@ -503,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--title", default="quantperf report" if name == "report" else "quantperf: measured across hardware")
         p.set_defaults(fn=_cmd_report)
     args = ap.parse_args(argv)
+    from . import progress
+
+    progress.activate(progress.Steps())  # a status line per long step on a terminal; silent in pipes and logs
     try:
         return args.fn(args)
     except BrokenPipeError:
@@ -518,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quantperf: {exc}", file=sys.stderr)
             return 2
         raise
+    finally:
+        progress.activate(None)
 
 
 if __name__ == "__main__":

@@ -272,8 +272,32 @@ def qp_session(request):
                 tr.ensure_newline()
                 tr.write_line(f"  {line}")
         session.progress = progress
+        if tr.isatty:  # a status line per long step, drawn past the capture; nothing in CI logs
+            from . import progress as steps
+
+            steps.activate(steps.Steps(_PastCapture(tr, capman), enabled=True))
+            request.addfinalizer(lambda: steps.activate(None))
     config._qp_session = session
     return session
+
+
+class _PastCapture:
+    """A text stream for the progress line: pytest's terminal, written past its output capture."""
+
+    def __init__(self, tr, capman):
+        self.tr, self.capman = tr, capman
+
+    def write(self, text: str) -> None:
+        import contextlib
+
+        with self.capman.global_and_fixture_disabled() if self.capman else contextlib.nullcontext():
+            self.tr.write(text, flush=True)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
 
 
 def run_check(fn, *args, **kwargs):

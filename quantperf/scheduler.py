@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from . import progress
 from .errors import QuantperfError
 from .results import Metric, RunResult
 from .spec import RunSpec
@@ -66,17 +67,21 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
     parent = environment or parent_environment()
     worker = open_worker(spec, isolation, dict(model_options or {}), python, env)
     side = Side(spec, worker)
+    name = f"{spec.model_label} {spec.backend} {spec.mode}"
     try:
-        prepared = worker.prepare()
+        with progress.step(f"{name}: prepare (one-time builds: checkpoint, export, quantization)"):
+            prepared = worker.prepare()
         if prepared["built"] and isolation == "process":
             worker.close()
             worker = side.worker = open_worker(spec, isolation, dict(model_options or {}), python, env)
             side.timings["prepared_first_s"] = prepared["prepare_s"]
         # the worker reports its own interpreter's environment; the run is the parent's
         side.environment = (worker.environment() if (python or env) else dict(parent)) | {"run": parent.get("run")}
-        info = worker.load()
+        with progress.step(f"{name}: load"):
+            info = worker.load()
         if info["status"] == "ok" and warm:
-            wu = worker.warmup()
+            with progress.step(f"{name}: warm-up" + (" (compile)" if spec.mode == "graph" else "")):
+                wu = worker.warmup()
             if wu["status"] != "ok":
                 info = {"status": wu["status"], "reason": wu["reason"], "identity": info["identity"]}
             else:
@@ -177,7 +182,8 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
             live = list(sides.values())
             n = max((s.spec.workload.rounds for s in live), default=0)
             runners = {s.spec.id: (lambda s=s: s.worker.rounds(n=1)[0]) for s in live}
-            collected = interleave_rounds(runners, n)
+            with progress.step(f"{' | '.join(s.spec.backend for s in live)}: {n} interleaved rounds each"):
+                collected = interleave_rounds(runners, n)
             extra = 0
             while more_rounds and max_rounds and n + extra < max_rounds and len(live) > 1:
                 samples = {s.spec.id: scenario_for(s.spec.mode).metrics(s.spec, collected[s.spec.id])
@@ -199,7 +205,9 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
                     results[spec.id] = side.failed
                     continue
                 sides[spec.id] = side
-                finish(side, side.worker.rounds(n=spec.workload.rounds))
+                with progress.step(f"{spec.model_label} {spec.backend} {spec.mode}: {spec.workload.rounds} rounds"):
+                    rounds = side.worker.rounds(n=spec.workload.rounds)
+                finish(side, rounds)
     except Exception as exc:
         for spec in specs:
             if spec.id not in results:
@@ -251,7 +259,8 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
             if not ref.ok:
                 raise QuantperfError(f"reference backend {ref_spec.backend} failed: {ref.failed.reason}")
             try:
-                ref_stats = ref.worker.quality(params=params | {"role": "reference", "file": ref_file})
+                with progress.step(f"{ref_spec.model_label} {ref_spec.backend}: reference logits on the corpus"):
+                    ref_stats = ref.worker.quality(params=params | {"role": "reference", "file": ref_file})
             finally:
                 ref.close()
             for spec in group:
@@ -270,8 +279,9 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
                     out.append(side.failed)
                     continue
                 try:
-                    stats = side.worker.quality(params=params | {"role": "compare", "file": ref_file,
-                                                                 "reference_backend": ref_spec.backend})
+                    with progress.step(f"{spec.model_label} {spec.backend}: logits against the reference"):
+                        stats = side.worker.quality(params=params | {"role": "compare", "file": ref_file,
+                                                                     "reference_backend": ref_spec.backend})
                     out.append(result(side, stats))
                 except Exception as exc:
                     out.append(not_measured(spec, "error", f"{spec.backend}: {type(exc).__name__}: {exc}",

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quantperf"
 # bottom to top; a module may import its own layer and the layers below
 LAYERS = [
     {"errors", "spec", "stats", "results", "quality", "roofline", "config", "summary", "runstats", "runlevel", "noise", "gate",
-     "takeaways", "baselines", "envinfo", "corpus", "hookspec"},
+     "takeaways", "baselines", "envinfo", "corpus", "hookspec", "progress"},
     {"models", "trackers"},
     {"backends", "kernel"},
     {"scenarios"},
