@@ -51,9 +51,20 @@ def test_ort_records_where_nodes_ran(cpu_results):
     ("torch-fp16", "cpu", "runs on: cuda"),
     ("torchao-int4wo", "cpu", "runs on: cuda"),
     ("ort-int8", "cuda", "runs on: cpu"),
+    ("torchao-fp8wo", "cpu", "runs on: cuda"),
+    ("torchao-fp8dq", "cpu", "runs on: cuda"),
 ])
 def test_unavailable_backends_say_why(backend, device, match):
     assert match in get_backend(backend).unavailable_reason(device)
+
+
+def test_fp8_needs_compute_capability_8_9_and_says_which_card_has_what():
+    from quantperf.backends.torchao import fp8_reason
+
+    assert fp8_reason((9, 0), "NVIDIA H200") is None and fp8_reason((8, 9), "NVIDIA L4") is None
+    reason = fp8_reason((7, 5), "Tesla T4")
+    assert "compute capability >= 8.9" in reason and "(Tesla T4) is 7.5" in reason
+    assert "8.0" in fp8_reason((8, 0), "NVIDIA A100-SXM4-80GB")
 
 
 def test_cuda_request_without_gpu_is_one_clear_line(model_cache):

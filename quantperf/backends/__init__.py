@@ -66,6 +66,13 @@ BACKENDS: dict[str, BackendEntry] = {
            {"scheme": "int8wo", "dtype": "bfloat16"}, 8),
         _E("torchao-int4wo", "torchao", "TorchaoBackend", ("cuda",), "torchao int4 weight-only via TorchAoConfig",
            {"scheme": "int4wo", "dtype": "bfloat16", "group_size": 128}, 4),
+        # FP8 needs the tensor cores of compute capability >= 8.9 (Ada, Hopper, Blackwell): the seed's
+        # "modern tensor cores" advice, checked where the card has them, skipped with the reason elsewhere
+        _E("torchao-fp8wo", "torchao", "TorchaoBackend", ("cuda",),
+           "torchao float8 (e4m3) weight-only via TorchAoConfig, bf16 compute", {"scheme": "fp8wo", "dtype": "bfloat16"}, 8),
+        _E("torchao-fp8dq", "torchao", "TorchaoBackend", ("cuda",),
+           "torchao dynamic float8 activations and float8 weights (per-row scales) via TorchAoConfig: FP8 tensor-core GEMMs",
+           {"scheme": "fp8dq", "dtype": "bfloat16", "granularity": "per-row"}, 8),
     )
 }
 # The reference each device's quality figures are measured against: its highest precision.
