@@ -53,6 +53,7 @@ class BaselineStore:
         self.profile = profile
         self.path = profile_file(self.directory, profile)
         self.data = self._load()
+        self._changed: dict[str, set[str]] = {"configs": set(), "takeaways": set()}  # what save() writes
 
     def _load(self) -> dict:
         if not self.path.exists():
@@ -140,6 +141,7 @@ class BaselineStore:
         if same_setup:
             for name, kept in old.get("metrics", {}).items():
                 metrics.setdefault(name, kept)
+        self._changed["configs"].add(cid)
         self.data["configs"][cid] = {
             "recorded_at": result.timestamp,
             "git_revision": revision,
@@ -167,6 +169,7 @@ class BaselineStore:
     def record_takeaway(self, claim_id: str, verdict: str, ratio: float | None, ci: list, packages: dict,
                         recorded_at: str | None) -> str:
         takeaways = self.data.setdefault("takeaways", {})
+        self._changed["takeaways"].add(claim_id)
         published = (takeaways.get(claim_id) or {}).get("published")
         takeaways[claim_id] = {
             "verdict": verdict, "ratio": ratio, "ci": ci, "packages": packages, "recorded_at": recorded_at}
@@ -175,7 +178,24 @@ class BaselineStore:
         return f"takeaway {claim_id}: {verdict}" + ("" if ratio is None else f" ({ratio:.3g} [{ci[0]:.3g}, {ci[1]:.3g}])")
 
     def save(self) -> None:
-        atomic_write_text(self.path, dump_json(self.data | {"schema": SCHEMA}))
+        """Write the entries this store changed into the file as it is now, under a lock: several
+        processes recording into one profile at once (pytest-xdist workers, one per GPU) each
+        add their configurations and lose none of the others'. Atomic (temp file + rename)."""
+        import fcntl
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self._load()
+            for section, keys in self._changed.items():
+                mine = self.data.get(section) or {}
+                for key in keys:
+                    current.setdefault(section, {})[key] = mine[key]
+            for key, value in self.data.items():  # anything else (profile, provenance) as this store has it
+                if key not in ("configs", "takeaways"):
+                    current[key] = value
+            atomic_write_text(self.path, dump_json(current | {"schema": SCHEMA}))
+            self.data = current
 
 
 def _upgrade_schema_1(data: dict) -> dict:

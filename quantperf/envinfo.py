@@ -71,7 +71,16 @@ class Nvml:
         return cls._instance
 
     def handle(self, index: int = 0):
-        return self.nv.nvmlDeviceGetHandleByIndex(index)
+        """NVML's handle of CUDA device `index`. NVML numbers every GPU of the host and ignores
+        CUDA_VISIBLE_DEVICES, so CUDA device 0 of a process pinned to the third GPU is NVML
+        device 2: the device is found by its UUID (or by CUDA_VISIBLE_DEVICES' own entry)."""
+        entry = nvml_device_entry(index, os.environ.get("CUDA_VISIBLE_DEVICES"), cuda_uuid(index))
+        if isinstance(entry, str):
+            try:
+                return self.nv.nvmlDeviceGetHandleByUUID(entry)
+            except Exception:  # an unknown or MIG UUID: fall back to the visible index
+                entry = index
+        return self.nv.nvmlDeviceGetHandleByIndex(entry)
 
     def call(self, fn: str, *args, default=None):
         try:
@@ -79,6 +88,52 @@ class Nvml:
         except Exception:
             return default
         return value.decode() if isinstance(value, bytes) else value
+
+
+def cuda_uuid(index: int) -> str | None:
+    """The NVML-style UUID ("GPU-...") of CUDA device `index`, where torch knows it and CUDA is
+    already initialized in this process (never initializes CUDA itself)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_initialized():
+            return None
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+    except Exception:  # no torch, no CUDA, or a torch without device UUIDs
+        return None
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
+
+def nvml_device_entry(index: int, visible: str | None, uuid: str | None) -> int | str:
+    """Which NVML device CUDA device `index` is: its UUID when known, else the `index`-th entry of
+    CUDA_VISIBLE_DEVICES (an NVML index or a UUID), else `index` itself."""
+    if uuid:
+        return uuid
+    entries = [e.strip() for e in (visible or "").split(",") if e.strip()]
+    if index < len(entries):
+        e = entries[index]
+        return int(e) if e.isdigit() else e
+    return index
+
+
+def worker_gpu(worker_id: str, visible: str | None, uuids: list[str]) -> str | None:
+    """The GPU a pytest-xdist worker (`gw3`) measures on: the workers are spread over the GPUs
+    that are visible (CUDA_VISIBLE_DEVICES' entries, else every GPU NVML lists, by UUID), one GPU
+    per worker when there are as many workers as GPUs. None: nothing to pin (one GPU or none)."""
+    m = re.fullmatch(r"gw(\d+)", worker_id or "")
+    entries = [e.strip() for e in (visible or "").split(",") if e.strip()] or list(uuids)
+    if m is None or len(entries) < 2:
+        return None
+    return entries[int(m.group(1)) % len(entries)]
+
+
+def gpu_uuids() -> list[str]:
+    """The UUIDs of every GPU NVML sees on this host (empty without NVML)."""
+    nvml = Nvml.get()
+    if nvml is None:
+        return []
+    n = nvml.call("nvmlDeviceGetCount", default=0) or 0
+    return [u for u in (nvml.call("nvmlDeviceGetUUID", nvml.nv.nvmlDeviceGetHandleByIndex(i)) for i in range(n)) if u]
 
 
 def gpu_info(index: int = 0) -> dict | None:

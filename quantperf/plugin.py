@@ -83,6 +83,63 @@ def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     _validate_options(config)
+    _shard_configure(config)
+
+
+# -- several GPUs: pytest-xdist, one worker per GPU -------------------------------------------
+# `pytest benchmarks -m gpu -n 4` on a host with 4 GPUs: worker gwN measures on GPU N (pinned by
+# UUID through CUDA_VISIBLE_DEVICES before anything touches CUDA, so NVML reads that GPU too);
+# each measurement shard (a device, model and mode: the configurations gated together and the
+# claims between them) runs on one worker (a static split, balanced by test count: every worker
+# collects every test and keeps its shards', under xdist's `--dist each`, set for you); each worker logs to
+# results-gwN.jsonl and summary-gwN.json, and the controller merges them into results.jsonl and
+# summary.json, prints one summary and writes the report.
+
+def _worker_id() -> str | None:
+    import os
+
+    return os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def _shard_count(config) -> int:
+    """How many xdist workers this (controller) run has; 0 without xdist."""
+    if _worker_id() or not config.pluginmanager.hasplugin("xdist"):
+        return 0
+    n = getattr(config.option, "numprocesses", None)
+    return n if isinstance(n, int) and getattr(config.option, "dist", "no") != "no" else 0
+
+
+def _shard_configure(config) -> None:
+    import os
+
+    worker = getattr(config, "workerinput", {}).get("workerid") or _worker_id()
+    if worker:
+        from .envinfo import gpu_uuids, worker_gpu
+
+        gpu = worker_gpu(worker, os.environ.get("CUDA_VISIBLE_DEVICES"), gpu_uuids())
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    elif _shard_count(config) and config.option.dist in ("load", "loadgroup"):
+        # every worker collects every test and keeps those of its own shards (a static split that
+        # keeps a shard's tests, claims and gating on one GPU): xdist's `each` distribution
+        config.option.dist = "each"
+        config._qp_sharded = True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """(xdist, controller) tell each worker to keep only its shards' tests."""
+    if getattr(node.config, "_qp_sharded", False):
+        node.workerinput["qp_sharded"] = True
+
+
+def shard_of(spec) -> str:
+    """The shard of a speed/memory configuration: what is gated together and compared by claims."""
+    return f"{spec.device}-{spec.model_label}-{spec.mode}"
+
+
+def _worker_path(path: Path, worker: str | None) -> Path:
+    return path.with_name(f"{path.stem}-{worker}{path.suffix}") if worker else path
 
 
 def _validate_options(config) -> None:
@@ -187,7 +244,58 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("qp_claim", params)
 
 
+def _item_shard(item) -> str:
+    """The shard of a collected test (see shard_of); tests that measure nothing form their own."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    try:
+        return _params_shard(params)
+    except (AttributeError, TypeError, ValueError):  # an empty parametrization (pytest's NOTSET)
+        return f"test-{item.nodeid}"
+
+
+def _params_shard(params: dict) -> str:
+    if "qp_config" in params:
+        return shard_of(params["qp_config"])
+    if "qp_quality_config" in params:
+        spec = params["qp_quality_config"]
+        return f"quality-{spec.device}-{spec.model_label}"
+    if "qp_claim" in params:
+        from .suite import QUALITY_METRICS
+
+        claim, workload = params["qp_claim"]
+        a = claim.specs(workload)[0]
+        return f"quality-{a.device}-{a.model_label}" if claim.metric in QUALITY_METRICS else shard_of(a)
+    if "qp_noise_config" in params:
+        return f"noise-{params['qp_noise_config'][0].id}"
+    raise ValueError("not a quantperf test")
+
+
+def assign_shards(keys: list[str], workers: int) -> dict[str, int]:
+    """Shards to workers: the largest shard (by test count) first, each to the least loaded
+    worker; the same answer in every worker (ties broken by name)."""
+    sizes: dict[str, int] = {}
+    for k in keys:
+        sizes[k] = sizes.get(k, 0) + 1
+    load = [0] * max(workers, 1)
+    out: dict[str, int] = {}
+    for key in sorted(sizes, key=lambda k: (-sizes[k], k)):
+        w = min(range(len(load)), key=lambda i: (load[i], i))
+        out[key] = w
+        load[w] += sizes[key]
+    return out
+
+
 def pytest_collection_modifyitems(config, items):
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and workerinput.get("qp_sharded"):
+        # an xdist worker: keep the tests of this worker's shards (see _shard_configure)
+        keys = [_item_shard(i) for i in items]
+        owner = assign_shards(keys, workerinput["workercount"])
+        me = int(workerinput["workerid"].removeprefix("gw"))
+        keep = [i for i, k in zip(items, keys) if owner[k] == me]
+        if len(keep) < len(items):
+            config.hook.pytest_deselected(items=[i for i, k in zip(items, keys) if owner[k] != me])
+            items[:] = keep
     gpu_items = [i for i in items if i.get_closest_marker("gpu")]
     if not gpu_items:
         return
@@ -243,13 +351,15 @@ def qp_session(request):
         tolerances=parse_tolerances(_opt(config, TOLERANCE, "qp_tolerance") or ""),
         alpha=config.getoption(ALPHA) or DEFAULT_ALPHA,
         isolation=_opt(config, ISOLATION, "qp_isolation"),
-        results_path=_path(config, _opt(config, RESULTS, "qp_results")),
+        results_path=_worker_path(_path(config, _opt(config, RESULTS, "qp_results")), _worker_id()),
         claims=_claims(config),
         max_rounds=config.getoption(MAX_ROUNDS) or max((t.max_rounds for t in tiers.values()), default=0),
         root=Path(config.rootpath),
         record_hint=f"record one with `pytest benchmarks -m {{marker}} {RECORD}`",
     )
     session.quality_params = {t.device: t.quality_params for t in tiers.values() if t.quality_params}
+    if _worker_id():
+        session.shard_of = shard_of
     # the speed/memory configurations selected in this run: gated together (session shift)
     session.selected = list({item.callspec.params["qp_config"].id: item.callspec.params["qp_config"]
                              for item in request.session.items
@@ -325,19 +435,53 @@ def run_check(fn, *args, **kwargs):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    qp = getattr(session.config, "_qp_session", None)
+    config = session.config
+    qp = getattr(config, "_qp_session", None)
     if qp is not None and qp.log is not None:
-        qp.summary().write(qp.log.path.with_name("summary.json"))
-    report_dir = session.config.getoption(REPORT)
-    if qp is not None and report_dir:
-        from pathlib import Path
-
+        qp.summary().write(_worker_path(qp.log.path.with_name("summary.json"), _worker_id()))
+    if _shard_count(config):
+        _merge_shards(config)
+    report_dir = config.getoption(REPORT)
+    if report_dir and not _worker_id() and (qp is not None or getattr(config, "_qp_merged", None) is not None):
         from .htmlreport import ReportData, write
 
-        data = ReportData(results=[r for k, r in qp.results.items() if not k.startswith("confirm:")],
-                          summaries=[qp.summary()], sources=[str(qp.log.path)] if qp.log else [])
-        qp.notes.append("report: " + ", ".join(write(data, Path(report_dir) / "report.html",
-                                                     Path(report_dir) / "report.md")))
+        if qp is not None:
+            data = ReportData(results=[r for k, r in qp.results.items() if not k.startswith("confirm:")],
+                              summaries=[qp.summary()], sources=[str(qp.log.path)] if qp.log else [])
+        else:
+            summary, results = config._qp_merged
+            data = ReportData(results=[r for r in results if not r.timings.get("confirmation")], summaries=[summary],
+                              sources=[summary.results_path] if summary.results_path else [])
+        line = "report: " + ", ".join(write(data, Path(report_dir) / "report.html", Path(report_dir) / "report.md"))
+        (qp.notes if qp is not None else config._qp_merged[0].notes).append(line)
+
+
+def _merge_shards(config) -> None:
+    """The controller of an xdist run: the workers' results and summaries become this session's
+    results.jsonl and summary.json (the previous session's move aside, as without xdist)."""
+    from .results import ResultLog
+    from .summary import SessionSummary
+
+    base = _path(config, _opt(config, RESULTS, "qp_results"))
+    workers = [f"gw{i}" for i in range(_shard_count(config))]
+    summaries = [_worker_path(base.with_name("summary.json"), w) for w in workers]
+    logs = [_worker_path(base, w) for w in workers]
+    parts = [SessionSummary.read(p) for p in summaries if p.exists()]
+    if not parts:
+        return
+    log = ResultLog(base)
+    log.rotate()
+    results = []
+    for path in logs:
+        if path.exists():
+            for res in ResultLog(path).read():
+                log.append(res)
+                results.append(res)
+    merged = SessionSummary.merge(parts, results_path=str(base))
+    merged.write(base.with_name("summary.json"))
+    for path in summaries + logs:
+        path.unlink(missing_ok=True)
+    config._qp_merged = (merged, results)
 
 
 def _skip_groups(terminalreporter) -> list[tuple[int, str]]:
@@ -360,6 +504,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("quantperf: skipped")
         for n, reason in skips:
             terminalreporter.write_line(f"{n} test{'s' if n > 1 else ''}: {reason}")
+    merged = getattr(config, "_qp_merged", None)
+    if session is None and merged is not None:  # the controller of an xdist run: the workers' merged summary
+        from .report import render_terminal
+
+        summary = merged[0]
+        terminalreporter.section(f"quantperf ({_shard_count(config)} workers)")
+        for line in render_terminal(summary).splitlines():
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"results: {summary.results_path}  summary: "
+                                    f"{Path(summary.results_path).with_name('summary.json')}")
+        return
     if session is None or not (session.outcomes or session.claim_results or session.noise_rows):
         return
     from .report import render_terminal

@@ -59,9 +59,9 @@ class Side:
 def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict | None = None,
               python: str | None = None, env: dict | None = None, environment: dict | None = None,
               profile: str | None = None, warm: bool = True) -> Side:
-    """Prepare, load and (with `warm`) warm up `spec` in a worker. One-time work (a checkpoint
-    build, an export) inflates a process's peak memory, so when prepare() built something the
-    side is loaded in a fresh process that only reads the cached result."""
+    """Prepare, load and (with `warm`) warm up `spec` in a worker. Preparing (a checkpoint build,
+    an export, or only finding them cached) inflates a process's peak memory, so with process
+    isolation the side is always loaded in a fresh process that only reads the cached result."""
     from .envinfo import environment as parent_environment
 
     parent = environment or parent_environment()
@@ -71,10 +71,14 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
     try:
         with progress.step(f"{name}: prepare (one-time builds: checkpoint, export, quantization)"):
             prepared = worker.prepare()
-        if prepared["built"] and isolation == "process":
+        if isolation == "process":
+            # the measuring process never prepares: whether or not this run had to build something
+            # (a checkpoint, an export), its peak memory is that of load + rounds alone, so a first
+            # run on a fresh machine and every later run measure the same process
             worker.close()
             worker = side.worker = open_worker(spec, isolation, dict(model_options or {}), python, env)
-            side.timings["prepared_first_s"] = prepared["prepare_s"]
+            if prepared["built"]:
+                side.timings["prepared_first_s"] = prepared["prepare_s"]
         # the worker reports its own interpreter's environment; the run is the parent's
         side.environment = (worker.environment() if (python or env) else dict(parent)) | {"run": parent.get("run")}
         with progress.step(f"{name}: load"):

@@ -7,6 +7,7 @@ says how to record a baseline in the interface in use."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .backends import entry as backend_entry
@@ -82,6 +83,10 @@ class SuiteSession:
         self.claims = claims or []
         self.max_rounds = max_rounds
         self.root = root
+        # Sharded runs (pytest-xdist, one worker per GPU): the key of a configuration's shard. The
+        # speed gate then measures and gates together only the configurations of the same shard,
+        # which one worker runs on one GPU; None: one process measures everything selected.
+        self.shard_of: Callable[[RunSpec], str] | None = None
         self.record_hint = record_hint
         self.results: dict[str, RunResult] = {}
         self.outcomes: dict[str, ConfigOutcome] = {}
@@ -281,7 +286,8 @@ class SuiteSession:
         """Measure every selected configuration of the device (once), gate them together, and
         re-measure a flagged one in a fresh process: it is regressed only if flagged again."""
         if spec.id not in self._speed:
-            todo = [s for s in (self.selected or [spec]) if s.device == spec.device and self.has_baseline(s)]
+            todo = [s for s in (self.selected or [spec]) if s.device == spec.device and self.has_baseline(s)
+                    and (self.shard_of is None or self.shard_of(s) == self.shard_of(spec))]
             if spec not in todo:
                 todo.append(spec)
             results = [self.measure(s) for s in todo]

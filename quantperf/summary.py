@@ -101,6 +101,17 @@ class SessionSummary:
     def read(cls, path: str | Path) -> "SessionSummary":
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
+    @classmethod
+    def merge(cls, parts: list["SessionSummary"], results_path: str | None = None) -> "SessionSummary":
+        """One session's summary from its shards' (pytest-xdist workers, one per GPU): every
+        configuration, claim and line of each, in worker order."""
+        out = cls(profiles={}, results_path=results_path)
+        for part in parts:
+            out.profiles.update(part.profiles)
+            for name in ("configs", "claims", "noise", "repeatability", "sensitivity", "recorded", "notes"):
+                getattr(out, name).extend(getattr(part, name))
+        return out
+
     @property
     def regressions(self) -> list[ConfigOutcome]:
         return [c for c in self.configs if c.status == "regressed"]

@@ -103,3 +103,19 @@ def test_bad_device_and_mode():
         RunSpec("synthetic:llama-tiny", "torch-fp32", device="tpu")
     with pytest.raises(ConfigError, match="mode"):
         RunSpec("synthetic:llama-tiny", "torch-fp32", mode="turbo")
+
+
+def test_nvml_finds_the_cuda_device_by_uuid_or_by_the_visible_entry():
+    """NVML numbers every GPU of the host; CUDA device 0 of a process pinned to GPU 2 is NVML's 2."""
+    assert envinfo.nvml_device_entry(0, "2,3", None) == 2
+    assert envinfo.nvml_device_entry(1, "GPU-aaa,GPU-bbb", None) == "GPU-bbb"
+    assert envinfo.nvml_device_entry(0, "2", "GPU-ccc") == "GPU-ccc"  # torch's UUID wins
+    assert envinfo.nvml_device_entry(0, None, None) == 0
+
+
+def test_xdist_workers_are_spread_over_the_visible_gpus_one_each():
+    uuids = ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]
+    assert [envinfo.worker_gpu(f"gw{i}", None, uuids) for i in range(4)] == uuids
+    assert envinfo.worker_gpu("gw5", "4,6", uuids) == "6"  # CUDA_VISIBLE_DEVICES narrows the set; wraps around
+    assert envinfo.worker_gpu("gw1", None, ["GPU-a"]) is None  # one GPU: nothing to pin
+    assert envinfo.worker_gpu("", None, uuids) is None  # not an xdist worker

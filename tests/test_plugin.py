@@ -234,3 +234,41 @@ def test_the_shipped_t4_profile_is_published_and_valid():
         entry = store.takeaway(cid)
         assert entry["verdict"] in ("holds", "flipped") and entry["published"]["source"] == "seed"
     assert "0.64x" in store.takeaway("medium-int4-faster-than-fp16")["published"]["disagrees"]
+
+
+SHARDED_MATRIX = MATRIX.replace('models = ["fake:small"]', 'models = ["fake:small", "fake:medium"]', 1)
+
+
+def test_sharded_over_xdist_workers_records_checks_and_merges_one_summary(project):
+    """`-n 2`: each shard (device, model, mode) runs on one worker (one GPU each on a GPU host);
+    recording from both workers at once loses nothing; one merged results.jsonl and summary."""
+    pytest.importorskip("xdist")
+    project.makefile(".toml", matrix=SHARDED_MATRIX)
+    rec = run(project, "-m", "cpu", "-k", "speed or memory or takeaway", "-n", "2", "--qp-record")
+    rec.assert_outcomes(passed=9)
+    baseline = json.loads(project.path.joinpath("baselines", "cpu-test.json").read_text())
+    assert sorted(baseline["configs"]) == ["medium-fake-fp16-cpu-bs1-p8-n12-eager", "medium-fake-int8-cpu-bs1-p8-n12-eager",
+                                           "small-fake-fp16-cpu-bs1-p8-n12-eager", "small-fake-int8-cpu-bs1-p8-n12-eager"]
+    assert "fake-int8-slower-than-fp16" in baseline["takeaways"]
+    out = project.path / "out"
+    assert not list(out.glob("*-gw*")), "the workers' files are merged away"
+    check = run(project, "-m", "cpu", "-k", "speed or memory or takeaway", "-n", "2")
+    check.assert_outcomes(passed=9)
+    check.stdout.fnmatch_lines(["*quantperf (2 workers)*", "*results: *results.jsonl*"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert {c["config_id"] for c in summary["configs"]} >= {
+        "small-fake-fp16-cpu-bs1-p8-n12-eager", "medium-fake-int8-cpu-bs1-p8-n12-eager"}
+    assert [c["id"] for c in summary["claims"]] == ["fake-int8-slower-than-fp16"]
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4, "each configuration measured once, by the worker of its shard"
+
+
+def test_shards_go_to_the_least_loaded_worker_the_same_way_everywhere():
+    from quantperf.plugin import assign_shards
+
+    keys = ["cuda-llama-1b-kernel"] * 4 + ["cuda-llama-125m-eager"] * 3 + ["cuda-llama-8b-kernel"] * 2 + ["quality-cuda-fixture"]
+    owner = assign_shards(keys, 2)
+    assert owner == assign_shards(list(reversed(keys)), 2)
+    load = [sum(1 for k in keys if owner[k] == w) for w in (0, 1)]
+    assert sorted(load) == [5, 5]
+    assert set(assign_shards(keys, 8).values()) == {0, 1, 2, 3}  # more workers than shards: some idle
