@@ -10,6 +10,7 @@ noise experiment, quality and upgrade checks all go through it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -161,7 +162,8 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
     interleaved comparison that is still undecided gets more ABBA blocks of 2 rounds per side,
     up to `max_rounds` per side; results record how many were added (`adaptive_extra_rounds`),
     so figures extended adaptively are never gated as if they had a fixed size."""
-    from .envinfo import environment as env_fn, profile_id
+    from .envinfo import environment as env_fn
+    from .envinfo import profile_id
     from .scenarios import scenario_for
 
     environment = environment or env_fn()
@@ -236,7 +238,8 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
     reference pass per model and device, then one compare pass per backend, each in its own
     worker. Results hold ppl, ln_ppl_ratio, mean_kld, top1_agreement and rms_dp (with SEs)."""
     from .backends import REFERENCE_BACKEND
-    from .envinfo import environment as env_fn, profile_id
+    from .envinfo import environment as env_fn
+    from .envinfo import profile_id
     from .scenarios.quality import QualityScenario
 
     params = dict(params or {})
@@ -293,9 +296,7 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
                 finally:
                     side.close()
         finally:
-            try:
+            with contextlib.suppress(OSError):  # the reference logits' temp file
                 os.unlink(ref_file)
-            except OSError:
-                pass
     order = {s.id: i for i, s in enumerate(specs)}
     return sorted(out, key=lambda r: order[r.spec.id])

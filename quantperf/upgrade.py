@@ -44,6 +44,7 @@ Rendering takes the table formatter as an argument (report.format_table lives ab
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -431,10 +432,8 @@ def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dic
             finally:
                 side.close()
     finally:
-        try:
+        with contextlib.suppress(OSError):  # the reference logits' temp file
             os.unlink(ref_file)
-        except OSError:
-            pass
     if _identity_core(out.get("identity_A")) != _identity_core(out.get("identity_B")):
         return out | {"status": "error", "message": f"quality {spec.id}: backend identity differs between A and B"}
     b = stats_by_side["B"]
