@@ -95,15 +95,14 @@ def pytest_configure(config):
 # results-gwN.jsonl and summary-gwN.json, and the controller merges them into results.jsonl and
 # summary.json, prints one summary and writes the report.
 
-def _worker_id() -> str | None:
-    import os
-
-    return os.environ.get("PYTEST_XDIST_WORKER")
+def _worker_id(config) -> str | None:
+    """This process's xdist worker id (`gw0`), None in the controller or without xdist."""
+    return getattr(config, "workerinput", {}).get("workerid")
 
 
 def _shard_count(config) -> int:
     """How many xdist workers this (controller) run has; 0 without xdist."""
-    if _worker_id() or not config.pluginmanager.hasplugin("xdist"):
+    if _worker_id(config) or not config.pluginmanager.hasplugin("xdist"):
         return 0
     n = getattr(config.option, "numprocesses", None)
     return n if isinstance(n, int) and getattr(config.option, "dist", "no") != "no" else 0
@@ -112,7 +111,7 @@ def _shard_count(config) -> int:
 def _shard_configure(config) -> None:
     import os
 
-    worker = getattr(config, "workerinput", {}).get("workerid") or _worker_id()
+    worker = _worker_id(config)
     if worker:
         from .envinfo import gpu_uuids, worker_gpu
 
@@ -351,14 +350,14 @@ def qp_session(request):
         tolerances=parse_tolerances(_opt(config, TOLERANCE, "qp_tolerance") or ""),
         alpha=config.getoption(ALPHA) or DEFAULT_ALPHA,
         isolation=_opt(config, ISOLATION, "qp_isolation"),
-        results_path=_worker_path(_path(config, _opt(config, RESULTS, "qp_results")), _worker_id()),
+        results_path=_worker_path(_path(config, _opt(config, RESULTS, "qp_results")), _worker_id(config)),
         claims=_claims(config),
         max_rounds=config.getoption(MAX_ROUNDS) or max((t.max_rounds for t in tiers.values()), default=0),
         root=Path(config.rootpath),
         record_hint=f"record one with `pytest benchmarks -m {{marker}} {RECORD}`",
     )
     session.quality_params = {t.device: t.quality_params for t in tiers.values() if t.quality_params}
-    if _worker_id():
+    if _worker_id(config):
         session.shard_of = shard_of
     # the speed/memory configurations selected in this run: gated together (session shift)
     session.selected = list({item.callspec.params["qp_config"].id: item.callspec.params["qp_config"]
@@ -438,11 +437,11 @@ def pytest_sessionfinish(session, exitstatus):
     config = session.config
     qp = getattr(config, "_qp_session", None)
     if qp is not None and qp.log is not None:
-        qp.summary().write(_worker_path(qp.log.path.with_name("summary.json"), _worker_id()))
+        qp.summary().write(_worker_path(qp.log.path.with_name("summary.json"), _worker_id(config)))
     if _shard_count(config):
         _merge_shards(config)
     report_dir = config.getoption(REPORT)
-    if report_dir and not _worker_id() and (qp is not None or getattr(config, "_qp_merged", None) is not None):
+    if report_dir and not _worker_id(config) and (qp is not None or getattr(config, "_qp_merged", None) is not None):
         from .htmlreport import ReportData, write
 
         if qp is not None:
@@ -505,23 +504,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for n, reason in skips:
             terminalreporter.write_line(f"{n} test{'s' if n > 1 else ''}: {reason}")
     merged = getattr(config, "_qp_merged", None)
-    if session is None and merged is not None:  # the controller of an xdist run: the workers' merged summary
-        from .report import render_terminal
-
-        summary = merged[0]
-        terminalreporter.section(f"quantperf ({_shard_count(config)} workers)")
-        for line in render_terminal(summary).splitlines():
-            terminalreporter.write_line(line)
-        terminalreporter.write_line(f"results: {summary.results_path}  summary: "
-                                    f"{Path(summary.results_path).with_name('summary.json')}")
-        return
-    if session is None or not (session.outcomes or session.claim_results or session.noise_rows):
+    if session is not None and (session.outcomes or session.claim_results or session.noise_rows):
+        summary, title = session.summary(), "quantperf"
+    elif session is None and merged is not None:  # the controller of an xdist run: the workers' merged summary
+        summary, title = merged[0], f"quantperf ({_shard_count(config)} workers)"
+    else:
         return
     from .report import render_terminal
 
     tr = terminalreporter
-    tr.section("quantperf")
-    for line in render_terminal(session.summary()).splitlines():
+    tr.section(title)
+    for line in render_terminal(summary).splitlines():
         tr.write_line(line)
-    if session.log:
-        tr.write_line(f"results: {session.log.path}  summary: {session.log.path.with_name('summary.json')}")
+    if summary.results_path:
+        tr.write_line(f"results: {summary.results_path}  summary: {Path(summary.results_path).with_name('summary.json')}")
