@@ -505,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from . import progress
 
-    progress.activate(progress.Steps())  # a status line per long step on a terminal; silent in pipes and logs
+    # a status line per long step on a terminal; silent in pipes and logs unless QUANTPERF_PROGRESS=log
+    progress.activate(progress.Steps(log=progress.log_requested()))
     try:
         return args.fn(args)
     except BrokenPipeError:

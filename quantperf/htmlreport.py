@@ -84,7 +84,8 @@ def load(paths: list[str | Path], baselines: str | Path | None = None) -> Report
                                   f"{doc.get('schema', 1)}, {type(exc).__name__}: {exc}); give its results.jsonl "
                                   "instead") from None
         elif isinstance(doc, dict) and doc.get("kind") in ("upgrade", "aa", "compare"):
-            data.upgrades.append({"kind": doc["kind"], "rows": upgrade_rows(doc)})
+            data.upgrades.append({"kind": doc["kind"], "rows": upgrade_rows(doc), "profile": doc.get("profile"),
+                                  "versions": _upgrade_versions(doc), "source": _shown(path)})
         else:
             raise ConfigError(f"{path}: neither a session summary (fields 'profiles', 'configs') nor an "
                               "upgrade-check report")
@@ -97,6 +98,19 @@ def load(paths: list[str | Path], baselines: str | Path | None = None) -> Report
             if isinstance(doc, dict) and doc.get("takeaways"):
                 data.takeaways[doc.get("profile") or f.stem] = doc["takeaways"]
     return data
+
+
+def _upgrade_versions(doc: dict) -> str:
+    """What changed between the two sides: 'bitsandbytes 0.49.2 -> 0.50.2' (an upgrade check,
+    from its overlay), the library versions that differ (compare), or 'A/A'."""
+    if doc["kind"] == "aa":
+        return "A/A calibration (the same environment on both sides)"
+    if doc["kind"] == "compare":
+        return ", ".join(f"{k} {a} -> {b}" for k, (a, b) in (doc.get("versions") or {}).items()) or "no library version differs"
+    overlay = doc.get("overlay") or {}
+    a, b = overlay.get("versions_a") or {}, overlay.get("versions_b") or {}
+    return (", ".join(f"{k} {a.get(k, 'absent')} -> {v}" for k, v in b.items() if a.get(k) != v)
+            or (doc.get("describe") or "").split("\n")[0])
 
 
 def upgrade_rows(doc: dict) -> list[dict]:
@@ -200,16 +214,16 @@ def memory_rows(results: list[RunResult]) -> list[dict]:
 def quality_rows(results: list[RunResult]) -> list[dict]:
     from .backends import BACKENDS
 
+    def med(runs: list[RunResult], name: str) -> float | None:
+        vals = [r.metrics[name].value for r in runs if name in r.metrics]
+        return statistics.median(vals) if vals else None
+
     rows = []
-    for r in results:
-        if not r.ok or "mean_kld" not in r.metrics:
-            continue
-        bits = BACKENDS[r.spec.backend].bits if r.spec.backend in BACKENDS else None
-        rows.append({"profile": r.profile or "?", "backend": r.spec.backend, "bits": bits,
-                     "mean_kld": r.metrics["mean_kld"].value,
-                     "top1": r.metrics["top1_agreement"].value if "top1_agreement" in r.metrics else None,
-                     "ppl": r.metrics["ppl"].value if "ppl" in r.metrics else None,
-                     "reference": (r.quality or {}).get("reference_backend")})
+    for (profile, _model, backend, _mode), runs in _by_config(results, lambda r: r.ok and "mean_kld" in r.metrics).items():
+        bits = BACKENDS[backend].bits if backend in BACKENDS else None
+        rows.append({"profile": profile, "backend": backend, "bits": bits, "runs": len(runs),
+                     "mean_kld": med(runs, "mean_kld"), "top1": med(runs, "top1_agreement"), "ppl": med(runs, "ppl"),
+                     "reference": (runs[-1].quality or {}).get("reference_backend")})
     return rows
 
 
@@ -435,15 +449,19 @@ def plot_upgrade(upgrades: list[dict]) -> list[tuple[str, str]]:
         lo = [r["ratio"] - (r.get("ci") or [r["ratio"]] * 2)[0] for r in rows]
         hi = [(r.get("ci") or [r["ratio"]] * 2)[1] - r["ratio"] for r in rows]
         ax.errorbar(ratios, y, xerr=[lo, hi], fmt="o", capsize=4)
-        tol = rows[0].get("tolerance")
-        if tol:
-            ax.axvspan(1 - tol, 1 + tol, color="#c8e6c9", alpha=0.6, label=f"tolerance +/-{tol * 100:g}%")
+        labelled = False
+        for i, r in enumerate(rows):  # each configuration's own tolerance (modes differ: kernel 1%, eager 5%)
+            tol = r.get("tolerance")
+            if tol:
+                ax.fill_betweenx([i - 0.3, i + 0.3], 1 - tol, 1 + tol, color="#c8e6c9", alpha=0.8,
+                                 label=None if labelled else "tolerance of each configuration")
+                labelled = True
         ax.axvline(1.0, color="grey", lw=0.8)
         ax.set_yticks(y)
         ax.set_yticklabels([f"{r['config']} {r['metric']}" for r in rows], fontsize=8)
         ax.set_xlabel("new / old (ratio with its interval)")
-        ax.set_title("Upgrade check: new against old")
-        ax.legend(loc="best")
+        ax.set_title(f"Upgrade check: {u.get('versions') or 'new against old'}")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: never over a point
         out.append(("Upgrade check", _png(fig)))
     return out
 
@@ -525,9 +543,9 @@ def sections(data: ReportData) -> dict[str, dict]:
         "plots": plot_memory(mem)}
     out["Speed against memory"] = {"plots": plot_tradeoff(speed, mem), "tables": []}
     out["Quality against bits"] = {
-        "tables": [(["profile", "backend", "bits", "mean KLD", "top-1 agreement", "PPL", "reference"],
+        "tables": [(["profile", "backend", "bits", "mean KLD", "top-1 agreement", "PPL", "reference", "runs"],
                     [[r["profile"], r["backend"], r["bits"], f"{r['mean_kld']:.2e}", _fmt(r["top1"], 3), _fmt(r["ppl"], 2),
-                      r["reference"] or "-"] for r in qual])],
+                      r["reference"] or "-", r["runs"]] for r in qual])],
         "plots": plot_quality(qual)}
     claims, tprofiles, tcells = takeaway_matrix(data)
     out["Takeaways"] = {"tables": [(["claim", *tprofiles], [[c, *[_cell(tcells.get((c, p))) for p in tprofiles]]
@@ -540,11 +558,16 @@ def sections(data: ReportData) -> dict[str, dict]:
     urows = []
     for u in data.upgrades:
         for r in u.get("rows", []):
-            urows.append([r["config"], r["mode"], r["metric"], _fmt(r.get("ratio"), 4),
-                          "-" if not r.get("ci") else f"[{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]", r.get("decision") or "-"])
+            tol = r.get("tolerance")
+            urows.append([u.get("versions") or "-", r["config"], r["mode"], r["metric"], _fmt(r.get("ratio"), 4),
+                          "-" if not r.get("ci") else f"[{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]",
+                          "-" if tol is None else f"+/-{tol * 100:.1f}%", r.get("decision") or "-"])
     if data.upgrades:
-        out["Upgrade check"] = {"tables": [(["configuration", "mode", "metric", "new/old", "interval", "decision"], urows)],
-                                "plots": plot_upgrade(data.upgrades)}
+        out["Upgrade check"] = {
+            "tables": [(["change", "configuration", "mode", "metric", "new/old", "interval", "tolerance", "decision"], urows)],
+            "plots": plot_upgrade(data.upgrades),
+            "text": [f"{u.get('versions') or u['kind']} on {u.get('profile') or '?'} ({u.get('source') or '-'})"
+                     for u in data.upgrades]}
     noise = [[n.config_id, _fmt(n.median), _fmt(n.cv * 100, 2), n.rounds, _fmt(n.min_detectable * 100, 1)]
              for s in data.summaries for n in s.noise]
     if noise:

@@ -381,10 +381,12 @@ def qp_session(request):
                 tr.ensure_newline()
                 tr.write_line(f"  {line}")
         session.progress = progress
-        if tr.isatty:  # a status line per long step, drawn past the capture; nothing in CI logs
-            from . import progress as steps
+        from . import progress as steps
 
-            steps.activate(steps.Steps(_PastCapture(tr, capman), enabled=True))
+        if tr.isatty or steps.log_requested():  # a status line per long step past the capture (a
+            # timestamped line per step start and end with QUANTPERF_PROGRESS=log); nothing in CI logs
+            log = steps.log_requested()
+            steps.activate(steps.Steps((_LinesPastCapture if log else _PastCapture)(tr, capman), enabled=True, log=log))
             request.addfinalizer(lambda: steps.activate(None))
     config._qp_session = session
     return session
@@ -407,6 +409,18 @@ class _PastCapture:
 
     def isatty(self) -> bool:
         return True
+
+
+class _LinesPastCapture(_PastCapture):
+    """The same for whole lines (QUANTPERF_PROGRESS=log), each on a line of its own."""
+
+    def write(self, text: str) -> None:
+        import contextlib
+
+        with self.capman.global_and_fixture_disabled() if self.capman else contextlib.nullcontext():
+            for line in text.splitlines():
+                self.tr.ensure_newline()
+                self.tr.write_line(line)
 
 
 def run_check(fn, *args, **kwargs):

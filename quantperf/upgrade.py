@@ -488,7 +488,7 @@ class UpgradeReport:
 
     @property
     def regressions(self) -> list[str]:
-        out = [f"{c.config_id}: slower" for c in self.configs if c.verdict == "slower"]
+        out = [f"{c.config_id}: slower x{_ci(c.ratio, c.low, c.high)}" for c in self.configs if c.verdict == "slower"]
         out += [f"{q['config_id']}: {'; '.join(q['violations'])}" for q in self.quality if q.get("verdict") == "beyond-limits"]
         out += [f"takeaway {t['id']}: FLIPPED" for t in self.takeaways if t.get("status") == "flipped"]
         return out
@@ -501,6 +501,15 @@ class UpgradeReport:
     @property
     def inconclusive(self) -> list[str]:
         return [c.config_id for c in self.configs if c.verdict == "inconclusive"]
+
+    @property
+    def improvements(self) -> list[str]:
+        return [f"{c.config_id} x{_ci(c.ratio, c.low, c.high)}" for c in self.configs if c.verdict == "faster"]
+
+    @property
+    def changed_outputs(self) -> list[str]:
+        """Configurations whose outputs changed, within the class limits (beyond them is a regression)."""
+        return [q["config_id"] for q in self.quality if q.get("verdict") == "changed"]
 
     def exit_code(self, strict: bool = False) -> int:
         """1: regressed (slower, quality beyond limits, flipped claim; with `strict` also
@@ -848,8 +857,15 @@ def summary_line(rep: UpgradeReport, strict: bool = False) -> str:
         return "REGRESSED: " + "; ".join(rep.regressions + ([f"{c}: inconclusive" for c in rep.inconclusive] if strict else []))
     if code == 2:
         return "COULD NOT RUN: " + ("; ".join(rep.errors) or "nothing was compared")
-    extra = f" ({len(rep.inconclusive)} inconclusive: {', '.join(rep.inconclusive)})" if rep.inconclusive else ""
-    return "no change beyond tolerance" + extra
+    # what a reviewer needs in one line: faster and inconclusive configurations, changed outputs
+    parts = [f"{len(rep.improvements)} FASTER: {'; '.join(rep.improvements)}"] if rep.improvements else []
+    parts += [f"outputs changed within limits: {', '.join(rep.changed_outputs)}"] if rep.changed_outputs else []
+    parts += [f"{len(rep.inconclusive)} inconclusive: {', '.join(rep.inconclusive)}"] if rep.inconclusive else []
+    skipped = [c.config_id for c in rep.configs if c.status == "skipped"]
+    parts += [f"{len(skipped)} skipped: {', '.join(skipped)}"] if skipped else []
+    if not parts:
+        return "no change beyond tolerance"
+    return ("no regression; " if rep.improvements or rep.changed_outputs else "no change beyond tolerance; ") + "; ".join(parts)
 
 
 def render_upgrade(rep: UpgradeReport, fmt: Callable, markdown: bool = False, strict: bool = False) -> str:

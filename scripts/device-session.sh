@@ -16,7 +16,8 @@
 #        after STEP... the same, queued behind the running pipeline
 #        collect [S]   wait up to S seconds (default 0) for the pipeline, then pack every step's
 #                      results into OUTDIR/STEP.tgz and print the pipeline's status and log tails
-# STEPs: kernel-1b, kernel-8b (every torch/bitsandbytes/torchao backend in kernel mode),
+# STEPs: kernel-1b, kernel-8b (every torch/bitsandbytes/torchao backend in kernel mode; repeated,
+#        a fresh process again, into kernel-1b-2, ...), large (the large tier, recorded),
 #        noise-kernel (the noise benchmark on kernel mode, 10 fresh processes), ort (ort-fp16,
 #        ort-int4, ort-int8 on the CUDA EP, eager and kernel mode; waits for ortsetup),
 #        rec (one recording run of the GPU tier into /tmp/bl), aa (an A/A run), inject (QP_INJECT,
@@ -107,7 +108,7 @@ esac
 shift 2
 src="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$src" || exit 1
-export PYTHONPATH="/tmp/site:$src" PYTHONUNBUFFERED=1 QUANTPERF_SKIP_INSTALL=1 QUANTPERF_CACHE=/tmp/qpc
+export PYTHONPATH="/tmp/site:$src" PYTHONUNBUFFERED=1 QUANTPERF_SKIP_INSTALL=1 QUANTPERF_CACHE=/tmp/qpc QUANTPERF_PROGRESS=log
 QP_K="${QP_K:-125m}"  # which GPU-tier tests rec/aa/inject run (pytest -k)
 TORCH_BACKENDS="torch-fp32 torch-fp16 torch-bf16 bnb-int8 bnb-int8-nodecomp bnb-nf4 bnb-fp4 torchao-int8wo torchao-int4wo"
 gpu_job() {  # results dir, time limit, pytest args...
@@ -130,11 +131,12 @@ n_of() { local n; n=$(ls -d "$Q/$1"* 2>/dev/null | wc -l); echo $((n + 1)); }
 for s in "$@"; do
     case "$s" in
     kernel-1b|kernel-8b)
-        model="synthetic:llama-${s#kernel-}"; mkdir -p "$Q/$s"
+        # a repeated step is a fresh process per backend again: kernel-1b, kernel-1b-2, ...
+        model="synthetic:llama-${s#kernel-}"; d="$Q/$s"; [ -d "$d" ] && d="$Q/$s-$(n_of "$s")"; mkdir -p "$d"
         backends="${QP_1B_BACKENDS:-$TORCH_BACKENDS}"; [ "$s" = kernel-8b ] && backends="${QP_8B_BACKENDS:-$TORCH_BACKENDS}"
         # shellcheck disable=SC2086
-        step "$s" timeout -k 10 900 python3 -m quantperf run --device cuda --mode kernel --backend $backends \
-            --model "$model" --out "$Q/$s/results.jsonl" --markdown > "$Q/$s/run.log" 2>&1
+        step "$(basename "$d")" timeout -k 10 900 python3 -m quantperf run --device cuda --mode kernel --backend $backends \
+            --model "$model" --out "$d/results.jsonl" --markdown > "$d/run.log" 2>&1
         ;;
     noise-kernel)
         step "$s" gpu_job "$Q/$s" 900 -k "repeatability and kernel" --qp-noise-runs 10 --qp-noise-variants ""
@@ -152,6 +154,9 @@ for s in "$@"; do
     aa)
         n=$(n_of aa); step "aa$n" gpu_job "$Q/aa$n" 900 -m "gpu and not quality and not slow" -k "$QP_K"
         ;;
+    large)  # the large tier (llama-8b kernel mode, FP8) and its claims, recorded into /tmp/bl
+        step large gpu_job "$Q/large" 900 --qp-record -m "gpu and slow and not quality" -k "not repeatability and (${QP_LARGE_K:-8b or large or fp8})"
+        ;;
     layout)
         step layout gpu_job "$Q/layout" 900 -k 125m
         ;;
@@ -159,7 +164,7 @@ for s in "$@"; do
         mkdir -p "$Q/$s"
         for _ in $(seq 1 120); do [ -f /tmp/site-old/.ready ] && break; sleep 5; done
         what=(--aa --calibration "$Q/upgrade-aa/calibration.json")
-        [ "$s" = upgrade ] && what=(bitsandbytes --find-links /tmp/wh --no-index --calibration "$Q/upgrade-aa/calibration.json")
+        [ "$s" = upgrade ] && what=(bitsandbytes --find-links /tmp/wh --no-index --calibration "$Q/upgrade-aa/calibration.json" --quality)
         # shellcheck disable=SC2086
         PYTHONPATH="/tmp/site-old:$PYTHONPATH" step "$s" timeout -k 10 600 python3 -m quantperf upgrade-check "${what[@]}" \
             --device cuda --model synthetic:llama-1b --backend ${QP_UP_BACKENDS:-bnb-nf4 bnb-int8-nodecomp} \

@@ -140,3 +140,23 @@ def test_several_runs_of_a_configuration_are_one_row_with_the_median_of_their_me
     assert row["runs"] == 3 and row["median"] == pytest.approx(99.0) and (row["q1"], row["q3"]) == pytest.approx((67.0, 105.0))
     (k,) = kernel_rows([_kernel("nvidia-h200", "torch-fp16", us) for us in (48.0, 48.3, 48.2)])
     assert k["runs"] == 3 and k["decode_us"] == pytest.approx(48.2) and 0 < k["decode_cv"] < 0.01
+    from quantperf.htmlreport import quality_rows
+
+    (q,) = quality_rows([_quality("cpu-x", "bnb-nf4", kld, 0.96) for kld in (1.3e-3, 1.3e-3, 1.4e-3)])
+    assert q["runs"] == 3 and q["mean_kld"] == pytest.approx(1.3e-3)
+
+
+def test_the_upgrade_section_names_the_change_and_each_configurations_tolerance():
+    """A report reader sees what was upgraded (from the report's overlay) and each mode's own
+    tolerance, not one band for all: the committed H200 check, bitsandbytes 0.49.2 -> 0.50.2."""
+    src = ROOT / "docs/measurements/h200-2026-11-29c/upgrade-report.json"
+    data = load([src])
+    (u,) = data.upgrades
+    assert u["versions"] == "bitsandbytes 0.49.2 -> 0.50.2" and u["profile"] == "nvidia-h200"
+    md = render_markdown(data)
+    assert re.search(r"\| bitsandbytes 0\.49\.2 -> 0\.50\.2 \| llama-1b-bnb-nf4-cuda-bs1-kernel \| kernel \| us per layer \| "
+                     r"0\.8510 \| \[0\.8412, 0\.8610\] \| \+/-1\.0% \| faster \|", md), md
+    assert re.search(r"\| llama-1b-bnb-nf4-cuda-bs1-eager \| eager \| time per token \| 0\.9387 \| .* \| \+/-5\.5% \| "
+                     r"inconclusive \|", md), md
+    aa = load([ROOT / "docs/measurements/h200-2026-11-29c/upgrade-aa-report.json"]).upgrades[0]
+    assert aa["versions"].startswith("A/A")

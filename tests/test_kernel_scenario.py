@@ -3,7 +3,8 @@ activations, for a torch backend and an ONNX Runtime backend (the CUDA-graph pat
 
 import pytest
 
-from quantperf.scenarios.kernel import LINEAR_TYPES, KernelScenario, decode_decomposition, linear_modules
+from quantperf.scenarios.kernel import (LINEAR_TYPES, MIN_REPLAYS, KernelScenario, decode_decomposition, fit_replays,
+                                       linear_modules)
 from quantperf.spec import RunSpec, Workload
 from quantperf.workers import LocalWorker
 
@@ -50,6 +51,27 @@ def test_an_injected_per_call_delay_shows_in_the_per_call_time(torch_worker):
     slowed = KernelScenario.table(torch_worker.rounds(n=1))["types"]["decode:q_proj"]["us_per_call"]
     torch_worker.configure(inject_ms=0.0)
     assert slowed - base == pytest.approx(200, rel=0.3)
+
+
+def test_a_slow_walk_gets_fewer_replays_per_sample_decided_once():
+    """50 replays of a 10 ms walk would make one sample half a second: the sample budget
+    (50 ms) gives it 5, never fewer than MIN_REPLAYS; fast walks keep theirs."""
+    assert fit_replays(50, 100.0) == 50 and fit_replays(50, 1000.0) == 50
+    assert fit_replays(50, 10_000.0) == 5
+    assert fit_replays(50, 1e6) == MIN_REPLAYS and fit_replays(2, 1e6) == 2
+    assert fit_replays(50, 0.0) == 50 and fit_replays(50, float("nan")) == 50
+
+
+def test_the_round_records_its_replays_and_a_slow_walk_is_bounded(torch_worker):
+    fast = torch_worker.rounds(n=1)[0]["types"]
+    assert {v["replays"] for v in fast.values()} == {KernelScenario.REPLAYS["cpu"]}
+    torch_worker.configure(inject_ms=20.0)  # 20 ms per call: a walk of the tiny model's layers takes > 40 ms
+    try:
+        slow = torch_worker.rounds(n=1)[0]["types"]
+    finally:
+        torch_worker.configure(inject_ms=0.0)
+    assert {v["replays"] for v in slow.values()} == {MIN_REPLAYS}
+    assert slow["decode:q_proj"]["us_per_call"] == pytest.approx(20_000, rel=0.2)
 
 
 def test_decode_decomposition_flags_kernels_longer_than_the_step():

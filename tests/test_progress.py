@@ -36,3 +36,29 @@ def test_the_scheduler_announces_its_long_steps():
     assert result.ok, result.reason
     assert [s.split(": ", 1)[1] for s in steps.shown] == [
         "prepare (one-time builds: checkpoint, export, quantization)", "load", "warm-up", "3 rounds"]
+
+
+def test_log_mode_writes_a_timestamped_line_per_step_start_and_end(monkeypatch):
+    """QUANTPERF_PROGRESS=log: where an unattended run spent its time, and where one that never
+    ended was, readable in a plain log; a failing step says so."""
+    import re
+
+    import pytest
+
+    monkeypatch.setenv(progress.LOG_ENV, "log")
+    assert progress.log_requested()
+    pipe = io.StringIO()
+    steps = progress.Steps(pipe, log=progress.log_requested())
+    assert steps.enabled
+    with steps.step("llama-8b torchao-fp8wo kernel: load"):
+        pass
+    with pytest.raises(RuntimeError), steps.step("llama-8b torchao-fp8wo kernel: warm-up"):
+        raise RuntimeError("boom")
+    lines = [re.sub(r"^  \[\d\d:\d\d:\d\d\] ", "", x) for x in pipe.getvalue().splitlines()]
+    assert len(lines) == 4 and all(x.startswith("llama-8b") for x in lines), pipe.getvalue()
+    assert lines[0] == "llama-8b torchao-fp8wo kernel: load ..." and lines[2] == "llama-8b torchao-fp8wo kernel: warm-up ..."
+    lines = pipe.getvalue().splitlines()
+    assert re.fullmatch(r"  \[\d\d:\d\d:\d\d\] llama-8b torchao-fp8wo kernel: load: done in \d+\.\d s", lines[1])
+    assert re.fullmatch(r"  \[\d\d:\d\d:\d\d\] llama-8b torchao-fp8wo kernel: warm-up: failed after \d+\.\d s", lines[3])
+    monkeypatch.setenv(progress.LOG_ENV, "")
+    assert not progress.log_requested()

@@ -276,11 +276,13 @@ def test_upgrade_flags_exactly_the_slower_backend(base, wheels, aa_run, tmp_path
     # the claim holds with qp_slowlib 1.0 and is flipped by 2.0
     [claim] = rep["takeaways"]
     assert (claim["A"]["verdict"], claim["B"]["verdict"], claim["status"]) == ("holds", "flipped", "flipped"), claim
-    assert rep["regressions"] == ["small-fake-lib-cpu-bs1-p8-n12-eager: slower",
+    assert rep["regressions"][0].startswith("small-fake-lib-cpu-bs1-p8-n12-eager: slower x")
+    assert rep["regressions"][1:] == [
                                   "takeaway fake-lib-as-fast-as-fp16: FLIPPED"] and rep["exit_code"] == 1
     assert rep["calibration"]["kind"] == "quantperf-upgrade-calibration"
     assert rep["overlay"]["versions_b"]["qp_slowlib"] == "2.0"
-    assert "REGRESSED: small-fake-lib-cpu-bs1-p8-n12-eager: slower; takeaway fake-lib-as-fast-as-fp16: FLIPPED" in out.stdout
+    assert re.search(r"REGRESSED: small-fake-lib-cpu-bs1-p8-n12-eager: slower x1\.\d{3} \[1\.\d{3}, 1\.\d{3}\]; "
+                     r"takeaway fake-lib-as-fast-as-fp16: FLIPPED", out.stdout), out.stdout
     md = (tmp_path / "r.md").read_text()
     assert re.search(r"\| small-fake-lib-cpu-bs1-p8-n12-eager \| 1\.[45]\d\d \[1\.\d+, 1\.\d+\] \| .* \| SLOWER \|", md), md
     assert re.search(r"\| small-fake-fp16-cpu-bs1-p8-n12-eager \| [01]\.\d+ \[.* \| same \|", md), md
@@ -308,3 +310,22 @@ def test_side_crash_mid_run_keeps_what_was_measured(base, wheels, tmp_path):
     assert c["status"] == "error" and c["verdict"] is None
     [pair] = c["pairs"]
     assert len(pair["blocks"]) == 1 and pair["complete"] is False  # block 1 of pair 1 is kept
+
+
+def test_summary_line_names_faster_skipped_and_changed_outputs():
+    """A reviewer reads one line: a 15% faster kernel must not hide behind "no change"."""
+    rep = U.UpgradeReport(kind="upgrade", profile="p", device="cuda", overlay={}, describe="", settings={})
+    rep.configs = [
+        U.ConfigCheck("k", {"mode": "kernel"}, verdict="faster", ratio=0.851, low=0.841, high=0.861),
+        U.ConfigCheck("g", {"mode": "graph"}, status="skipped", message="not measurable"),
+        U.ConfigCheck("e", {"mode": "eager"}, verdict="inconclusive", ratio=0.94, low=0.84, high=1.05),
+    ]
+    rep.quality = [{"config_id": "q", "status": "ok", "verdict": "changed"}]
+    line = U.summary_line(rep)
+    assert rep.exit_code() == 0
+    assert line == ("no regression; 1 FASTER: k x0.851 [0.841, 0.861]; outputs changed within limits: q; "
+                    "1 inconclusive: e; 1 skipped: g"), line
+    rep.configs, rep.quality = [U.ConfigCheck("k", {"mode": "kernel"}, verdict="same", ratio=1.0, low=0.99, high=1.01)], []
+    assert U.summary_line(rep) == "no change beyond tolerance"
+    rep.configs[0].verdict = "slower"
+    assert U.summary_line(rep) == "REGRESSED: k: slower x1.000 [0.990, 1.010]" and rep.exit_code() == 1

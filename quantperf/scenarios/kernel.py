@@ -8,7 +8,8 @@ is invisible end to end and plain here.
 How (CUDA): forward pre-hooks capture each linear's input on one real prompt (random inputs
 never take bitsandbytes' outlier path). For each module type (q, k, v, o, gate, up, down) one
 CUDA graph walks that module across all layers (a working set far larger than L2), captured on a
-side stream after warm-up; a sample is `replays` graph replays between two CUDA events; the SM
+side stream after warm-up; a sample is `replays` graph replays between two CUDA events (50, fewer
+only for a walk too slow for SAMPLE_BUDGET_US, decided once before the first sample); the SM
 clock is read per sample. Where capture fails (bitsandbytes LLM.int8 with its outlier threshold
 syncs with the host), the process never captures again (a failed capture leaves CUDA's RNG state
 broken) and times K back-to-back walks between events instead, labelled `eager-timed`: results of
@@ -38,6 +39,12 @@ ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
 SHAPES = ("decode", "prefill")
 L2_HOT_MARGIN = 1.05  # a figure above the measured copy bandwidth by more than this is L2-hot, not a result
 EAGER_REPLAY_DIVISOR = 10
+# One sample's time budget: a walk slow enough that `replays` of it would exceed this gets fewer
+# replays (decided once per walk before its first sample, so every round does the same work;
+# never fewer than MIN_REPLAYS). Every walk of the committed baselines fits 50 replays; the
+# budget keeps a slow backend on 8B shapes from turning one round into minutes.
+SAMPLE_BUDGET_US = 50_000.0
+MIN_REPLAYS = 3
 _CAPTURE_BROKEN = False  # a failed capture breaks CUDA's RNG state for later captures in this process
 _CYCLES_PER_US: float | None = None
 
@@ -157,6 +164,7 @@ class _Walk:
             self._capture()
             if self.graph is None:  # eager-timed walks are 10-100x slower: fewer per sample, fixed per config
                 self.replays = max(1, replays // EAGER_REPLAY_DIVISOR)
+        self.replays = fit_replays(self.replays, self._timed_us(1))
 
     def run(self) -> None:
         for m, x in zip(self.modules, self.inputs):
@@ -205,21 +213,32 @@ class _Walk:
 
     def sample_us(self) -> float:
         """Microseconds per module call over `replays` repetitions of the walk."""
-        calls = self.replays * len(self.modules)
+        return self._timed_us(self.replays) / (self.replays * len(self.modules))
+
+    def _timed_us(self, walks: int) -> float:
+        """Microseconds of `walks` back-to-back walks (CUDA events around the device work, or perf_counter)."""
         if self.device == "cuda":
             import torch
 
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            for _ in range(self.replays):
+            for _ in range(walks):
                 self.graph.replay() if self.graph is not None else self.run()
             end.record()
             end.synchronize()
-            return start.elapsed_time(end) * 1e3 / calls
+            return start.elapsed_time(end) * 1e3
         t0 = time.perf_counter()
-        for _ in range(self.replays):
+        for _ in range(walks):
             self.run()
-        return (time.perf_counter() - t0) * 1e6 / calls
+        return (time.perf_counter() - t0) * 1e6
+
+
+def fit_replays(replays: int, walk_us: float, budget_us: float = SAMPLE_BUDGET_US) -> int:
+    """Replays per sample: `replays`, or as many walks of `walk_us` as fit the sample budget,
+    at least MIN_REPLAYS (or `replays` itself when that is fewer)."""
+    if not walk_us > 0:
+        return replays
+    return max(min(MIN_REPLAYS, replays), min(replays, int(budget_us // walk_us)))
 
 
 class KernelScenario(Scenario):
@@ -300,7 +319,7 @@ class KernelScenario(Scenario):
                     m, x = walk.modules[0], walk.inputs[0]
                     out["types"][f"{shape}:{t}"] = {
                         "us_per_call": statistics.median(samples), "samples_us": samples, "method": walk.method,
-                        "note": walk.note, "bytes": module_bytes(m, x, _out_features(m)),
+                        "note": walk.note, "replays": walk.replays, "bytes": module_bytes(m, x, _out_features(m)),
                         "flops": 2 * x[..., :1].numel() * _in_features(m) * _out_features(m), "sm_clock_mhz": clocks,
                         "layers": len(walk.modules)}
         return out
