@@ -383,10 +383,10 @@ def qp_session(request):
         session.progress = progress
         from . import progress as steps
 
-        if tr.isatty or steps.log_requested():  # a status line per long step past the capture (a
-            # timestamped line per step start and end with QUANTPERF_PROGRESS=log); nothing in CI logs
-            log = steps.log_requested()
-            steps.activate(steps.Steps((_LinesPastCapture if log else _PastCapture)(tr, capman), enabled=True, log=log))
+        log = steps.log_requested()
+        if tr.isatty or log:  # a status line per long step past the capture (with QUANTPERF_PROGRESS=log a
+            # timestamped line per step start and end, through `progress` above); nothing in CI logs
+            steps.activate(steps.Steps(_Lines(progress) if log else _PastCapture(tr, capman), enabled=True, log=log))
             request.addfinalizer(lambda: steps.activate(None))
     config._qp_session = session
     return session
@@ -411,16 +411,20 @@ class _PastCapture:
         return True
 
 
-class _LinesPastCapture(_PastCapture):
-    """The same for whole lines (QUANTPERF_PROGRESS=log), each on a line of its own."""
+class _Lines:
+    """A text stream that hands each whole line to `write_line` (the session's past-capture line
+    writer, which indents it): the progress log of QUANTPERF_PROGRESS=log."""
+
+    def __init__(self, write_line):
+        self.write_line = write_line
 
     def write(self, text: str) -> None:
-        import contextlib
+        for line in text.splitlines():
+            if line.strip():
+                self.write_line(line.strip())
 
-        with self.capman.global_and_fixture_disabled() if self.capman else contextlib.nullcontext():
-            for line in text.splitlines():
-                self.tr.ensure_newline()
-                self.tr.write_line(line)
+    def flush(self) -> None:
+        pass
 
 
 def run_check(fn, *args, **kwargs):

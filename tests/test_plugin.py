@@ -272,3 +272,17 @@ def test_shards_go_to_the_least_loaded_worker_the_same_way_everywhere():
     load = [sum(1 for k in keys if owner[k] == w) for w in (0, 1)]
     assert sorted(load) == [5, 5]
     assert set(assign_shards(keys, 8).values()) == {0, 1, 2, 3}  # more workers than shards: some idle
+
+
+def test_progress_log_lines_reach_a_plain_log(project, monkeypatch):
+    """QUANTPERF_PROGRESS=log: each long step's start and end, timestamped, in a log that is not a
+    terminal (an unattended GPU runner); without it the log has none."""
+    import re
+
+    quiet = run(project, "-m", "cpu", "-k", "speed", "--qp-record")  # recording measures (no baseline yet)
+    assert quiet.ret == 0 and not any(re.match(r"  \[\d\d:\d\d:\d\d\] ", line) for line in quiet.outlines), quiet.outlines
+    monkeypatch.setenv("QUANTPERF_PROGRESS", "log")
+    result = run(project, "-m", "cpu", "-k", "speed")
+    result.assert_outcomes(passed=2)
+    result.stdout.re_match_lines([r"  \[\d\d:\d\d:\d\d\] small fake-fp16 eager: load \.\.\.$",
+                                  r"  \[\d\d:\d\d:\d\d\] small fake-fp16 eager: load: done in \d+\.\d s$"])
