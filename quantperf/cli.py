@@ -505,9 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from . import progress
 
-    # a status line per long step on a terminal; silent in pipes and logs unless QUANTPERF_PROGRESS=log
-    progress.activate(progress.Steps(log=progress.log_requested()))
     try:
+        # a status line per long step on a terminal; silent in pipes and logs unless QUANTPERF_PROGRESS=log
+        progress.activate(progress.Steps(log=progress.log_requested()))
         return args.fn(args)
     except BrokenPipeError:
         # the reader went away (`quantperf profile | head -1`): not an error of ours

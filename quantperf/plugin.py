@@ -144,10 +144,13 @@ def _worker_path(path: Path, worker: str | None) -> Path:
 def _validate_options(config) -> None:
     """Bad --qp-* values are one clean usage line naming the option and the value (pytest's
     "ERROR: ..."), before anything is collected or measured. Only options given on the command
-    line are checked here, so an unrelated project with this plugin installed is never touched."""
+    line are checked here (and QUANTPERF_PROGRESS, which only this project reads), so an unrelated
+    project with this plugin installed is never touched."""
+    from . import progress
     from .errors import ConfigError
 
     try:
+        progress.log_requested()  # QUANTPERF_PROGRESS: 'log' or unset
         tol = config.getoption(TOLERANCE)
         if tol:
             from .gate import parse_tolerances

@@ -26,7 +26,14 @@ LOG_ENV = "QUANTPERF_PROGRESS"  # "log": a timestamped line per step start and e
 
 
 def log_requested() -> bool:
-    return os.environ.get(LOG_ENV, "").strip().lower() == "log"
+    """Whether QUANTPERF_PROGRESS asks for the log lines; any other value than "log" or empty is an error."""
+    value = os.environ.get(LOG_ENV, "").strip()
+    if value.lower() not in ("", "log"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"{LOG_ENV}={value!r}: unknown value; set it to 'log' (a timestamped line per long step) "
+                          "or leave it unset (a status line on a terminal only)")
+    return value.lower() == "log"
 
 
 class Steps:

@@ -62,3 +62,23 @@ def test_log_mode_writes_a_timestamped_line_per_step_start_and_end(monkeypatch):
     assert re.fullmatch(r"  \[\d\d:\d\d:\d\d\] llama-8b torchao-fp8wo kernel: warm-up: failed after \d+\.\d s", lines[3])
     monkeypatch.setenv(progress.LOG_ENV, "")
     assert not progress.log_requested()
+
+
+def test_an_unknown_progress_value_is_one_clear_error(monkeypatch, tmp_path):
+    """QUANTPERF_PROGRESS=lgo is a typo, not a silent "off": one line naming the variable, the
+    value and what it accepts, from the CLI (exit 2) and from pytest (a usage error)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from quantperf.errors import ConfigError
+
+    monkeypatch.setenv(progress.LOG_ENV, "lgo")
+    with pytest.raises(ConfigError, match=r"QUANTPERF_PROGRESS='lgo': unknown value; set it to 'log'"):
+        progress.log_requested()
+    cli = subprocess.run([sys.executable, "-m", "quantperf", "backends"], capture_output=True, text=True, cwd=tmp_path)
+    assert cli.returncode == 2 and cli.stderr.strip().startswith("quantperf: QUANTPERF_PROGRESS='lgo'"), cli.stderr
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--co", "-q"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert run.returncode == 4 and "quantperf: QUANTPERF_PROGRESS='lgo'" in run.stderr, (run.stdout, run.stderr)
