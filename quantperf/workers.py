@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -249,6 +250,28 @@ class ProcessWorker:
         except OSError:
             return ""
 
+    def _dump_stacks(self, wait_s: float = 5.0) -> None:
+        """Ask a silent worker for every thread's Python stack (faulthandler, registered by
+        quantperf.worker on SIGUSR1; it answers even from inside a blocking C call) and give it
+        `wait_s` to write it to its stderr log, which the error then quotes."""
+        from .worker import STACK_SIGNAL
+
+        sig = getattr(signal, STACK_SIGNAL, None)
+        if sig is None or self.proc.poll() is not None:
+            return
+        before = os.path.getsize(self._log.name)
+        self.proc.send_signal(sig)
+        deadline = time.monotonic() + wait_s
+        size = before
+        while time.monotonic() < deadline:  # written once it stops growing
+            time.sleep(0.2)
+            if self.proc.poll() is not None:  # not yet listening: the signal's default action ended it
+                return
+            now = os.path.getsize(self._log.name)
+            if now > before and now == size:
+                return
+            size = now
+
     def _request(self, method: str, kwargs: dict) -> Any:
         if self.proc.poll() is not None:
             raise WorkerCrashed(f"worker for {self.spec.id} exited with code {self.proc.returncode}: {self._stderr_tail()}")
@@ -258,10 +281,11 @@ class ProcessWorker:
         # so select() on the pipe tells whether the worker is still silent
         ready, _, _ = select.select([self.proc.stdout], [], [], WORKER_TIMEOUT_S)
         if not ready:
+            self._dump_stacks()
             self.proc.kill()
             raise WorkerCrashed(
                 f"worker for {self.spec.id} gave no answer to {method!r} within {WORKER_TIMEOUT_S:.0f} s "
-                f"(set {WORKER_TIMEOUT_ENV} to allow more); stderr tail:\n{self._stderr_tail()}"
+                f"(set {WORKER_TIMEOUT_ENV} to allow more); where it was, and its stderr tail:\n{self._stderr_tail(6000)}"
             )
         line = self.proc.stdout.readline()
         if not line:

@@ -20,12 +20,14 @@
 #        a fresh process again, into kernel-1b-2, ...), large (the large tier, recorded),
 #        noise-kernel (the noise benchmark on kernel mode, 10 fresh processes), ort (ort-fp16,
 #        ort-int4, ort-int8 on the CUDA EP, eager and kernel mode; waits for ortsetup),
-#        rec (one recording run of the GPU tier into /tmp/bl), aa (an A/A run), inject (QP_INJECT,
+#        rec (one recording run of the GPU tier into /tmp/bl; QP_M its -m), aa (an A/A run), inject (QP_INJECT,
 #        default torch-fp16=10 ms/token, about 2x on llama-125m, on the 125m tests); QP_K selects their
 #        tests (pytest -k, default 125m); layout (`pytest benchmarks -m gpu -k 125m`, the README's GPU
 #        command, with --qp-report); upgrade-aa / upgrade (`quantperf upgrade-check` A/A calibration,
 #        then the installed bitsandbytes against the old one of oldsetup: A = old, B = /tmp/wh's wheel;
-#        QP_UP_BACKENDS, QP_UP_MODES); QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b.
+#        QP_UP_BACKENDS, QP_UP_MODES); QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b;
+#        QP_KERNEL_WORKER_TIMEOUT / QP_LARGE_WORKER_TIMEOUT: seconds a worker of kernel-* / large may stay
+#        silent before it is asked for its stacks and killed (QUANTPERF_WORKER_TIMEOUT_S).
 #
 # The machine goes back after 30 s without a call in flight, and with it every installed wheel
 # and every result not yet collected: while the pipeline runs, keep a `collect 250` call in flight
@@ -135,7 +137,7 @@ for s in "$@"; do
         model="synthetic:llama-${s#kernel-}"; d="$Q/$s"; [ -d "$d" ] && d="$Q/$s-$(n_of "$s")"; mkdir -p "$d"
         backends="${QP_1B_BACKENDS:-$TORCH_BACKENDS}"; [ "$s" = kernel-8b ] && backends="${QP_8B_BACKENDS:-$TORCH_BACKENDS}"
         # shellcheck disable=SC2086
-        step "$(basename "$d")" timeout -k 10 900 python3 -m quantperf run --device cuda --mode kernel --backend $backends \
+        QUANTPERF_WORKER_TIMEOUT_S="${QP_KERNEL_WORKER_TIMEOUT:-1800}" step "$(basename "$d")" timeout -k 10 900 python3 -m quantperf run --device cuda --mode kernel --backend $backends \
             --model "$model" --out "$d/results.jsonl" --markdown > "$d/run.log" 2>&1
         ;;
     noise-kernel)
@@ -149,13 +151,13 @@ for s in "$@"; do
             > "$Q/ort/run.log" 2>&1
         ;;
     rec)
-        n=$(n_of rec); step "rec$n" gpu_job "$Q/rec$n" 900 --qp-record -m "gpu and not quality and not slow" -k "$QP_K"
+        n=$(n_of rec); step "rec$n" gpu_job "$Q/rec$n" 900 --qp-record -m "${QP_M:-gpu and not quality and not slow}" -k "$QP_K"
         ;;
     aa)
         n=$(n_of aa); step "aa$n" gpu_job "$Q/aa$n" 900 -m "gpu and not quality and not slow" -k "$QP_K"
         ;;
     large)  # the large tier (llama-8b kernel mode, FP8) and its claims, recorded into /tmp/bl
-        step large gpu_job "$Q/large" 900 --qp-record -m "gpu and slow and not quality" -k "not repeatability and (${QP_LARGE_K:-8b or large or fp8})"
+        QUANTPERF_WORKER_TIMEOUT_S="${QP_LARGE_WORKER_TIMEOUT:-300}" step large gpu_job "$Q/large" 900 --qp-record -m "gpu and slow and not quality" -k "not repeatability and (${QP_LARGE_K:-8b or large or fp8})"
         ;;
     layout)
         step layout gpu_job "$Q/layout" 900 -k 125m

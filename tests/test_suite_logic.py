@@ -1,6 +1,8 @@
 """Session logic without pytest: adaptive rounds, interleaving and version reporting, on the
 deterministic fake backends in this process."""
 
+import sys
+
 import pytest
 
 from quantperf import RunSpec, Workload, measure_many
@@ -67,6 +69,29 @@ def test_a_silent_worker_is_killed_with_a_clear_error(monkeypatch):
     monkeypatch.setattr(workers, "WORKER_TIMEOUT_S", 0.001)
     with pytest.raises(workers.WorkerCrashed, match="gave no answer to 'init' within"):
         workers.ProcessWorker(_pair()[0])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the stack request is a POSIX signal")
+def test_a_stuck_worker_says_where_it_was_stuck(monkeypatch, tmp_path):
+    """A worker that stops answering (here: blocked in a library's call) is asked for its
+    threads' stacks before it is killed, and the error quotes them: a hang on a lent GPU
+    names the call it hung in, not only the request."""
+    from quantperf import workers
+
+    (tmp_path / "qp_slowlib.py").write_text("import time\n\ndef work(ms):\n    time.sleep(600)\n")
+    spec = RunSpec("fake:small", "fake-lib", "cpu", "eager", W)
+    worker = workers.ProcessWorker(spec, env={"PYTHONPATH": str(tmp_path)})
+    try:
+        worker.load()
+        monkeypatch.setattr(workers, "WORKER_TIMEOUT_S", 2.0)
+        with pytest.raises(workers.WorkerCrashed) as info:
+            worker.warmup(rounds=1)
+    finally:
+        worker.proc.kill()
+    message = str(info.value)
+    assert "gave no answer to 'warmup' within 2 s" in message
+    assert "qp_slowlib.py" in message and "in work" in message
+    assert worker.proc.wait(timeout=10) is not None
 
 
 def test_onnx_export_is_cached(model_cache):
