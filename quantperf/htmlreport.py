@@ -30,6 +30,7 @@ SECTIONS = ("Summary", "Cross-hardware matrix", "Decode speed", "Kernel time", "
 class ReportData:
     results: list[RunResult] = field(default_factory=list)
     summaries: list[SessionSummary] = field(default_factory=list)
+    summary_sources: list[str] = field(default_factory=list)  # the file of each summary, in order
     takeaways: dict[str, dict] = field(default_factory=dict)  # profile -> claim id -> recorded verdict entry
     upgrades: list[dict] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
@@ -79,6 +80,7 @@ def load(paths: list[str | Path], baselines: str | Path | None = None) -> Report
         if isinstance(doc, dict) and "configs" in doc and "profiles" in doc:
             try:
                 data.summaries.append(SessionSummary.from_dict(doc))
+                data.summary_sources.append(_shown(path))
             except (TypeError, KeyError, ValueError) as exc:
                 raise ConfigError(f"{path}: a session summary this quantperf cannot read (schema "
                                   f"{doc.get('schema', 1)}, {type(exc).__name__}: {exc}); give its results.jsonl "
@@ -509,16 +511,19 @@ def sections(data: ReportData) -> dict[str, dict]:
     out: dict[str, dict] = {}
     summary_rows = []
     measured = {r.profile for r in data.results if r.profile}  # a device the session ran nothing on is left out
-    for s in data.summaries:
+    for i, s in enumerate(data.summaries):
         regs = len(s.regressions)
         flips = len(s.flips)
         inconc = sum(1 for c in s.configs if c.status == "inconclusive")
+        inconc += sum(1 for c in s.claims if c.verdict == "inconclusive")
         shown = sorted(p for p in set(s.profiles.values()) if not measured or p in measured)
-        summary_rows.append([", ".join(shown), len(s.configs), regs, flips, inconc,
+        source = data.summary_sources[i] if i < len(data.summary_sources) else "-"
+        summary_rows.append([source, ", ".join(shown), len(s.configs), regs, len(s.claims), flips, inconc,
                              "; ".join(n for n in s.notes if n.startswith("this machine") or "runs" in n)[:300]])
     out["Summary"] = {"text": [f"Sources: {', '.join(data.sources)}" if data.sources else "",
                                f"Profiles: {', '.join(data.profiles) or '-'}"],
-                      "tables": [(["profiles", "configurations", "regressed", "flipped claims", "inconclusive", "notes"],
+                      "tables": [(["session summary", "profiles", "configurations", "regressed", "claims",
+                                   "flipped claims", "inconclusive", "notes"],
                                   summary_rows)] if summary_rows else []}
     configs, profiles, cells = cross_matrix(data.results)
     if len(profiles) > 1 or configs:

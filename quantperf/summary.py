@@ -118,4 +118,6 @@ class SessionSummary:
 
     @property
     def flips(self) -> list[ClaimOutcome]:
-        return [c for c in self.claims if c.verdict not in (c.expected, "inconclusive")]
+        """Claims whose verdict differs from the one expected on their profile. A claim with no
+        expectation yet (its first measurement there) is reported, not counted as a flip."""
+        return [c for c in self.claims if c.expected is not None and c.verdict not in (c.expected, "inconclusive")]
