@@ -160,6 +160,7 @@ class ClaimModel(Strict):
     profiles: list[str] = ["*"]
     a: SideModel
     b: SideModel
+    batch_size: int | None = Field(None, ge=1, le=1024)  # None: the tier's workload's
     expect: dict[str, Literal["holds", "flipped"]] = {}
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)  # TOML ints may stand for floats

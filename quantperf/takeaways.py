@@ -13,6 +13,7 @@ A claim file (TOML) holds `[[claim]]` tables:
     profiles = ["nvidia-*"]        # fnmatch patterns of profiles it applies to
     a = { model = "synthetic:llama-125m", backend = "torch-fp16" }
     b = { model = "synthetic:llama-125m", backend = "bnb-int8" }
+    batch_size = 8                 # optional: both sides at this batch instead of the tier's
     [claim.expect]                 # expected verdict per profile pattern; default "holds"
     "nvidia-h100-*" = "flipped"
 
@@ -24,6 +25,7 @@ included: the deployment advice changed and someone must decide.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ class Claim:
     expect: tuple[tuple[str, str], ...] = ()
     claimed_ratio: float | None = None
     relation: str = ""
+    batch_size: int | None = None  # a claim about another batch than the tier's (FP8 GEMMs at bs 8)
 
     def applies_to(self, profile: str) -> bool:
         return any(fnmatch.fnmatch(profile, pat) for pat in self.profiles)
@@ -74,6 +77,8 @@ class Claim:
         return None
 
     def specs(self, workload: Workload) -> tuple[RunSpec, RunSpec]:
+        if self.batch_size is not None:
+            workload = dataclasses.replace(workload, batch_size=self.batch_size)
         return (RunSpec(self.a.model, self.a.backend, self.device, self.a.mode, workload),
                 RunSpec(self.b.model, self.b.backend, self.device, self.b.mode, workload))
 
@@ -117,7 +122,7 @@ def load_claims(path: str | Path) -> list[Claim]:
             id=raw.id, sentence=raw.sentence, source=raw.source, metric=raw.metric, bounds=(float(lo), float(hi)),
             a=Side(raw.a.model, raw.a.backend, raw.a.mode), b=Side(raw.b.model, raw.b.backend, raw.b.mode),
             device=raw.device, profiles=tuple(raw.profiles), expect=tuple(raw.expect.items()),
-            claimed_ratio=raw.claimed_ratio, relation=raw.relation or "bounds",
+            claimed_ratio=raw.claimed_ratio, relation=raw.relation or "bounds", batch_size=raw.batch_size,
         ))
     return claims
 

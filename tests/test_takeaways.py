@@ -87,14 +87,29 @@ def test_unmeasured_side_is_inconclusive_with_reason(tmp_path):
     (('metric = "decode_tokens_per_s"', 'metric = "speed"'), "metric: unknown metric 'speed'; known: decode_tokens_per_s"),
     (('relation = "lower"', 'relation = "sideways"'), "claim\\[0\\].relation: input should be 'lower', 'higher', 'within' or 'bounds', got 'sideways'"),
     (('relation = "lower"', 'relation = "lower"\nexpected = { "nvidia-*" = "holds" }'),
-     "claim\\[0\\]: unknown key 'expected' .*allowed keys: a, b, bounds, claimed_ratio, device, expect, id"),
+     "claim\\[0\\]: unknown key 'expected' .*allowed keys: a, b, batch_size, bounds, claimed_ratio, device, expect, id"),
     (('profiles = ["nvidia-*"]', 'profiles = "nvidia-*"'), "claim\\[0\\].profiles: input should be a valid list, got 'nvidia-\\*'"),
     (('id = "small-int8-slower-than-fp16"\n', ''), "claim\\[0\\].id: missing required key"),
     (('"nvidia-h100-*" = "holds"', '"nvidia-h100-*" = "maybe"'), "expect"),
+    (('claimed_ratio = 0.65', 'batch_size = 0'), "claim\\[0\\].batch_size: input should be greater than or equal to 1, got 0"),
 ])
 def test_bad_claim_files_name_the_field(tmp_path, mutation, match):
     with pytest.raises(ConfigError, match=match):
         _claim(tmp_path, CLAIM.replace(*mutation))
+
+
+def test_a_claim_can_set_its_own_batch_for_both_sides(tmp_path):
+    """FP8 GEMMs at batch 8: both sides are measured at the claim's batch, as configurations of
+    their own (bs8 in the id), while the tier's other fields (prompt, tokens, rounds) stay."""
+    claim = _claim(tmp_path, CLAIM.replace("claimed_ratio = 0.65", "batch_size = 8"))
+    tier = Workload(batch_size=1, prompt_tokens=128, new_tokens=64, rounds=5)
+    a, b = claim.specs(tier)
+    assert (a.workload.batch_size, b.workload.batch_size) == (8, 8)
+    assert (a.workload.prompt_tokens, a.workload.rounds) == (128, 5)
+    assert "-bs8-" in a.id and "-bs8-" in b.id
+    assert _claim(tmp_path).specs(tier)[0].workload.batch_size == 1  # no batch_size: the tier's
+    bundled = {c.id: c for c in load_claims(ROOT / "baselines" / "takeaways.toml")}
+    assert bundled["fp8-gemms-faster-than-bf16-at-prefill-bs8"].specs(tier)[1].id == "llama-8b-torchao-fp8dq-cuda-bs8-kernel"
 
 
 def _kernel_res(backend, samples, method):
