@@ -117,7 +117,7 @@ gpu_job() {  # results dir, time limit, pytest args...
     local dir="$1" limit="$2"; shift 2
     mkdir -p "$dir"
     timeout -k 10 "$limit" python3 -m pytest benchmarks -m gpu -p no:cacheprovider -rsfE -v --durations=0 \
-        -o faulthandler_timeout=200 --qp-baselines /tmp/bl --qp-results "$dir/results.jsonl" --qp-report "$dir/report" \
+        -o faulthandler_timeout="${QP_FAULTHANDLER_S:-200}" --qp-baselines /tmp/bl --qp-results "$dir/results.jsonl" --qp-report "$dir/report" \
         "$@" > "$dir/pytest.log" 2>&1
 }
 step() {  # name, then the command
@@ -157,7 +157,8 @@ for s in "$@"; do
         n=$(n_of aa); step "aa$n" gpu_job "$Q/aa$n" 900 -m "gpu and not quality and not slow" -k "$QP_K"
         ;;
     large)  # the large tier (llama-8b kernel mode, FP8) and its claims, recorded into /tmp/bl
-        QUANTPERF_WORKER_TIMEOUT_S="${QP_LARGE_WORKER_TIMEOUT:-300}" step large gpu_job "$Q/large" 900 --qp-record -m "gpu and slow and not quality" -k "not repeatability and (${QP_LARGE_K:-8b or large or fp8})"
+        # three 8B loads in a row (torchao quantizes at load, ~60 s each) outlast the 200 s stack dump
+        QP_FAULTHANDLER_S=600 QUANTPERF_WORKER_TIMEOUT_S="${QP_LARGE_WORKER_TIMEOUT:-300}" step large gpu_job "$Q/large" 900 --qp-record -m "gpu and slow and not quality" -k "not repeatability and (${QP_LARGE_K:-8b or large or fp8})"
         ;;
     layout)
         step layout gpu_job "$Q/layout" 900 -k 125m

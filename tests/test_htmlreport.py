@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quantperf.htmlreport import SECTIONS, load, render_html, render_markdown, takeaway_matrix
+from quantperf.htmlreport import SECTIONS, load, render_html, render_markdown, sections, takeaway_matrix
 from quantperf.results import Metric, RunResult
 from quantperf.spec import RunSpec, Workload
 from quantperf.summary import ClaimOutcome, ConfigOutcome, SessionSummary
@@ -108,6 +108,25 @@ def test_merge_builds_one_matrix_across_profiles_and_markdown_has_the_tables(sto
     assert (tmp_path / "m.html").read_text().startswith("<!doctype html>")
 
 
+def test_the_summary_table_has_one_row_per_session_summary_and_counts_only_real_flips(stored, tmp_path):
+    """Several summaries of one profile are told apart by their file; a claim measured for the
+    first time on a profile (no expected verdict yet) is counted among its claims, not as a flip."""
+    first = SessionSummary(profiles={"cuda": "nvidia-h200"}, claims=[
+        ClaimOutcome(id="fp8-weights-faster-than-bf16-at-decode", profile="nvidia-h200", verdict="flipped",
+                     expected=None, ratio=13.3, ci=[13.2, 13.3], p_value=0.06, message=""),
+        ClaimOutcome(id="small-int8-slower-than-fp16", profile="nvidia-h200", verdict="inconclusive",
+                     expected="holds", ratio=0.9, ci=[0.5, 1.2], p_value=0.4, message="")])
+    first.write(tmp_path / "large-summary.json")
+    assert first.flips == []
+    data = load([*stored, tmp_path / "large-summary.json"])
+    header, rows = sections(data)["Summary"]["tables"][0]
+    assert header[:2] == ["session summary", "profiles"]
+    by_source = {Path(r[0]).name: dict(zip(header, r)) for r in rows}
+    large = by_source["large-summary.json"]
+    assert (large["profiles"], large["claims"], large["flipped claims"], large["inconclusive"]) == ("nvidia-h200", 2, 0, 1)
+    assert by_source["nvidia-h200-summary.json"]["flipped claims"] == 0  # "flipped" was the expected verdict there
+
+
 def test_bad_report_input_is_one_clear_line(tmp_path):
     bad = tmp_path / "r.jsonl"
     bad.write_text('{"spec": {"model": "m"}}\n')
@@ -130,6 +149,21 @@ def test_the_committed_measurements_merge_into_one_matrix():
     header = next(line for line in md.splitlines() if line.startswith("| configuration |"))
     for profile in ("nvidia-h200", "nvidia-h100-80gb-hbm3", "cpu-amd-epyc-x86_64-avx2-2c"):
         assert profile in header
+
+
+def test_the_readme_takeaway_matrix_is_the_one_rendered_from_the_committed_measurements():
+    """The README's matrix of claims x profiles is what `quantperf merge` renders from the committed
+    results, summaries and baselines (the sources that docs/reports/measured.md lists): a figure
+    edited by hand, or a baseline recorded without re-rendering, fails here."""
+    from quantperf.htmlreport import _md_table
+
+    sources = (ROOT / "docs/reports/measured.md").read_text(encoding="utf-8").split("Sources: ", 1)[1].split("\n", 1)[0]
+    data = load([ROOT / s for s in sources.split(", ")], ROOT / "baselines")
+    header, rows = sections(data)["Takeaways"]["tables"][0]
+    rendered = _md_table(header, rows)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("| claim | ")
+    assert readme[start:readme.index("\n\n", start)] == rendered
 
 
 def test_several_runs_of_a_configuration_are_one_row_with_the_median_of_their_medians():
