@@ -13,13 +13,13 @@ import signal
 import sys
 import traceback
 
-STACK_SIGNAL = "SIGUSR1"
-
 
 def main() -> None:
     reply_fd = os.dup(1)
     os.dup2(2, 1)  # library chatter on stdout must not corrupt the protocol
     sys.stdout = sys.stderr
+    from .workers import STACK_SIGNAL
+
     if hasattr(signal, STACK_SIGNAL):  # the parent asks for every thread's stack before it kills a silent worker
         faulthandler.register(getattr(signal, STACK_SIGNAL), file=sys.stderr, all_threads=True)
     replies = os.fdopen(reply_fd, "w", buffering=1)

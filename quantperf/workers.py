@@ -29,6 +29,8 @@ WORKER_TIMEOUT_ENV = "QUANTPERF_WORKER_TIMEOUT_S"
 # A hung worker (a wedged GPU, a deadlocked library) must not hang the suite: one request
 # (a load, a set of rounds, a quality pass) gets this long.
 WORKER_TIMEOUT_S = float(os.environ.get(WORKER_TIMEOUT_ENV, "1800"))
+# a silent worker is sent this before it is killed; quantperf.worker answers with every thread's stack
+STACK_SIGNAL = "SIGUSR1"
 METHODS = {"hello", "environment", "prepare", "load", "warmup", "rounds", "configure", "memory", "quality", "close"}
 
 
@@ -254,8 +256,6 @@ class ProcessWorker:
         """Ask a silent worker for every thread's Python stack (faulthandler, registered by
         quantperf.worker on SIGUSR1; it answers even from inside a blocking C call) and give it
         `wait_s` to write it to its stderr log, which the error then quotes."""
-        from .worker import STACK_SIGNAL
-
         sig = getattr(signal, STACK_SIGNAL, None)
         if sig is None or self.proc.poll() is not None:
             return
