@@ -25,7 +25,9 @@
 #        tests (pytest -k, default 125m); layout (`pytest benchmarks -m gpu -k 125m`, the README's GPU
 #        command, with --qp-report); upgrade-aa / upgrade (`quantperf upgrade-check` A/A calibration,
 #        then the installed bitsandbytes against the old one of oldsetup: A = old, B = /tmp/wh's wheel;
-#        QP_UP_BACKENDS, QP_UP_MODES); QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b;
+#        QP_UP_BACKENDS, QP_UP_MODES); warm (the one-time builds alone: checkpoints, ONNX exports),
+#        matrix (`pytest benchmarks -m gpu -n QP_N`: the whole matrix on QP_N GPUs, default 1, its wall
+#        time in STATUS; after `warm` it is the warm-cache figure); QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b;
 #        QP_KERNEL_WORKER_TIMEOUT / QP_LARGE_WORKER_TIMEOUT: seconds a worker of kernel-* / large may stay
 #        silent before it is asked for its stacks and killed (QUANTPERF_WORKER_TIMEOUT_S).
 #
@@ -162,6 +164,19 @@ for s in "$@"; do
         ;;
     layout)
         step layout gpu_job "$Q/layout" 900 -k 125m
+        ;;
+    warm)  # the one-time builds only (synthetic checkpoints, ONNX exports), for a warm-cache wall time
+        mkdir -p "$Q/warm"
+        step warm timeout -k 10 900 python3 -m quantperf run --device cuda --mode eager --backend torch-fp16 \
+            --model synthetic:llama-125m synthetic:llama-1b synthetic:llama-8b --rounds 1 --warmup 0 --new-tokens 2 \
+            --out "$Q/warm/results.jsonl" > "$Q/warm/run.log" 2>&1
+        if [ -f /tmp/site/.ort-ready ]; then
+            step warm-ort timeout -k 10 900 python3 -m quantperf run --device cuda --mode eager --backend ort-fp16 ort-int4 \
+                --model synthetic:llama-1b --rounds 1 --warmup 0 --new-tokens 2 --out "$Q/warm/results.jsonl" >> "$Q/warm/run.log" 2>&1
+        fi
+        ;;
+    matrix)  # the whole GPU matrix (every tier, quality, claims) on QP_N GPUs (pytest-xdist); wall time in STATUS
+        n=$(n_of matrix); QP_FAULTHANDLER_S=900 step "matrix$n-n${QP_N:-1}" gpu_job "$Q/matrix$n" 3000 -n "${QP_N:-1}"
         ;;
     upgrade-aa|upgrade)
         mkdir -p "$Q/$s"
