@@ -111,6 +111,19 @@ def test_record_then_check_passes_and_takeaway_holds(project):
     assert len(list(project.path.joinpath("out").glob("results-*.jsonl"))) == 1
 
 
+def test_a_claim_with_its_own_batch_measures_both_sides_at_that_batch(project):
+    """A claim's batch_size makes its own configurations (bs2), measured for the claim alone
+    beside the tier's bs1 ones, and the claim is judged on them."""
+    project.makefile(".toml", takeaways=TAKEAWAYS + TAKEAWAYS.replace('id = "fake-int8-slower-than-fp16"',
+                                                                      'id = "fake-int8-slower-at-bs2"\nbatch_size = 2'))
+    result = run(project, "-m", "cpu and takeaway")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*fake-int8-slower-at-bs2*cpu-test*holds*"])
+    lines = [json.loads(x) for x in project.path.joinpath("out", "results.jsonl").read_text().splitlines()]
+    assert sorted(r["config_id"] for r in lines) == ["small-fake-fp16-cpu-bs1-p8-n12-eager", "small-fake-fp16-cpu-bs2-p8-n12-eager",
+                                                    "small-fake-int8-cpu-bs1-p8-n12-eager", "small-fake-int8-cpu-bs2-p8-n12-eager"]
+
+
 def test_injected_slowdown_flips_the_takeaway_and_regresses_speed(project, monkeypatch):
     for _ in range(2):  # two recorded runs: the gate needs the run-to-run noise
         run(project, "-m", "cpu", "--qp-record").assert_outcomes(passed=5)
