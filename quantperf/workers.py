@@ -28,7 +28,22 @@ PROTOCOL = 2  # bump when a request or reply changes shape
 WORKER_TIMEOUT_ENV = "QUANTPERF_WORKER_TIMEOUT_S"
 # A hung worker (a wedged GPU, a deadlocked library) must not hang the suite: one request
 # (a load, a set of rounds, a quality pass) gets this long.
-WORKER_TIMEOUT_S = float(os.environ.get(WORKER_TIMEOUT_ENV, "1800"))
+def worker_timeout_s(raw: str | None) -> float:
+    """Seconds one request may take (QUANTPERF_WORKER_TIMEOUT_S; unset: 1800); anything but a
+    positive number is one clear error naming the variable and its value."""
+    if raw is None or raw == "":
+        return 1800.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ConfigError(f"{WORKER_TIMEOUT_ENV}={raw!r}: not a positive number of seconds; set it to how long one "
+                          "worker request (a load, a set of rounds) may take, e.g. 1800, or unset it")
+    return value
+
+
+WORKER_TIMEOUT_S = worker_timeout_s(os.environ.get(WORKER_TIMEOUT_ENV))
 # a silent worker is sent this before it is killed; quantperf.worker answers with every thread's stack
 STACK_SIGNAL = "SIGUSR1"
 METHODS = {"hello", "environment", "prepare", "load", "warmup", "rounds", "configure", "memory", "quality", "close"}

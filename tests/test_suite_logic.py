@@ -71,6 +71,17 @@ def test_a_silent_worker_is_killed_with_a_clear_error(monkeypatch):
         workers.ProcessWorker(_pair()[0])
 
 
+@pytest.mark.parametrize("raw", ["abc", "0", "-5", "nan"])
+def test_a_bad_worker_timeout_is_one_clear_error(raw):
+    from quantperf import workers
+    from quantperf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"QUANTPERF_WORKER_TIMEOUT_S='{raw}': not a positive number of seconds"):
+        workers.worker_timeout_s(raw)
+    assert workers.worker_timeout_s(None) == workers.worker_timeout_s("") == 1800.0
+    assert workers.worker_timeout_s("240") == 240.0
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="the stack request is a POSIX signal")
 def test_a_stuck_worker_says_where_it_was_stuck(monkeypatch, tmp_path):
     """A worker that stops answering (here: blocked in a library's call) is asked for its
