@@ -120,7 +120,8 @@ def build_result(side: Side, rounds: list[dict], memory: dict, profile: str | No
     spec, loaded = side.spec, side.info
     scenario = scenario_for(spec.mode)
     metrics = scenario.metrics(spec, rounds)
-    metrics["weight_mib"] = Metric.of("weight_mib", [loaded["weight_bytes"] / MIB])
+    if loaded["weight_bytes"] is not None:  # None: what was loaded is not the model's footprint (ORT kernel mode)
+        metrics["weight_mib"] = Metric.of("weight_mib", [loaded["weight_bytes"] / MIB])
     metrics["host_peak_rss_mib"] = Metric.of("host_peak_rss_mib", [memory["host_peak_rss_mib"]])
     if spec.device == "cuda":
         metrics["peak_allocated_mib"] = Metric.of("peak_allocated_mib", [memory["peak_allocated_mib"]])

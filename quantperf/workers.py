@@ -95,7 +95,7 @@ class LocalWorker:
                 return {"built": False}
             t0 = time.perf_counter()
             source = self._source()
-            built = backend.prepare(source, self.spec.device) or source.built
+            built = backend.prepare(source, self.spec.device, self.spec.mode) or source.built
             return {"built": bool(built), "prepare_s": round(time.perf_counter() - t0, 1)}
         except Exception:
             return {"built": False}
@@ -118,7 +118,7 @@ class LocalWorker:
         try:
             source = self._source()
             M.reset_peak(spec.device)
-            load_ms, self.loaded = M.wall_ms(lambda: backend.load(source, spec.device), spec.device)
+            load_ms, self.loaded = M.wall_ms(lambda: backend.load(source, spec.device, spec.mode), spec.device)
         except BackendUnavailable as exc:
             return {"status": "unavailable", "reason": str(exc), "identity": identity}
         except QuantperfError as exc:

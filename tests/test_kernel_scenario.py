@@ -99,12 +99,17 @@ def test_ort_kernel_mode_on_the_cpu(model_cache):
     w = LocalWorker(RunSpec("synthetic:llama-tiny", "ort-int8", "cpu", "kernel", WORKLOAD))
     try:
         w.prepare()
-        assert w.load()["status"] == "ok"
+        info = w.load()
+        assert info["status"] == "ok"
+        # a one-decoder-layer export was loaded: the whole model's arch, no weight footprint claimed
+        assert info["execution"]["export_layers"] == 1 and info["execution"]["model_layers"] == 4
+        assert info["arch"]["num_layers"] == 4 and info["weight_bytes"] is None
         w.scenario.SAMPLES = 3
         rounds = w.rounds(n=1)
         table = KernelScenario.table(rounds)["types"]
         assert {k.split(":")[1] for k in table} == set(LINEAR_TYPES)
         assert all(r["us_per_call"] > 0 for r in table.values())
+        assert w.loaded.supports_mode("eager") and "one-decoder-layer export" in w.loaded.supports_mode("eager")
     finally:
         w.close()
 

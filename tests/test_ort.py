@@ -221,6 +221,48 @@ def test_projection_mapping_finds_all_seven_linears(graphs, variant, ops):
         find_linears(graphs[variant], 4)
 
 
+@pytest.mark.parametrize("variant", ["fp32", "int4", "fp16"])
+def test_kernel_mode_export_of_one_layer_holds_the_same_projections(source, graphs, variant):
+    """Kernel mode loads a one-decoder-layer export (the whole one does not fit a disk at 8B
+    shapes): layer 0's projections cut from it are the whole export's, node for node and byte
+    for byte, so the figures are the same measurement."""
+    import onnx
+    from onnx import numpy_helper
+
+    from quantperf.backends.ort import export_fp32, quantize_variant
+    from quantperf.backends.ort.kernel import find_linears
+
+    one_fp32, meta = export_fp32(source, layers=1)
+    one = one_fp32 if variant == "fp32" else quantize_variant(one_fp32, variant)[0]
+    assert one.parent != graphs[variant].parent and meta["export_layers"] == 1
+    assert meta["arch"]["num_layers"] == 4  # the whole model's arch
+    model = onnx.load(str(one / "model.onnx"))
+    assert sum(i.name.startswith("past_key_") for i in model.graph.input) == 1
+    with pytest.raises(ValueError, match=r"layers with projections: \[0\]"):
+        find_linears(one, 1)
+    cut, whole = find_linears(one, 0), find_linears(graphs[variant], 0)
+    full = onnx.load(str(graphs[variant] / "model.onnx"))
+    data = {m: {t.name: numpy_helper.to_array(t) for t in g.graph.initializer} for m, g in (("one", model), ("whole", full))}
+    for kind in LINEARS:
+        a, b = cut[kind], whole[kind]
+        assert (a.op_types, a.in_features, a.out_features, a.weight_bytes) == \
+               (b.op_types, b.in_features, b.out_features, b.weight_bytes)
+        assert [n.attribute for n in a.nodes] == [n.attribute for n in b.nodes]
+        for ta, tb in zip(a.initializers, b.initializers):
+            np.testing.assert_array_equal(data["one"][ta.name], data["whole"][tb.name])
+
+
+def test_a_layer_count_the_model_does_not_have_is_refused(source):
+    from quantperf.backends.ort.export import truncated_config
+
+    config = source.config()
+    with pytest.raises(ValueError, match="cannot export 5 decoder layers of a model with 4"):
+        truncated_config(config, 5)
+    config.layer_types = ["full_attention"] * 4
+    cut = truncated_config(config, 2)
+    assert cut.num_hidden_layers == 2 and cut.layer_types == ["full_attention"] * 2 and config.num_hidden_layers == 4
+
+
 @pytest.mark.parametrize("variant", ["fp32", "int8", "int4"])
 def test_kernel_timing_on_cpu(graphs, variant):
     from quantperf.backends.ort.kernel import time_linears

@@ -41,13 +41,14 @@ class Backend:
         if reason:
             raise BackendUnavailable(f"{self.name}: {reason}")
 
-    def prepare(self, source: ModelSource, device: str) -> bool:
+    def prepare(self, source: ModelSource, device: str, mode: str = "eager") -> bool:
         """Build what `load` needs and caches (an export, a quantized graph); True when something
         was built now. The engine then measures in a fresh process, so one-time costs never show
-        in the figures."""
+        in the figures. `mode` is the scenario the load is for (eager, graph, kernel, quality):
+        a backend may load less for one (ONNX Runtime's kernel mode: one decoder layer)."""
         return False
 
-    def load(self, source: ModelSource, device: str) -> "LoadedModel":
+    def load(self, source: ModelSource, device: str, mode: str = "eager") -> "LoadedModel":
         raise NotImplementedError
 
 

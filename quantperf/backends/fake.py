@@ -46,7 +46,7 @@ class FakeLoaded(LoadedModel):
 
 
 class FakeBackend(Backend):
-    def load(self, source: ModelSource, device: str) -> FakeLoaded:
+    def load(self, source: ModelSource, device: str, mode: str = "eager") -> FakeLoaded:
         if source.ref not in FAKE_PARAMS:
             raise ValueError(f"fake backends take models {list(FAKE_PARAMS)}, got {source.ref!r}")
         return FakeLoaded(self.name, self.identity(device), FAKE_PARAMS[source.ref])

@@ -183,7 +183,7 @@ class HFBackend(Backend):
     def from_pretrained_kwargs(self, device: str) -> dict:
         raise NotImplementedError
 
-    def load(self, source: ModelSource, device: str) -> HFLoaded:
+    def load(self, source: ModelSource, device: str, mode: str = "eager") -> HFLoaded:
         import torch
         from transformers import AutoModelForCausalLM
 

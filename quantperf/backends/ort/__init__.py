@@ -22,11 +22,14 @@ from pathlib import Path
 from ...models import ModelSource
 from ..base import Backend
 from .export import BUILT, export_fp32, graph_weight_bytes
+from .kernel import OrtKernelLoaded
 from .quantize import FP16_KEEP_FP32_MODULES, INT4_BLOCK_SIZE, quantize_variant, variant_unavailable_reason
 from .session import OrtLoaded, node_placement, placement_problems, providers_for
 
-__all__ = ["OrtBackend", "OrtLoaded", "BUILT", "export_fp32", "quantize_variant", "graph_weight_bytes",
-           "variant_unavailable_reason", "node_placement", "placement_problems"]
+__all__ = ["OrtBackend", "OrtLoaded", "OrtKernelLoaded", "BUILT", "export_fp32", "quantize_variant",
+           "graph_weight_bytes", "variant_unavailable_reason", "node_placement", "placement_problems"]
+
+KERNEL_EXPORT_LAYERS = 1  # kernel mode times decoder layer 0's projections: a one-layer export holds them
 
 
 class OrtBackend(Backend):
@@ -75,16 +78,20 @@ class OrtBackend(Backend):
                 )
         return None
 
-    def _graph(self, source: ModelSource) -> tuple[Path, dict]:
-        fp32_dir, meta = export_fp32(source)
+    def _graph(self, source: ModelSource, mode: str = "eager") -> tuple[Path, dict]:
+        # kernel mode needs only the projections of decoder layer 0: a one-layer export (the
+        # whole model's export does not fit a 64 GB disk at 8B shapes with its variants)
+        fp32_dir, meta = export_fp32(source, layers=KERNEL_EXPORT_LAYERS if mode == "kernel" else None)
         return (fp32_dir, meta) if self.variant == "fp32" else quantize_variant(fp32_dir, self.variant)
 
-    def prepare(self, source: ModelSource, device: str) -> bool:
+    def prepare(self, source: ModelSource, device: str, mode: str = "eager") -> bool:
         before = len(BUILT)
-        self._graph(source)
+        self._graph(source, mode)
         return len(BUILT) > before
 
-    def load(self, source: ModelSource, device: str) -> OrtLoaded:
+    def load(self, source: ModelSource, device: str, mode: str = "eager") -> OrtLoaded | OrtKernelLoaded:
         self.check(device)
-        model_dir, meta = self._graph(source)
+        model_dir, meta = self._graph(source, mode)
+        if mode == "kernel":
+            return OrtKernelLoaded(self.name, device, model_dir, meta, self.identity(device))
         return OrtLoaded(self.name, device, model_dir, meta, self.identity(device), providers_for(device))

@@ -10,6 +10,14 @@ outputs: logits, present_key_<i>, present_value_<i>.
 Exports are cached per checkpoint and library versions in `<cache>/onnx/<model>-<key>/fp32`;
 every cache directory is built in a temporary directory and renamed into place, so a
 concurrent or interrupted build never leaves a half-written graph behind.
+
+`export_fp32(source, layers=n)` exports the model cut to its first n decoder layers (the
+checkpoint's own weights for them, embedding, final norm and lm_head unchanged), in
+`<cache>/onnx/<model>-<key>-l<n>/fp32`. Kernel mode times one decoder layer's projections, so it
+needs no more: on Llama-3.1-8B shapes the whole float32 export is 32 GB (with its float16 and
+int4 variants and the checkpoint, more than a 64 GB disk holds), a one-layer export 5 GB. Its
+meta.json keeps the whole model's `arch` (what the projections belong to) and says
+`export_layers`.
 """
 
 from __future__ import annotations
@@ -85,20 +93,42 @@ def atomic_dir(target: Path, build) -> Path:
     return target
 
 
-def export_fp32(source: ModelSource) -> tuple[Path, dict]:
-    """Export (or reuse) the float32 ONNX graph of `source`. Returns (model dir, meta)."""
+def truncated_config(config, layers: int):
+    """`config` cut to its first `layers` decoder layers (a copy; per-layer lists such as
+    `layer_types` cut alike). A ValueError when the model has fewer layers."""
+    import copy
+
+    total = config.num_hidden_layers
+    if not 1 <= layers <= total:
+        raise ValueError(f"cannot export {layers} decoder layers of a model with {total}")
+    config = copy.deepcopy(config)
+    config.num_hidden_layers = layers
+    for name, value in list(vars(config).items()):
+        if name == "layer_types" and isinstance(value, list) and len(value) == total:
+            setattr(config, name, value[:layers])
+    return config
+
+
+def export_fp32(source: ModelSource, layers: int | None = None) -> tuple[Path, dict]:
+    """Export (or reuse) the float32 ONNX graph of `source`, or of its first `layers` decoder
+    layers. Returns (model dir, meta)."""
     key = hashlib.sha256(
-        json.dumps([source.path_or_id, checkpoint_fingerprint(source), package_versions(("torch", "transformers", "onnx"))]).encode()
+        json.dumps([source.path_or_id, checkpoint_fingerprint(source), package_versions(("torch", "transformers", "onnx"))]
+                   + ([layers] if layers else [])).encode()
     ).hexdigest()[:16]
-    target = cache_dir() / "onnx" / f"{Path(source.path_or_id).name}-{key}" / "fp32"
+    target = cache_dir() / "onnx" / f"{Path(source.path_or_id).name}-{key}{f'-l{layers}' if layers else ''}" / "fp32"
 
     def build(tmp: Path):
         import torch
         from transformers import AutoModelForCausalLM
 
         t0 = time.perf_counter()
+        config, cut = source.config(), {}
+        whole = arch_info(config)
+        if layers:
+            cut = {"config": truncated_config(config, layers)}
         model = AutoModelForCausalLM.from_pretrained(
-            source.path_or_id, dtype=torch.float32, attn_implementation="eager", **source.load_kwargs()
+            source.path_or_id, dtype=torch.float32, attn_implementation="eager", **cut, **source.load_kwargs()
         ).eval()
         arch = arch_info(model.config)
         wrapper = _KVWrapper.build(model, arch.num_layers).eval()
@@ -119,7 +149,7 @@ def export_fp32(source: ModelSource) -> tuple[Path, dict]:
                 optimize=True,
             )
         meta = {"exporter": "torch.onnx.export(dynamo=True)", "export_s": round(time.perf_counter() - t0, 1),
-                "source": source.ref, "arch": arch.__dict__, "variant": "fp32"}
+                "source": source.ref, "arch": whole.__dict__, "variant": "fp32", "export_layers": arch.num_layers}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
     path = atomic_dir(target, build)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 from ... import trackers as M
 from ...errors import BackendUnavailable
+from ...models import ArchInfo
+from ..base import LoadedModel
 from .export import initializer_bytes
 from .quantize import variant_unavailable_reason
 from .session import create_session
@@ -251,3 +253,39 @@ def time_linears(model_dir: Path, device: str, options: dict, *, layer: int = 0,
             results[kind]["cuda_graph_error"] = runner.graph_error
         del runner
     return results
+
+
+class OrtKernelLoaded(LoadedModel):
+    """What kernel mode loads for an ONNX Runtime backend: the graph of the model cut to one
+    decoder layer (`export_fp32(source, layers=1)` and its variant), whose projections
+    `time_linears` cuts out and times. No session of the whole model is made, so nothing can
+    generate with it; `arch` is the whole model's. Its weight footprint is not the model's and
+    is not reported (`weight_bytes` is None)."""
+
+    def __init__(self, backend: str, device: str, model_dir: Path, meta: dict, options: dict):
+        self.backend, self.device, self.options = backend, device, options
+        self.model_dir, self.meta = model_dir, meta
+        self.arch = ArchInfo(**meta["arch"])
+        reason = variant_unavailable_reason(meta.get("variant", "fp32"), device)
+        if reason:
+            raise BackendUnavailable(f"{backend}: {reason}")
+
+    def weight_bytes(self) -> None:
+        return None
+
+    def streamed_weight_bytes(self) -> None:
+        return None
+
+    def supports_mode(self, mode: str) -> str | None:
+        return None if mode == "kernel" else (f"{self.backend}: a kernel-mode load (a one-decoder-layer export) "
+                                              f"cannot run {mode} mode")
+
+    def run_round(self, input_ids, new_tokens: int, mode: str, clock):
+        raise RuntimeError(self.supports_mode(mode))
+
+    def logits(self, input_ids):
+        raise RuntimeError(self.supports_mode("quality"))
+
+    def execution_report(self) -> dict:
+        return {"export_layers": self.meta.get("export_layers"), "model_layers": self.arch.num_layers,
+                "timed": "each projection of decoder layer 0, cut out of the exported graph and run alone"}
