@@ -7,6 +7,8 @@
 #        ortpart DIR   copy one carried part of the onnxruntime-gpu wheel to /tmp/ortparts (the
 #                      wheel is larger than one call may carry: it travels in parts, one a call)
 #        ortsetup      join the parts (sha256 checked against .whl-ort.sha256), install into /tmp/site
+#        extra DIR     install the wheels in DIR into /tmp/site too (a wheel too large to ride with the
+#                      others in one call, e.g. mslk-cuda for torchao-int4wo)
 #        oldpart DIR   the same for the parts of an older bitsandbytes wheel (the upgrade check's side A)
 #        oldsetup      join them (sha256 checked against .whl-bnbold.sha256) and install that wheel alone
 #                      into /tmp/site-old, which the upgrade steps put ahead of /tmp/site
@@ -17,9 +19,12 @@
 #        collect [S]   wait up to S seconds (default 0) for the pipeline, then pack every step's
 #                      results into OUTDIR/STEP.tgz and print the pipeline's status and log tails
 # STEPs: kernel-1b, kernel-8b (every torch/bitsandbytes/torchao backend in kernel mode; repeated,
-#        a fresh process again, into kernel-1b-2, ...), large (the large tier, recorded),
+#        a fresh process again, into kernel-1b-2, ...), large (the large tier, recorded; QP_LARGE_K its
+#        pytest -k; repeated into large2, ...), large-ort (the large tier's ONNX Runtime configurations,
+#        recorded; waits for ortsetup),
 #        noise-kernel (the noise benchmark on kernel mode, 10 fresh processes), ort (ort-fp16,
-#        ort-int4, ort-int8 on the CUDA EP, eager and kernel mode; waits for ortsetup),
+#        ort-int4, ort-int8 on the CUDA EP, eager and kernel mode; waits for ortsetup; repeated, a fresh
+#        process again, into ort-2, ...),
 #        rec (one recording run of the GPU tier into /tmp/bl; QP_M its -m), aa (an A/A run), inject (QP_INJECT,
 #        default torch-fp16=10 ms/token, about 2x on llama-125m, on the 125m tests); QP_K selects their
 #        tests (pytest -k, default 125m); layout (`pytest benchmarks -m gpu -k 125m`, the README's GPU
@@ -47,6 +52,11 @@ wheels)
     mkdir -p /tmp/wh && cp .whl/bitsandbytes-*.whl /tmp/wh/  # side B's wheel for the upgrade steps
     PYTHONPATH=/tmp/site python3 -c "import bitsandbytes, torchao, pydantic; print('bnb', bitsandbytes.__version__, 'torchao', torchao.__version__)"
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
+    exit $?
+    ;;
+extra)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$3"/*.whl || exit 5
+    touch /tmp/site/.extra-ready && ls "$3"
     exit $?
     ;;
 ortpart)
@@ -115,6 +125,7 @@ cd "$src" || exit 1
 export PYTHONPATH="/tmp/site:$src" PYTHONUNBUFFERED=1 QUANTPERF_SKIP_INSTALL=1 QUANTPERF_CACHE=/tmp/qpc QUANTPERF_PROGRESS=log
 QP_K="${QP_K:-125m}"  # which GPU-tier tests rec/aa/inject run (pytest -k)
 TORCH_BACKENDS="torch-fp32 torch-fp16 torch-bf16 bnb-int8 bnb-int8-nodecomp bnb-nf4 bnb-fp4 torchao-int8wo torchao-int4wo"
+wait_ort() { for _ in $(seq 1 120); do [ -f /tmp/site/.ort-ready ] && return 0; sleep 5; done; return 1; }
 gpu_job() {  # results dir, time limit, pytest args...
     local dir="$1" limit="$2"; shift 2
     mkdir -p "$dir"
@@ -146,11 +157,11 @@ for s in "$@"; do
         step "$s" gpu_job "$Q/$s" 900 -k "repeatability and kernel" --qp-noise-runs 10 --qp-noise-variants ""
         ;;
     ort)
-        mkdir -p "$Q/ort"
-        for _ in $(seq 1 120); do [ -f /tmp/site/.ort-ready ] && break; sleep 5; done
-        step ort timeout -k 10 900 python3 -m quantperf run --device cuda --mode eager kernel \
-            --backend ort-fp16 ort-int4 ort-int8 --model synthetic:llama-1b --out "$Q/ort/results.jsonl" --markdown \
-            > "$Q/ort/run.log" 2>&1
+        d="$Q/ort"; [ -d "$d" ] && d="$Q/ort-$(n_of ort)"; mkdir -p "$d"
+        wait_ort
+        step "$(basename "$d")" timeout -k 10 900 python3 -m quantperf run --device cuda --mode eager kernel \
+            --backend ort-fp16 ort-int4 ort-int8 --model synthetic:llama-1b --out "$d/results.jsonl" --markdown \
+            > "$d/run.log" 2>&1
         ;;
     rec)
         n=$(n_of rec); step "rec$n" gpu_job "$Q/rec$n" 900 --qp-record -m "${QP_M:-gpu and not quality and not slow}" -k "$QP_K"
@@ -160,7 +171,12 @@ for s in "$@"; do
         ;;
     large)  # the large tier (llama-8b kernel mode, FP8) and its claims, recorded into /tmp/bl
         # three 8B loads in a row (torchao quantizes at load, ~60 s each) outlast the 200 s stack dump
-        QP_FAULTHANDLER_S=600 QUANTPERF_WORKER_TIMEOUT_S="${QP_LARGE_WORKER_TIMEOUT:-300}" step large gpu_job "$Q/large" 900 --qp-record -m "gpu and slow and not quality" -k "not repeatability and (${QP_LARGE_K:-8b or large or fp8})"
+        d="$Q/large"; [ -d "$d" ] && d="$Q/large$(n_of large)"
+        QP_FAULTHANDLER_S=600 QUANTPERF_WORKER_TIMEOUT_S="${QP_LARGE_WORKER_TIMEOUT:-300}" step "$(basename "$d")" gpu_job "$d" 900 --qp-record -m "gpu and slow and not quality" -k "not repeatability and (${QP_LARGE_K:-8b or large or fp8})"
+        ;;
+    large-ort)  # the large tier's ONNX Runtime kernel configurations (one-decoder-layer exports at 8B shapes)
+        wait_ort
+        QP_FAULTHANDLER_S=600 QUANTPERF_WORKER_TIMEOUT_S="${QP_LARGE_WORKER_TIMEOUT:-600}" step large-ort gpu_job "$Q/large-ort" 900 --qp-record -m "gpu and slow and not quality" -k "not repeatability and 8b and ort"
         ;;
     layout)
         step layout gpu_job "$Q/layout" 900 -k 125m
@@ -170,7 +186,7 @@ for s in "$@"; do
         step warm timeout -k 10 900 python3 -m quantperf run --device cuda --mode eager --backend torch-fp16 \
             --model synthetic:llama-125m synthetic:llama-1b synthetic:llama-8b --rounds 1 --warmup 0 --new-tokens 2 \
             --out "$Q/warm/results.jsonl" > "$Q/warm/run.log" 2>&1
-        if [ -f /tmp/site/.ort-ready ]; then
+        if wait_ort; then
             step warm-ort timeout -k 10 900 python3 -m quantperf run --device cuda --mode eager --backend ort-fp16 ort-int4 \
                 --model synthetic:llama-1b --rounds 1 --warmup 0 --new-tokens 2 --out "$Q/warm/results.jsonl" >> "$Q/warm/run.log" 2>&1
         fi
