@@ -24,7 +24,7 @@
 #        recorded; waits for ortsetup),
 #        noise-kernel (the noise benchmark on kernel mode, 10 fresh processes), ort (ort-fp16,
 #        ort-int4, ort-int8 on the CUDA EP, eager and kernel mode; waits for ortsetup; repeated, a fresh
-#        process again, into ort-2, ...),
+#        process again, into ort-2, ...; QP_ORT_MODES its modes),
 #        rec (one recording run of the GPU tier into /tmp/bl; QP_M its -m), aa (an A/A run), inject (QP_INJECT,
 #        default torch-fp16=10 ms/token, about 2x on llama-125m, on the 125m tests); QP_K selects their
 #        tests (pytest -k, default 125m); layout (`pytest benchmarks -m gpu -k 125m`, the README's GPU
@@ -159,7 +159,8 @@ for s in "$@"; do
     ort)
         d="$Q/ort"; [ -d "$d" ] && d="$Q/ort-$(n_of ort)"; mkdir -p "$d"
         wait_ort
-        step "$(basename "$d")" timeout -k 10 900 python3 -m quantperf run --device cuda --mode eager kernel \
+        # shellcheck disable=SC2086
+        step "$(basename "$d")" timeout -k 10 900 python3 -m quantperf run --device cuda --mode ${QP_ORT_MODES:-eager kernel} \
             --backend ort-fp16 ort-int4 ort-int8 --model synthetic:llama-1b --out "$d/results.jsonl" --markdown \
             > "$d/run.log" 2>&1
         ;;
