@@ -55,8 +55,19 @@ wheels)
     exit $?
     ;;
 extra)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$3"/*.whl || exit 5
-    touch /tmp/site/.extra-ready && ls "$3"
+    # installed apart first and checked (an int4 linear through torchao, for mslk-cuda): a wheel
+    # that does not work with the image's torch must not break the steps already queued
+    rm -rf /tmp/site-extra
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-extra "$3"/*.whl || exit 5
+    PYTHONPATH=/tmp/site-extra:/tmp/site timeout 120 python3 -c "
+import torch, torchao
+from torchao.quantization import Int4WeightOnlyConfig, quantize_
+lin = torch.nn.Linear(256, 256, dtype=torch.bfloat16, device='cuda')
+quantize_(lin, Int4WeightOnlyConfig(group_size=128))
+x = torch.randn(1, 256, dtype=torch.bfloat16, device='cuda')
+print('extra ok: torchao', torchao.__version__, type(lin.weight).__name__, float(lin(x).float().abs().mean()))
+" || { echo "extra: check failed, not installed"; exit 6; }
+    cp -r /tmp/site-extra/. /tmp/site/ && touch /tmp/site/.extra-ready
     exit $?
     ;;
 ortpart)

@@ -136,7 +136,7 @@ def test_one_time_builds_happen_outside_the_measured_process(tmp_path, monkeypat
 def test_out_of_memory_load_is_one_clear_line(monkeypatch):
     from quantperf.backends.fake import FakeBackend
 
-    def boom(self, source, device):
+    def boom(self, source, device, mode="eager"):
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(FakeBackend, "load", boom)
