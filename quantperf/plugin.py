@@ -89,9 +89,10 @@ def pytest_configure(config):
 # -- several GPUs: pytest-xdist, one worker per GPU -------------------------------------------
 # `pytest benchmarks -m gpu -n 4` on a host with 4 GPUs: worker gwN measures on GPU N (pinned by
 # UUID through CUDA_VISIBLE_DEVICES before anything touches CUDA, so NVML reads that GPU too);
-# each measurement shard (a device, model and mode: the configurations gated together and the
-# claims between them) runs on one worker (a static split, balanced by test count: every worker
-# collects every test and keeps its shards', under xdist's `--dist each`, set for you); each worker logs to
+# each measurement shard (a device, model, mode and batch: the configurations gated together and
+# the claims between them) runs on one worker (a static split, balanced by an estimate of each
+# shard's seconds, `shard_cost`: every worker collects every test and keeps its shards', under
+# xdist's `--dist each`, set for you); each worker logs to
 # results-gwN.jsonl and summary-gwN.json, and the controller merges them into results.jsonl and
 # summary.json, prints one summary and writes the report.
 
@@ -133,8 +134,29 @@ def pytest_configure_node(node):
 
 
 def shard_of(spec) -> str:
-    """The shard of a speed/memory configuration: what is gated together and compared by claims."""
-    return f"{spec.device}-{spec.model_label}-{spec.mode}"
+    """The shard of a speed/memory configuration: what is gated together and compared by claims
+    (a claim's sides share a model, mode and batch: a claim at its own batch has its own shard)."""
+    return f"{spec.device}-{spec.model_label}-{spec.mode}-bs{spec.workload.batch_size}"
+
+
+# The estimate that balances shards over workers: seconds per configuration measured (two
+# fresh processes, imports, load, warm-up, rounds), plus seconds per billion parameters (reading
+# and quantizing the weights). From the H200 large tier's progress log: an 8B configuration takes
+# 45-75 s, a 1B one about 15 s. A model of unknown size (a hub id, a directory) counts as 1B.
+SHARD_CONFIG_S = 10.0
+SHARD_S_PER_BPARAM = 6.0
+UNKNOWN_PARAMETERS = 1e9
+
+
+def spec_cost(model: str) -> float:
+    """Estimated seconds to measure one configuration of `model` (see SHARD_CONFIG_S)."""
+    from .models import SHAPES, synthetic_parameters
+
+    name = model.split(":", 1)[1] if model.startswith("synthetic:") else None
+    params = synthetic_parameters(name) if name in SHAPES else UNKNOWN_PARAMETERS
+    if model in ("fixture", "fixture:llama"):
+        params = 0
+    return SHARD_CONFIG_S + SHARD_S_PER_BPARAM * params / 1e9
 
 
 def _worker_path(path: Path, worker: str | None) -> Path:
@@ -246,13 +268,27 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("qp_claim", params)
 
 
-def _item_shard(item) -> str:
-    """The shard of a collected test (see shard_of); tests that measure nothing form their own."""
+def _item_shard(item) -> tuple[str, dict[str, float]]:
+    """The shard of a collected test (see shard_of) and what it measures: {configuration id:
+    estimated seconds}. Tests that measure nothing form their own shard."""
     params = getattr(getattr(item, "callspec", None), "params", {})
     try:
-        return _params_shard(params)
+        return _params_shard(params), _params_costs(params)
     except (AttributeError, TypeError, ValueError):  # an empty parametrization (pytest's NOTSET)
-        return f"test-{item.nodeid}"
+        return f"test-{item.nodeid}", {}
+
+
+def _params_costs(params: dict) -> dict[str, float]:
+    if "qp_config" in params:
+        spec = params["qp_config"]
+        return {spec.id: spec_cost(spec.model)}
+    if "qp_quality_config" in params:
+        spec = params["qp_quality_config"]
+        return {f"quality:{spec.id}": spec_cost(spec.model)}
+    if "qp_claim" in params:
+        claim, workload = params["qp_claim"]
+        return {s.id: spec_cost(s.model) for s in claim.specs(workload)}
+    return {}
 
 
 def _params_shard(params: dict) -> str:
@@ -272,13 +308,22 @@ def _params_shard(params: dict) -> str:
     raise ValueError("not a quantperf test")
 
 
-def assign_shards(keys: list[str], workers: int) -> dict[str, int]:
-    """Shards to workers: the largest shard (by test count) first, each to the least loaded
-    worker; the same answer in every worker (ties broken by name)."""
-    sizes: dict[str, int] = {}
-    for k in keys:
-        sizes[k] = sizes.get(k, 0) + 1
-    load = [0] * max(workers, 1)
+def assign_shards(keys: list[str], workers: int, costs: list[dict[str, float]] | None = None) -> dict[str, int]:
+    """Shards to workers: the costliest shard first, each to the least loaded worker (longest
+    processing time first); the same answer in every worker (ties broken by name). A shard's cost
+    is the estimated seconds of the configurations its tests measure, each counted once (`costs`,
+    one {config id: seconds} per key; speed and memory tests of a configuration share one
+    measurement); without `costs`, its test count."""
+    sizes: dict[str, float] = {}
+    measured: dict[str, dict[str, float]] = {}
+    for i, k in enumerate(keys):
+        if costs is None:
+            sizes[k] = sizes.get(k, 0) + 1
+        else:
+            measured.setdefault(k, {}).update(costs[i])
+    if costs is not None:
+        sizes = {k: sum(m.values()) or 1.0 for k, m in measured.items()}
+    load = [0.0] * max(workers, 1)
     out: dict[str, int] = {}
     for key in sorted(sizes, key=lambda k: (-sizes[k], k)):
         w = min(range(len(load)), key=lambda i: (load[i], i))
@@ -291,8 +336,9 @@ def pytest_collection_modifyitems(config, items):
     workerinput = getattr(config, "workerinput", None)
     if workerinput and workerinput.get("qp_sharded"):
         # an xdist worker: keep the tests of this worker's shards (see _shard_configure)
-        keys = [_item_shard(i) for i in items]
-        owner = assign_shards(keys, workerinput["workercount"])
+        shards = [_item_shard(i) for i in items]
+        keys = [k for k, _ in shards]
+        owner = assign_shards(keys, workerinput["workercount"], [c for _, c in shards])
         me = int(workerinput["workerid"].removeprefix("gw"))
         keep = [i for i, k in zip(items, keys) if owner[k] == me]
         if len(keep) < len(items):

@@ -287,6 +287,30 @@ def test_shards_go_to_the_least_loaded_worker_the_same_way_everywhere():
     assert set(assign_shards(keys, 8).values()) == {0, 1, 2, 3}  # more workers than shards: some idle
 
 
+def test_shards_are_balanced_by_estimated_seconds_and_split_by_batch():
+    """A shard's weight is the estimated time of the configurations its tests measure, each once:
+    one 8B shard outweighs many small ones, and a claim at its own batch is a shard of its own."""
+    from quantperf.plugin import SHARD_CONFIG_S, assign_shards, shard_of, spec_cost
+    from quantperf.spec import RunSpec, Workload
+
+    assert spec_cost("synthetic:llama-8b") > 5 * spec_cost("synthetic:llama-125m") > 5 * SHARD_CONFIG_S / 2
+    assert spec_cost("fixture") == SHARD_CONFIG_S and spec_cost("hf:org/name") == spec_cost("/ckpt/m")
+    big = [RunSpec("synthetic:llama-8b", b, "cuda", "kernel", Workload()) for b in ("torch-fp16", "bnb-nf4", "torch-bf16")]
+    bs8 = RunSpec("synthetic:llama-8b", "torch-bf16", "cuda", "kernel", Workload(batch_size=8))
+    small = [RunSpec(m, b, "cuda", "eager", Workload()) for m in ("synthetic:llama-125m", "synthetic:llama-1b")
+             for b in ("torch-fp16", "bnb-int8", "bnb-nf4")]
+    assert shard_of(bs8) != shard_of(big[0]) and shard_of(big[0]) == shard_of(big[1])
+    items = [(shard_of(s), {s.id: spec_cost(s.model)}) for s in big + small + [bs8]]
+    items += [(shard_of(s), {s.id: spec_cost(s.model)}) for s in big]  # memory tests: measured once already
+    keys, costs = [k for k, _ in items], [c for _, c in items]
+    owner = assign_shards(keys, 2, costs)
+    assert owner == assign_shards(list(reversed(keys)), 2, list(reversed(costs)))
+    assert {w for k, w in owner.items() if k != shard_of(big[0])} == {1 - owner[shard_of(big[0])]}
+    # by test count the 8B shard (6 tests) would have had company; by time it is alone
+    count = assign_shards(keys, 2)
+    assert sum(1 for k in count if count[k] == count[shard_of(big[0])]) > 1
+
+
 def test_progress_log_lines_reach_a_plain_log(project, monkeypatch):
     """QUANTPERF_PROGRESS=log: each long step's start and end, timestamped, in a log that is not a
     terminal (an unattended GPU runner); without it the log has none."""
