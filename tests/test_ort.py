@@ -294,6 +294,65 @@ def test_kernel_timing_uses_the_callers_timer_and_refuses_fp16_on_cpu(graphs):
         time_linears(graphs["fp16"], "cpu", {"intra_op_num_threads": 1})
 
 
+def test_gpu_queued_samples_retry_with_a_longer_sleep_until_every_call_was_queued(monkeypatch):
+    """QUANTPERF_ORT_KERNEL_TIMING=gpu-queued (CUDA; here with torch.cuda faked): a sample counts
+    as GPU time only if the host queued every call before the GPU reached the start event; else
+    its sleep doubles and it is taken again, QUEUE_TRIES times at most, then reported not queued."""
+    import contextlib
+
+    import torch
+
+    import quantperf.scenarios.kernel as scen
+    from quantperf.backends.ort import kernel as K
+
+    reached = []  # per try: had the GPU passed the start event when the host finished queueing?
+    sleeps, events = [], []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            events.append(self)
+
+        def record(self, stream=None):
+            pass
+
+        def query(self):
+            return reached.pop(0)
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return 1.5
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "_sleep", sleeps.append)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(scen, "_sleep_cycles_per_us", lambda: 1000.0)
+    runner = object.__new__(K._Runner)
+    runner.stream, runner.sleep_cycles, calls = object(), None, []
+    runner.run = calls.append
+    reached[:] = [False]
+    assert runner.gpu_sample_ms(50) == (1.5, True)
+    first = runner.sleep_cycles
+    assert calls == [50, 50] and sleeps == [first] and first > 0  # one untimed enqueue measured the host
+    reached[:] = [True, True, False]
+    assert runner.gpu_sample_ms(50) == (1.5, True)
+    assert sleeps[1:] == [first, 2 * first, 4 * first] and runner.sleep_cycles == 4 * first
+    reached[:] = [True] * K.QUEUE_TRIES
+    assert runner.gpu_sample_ms(50) == (1.5, False)
+    assert not reached
+
+
+def test_the_ort_kernel_timing_variable_is_checked():
+    from quantperf.backends.ort.kernel import cuda_timing
+    from quantperf.errors import ConfigError
+
+    assert cuda_timing(None) == cuda_timing("") == "wall" and cuda_timing("gpu-queued") == "gpu-queued"
+    with pytest.raises(ConfigError, match="QUANTPERF_ORT_KERNEL_TIMING='events': not a timing method; use one of wall, gpu-queued"):
+        cuda_timing("events")
+
+
 class FakeSession:
     """Stands in for onnxruntime.InferenceSession on a machine without CUDA."""
 

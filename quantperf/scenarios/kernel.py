@@ -336,7 +336,10 @@ class KernelScenario(Scenario):
                 elem = 2 if self.loaded.options.get("variant") == "fp16" else 4
                 act = w.batch_size * tokens * (r["in_features"] + r["out_features"]) * elem
                 out["types"][f"{shape}:{t}"] = {
-                    "us_per_call": r["us_per_call"], "samples_us": r["samples_us"], "method": r["method"], "note": "",
+                    "us_per_call": r["us_per_call"], "samples_us": r["samples_us"],
+                    # CUDA: how the time was taken is part of the method (wall, gpu-queued, host-bound)
+                    "method": r["method"] if self.spec.device != "cuda" else f"{r['method']}, {r.get('timing', 'wall')}",
+                    "note": "",
                     "bytes": r["weight_bytes"] + act, "flops": 2 * w.batch_size * tokens * r["in_features"] * r["out_features"],
                     "sm_clock_mhz": [], "layers": 1}
         return out

@@ -18,17 +18,32 @@ shares between q/k/v and between gate/up.
 Timing: each model runs with IOBinding on the session's provider, inputs and outputs bound
 once to fixed buffers (numpy on the CPU, torch tensors on the GPU). On CUDA, ORT's CUDA graph
 (`enable_cuda_graph`) is tried first and a session without it is the fallback; the method is
-labelled in every result. A sample is `runs_per_sample` calls timed by `timer(fn) -> ms`,
-which must synchronize the device around `fn` (default: `trackers.wall_ms`, perf_counter
-with `torch.cuda.synchronize()` on both sides, which waits for ORT's own stream too); on CUDA
-the calls are queued back to back (run option `disable_synchronize_execution_providers=1`).
+labelled in every result. A sample is `runs_per_sample` calls.
+
+A sample is timed by `timer(fn) -> ms` (default `trackers.wall_ms`: perf_counter, with
+`torch.cuda.synchronize()` on both sides on CUDA; `timing: wall`). On CUDA a session run costs
+tens of microseconds on the host (Python, ORT's run bookkeeping, the graph launch), more than one
+projection's kernels take on a Hopper GPU: wall-timed, the calls measure the host (an H100 gave
+~56 us for every projection of llama-1b and of llama-8b, whatever its size, with 1-4% CV).
+
+`QUANTPERF_ORT_KERNEL_TIMING=gpu-queued` times the GPU instead (not yet run on a GPU, so not the
+default): ORT runs on a torch stream of quantperf's own (`user_compute_stream`), calls are queued
+without synchronizing (`disable_synchronize_execution_providers=1`), and each sample is queued
+behind a GPU sleep long enough for the host to enqueue every call first (`torch.cuda._sleep`,
+twice the host's enqueue time, measured before the first sample): CUDA events around the calls
+then time the GPU running them back to back (`timing: gpu-queued`). A sample whose start event
+had already run when the host finished enqueueing was not queued in full: its sleep doubles and
+it is taken again (QUEUE_TRIES times at most, then it stands, labelled `host-bound`). A caller's
+`timer` always gets wall timing.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +60,20 @@ LINEAR_OPS = ("MatMul", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul",
 _PROJECTION = re.compile(r"layers[._](\d+)[._](?:self_attn|mlp)[._](%s)(?![A-Za-z0-9])" % "|".join(LINEAR_TYPES))
 _METADATA_KEYS = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.fx_node")
 WARMUP_RUNS = 5  # untimed runs per session; ORT captures its CUDA graph after 2 plain runs
+QUEUE_TRIES = 3  # times a CUDA sample is taken again, with twice the sleep, when it was not queued in full
+TIMING_ENV = "QUANTPERF_ORT_KERNEL_TIMING"
+TIMINGS = ("wall", "gpu-queued")
+
+
+def cuda_timing(raw: str | None) -> str:
+    """How ORT kernel samples are timed on CUDA (QUANTPERF_ORT_KERNEL_TIMING; unset: wall)."""
+    if raw in (None, ""):
+        return "wall"
+    if raw not in TIMINGS:
+        from ...errors import ConfigError
+
+        raise ConfigError(f"{TIMING_ENV}={raw!r}: not a timing method; use one of {', '.join(TIMINGS)} (or unset it: wall)")
+    return raw
 
 
 @dataclass
@@ -170,7 +199,8 @@ def linear_model(model_dir: Path, lin: Linear, src=None) -> bytes:
 class _Runner:
     """One projection's session with its input and output bound once."""
 
-    def __init__(self, blob: bytes, lin: Linear, device: str, options: dict, batch: int, tokens: int, elem: int):
+    def __init__(self, blob: bytes, lin: Linear, device: str, options: dict, batch: int, tokens: int, elem: int,
+                 own_stream: bool = False):
         import numpy as np
         import onnx
 
@@ -195,13 +225,19 @@ class _Runner:
         gen = torch.Generator(device=f"cuda:{dev}").manual_seed(0)
         self.x = torch.randn(shape_in, generator=gen, device=f"cuda:{dev}").to(getattr(torch, np.dtype(np_type).name))
         self.y = torch.empty(shape_out, dtype=self.x.dtype, device=f"cuda:{dev}")
-        # the timer synchronizes the device around a sample: the calls inside it queue back to back
+        # ORT runs on this stream (a non-default one: ORT treats stream 0 as none), so events and a
+        # sleep queued on it bracket ORT's kernels; the calls queue back to back without syncs
+        # (gpu-queued timing only: wall timing keeps ORT's own stream, as it ran on the device)
+        self.stream = torch.cuda.Stream(device=dev) if own_stream else None
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self.graph_error = None
+        self.sleep_cycles: int | None = None
+        stream_option = {"user_compute_stream": str(self.stream.cuda_stream)} if own_stream else {}
         for method, provider_options in (("cuda-graph", {"enable_cuda_graph": "1"}), ("cuda-iobinding", {})):
             try:
-                self.session, _ = create_session(blob, options, "cuda", provider_options, allow_shape_plumbing=False)
+                self.session, _ = create_session(blob, options, "cuda", provider_options | stream_option,
+                                                 allow_shape_plumbing=False)
                 self.binding = self.session.io_binding()
                 self.binding.bind_input(lin.input, "cuda", dev, np_type, shape_in, self.x.data_ptr())
                 self.binding.bind_output(lin.output, "cuda", dev, np_type, shape_out, self.y.data_ptr())
@@ -218,6 +254,35 @@ class _Runner:
     def run(self, n: int) -> None:
         for _ in range(n):
             self.session.run_with_iobinding(self.binding, self.run_options)
+
+    def gpu_sample_ms(self, n: int) -> tuple[float, bool]:
+        """(milliseconds the GPU took for `n` calls queued back to back, whether they were all
+        queued before the GPU reached them); see the module docstring (`gpu-queued`)."""
+        import torch
+
+        from ...scenarios.kernel import _sleep_cycles_per_us
+
+        if self.sleep_cycles is None:  # the host's enqueue time for n calls, once
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            self.run(n)
+            host_us = (time.perf_counter() - t0) * 1e6
+            torch.cuda.synchronize()
+            self.sleep_cycles = int(2 * host_us * _sleep_cycles_per_us()) + 1
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        queued = False
+        for _ in range(QUEUE_TRIES):
+            with torch.cuda.stream(self.stream):
+                torch.cuda._sleep(self.sleep_cycles)
+                start.record(self.stream)
+                self.run(n)
+                queued = not start.query()  # the GPU was still asleep when the last call was queued
+                end.record(self.stream)
+            end.synchronize()
+            if queued:
+                break
+            self.sleep_cycles *= 2
+        return start.elapsed_time(end), queued
 
 
 def time_linears(model_dir: Path, device: str, options: dict, *, layer: int = 0, batch: int = 1, tokens: int = 1,
@@ -237,17 +302,25 @@ def time_linears(model_dir: Path, device: str, options: dict, *, layer: int = 0,
     reason = variant_unavailable_reason(variant, device)
     if reason:
         raise BackendUnavailable(f"ort {variant} kernels on {device}: {reason}")
+    queued_timing = device == "cuda" and timer is None and cuda_timing(os.environ.get(TIMING_ENV)) == "gpu-queued"
     timer = timer or (lambda fn: M.wall_ms(fn, device)[0])
     src = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
     elem = src.graph.output[0].type.tensor_type.elem_type
     results = {}
     for kind, lin in find_linears(model_dir, layer, src).items():
-        runner = _Runner(linear_model(model_dir, lin, src), lin, device, options, batch, tokens, elem)  # warmed up
-        per_call = [timer(lambda r=runner: r.run(runs_per_sample)) * 1e3 / runs_per_sample for _ in range(samples)]
+        runner = _Runner(linear_model(model_dir, lin, src), lin, device, options, batch, tokens, elem,
+                         own_stream=queued_timing)  # warmed up
+        timing = "wall"
+        if queued_timing:
+            timed = [runner.gpu_sample_ms(runs_per_sample) for _ in range(samples)]
+            per_call = [ms * 1e3 / runs_per_sample for ms, _ in timed]
+            timing = "gpu-queued" if all(q for _, q in timed) else "host-bound"
+        else:
+            per_call = [timer(lambda r=runner: r.run(runs_per_sample)) * 1e3 / runs_per_sample for _ in range(samples)]
         results[kind] = {
             "us_per_call": statistics.median(per_call), "samples_us": per_call, "method": runner.method,
-            "weight_bytes": lin.weight_bytes, "op_types": lin.op_types, "in_features": lin.in_features,
-            "out_features": lin.out_features, "batch": batch, "tokens": tokens,
+            "timing": timing, "weight_bytes": lin.weight_bytes, "op_types": lin.op_types,
+            "in_features": lin.in_features, "out_features": lin.out_features, "batch": batch, "tokens": tokens,
         }
         if runner.graph_error:
             results[kind]["cuda_graph_error"] = runner.graph_error
