@@ -106,7 +106,7 @@ class LocalWorker:
 
         spec = self.spec
         backend = get_backend(spec.backend)
-        identity = backend.identity(spec.device)
+        identity = backend.identity(spec.device, spec.mode)
         reason = backend.unavailable_reason(spec.device)
         if reason:
             return {"status": "unavailable", "reason": f"{spec.backend}: {reason}", "identity": identity}

@@ -344,6 +344,17 @@ def test_gpu_queued_samples_retry_with_a_longer_sleep_until_every_call_was_queue
     assert not reached
 
 
+def test_the_kernel_timing_is_part_of_a_cuda_kernel_identity(monkeypatch):
+    """A baseline recorded with wall timing must not gate GPU-timed figures (they differ by 5-10x
+    on fast GPUs): the timing is in the identity of ORT kernel configurations on CUDA, and only there."""
+    backend = get_backend("ort-int4")
+    monkeypatch.delenv("QUANTPERF_ORT_KERNEL_TIMING", raising=False)
+    assert backend.identity("cuda", "kernel")["kernel_timing"] == "wall"
+    assert "kernel_timing" not in backend.identity("cuda", "eager") and "kernel_timing" not in backend.identity("cpu", "kernel")
+    monkeypatch.setenv("QUANTPERF_ORT_KERNEL_TIMING", "gpu-queued")
+    assert backend.identity("cuda", "kernel")["kernel_timing"] == "gpu-queued"
+
+
 def test_the_ort_kernel_timing_variable_is_checked():
     from quantperf.backends.ort.kernel import cuda_timing
     from quantperf.errors import ConfigError

@@ -16,8 +16,8 @@ class Backend:
         self.name: str = entry.name
         self.devices: tuple[str, ...] = entry.devices
 
-    def identity(self, device: str) -> dict[str, Any]:
-        """Options that change results; recorded with every result."""
+    def identity(self, device: str, mode: str = "eager") -> dict[str, Any]:
+        """Options that change results; recorded with every result (`mode`: the scenario's)."""
         return dict(self.entry.kwargs)
 
     def unavailable_reason(self, device: str) -> str | None:
