@@ -145,13 +145,21 @@ def _q(samples: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def _model(spec) -> str:
+    """A configuration's model label in report rows; a batch other than 1 is part of it
+    (`llama-8b bs8`): other work, another row."""
+    batch = spec.workload.batch_size
+    return spec.model_label + (f" bs{batch}" if batch != 1 else "")
+
+
 def _by_config(results: list[RunResult], ok) -> dict[tuple, list[RunResult]]:
     """The results `ok` accepts, grouped by (profile, model, backend, mode): several runs of one
-    configuration (a merge, a recording session) become one row, not one row per run."""
+    configuration (a merge, a recording session) become one row, not one row per run. A batch
+    other than 1 is part of the model's label (`llama-8b bs8`): other work, another row."""
     out: dict[tuple, list[RunResult]] = {}
     for r in results:
         if ok(r):
-            out.setdefault((r.profile or "?", r.spec.model_label, r.spec.backend, r.spec.mode), []).append(r)
+            out.setdefault((r.profile or "?", _model(r.spec), r.spec.backend, r.spec.mode), []).append(r)
     return out
 
 
@@ -192,8 +200,17 @@ def kernel_rows(results: list[RunResult]) -> list[dict]:
         rows.append({"profile": profile, "model": model, "backend": backend, "runs": len(runs),
                      "decode_us": mid, "decode_cv": cv,
                      "prefill_us": statistics.median(x.metrics["kernel_prefill_us_per_layer"].value for x in runs),
-                     "methods": sorted({t.get("method", "?") for t in types.values()}), "pct_copy": pct})
+                     "methods": sorted({_kernel_method(r, t.get("method", "?")) for t in types.values()}),
+                     "pct_copy": pct})
     return rows
+
+
+def _kernel_method(result: RunResult, method: str) -> str:
+    """A kernel row's method. ONNX Runtime's CUDA figures name their timing (wall: host-bound on a
+    fast GPU; gpu-queued); results from before the timing was named were all wall-timed."""
+    if result.spec.device == "cuda" and result.spec.backend.startswith("ort-") and ", " not in method:
+        return f"{method}, wall"
+    return method
 
 
 def memory_rows(results: list[RunResult]) -> list[dict]:
@@ -201,12 +218,12 @@ def memory_rows(results: list[RunResult]) -> list[dict]:
     for r in results:
         if not r.ok or "weight_mib" not in r.metrics or r.spec.model_label == "fixture":
             continue
-        key = (r.profile, r.spec.model_label, r.spec.backend, r.spec.mode)
+        key = (r.profile, _model(r.spec), r.spec.backend, r.spec.mode)
         if key in seen:
             continue
         seen.add(key)
         get = lambda k: r.metrics[k].value if k in r.metrics else None  # noqa: E731
-        rows.append({"profile": r.profile or "?", "model": r.spec.model_label, "backend": r.spec.backend, "mode": r.spec.mode,
+        rows.append({"profile": r.profile or "?", "model": _model(r.spec), "backend": r.spec.backend, "mode": r.spec.mode,
                      "weight_mib": get("weight_mib"), "peak_mib": get("peak_allocated_mib") or get("host_peak_rss_mib"),
                      "peak_kind": "allocator peak" if "peak_allocated_mib" in r.metrics else "host RSS peak",
                      "nvml_mib": get("nvml_process_mib")})
@@ -256,7 +273,7 @@ def cross_matrix(results: list[RunResult]) -> tuple[list[str], list[str], dict]:
     for r in results:
         if r.injected_delay_ms or r.spec.model_label == "fixture":
             continue
-        key = (f"{r.spec.model_label} {r.spec.backend} {r.spec.mode}", r.profile or "?")
+        key = (f"{_model(r.spec)} {r.spec.backend} {r.spec.mode}", r.profile or "?")
         if not r.ok:
             status.setdefault(key, r.status)
         elif "decode_tokens_per_s" in r.metrics:

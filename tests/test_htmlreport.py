@@ -180,6 +180,27 @@ def test_several_runs_of_a_configuration_are_one_row_with_the_median_of_their_me
     assert q["runs"] == 3 and q["mean_kld"] == pytest.approx(1.3e-3)
 
 
+def test_a_configuration_at_another_batch_is_a_row_of_its_own():
+    """A claim's batch-8 configuration (llama-8b torch-bf16 kernel at batch 8) is other work than
+    the tier's batch-1 one: never folded into its row as if it were another run of it."""
+    from dataclasses import replace
+
+    from quantperf.htmlreport import kernel_rows
+
+    one = _kernel("nvidia-h200", "torch-bf16", 130.0)
+    eight = _kernel("nvidia-h200", "torch-bf16", 172.0)
+    eight.spec = replace(eight.spec, workload=replace(W, batch_size=8))
+    rows = {r["model"]: r for r in kernel_rows([one, eight])}
+    assert set(rows) == {"llama-1b", "llama-1b bs8"}
+    assert rows["llama-1b"]["runs"] == rows["llama-1b bs8"]["runs"] == 1
+    assert rows["llama-1b bs8"]["decode_us"] == pytest.approx(172.0)
+    # ONNX Runtime's CUDA kernel figures name their timing; older ones were all wall-timed
+    (ort,) = kernel_rows([_kernel("nvidia-h100", "ort-fp16", 385.0)])
+    assert ort["methods"] == ["cuda-graph, wall"]
+    (queued,) = kernel_rows([_kernel("nvidia-h100", "ort-fp16", 40.0, method="cuda-graph, gpu-queued")])
+    assert queued["methods"] == ["cuda-graph, gpu-queued"]
+
+
 def test_the_upgrade_section_names_the_change_and_each_configurations_tolerance():
     """A report reader sees what was upgraded (from the report's overlay) and each mode's own
     tolerance, not one band for all: the committed H200 check, bitsandbytes 0.49.2 -> 0.50.2."""
