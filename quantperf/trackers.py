@@ -44,24 +44,31 @@ class RoundTiming:
     total_ms: float
 
 
-_CYCLES_PER_MS: float | None = None
+_CYCLES_PER_US: float | None = None
 
 
-def _gpu_spin(ms: float) -> None:
-    """Keep the current CUDA stream busy for about `ms` milliseconds (for the injection hook)."""
-    global _CYCLES_PER_MS
+def sleep_cycles_per_us() -> float:
+    """GPU clock cycles `torch.cuda._sleep` spins per microsecond (measured once per process)."""
+    global _CYCLES_PER_US
     import torch
 
-    if _CYCLES_PER_MS is None:
+    if _CYCLES_PER_US is None:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         cycles = 10_000_000
-        torch.cuda._sleep(cycles)  # warm
+        torch.cuda._sleep(cycles // 10)  # warm
         start.record()
         torch.cuda._sleep(cycles)
         end.record()
         end.synchronize()
-        _CYCLES_PER_MS = cycles / start.elapsed_time(end)
-    torch.cuda._sleep(int(ms * _CYCLES_PER_MS))
+        _CYCLES_PER_US = cycles / (start.elapsed_time(end) * 1e3)
+    return _CYCLES_PER_US
+
+
+def _gpu_spin(ms: float) -> None:
+    """Keep the current CUDA stream busy for about `ms` milliseconds (for the injection hook)."""
+    import torch
+
+    torch.cuda._sleep(int(ms * 1e3 * sleep_cycles_per_us()))
 
 
 def _cpu_spin(ms: float) -> None:

@@ -302,7 +302,7 @@ def test_gpu_queued_samples_retry_with_a_longer_sleep_until_every_call_was_queue
 
     import torch
 
-    import quantperf.scenarios.kernel as scen
+    from quantperf import trackers
     from quantperf.backends.ort import kernel as K
 
     reached = []  # per try: had the GPU passed the start event when the host finished queueing?
@@ -328,7 +328,7 @@ def test_gpu_queued_samples_retry_with_a_longer_sleep_until_every_call_was_queue
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     monkeypatch.setattr(torch.cuda, "_sleep", sleeps.append)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(scen, "_sleep_cycles_per_us", lambda: 1000.0)
+    monkeypatch.setattr(trackers, "sleep_cycles_per_us", lambda: 1000.0)
     runner = object.__new__(K._Runner)
     runner.stream, runner.sleep_cycles, calls = object(), None, []
     runner.run = calls.append

@@ -46,7 +46,6 @@ EAGER_REPLAY_DIVISOR = 10
 SAMPLE_BUDGET_US = 50_000.0
 MIN_REPLAYS = 3
 _CAPTURE_BROKEN = False  # a failed capture breaks CUDA's RNG state for later captures in this process
-_CYCLES_PER_US: float | None = None
 
 
 def linear_modules(model) -> tuple[dict[str, list], object]:
@@ -136,21 +135,6 @@ def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
     return 2 * n * 2 / seconds / 1e9
 
 
-def _sleep_cycles_per_us() -> float:
-    global _CYCLES_PER_US
-    import torch
-
-    if _CYCLES_PER_US is None:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(1_000_000)
-        start.record()
-        torch.cuda._sleep(10_000_000)
-        end.record()
-        end.synchronize()
-        _CYCLES_PER_US = 10_000_000 / (start.elapsed_time(end) * 1e3)
-    return _CYCLES_PER_US
-
-
 class _Walk:
     """One module type across all layers at one shape, timed by the best method available."""
 
@@ -178,7 +162,7 @@ class _Walk:
             if self.device == "cuda":
                 import torch
 
-                torch.cuda._sleep(int(total * _sleep_cycles_per_us()))
+                torch.cuda._sleep(int(total * M.sleep_cycles_per_us()))
             elif total:
                 M._cpu_spin(total / 1e3)
 
@@ -187,7 +171,7 @@ class _Walk:
         import torch
 
         if self.inject_us is not None:
-            _sleep_cycles_per_us()
+            M.sleep_cycles_per_us()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

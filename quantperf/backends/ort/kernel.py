@@ -260,15 +260,13 @@ class _Runner:
         queued before the GPU reached them); see the module docstring (`gpu-queued`)."""
         import torch
 
-        from ...scenarios.kernel import _sleep_cycles_per_us
-
         if self.sleep_cycles is None:  # the host's enqueue time for n calls, once
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             self.run(n)
             host_us = (time.perf_counter() - t0) * 1e6
             torch.cuda.synchronize()
-            self.sleep_cycles = int(2 * host_us * _sleep_cycles_per_us()) + 1
+            self.sleep_cycles = int(2 * host_us * M.sleep_cycles_per_us()) + 1
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         queued = False
         for _ in range(QUEUE_TRIES):
