@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import BackendUnavailable, ConfigError
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 FIXTURE_DIR = PACKAGE_DATA / "fixture-llama"
@@ -53,7 +53,17 @@ SHAPES: dict[str, dict] = {
         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
         rope_theta=500000.0,
     ),
+    "llama-70b": dict(  # Llama-3.1-70B: 141 GB in 16 bits, built tensor by tensor (STREAMED_BUILD_PARAMETERS)
+        model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+        num_attention_heads=64, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
+        rope_theta=500000.0,
+    ),
 }
+# A shape above this many parameters is never whole in memory while it is built: each tensor is
+# drawn on the build device and written to a safetensors shard of at most SHARD_BYTES. (Smaller
+# shapes keep transformers' own initialisation, so their weights stay what they were.)
+STREAMED_BUILD_PARAMETERS = 20e9
+SHARD_BYTES = 5 * 2**30
 
 # The seed study's size classes, by parameter count.
 SIZE_CLASSES = (("small", 0, 1e9), ("medium", 1e9, 6e9), ("large", 6e9, float("inf")))
@@ -207,6 +217,75 @@ def _build_synthetic(shape: str, target: Path, device: str, seed: int) -> None:
         del model
 
 
+def require_disk(directory: Path, need_bytes: int, what: str) -> None:
+    """BackendUnavailable (a skip with its reason, not an error) when `directory`'s file system
+    has less than `need_bytes` free: the machine cannot hold `what`."""
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise BackendUnavailable(f"{what} needs {need_bytes / 1e9:.0f} GB of free disk in {directory}; "
+                                 f"{free / 1e9:.0f} GB are free: point {CACHE_ENV} at a larger disk")
+
+
+def _build_synthetic_streamed(shape: str, target: Path, device: str, seed: int) -> None:
+    """Build a shape too large to hold in memory: tensor by tensor, drawn like transformers' LLaMA
+    initialisation (normal(0, initializer_range) for linears and embeddings, ones for norms) from a
+    generator seeded per tensor on `device`, into safetensors shards with an index, atomically."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    config = synthetic_config(shape)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config, dtype=torch.float16)
+    tensors = list(meta.state_dict().items())
+    shards: list[list[tuple[int, str, object]]] = [[]]
+    size = 0
+    for i, (name, t) in enumerate(tensors):
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append((i, name, t))
+        size += nbytes
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        weight_map, total = {}, 0
+        for k, shard in enumerate(shards, 1):
+            file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+            out = {}
+            for i, name, t in shard:
+                x = torch.empty(t.shape, dtype=torch.float16, device=device)
+                if name.endswith("norm.weight"):
+                    x.fill_(1.0)
+                else:
+                    gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+                    x.normal_(0.0, config.initializer_range, generator=gen)
+                out[name] = x.cpu()
+                weight_map[name] = file
+                total += x.numel() * x.element_size()
+            save_file(out, str(tmp / file), metadata={"format": "pt"})
+            del out
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        config.save_pretrained(tmp)
+        (tmp / "quantperf_synthetic.json").write_text(json.dumps(
+            {"shape": shape, "seed": seed, "rng_device": device, "torch": torch.__version__,
+             "build": "streamed, one generator per tensor"}, indent=2))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool = False,
             build_device: str | None = None, seed: int = 0) -> ModelSource:
     """Turn a model reference into a ModelSource, building a synthetic checkpoint if needed."""
@@ -221,7 +300,10 @@ def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool
         target = cache_dir() / "synthetic" / f"{shape}-seed{seed}-{build_device}rng"
         built = not (target / "model.safetensors").exists() and not (target / "model.safetensors.index.json").exists()
         if built:
-            _build_synthetic(shape, target, build_device, seed)
+            params = synthetic_parameters(shape)
+            require_disk(target.parent, int(params * 2 * 1.02), f"the synthetic {shape} checkpoint")
+            build = _build_synthetic_streamed if params > STREAMED_BUILD_PARAMETERS else _build_synthetic
+            build(shape, target, build_device, seed)
         meta = json.loads((target / "quantperf_synthetic.json").read_text())
         return ModelSource(ref, str(target), local_files_only=True, meta=meta, built=built)
     if ref.startswith("fake:") and os.environ.get("QUANTPERF_TEST_BACKENDS") == "1":

@@ -11,6 +11,7 @@ from quantperf.errors import ConfigError
 from quantperf.backends import entry
 from quantperf.quality import limit_violations
 from quantperf.scheduler import measure_quality
+from quantperf.workers import LocalWorker
 
 CPU_BACKENDS = [n for n, e in BACKENDS.items() if "cpu" in e.devices and not n.startswith("fake")]
 WORKLOAD = Workload(batch_size=1, prompt_tokens=32, new_tokens=8, warmup_rounds=1, rounds=3)
@@ -120,3 +121,44 @@ def test_reference_against_itself_and_export_against_reference(quality_results):
     assert quality_results["ort-fp32"].quality["mean_kld"] < 1e-4
     # 4-bit costs more than 8-bit on a trained model
     assert quality_results["bnb-nf4"].quality["mean_kld"] > quality_results["bnb-int8"].quality["mean_kld"]
+
+
+def test_weights_go_to_one_gpu_when_they_fit_and_are_spread_when_they_do_not():
+    """A 70B model's weights do not fit one GPU: spread over the host's GPUs (device_map "auto",
+    nothing offloaded to the CPU), or unavailable when they do not fit them all."""
+    from quantperf.backends.hf import estimate_weight_bytes, plan_placement
+    from quantperf.models import arch_info, synthetic_config
+
+    gib = 2**30
+    assert plan_placement(10 * gib, [80 * gib]) == {"device_map": {"": 0}}
+    assert plan_placement(10 * gib, [80 * gib, 80 * gib]) == {"device_map": {"": 0}}
+    spread = plan_placement(131 * gib, [139 * gib, 139 * gib])  # llama-70b bf16 on two H200s
+    assert spread["device_map"] == "auto" and set(spread["max_memory"]) == {0, 1}  # no "cpu": no offload
+    assert plan_placement(131 * gib, [139 * gib]) is None and plan_placement(300 * gib, [79 * gib] * 2) is None
+    # the estimate against what the H200 measured for llama-8b (15317 MiB fp16, 5749 MiB NF4)
+    arch = arch_info(synthetic_config("llama-8b"))
+    assert estimate_weight_bytes(arch, 16, 2) / 2**20 == pytest.approx(15317, rel=0.01)
+    assert estimate_weight_bytes(arch, 4, 2) / 2**20 == pytest.approx(5749, rel=0.1)
+    big = arch_info(synthetic_config("llama-70b"))
+    assert estimate_weight_bytes(big, 16, 2) > 139 * gib * 0.9 > estimate_weight_bytes(big, 4, 2)
+
+
+def test_a_model_spread_over_devices_runs_eager_mode_only(model_cache):
+    """graph and kernel modes capture one GPU's work: a model whose modules sit on several
+    devices says so instead of being timed on one of them."""
+    from quantperf.backends.hf import HFLoaded
+    from quantperf.scenarios.kernel import KernelScenario
+    from quantperf.spec import RunSpec
+
+    w = LocalWorker(RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "kernel", WORKLOAD))
+    try:
+        w.prepare()
+        assert w.load()["status"] == "ok" and isinstance(w.loaded, HFLoaded)
+        assert w.loaded.spread_reason() is None and w.loaded.execution_report() == {}
+        w.loaded.model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "lm_head": 1}
+        reason = w.loaded.spread_reason()
+        assert "spread over 2 devices (0, 1)" in reason and w.loaded.supports_mode("graph") == reason
+        assert w.loaded.supports_mode("eager") is None and w.loaded.execution_report() == {"devices": ["0", "1"]}
+        assert KernelScenario(w.spec, w.loaded).unsupported() == reason
+    finally:
+        w.close()

@@ -25,6 +25,7 @@ def test_every_linear_dimension_is_a_multiple_of_64():
     ("llama-1b", 1.0e9, 1.2e9, "medium"),  # TinyLlama-1.1B
     ("llama-3b", 3.1e9, 3.3e9, "medium"),  # Llama-3.2-3B
     ("llama-8b", 7.9e9, 8.1e9, "large"),  # Llama-3.1-8B
+    ("llama-70b", 70.4e9, 70.7e9, "large"),  # Llama-3.1-70B
 ])
 def test_shapes_have_their_real_models_parameter_counts(shape, low, high, cls):
     info = models.arch_info(models.synthetic_config(shape))
@@ -89,3 +90,47 @@ def test_fixture_model_ships_with_its_training_log():
     assert source.tokenizer and log["heldout_ppl_fp16_weights_fp32_compute"] < 200
     cfg = models.arch_info(source.config())
     assert 1e6 < cfg.parameters < 1e7
+
+
+def test_a_shape_too_large_for_memory_is_built_tensor_by_tensor_into_shards(tmp_path, monkeypatch):
+    """Llama-3.1-70B (141 GB in 16 bits) never fits one build device: shapes above
+    STREAMED_BUILD_PARAMETERS are drawn tensor by tensor into safetensors shards with an index,
+    loadable by transformers, deterministic per seed. Shown on llama-tiny with the threshold at 0."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("QUANTPERF_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "STREAMED_BUILD_PARAMETERS", 0)
+    monkeypatch.setattr(models, "SHARD_BYTES", 2 * 2**20)  # 2 MiB: llama-tiny (~12 MB) takes several shards
+    source = models.resolve("synthetic:llama-tiny", build_device="cpu")
+    path = models.Path(source.path_or_id)
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    shards = sorted(path.glob("model-*-of-*.safetensors"))
+    assert source.built and len(shards) > 2 and set(index["weight_map"].values()) == {p.name for p in shards}
+    assert json.loads((path / "quantperf_synthetic.json").read_text())["build"].startswith("streamed")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    params = dict(model.named_parameters())
+    assert set(index["weight_map"]) == set(model.state_dict())
+    assert torch.all(params["model.norm.weight"] == 1.0)
+    w = params["model.layers.0.mlp.up_proj.weight"]
+    assert abs(w.std().item() - model.config.initializer_range) < 0.002 and abs(w.mean().item()) < 0.001
+    again = tmp_path / "again"
+    monkeypatch.setenv("QUANTPERF_CACHE", str(again))
+    twin = AutoModelForCausalLM.from_pretrained(models.resolve("synthetic:llama-tiny", build_device="cpu").path_or_id,
+                                                dtype=torch.float32)
+    assert all(torch.equal(t, dict(twin.named_parameters())[n]) for n, t in params.items())
+
+
+def test_a_disk_too_small_for_a_synthetic_checkpoint_is_a_skip_with_what_it_needs(tmp_path, monkeypatch):
+    import shutil
+
+    from quantperf.errors import BackendUnavailable
+
+    monkeypatch.setenv("QUANTPERF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100e9, 90e9, 10e9))
+    with pytest.raises(BackendUnavailable, match=r"the synthetic llama-70b checkpoint needs 144 GB of free disk in .*; "
+                                                 r"10 GB are free: point QUANTPERF_CACHE at a larger disk"):
+        models.resolve("synthetic:llama-70b", build_device="cpu")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))

@@ -4,6 +4,13 @@
 mode is `generate(cache_implementation="static")`, for which transformers compiles the
 decode step itself; a backend whose quantizer transformers will not compile reports the
 mode as unsupported instead of silently running eager.
+
+Placement on CUDA: a model whose weights (estimated from its config and the backend's bits
+before loading, `estimate_weight_bytes`) fit the first visible GPU loads onto it whole; one that
+does not is spread over the visible GPUs (`device_map="auto"` with a `max_memory` for each GPU and
+none for the CPU: nothing is offloaded); one that does not fit them together is unavailable, with
+what it needs (`plan_placement`). A spread model runs eager mode only, and its memory figures
+are the first GPU's.
 """
 
 from __future__ import annotations
@@ -15,6 +22,25 @@ from ..models import ModelSource, arch_info
 from .base import Backend, LoadedModel
 
 DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
+PLACEMENT_MARGIN = 0.9  # share of a GPU's free memory the weights may take (activations, KV cache, workspace)
+
+
+def estimate_weight_bytes(arch, bits: int, compute_bytes: int) -> int:
+    """Weight bytes of a model before loading it: the decoder's linears at `bits` per weight,
+    embeddings and lm_head in the compute dtype (quantizers leave them alone)."""
+    emb = arch.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
+    return int((arch.parameters - emb) * bits / 8 + emb * compute_bytes)
+
+
+def plan_placement(need: int, free: list[int], margin: float = PLACEMENT_MARGIN) -> dict | None:
+    """from_pretrained's placement for weights of `need` bytes on GPUs with `free` bytes each:
+    the first GPU whole when it holds them, else spread over all (`device_map="auto"`, a
+    `max_memory` per GPU and none for the CPU), else None (they do not fit)."""
+    if free and need <= free[0] * margin:
+        return {"device_map": {"": 0}}
+    if len(free) > 1 and need <= sum(free) * margin:
+        return {"device_map": "auto", "max_memory": {i: int(f * margin) for i, f in enumerate(free)}}
+    return None
 
 
 def tensor_bytes(t, seen: set[int]) -> int:
@@ -98,9 +124,28 @@ class HFLoaded(LoadedModel):
     def kv_bytes_per_element(self) -> float:
         return self._kv_bytes
 
+    def devices(self) -> list[str]:
+        """The devices the model's modules sit on (several when it was spread over GPUs)."""
+        placed = getattr(self.model, "hf_device_map", None) or {}
+        return sorted({str(d) for d in placed.values()}) or [str(self.model.device)]
+
+    def spread_reason(self) -> str | None:
+        """Why a mode that runs on one GPU cannot run this model (None when it sits on one device)."""
+        devices = self.devices()
+        if len(devices) > 1:
+            return (f"{self.backend}: the model is spread over {len(devices)} devices ({', '.join(devices)}); "
+                    "graph and kernel modes capture one GPU's work")
+        return None
+
+    def execution_report(self) -> dict:
+        devices = self.devices()
+        return {"devices": devices} if len(devices) > 1 else {}
+
     def supports_mode(self, mode: str) -> str | None:
         if mode == "eager":
             return None
+        if self.spread_reason():
+            return self.spread_reason()
         if self.device != "cuda":
             return (
                 f"{self.backend}: graph mode needs CUDA (transformers compiles the static-cache decode step "
@@ -192,12 +237,32 @@ class HFBackend(Backend):
         dtype = kwargs.get("dtype")
         if isinstance(dtype, str):
             kwargs["dtype"] = getattr(torch, dtype)
-        model = AutoModelForCausalLM.from_pretrained(
-            source.path_or_id, device_map={"": device if device == "cpu" else 0}, **source.load_kwargs(), **kwargs
-        )
+        placement = {"device_map": {"": "cpu"}} if device == "cpu" else self._cuda_placement(source)
+        model = AutoModelForCausalLM.from_pretrained(source.path_or_id, **placement, **source.load_kwargs(), **kwargs)
         model.eval()
         kv_dtype = self.compute_dtype(device)
         return HFLoaded(self.name, device, model, source, self.identity(device), DTYPES[kv_dtype])
+
+
+    def _cuda_placement(self, source: ModelSource) -> dict:
+        import torch
+
+        from ..errors import BackendUnavailable
+
+        try:
+            need = estimate_weight_bytes(arch_info(source.config()), self.entry.bits, DTYPES[self.compute_dtype("cuda")])
+        except (AttributeError, KeyError, TypeError, ValueError, OSError):  # a config this estimate does not know: load onto the first GPU, as before
+            return {"device_map": {"": 0}}
+        free = [torch.cuda.mem_get_info(0)[0]]
+        if need > free[0] * PLACEMENT_MARGIN:  # only then look at (and open a context on) the other GPUs
+            free += [torch.cuda.mem_get_info(i)[0] for i in range(1, torch.cuda.device_count())]
+        plan = plan_placement(need, free)
+        if plan is None:
+            raise BackendUnavailable(
+                f"{self.name}: {source.ref} needs about {need / 2**30:.0f} GiB of GPU memory for its weights; the "
+                f"{len(free)} visible GPU(s) have {sum(free) / 2**30:.0f} GiB free: run it on a host with more GPU "
+                "memory (under pytest -n each worker sees one GPU: run this tier without -n)")
+        return plan
 
 
 class TorchDtypeBackend(HFBackend):

@@ -250,6 +250,9 @@ class KernelScenario(Scenario):
         model = getattr(self.loaded, "model", None)
         if model is None:
             return f"{self.spec.backend}: kernel mode needs a loaded torch model or an ONNX graph"
+        spread = getattr(self.loaded, "spread_reason", lambda: None)()
+        if spread:
+            return spread
         try:
             linear_modules(model)
         except ValueError as exc:
