@@ -21,7 +21,8 @@
 # STEPs: kernel-1b, kernel-8b (every torch/bitsandbytes/torchao backend in kernel mode; repeated,
 #        a fresh process again, into kernel-1b-2, ...), large (the large tier, recorded; QP_LARGE_K its
 #        pytest -k; repeated into large2, ...), large-ort (the large tier's ONNX Runtime configurations,
-#        recorded; waits for ortsetup),
+#        recorded; waits for ortsetup), huge (the 70B tier, recorded, on all GPUs: needs several GPUs
+#        and 144 GB of disk),
 #        noise-kernel (the noise benchmark on kernel mode, 10 fresh processes), ort (ort-fp16,
 #        ort-int4, ort-int8 on the CUDA EP, eager and kernel mode; waits for ortsetup; repeated, a fresh
 #        process again, into ort-2, ...; QP_ORT_MODES its modes),
@@ -185,6 +186,9 @@ for s in "$@"; do
         # three 8B loads in a row (torchao quantizes at load, ~60 s each) outlast the 200 s stack dump
         d="$Q/large"; [ -d "$d" ] && d="$Q/large$(n_of large)"
         QP_FAULTHANDLER_S=600 QUANTPERF_WORKER_TIMEOUT_S="${QP_LARGE_WORKER_TIMEOUT:-300}" step "$(basename "$d")" gpu_job "$d" 900 --qp-record -m "gpu and slow and not quality" -k "not repeatability and (${QP_LARGE_K:-8b or large or fp8})"
+        ;;
+    huge)  # the 70B tier on every GPU of the host (no -n: a spread model needs all of them), recorded
+        QP_FAULTHANDLER_S=1500 QUANTPERF_WORKER_TIMEOUT_S="${QP_LARGE_WORKER_TIMEOUT:-1800}" step huge gpu_job "$Q/huge" 2400 --qp-record -m "gpu and slow" -k "70b"
         ;;
     large-ort)  # the large tier's ONNX Runtime kernel configurations (one-decoder-layer exports at 8B shapes)
         wait_ort
