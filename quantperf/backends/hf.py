@@ -25,7 +25,14 @@ DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
 PLACEMENT_MARGIN = 0.9  # share of a GPU's free memory the weights may take (activations, KV cache, workspace)
 
 
-def estimate_weight_bytes(arch, bits: int, compute_bytes: int) -> int:
+def effective_bits(entry) -> float:
+    """Bits per quantized weight with its block scales: bitsandbytes 4-bit keeps one fp32 absmax
+    per `blocksize` weights, torchao int4 a bf16 scale and zero point per `group_size`."""
+    opts = entry.options
+    return entry.bits + (32 / opts["blocksize"] if "blocksize" in opts else 0) + (32 / opts["group_size"] if "group_size" in opts else 0)
+
+
+def estimate_weight_bytes(arch, bits: float, compute_bytes: int) -> int:
     """Weight bytes of a model before loading it: the decoder's linears at `bits` per weight,
     embeddings and lm_head in the compute dtype (quantizers leave them alone)."""
     emb = arch.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
@@ -250,7 +257,8 @@ class HFBackend(Backend):
         from ..errors import BackendUnavailable
 
         try:
-            need = estimate_weight_bytes(arch_info(source.config()), self.entry.bits, DTYPES[self.compute_dtype("cuda")])
+            need = estimate_weight_bytes(arch_info(source.config()), effective_bits(self.entry),
+                                         DTYPES[self.compute_dtype("cuda")])
         except (AttributeError, KeyError, TypeError, ValueError, OSError):  # a config this estimate does not know: load onto the first GPU, as before
             return {"device_map": {"": 0}}
         free = [torch.cuda.mem_get_info(0)[0]]
