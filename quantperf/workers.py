@@ -24,7 +24,7 @@ from . import trackers as M
 from .errors import BackendUnavailable, ConfigError, ModeUnsupported, QuantperfError
 from .spec import RunSpec
 
-PROTOCOL = 2  # bump when a request or reply changes shape
+PROTOCOL = 3  # bump when a request or reply changes shape
 WORKER_TIMEOUT_ENV = "QUANTPERF_WORKER_TIMEOUT_S"
 # A hung worker (a wedged GPU, a deadlocked library) must not hang the suite: one request
 # (a load, a set of rounds, a quality pass) gets this long.
@@ -46,7 +46,7 @@ def worker_timeout_s(raw: str | None) -> float:
 WORKER_TIMEOUT_S = worker_timeout_s(os.environ.get(WORKER_TIMEOUT_ENV))
 # a silent worker is sent this before it is killed; quantperf.worker answers with every thread's stack
 STACK_SIGNAL = "SIGUSR1"
-METHODS = {"hello", "environment", "prepare", "load", "warmup", "rounds", "configure", "memory", "quality", "close"}
+METHODS = {"hello", "environment", "prepare", "prepare_for", "load", "warmup", "rounds", "configure", "memory", "quality", "close"}
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -99,6 +99,14 @@ class LocalWorker:
             return {"built": bool(built), "prepare_s": round(time.perf_counter() - t0, 1)}
         except Exception:
             return {"built": False}
+
+    def prepare_for(self, spec: dict) -> dict:
+        """prepare() for another configuration: one long-lived preparing process serves many
+        (quantperf.scheduler.prepare_in_process). Never called on a measuring worker."""
+        if self.loaded is not None:
+            raise RuntimeError("prepare_for on a worker that has loaded a model: preparing and measuring never share a process")
+        self.spec = RunSpec.from_dict(spec)
+        return self.prepare()
 
     def load(self) -> dict:
         from .backends import get_backend

@@ -133,6 +133,34 @@ def test_one_time_builds_happen_outside_the_measured_process(tmp_path, monkeypat
     assert warm.ok and "prepared_first_s" not in warm.timings
 
 
+def test_one_long_lived_process_prepares_and_each_measurement_gets_a_fresh_one(monkeypatch):
+    """Preparing costs an interpreter start and imports (about 10 s on a GPU host) per configuration
+    unless one process prepares them all: four configurations take one preparing process and four
+    measuring ones (not eight), and no process both prepares and measures."""
+    from quantperf import scheduler, workers
+
+    scheduler.close_preparers()
+    opened = []
+    real = workers.ProcessWorker
+
+    class Counting(real):
+        def __init__(self, spec, *a, **k):
+            super().__init__(spec, *a, **k)
+            opened.append(self)
+
+    monkeypatch.setattr(workers, "ProcessWorker", Counting)
+    specs = _pair() + [RunSpec("fake:medium", b, "cpu", "eager", W) for b in ("fake-fp16", "fake-int8")]
+    results = measure_many(specs, profile="cpu-test")
+    assert all(r.ok for r in results), [r.reason for r in results]
+    preparers = list(scheduler._PREPARERS.values())
+    assert len(opened) == 5 and len(preparers) == 1 and preparers[0] in opened
+    measuring = [w for w in opened if w is not preparers[0]]
+    assert {w.spec.id for w in measuring} == {s.id for s in specs}
+    assert all(w.proc.poll() is not None for w in measuring)  # each measuring process ended with its run
+    scheduler.close_preparers()
+    assert preparers[0].proc.poll() is not None and not scheduler._PREPARERS
+
+
 def test_out_of_memory_load_is_one_clear_line(monkeypatch):
     from quantperf.backends.fake import FakeBackend
 
