@@ -66,7 +66,9 @@ def prepare_in_process(spec: RunSpec, model_options: dict | None = None, python:
     """Prepare `spec` (build its checkpoint and exports if missing) in a preparing process that
     serves configuration after configuration, so each one costs no interpreter start and imports
     (about 10 s on a GPU host) when everything is cached. A process that built something (its
-    memory and any CUDA context are the build's) or failed is closed: the next one is fresh.
+    memory is the build's), opened a CUDA context (an FP8 backend asks the card its compute
+    capability; an idle context would sit beside every measurement) or failed is closed: the next
+    one is fresh.
     Never the measuring process: that one is always new and only reads the cache."""
     import json
 
@@ -80,7 +82,7 @@ def prepare_in_process(spec: RunSpec, model_options: dict | None = None, python:
         _PREPARERS.pop(key, None)
         worker.close()
         raise
-    if prepared.get("built"):
+    if prepared.get("built") or prepared.get("cuda_context"):  # a build's memory, or a CUDA context: start afresh
         _PREPARERS.pop(key, None)
         worker.close()
     return prepared

@@ -106,7 +106,10 @@ class LocalWorker:
         if self.loaded is not None:
             raise RuntimeError("prepare_for on a worker that has loaded a model: preparing and measuring never share a process")
         self.spec = RunSpec.from_dict(spec)
-        return self.prepare()
+        out = self.prepare()
+        torch = sys.modules.get("torch")  # a CUDA context held by an idle preparer would sit beside every measurement
+        out["cuda_context"] = bool(torch is not None and torch.cuda.is_initialized())
+        return out
 
     def load(self) -> dict:
         from .backends import get_backend

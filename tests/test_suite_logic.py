@@ -161,6 +161,28 @@ def test_one_long_lived_process_prepares_and_each_measurement_gets_a_fresh_one(m
     assert preparers[0].proc.poll() is not None and not scheduler._PREPARERS
 
 
+@pytest.mark.parametrize("reply, kept", [({"built": False, "cuda_context": False}, True),
+                                          ({"built": True, "prepare_s": 1.0, "cuda_context": False}, False),
+                                          ({"built": False, "cuda_context": True}, False)])
+def test_a_preparer_that_built_or_opened_a_cuda_context_is_replaced(monkeypatch, reply, kept):
+    from quantperf import scheduler
+
+    scheduler.close_preparers()
+    closed = []
+
+    class Preparer:
+        def prepare_for(self, spec):
+            return dict(reply)
+
+        def close(self):
+            closed.append(self)
+
+    monkeypatch.setattr(scheduler, "open_worker", lambda *a, **k: Preparer())
+    assert scheduler.prepare_in_process(_pair()[0]) == reply
+    assert bool(scheduler._PREPARERS) == kept and bool(closed) != kept
+    scheduler.close_preparers()
+
+
 def test_out_of_memory_load_is_one_clear_line(monkeypatch):
     from quantperf.backends.fake import FakeBackend
 
