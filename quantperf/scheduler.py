@@ -69,10 +69,18 @@ def prepare_in_process(spec: RunSpec, model_options: dict | None = None, python:
     memory is the build's), opened a CUDA context (an FP8 backend asks the card its compute
     capability; an idle context would sit beside every measurement) or failed is closed: the next
     one is fresh.
-    Never the measuring process: that one is always new and only reads the cache."""
+    Never the measuring process: that one is always new and only reads the cache. A preparer
+    serves only while this process's environment is the one it was started with (a changed
+    QUANTPERF_CACHE, say, means another cache): else it is closed and a new one started."""
+    import hashlib
     import json
 
-    key = json.dumps([model_options or {}, python, sorted((env or {}).items())], sort_keys=True, default=str)
+    # (pytest renames PYTEST_CURRENT_TEST for every test: not a change of environment that matters)
+    environ = hashlib.sha256(json.dumps(sorted((k, v) for k, v in os.environ.items()
+                                               if k != "PYTEST_CURRENT_TEST")).encode()).hexdigest()
+    key = json.dumps([model_options or {}, python, sorted((env or {}).items()), environ], sort_keys=True, default=str)
+    for stale in [k for k in _PREPARERS if json.loads(k)[3] != environ]:
+        _PREPARERS.pop(stale).close()
     worker = _PREPARERS.get(key)
     if worker is None:
         worker = _PREPARERS[key] = open_worker(spec, "process", dict(model_options or {}), python, env)

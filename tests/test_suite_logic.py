@@ -180,6 +180,14 @@ def test_a_preparer_that_built_or_opened_a_cuda_context_is_replaced(monkeypatch,
     monkeypatch.setattr(scheduler, "open_worker", lambda *a, **k: Preparer())
     assert scheduler.prepare_in_process(_pair()[0]) == reply
     assert bool(scheduler._PREPARERS) == kept and bool(closed) != kept
+    if kept:  # the environment changed (another QUANTPERF_CACHE): the old preparer is not asked again
+        monkeypatch.setenv("PYTEST_CURRENT_TEST", "another test")  # pytest's own bookkeeping is no change
+        scheduler.prepare_in_process(_pair()[0])
+        assert not closed
+        monkeypatch.setenv("QUANTPERF_CACHE", "/elsewhere")
+        first = next(iter(scheduler._PREPARERS.values()))
+        scheduler.prepare_in_process(_pair()[0])
+        assert closed == [first] and first not in scheduler._PREPARERS.values() and len(scheduler._PREPARERS) == 1
     scheduler.close_preparers()
 
 
