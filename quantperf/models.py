@@ -186,6 +186,24 @@ def arch_info(config) -> ArchInfo:
     )
 
 
+def _write_atomically(target: Path, write) -> None:
+    """Run `write(tmp)` into a temporary directory beside `target`, then rename it into place;
+    a concurrent builder that won the race keeps its copy, and a failed build leaves nothing."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.exists():  # another process won the race: keep theirs
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _build_synthetic(shape: str, target: Path, device: str, seed: int) -> None:
     """Build a shape with deterministic random weights and save it as safetensors, atomically."""
     import torch
@@ -197,22 +215,15 @@ def _build_synthetic(shape: str, target: Path, device: str, seed: int) -> None:
         torch.cuda.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float16)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "quantperf_synthetic.json").write_text(
             json.dumps({"shape": shape, "seed": seed, "rng_device": device, "torch": torch.__version__}, indent=2)
         )
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.exists():  # another process won the race: keep theirs
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    try:
+        _write_atomically(target, write)
     finally:
         del model
 
@@ -250,9 +261,8 @@ def _build_synthetic_streamed(shape: str, target: Path, device: str, seed: int) 
             size = 0
         shards[-1].append((i, name, t))
         size += nbytes
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         weight_map, total = {}, 0
         for k, shard in enumerate(shards, 1):
             file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
@@ -275,15 +285,8 @@ def _build_synthetic_streamed(shape: str, target: Path, device: str, seed: int) 
         (tmp / "quantperf_synthetic.json").write_text(json.dumps(
             {"shape": shape, "seed": seed, "rng_device": device, "torch": torch.__version__,
              "build": "streamed, one generator per tensor"}, indent=2))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    _write_atomically(target, write)
 
 
 def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool = False,
