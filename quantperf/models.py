@@ -222,10 +222,7 @@ def _build_synthetic(shape: str, target: Path, device: str, seed: int) -> None:
             json.dumps({"shape": shape, "seed": seed, "rng_device": device, "torch": torch.__version__}, indent=2)
         )
 
-    try:
-        _write_atomically(target, write)
-    finally:
-        del model
+    _write_atomically(target, write)  # the model is freed when this returns
 
 
 def require_disk(directory: Path, need_bytes: int, what: str) -> None:

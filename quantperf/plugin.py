@@ -91,7 +91,7 @@ def pytest_configure(config):
 # UUID through CUDA_VISIBLE_DEVICES before anything touches CUDA, so NVML reads that GPU too);
 # each measurement shard (a device, model, mode and batch: the configurations gated together and
 # the claims between them) runs on one worker (a static split, balanced by an estimate of each
-# shard's seconds, `shard_cost`: every worker collects every test and keeps its shards', under
+# shard's seconds, `spec_cost`: every worker collects every test and keeps its shards', under
 # xdist's `--dist each`, set for you); each worker logs to
 # results-gwN.jsonl and summary-gwN.json, and the controller merges them into results.jsonl and
 # summary.json, prints one summary and writes the report.
@@ -153,9 +153,10 @@ def spec_cost(model: str) -> float:
     from .models import SHAPES, synthetic_parameters
 
     name = model.split(":", 1)[1] if model.startswith("synthetic:") else None
-    params = synthetic_parameters(name) if name in SHAPES else UNKNOWN_PARAMETERS
     if model in ("fixture", "fixture:llama"):
         params = 0
+    else:
+        params = synthetic_parameters(name) if name in SHAPES else UNKNOWN_PARAMETERS
     return SHARD_CONFIG_S + SHARD_S_PER_BPARAM * params / 1e9
 
 
@@ -314,15 +315,12 @@ def assign_shards(keys: list[str], workers: int, costs: list[dict[str, float]] |
     is the estimated seconds of the configurations its tests measure, each counted once (`costs`,
     one {config id: seconds} per key; speed and memory tests of a configuration share one
     measurement); without `costs`, its test count."""
-    sizes: dict[str, float] = {}
+    if costs is None:  # each test its own unit of work
+        costs = [{f"test-{i}": 1.0} for i in range(len(keys))]
     measured: dict[str, dict[str, float]] = {}
-    for i, k in enumerate(keys):
-        if costs is None:
-            sizes[k] = sizes.get(k, 0) + 1
-        else:
-            measured.setdefault(k, {}).update(costs[i])
-    if costs is not None:
-        sizes = {k: sum(m.values()) or 1.0 for k, m in measured.items()}
+    for k, c in zip(keys, costs):
+        measured.setdefault(k, {}).update(c)
+    sizes = {k: sum(m.values()) or 1.0 for k, m in measured.items()}
     load = [0.0] * max(workers, 1)
     out: dict[str, int] = {}
     for key in sorted(sizes, key=lambda k: (-sizes[k], k)):

@@ -151,8 +151,9 @@ class HFLoaded(LoadedModel):
     def supports_mode(self, mode: str) -> str | None:
         if mode == "eager":
             return None
-        if self.spread_reason():
-            return self.spread_reason()
+        spread = self.spread_reason()
+        if spread:
+            return spread
         if self.device != "cuda":
             return (
                 f"{self.backend}: graph mode needs CUDA (transformers compiles the static-cache decode step "
@@ -250,7 +251,6 @@ class HFBackend(Backend):
         kv_dtype = self.compute_dtype(device)
         return HFLoaded(self.name, device, model, source, self.identity(device), DTYPES[kv_dtype])
 
-
     def _cuda_placement(self, source: ModelSource) -> dict:
         import torch
 
@@ -259,8 +259,8 @@ class HFBackend(Backend):
         try:
             need = estimate_weight_bytes(arch_info(source.config()), effective_bits(self.entry),
                                          DTYPES[self.compute_dtype("cuda")])
-        except (AttributeError, KeyError, TypeError, ValueError, OSError):  # a config this estimate does not know: load onto the first GPU, as before
-            return {"device_map": {"": 0}}
+        except (AttributeError, KeyError, TypeError, ValueError, OSError):
+            return {"device_map": {"": 0}}  # a config the estimate does not know: the first GPU, as before
         free = [torch.cuda.mem_get_info(0)[0]]
         if need > free[0] * PLACEMENT_MARGIN:  # only then look at (and open a context on) the other GPUs
             free += [torch.cuda.mem_get_info(i)[0] for i in range(1, torch.cuda.device_count())]

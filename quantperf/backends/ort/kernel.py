@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ... import trackers as M
-from ...errors import BackendUnavailable
+from ...errors import BackendUnavailable, ConfigError
 from ...models import ArchInfo
 from ..base import LoadedModel
 from .export import initializer_bytes
@@ -70,8 +70,6 @@ def cuda_timing(raw: str | None) -> str:
     if raw in (None, ""):
         return "wall"
     if raw not in TIMINGS:
-        from ...errors import ConfigError
-
         raise ConfigError(f"{TIMING_ENV}={raw!r}: not a timing method; use one of {', '.join(TIMINGS)} (or unset it: wall)")
     return raw
 
