@@ -44,6 +44,22 @@ class RoundTiming:
     total_ms: float
 
 
+# One sample's time budget: a walk slow enough that `replays` of it would exceed this gets fewer
+# replays (decided once per walk before its first sample, so every round does the same work;
+# never fewer than MIN_REPLAYS). Every walk of the committed baselines fits 50 replays; the
+# budget keeps a slow backend on 8B shapes from turning one round into minutes.
+SAMPLE_BUDGET_US = 50_000.0
+MIN_REPLAYS = 3
+
+
+def fit_replays(replays: int, walk_us: float, budget_us: float = SAMPLE_BUDGET_US) -> int:
+    """Replays per sample: `replays`, or as many walks of `walk_us` as fit the sample budget,
+    at least MIN_REPLAYS (or `replays` itself when that is fewer)."""
+    if not walk_us > 0:
+        return replays
+    return max(min(MIN_REPLAYS, replays), min(replays, int(budget_us // walk_us)))
+
+
 _CYCLES_PER_US: float | None = None
 
 

@@ -23,7 +23,8 @@
 #        pytest -k; repeated into large2, ...), large-ort (the large tier's ONNX Runtime configurations,
 #        recorded; waits for ortsetup), huge (the 70B tier, recorded, on all GPUs: needs several GPUs
 #        and 144 GB of disk),
-#        noise-kernel (the noise benchmark on kernel mode, 10 fresh processes), ort (ort-fp16,
+#        noise-kernel (the noise benchmark on kernel mode, 10 fresh processes; QP_NOISE_K its
+#        configurations' pytest -k, default torch; ort waits for ortsetup), ort (ort-fp16,
 #        ort-int4, ort-int8 on the CUDA EP, eager and kernel mode; waits for ortsetup; repeated, a fresh
 #        process again, into ort-2, ...; QP_ORT_MODES its modes),
 #        rec (one recording run of the GPU tier into /tmp/bl; QP_M its -m), aa (an A/A run), inject (QP_INJECT,
@@ -166,7 +167,9 @@ for s in "$@"; do
             --model "$model" --out "$d/results.jsonl" --markdown > "$d/run.log" 2>&1
         ;;
     noise-kernel)
-        step "$s" gpu_job "$Q/$s" 900 -k "repeatability and kernel" --qp-noise-runs 10 --qp-noise-variants ""
+        [ -n "${QP_NOISE_K:-}" ] && wait_ort
+        d="$Q/$s"; [ -d "$d" ] && d="$Q/$s-$(n_of "$s")"
+        step "$(basename "$d")" gpu_job "$d" 900 -k "repeatability and kernel and (${QP_NOISE_K:-torch})" --qp-noise-runs 10 --qp-noise-variants ""
         ;;
     ort)
         d="$Q/ort"; [ -d "$d" ] && d="$Q/ort-$(n_of ort)"; mkdir -p "$d"

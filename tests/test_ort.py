@@ -289,9 +289,80 @@ def test_kernel_timing_uses_the_callers_timer_and_refuses_fp16_on_cpu(graphs):
 
     t = time_linears(graphs["fp32"], "cpu", get_backend("ort-fp32").identity("cpu"), samples=2, runs_per_sample=4,
                      timer=timer)
-    assert len(calls) == 2 * 7 and t["down_proj"]["us_per_call"] == pytest.approx(500.0)
+    # one untimed call per projection sizes its samples (trackers.fit_replays), then 2 samples
+    assert len(calls) == 3 * 7 and t["down_proj"]["us_per_call"] == pytest.approx(500.0)
     with pytest.raises(BackendUnavailable, match="few float16 kernels"):
         time_linears(graphs["fp16"], "cpu", {"intra_op_num_threads": 1})
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8", "int4"])
+def test_a_walk_model_runs_every_copy_on_its_own_weights_and_the_optimizer_keeps_them_all(graphs, variant, tmp_path):
+    """Kernel mode times a projection once per decoder layer in one session call (as the torch walk
+    does, so the working set is not one layer's). Each copy must compute what the projection alone
+    computes, and ORT's optimizer must not merge copies (int8's activation quantization included)."""
+    import onnx
+    import onnxruntime as ort
+
+    from quantperf.backends.ort.kernel import (
+        LINEAR_OPS,
+        copy_name,
+        find_linears,
+        linear_model,
+    )
+
+    lin = find_linears(graphs[variant])["gate_proj"]
+    model = onnx.load_from_string(linear_model(graphs[variant], lin, copies=3))
+    assert len(model.graph.node) == 3 * len(lin.nodes) and len(model.graph.initializer) == 3 * len(lin.initializers)
+    assert len({t.name for t in model.graph.initializer}) == len(model.graph.initializer)
+    assert [i.name for i in model.graph.input] == [copy_name(lin.input, c) for c in range(3)]
+    assert [o.name for o in model.graph.output] == [copy_name(lin.output, c) for c in range(3)]
+    def session(blob, name):  # optimized as kernel mode's sessions are, and the result kept
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / name)
+        return ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+
+    def linear_nodes(name):  # after fusion (int8: DynamicQuantizeLinear + MatMulInteger -> DynamicQuantizeMatMul)
+        return [n for n in onnx.load(str(tmp_path / name)).graph.node if n.op_type in LINEAR_OPS]
+
+    walk = session(model.SerializeToString(), "walk.onnx")
+    alone = session(linear_model(graphs[variant], lin), "alone.onnx")
+    x = np.random.default_rng(1).standard_normal((1, 4, lin.in_features)).astype(np.float32)
+    outs = walk.run(None, {i.name: x for i in model.graph.input})
+    for out in outs:
+        np.testing.assert_array_equal(out, alone.run(None, {lin.input: x})[0])
+    assert len(linear_nodes("walk.onnx")) == 3 * len(linear_nodes("alone.onnx")) >= 3
+
+
+def test_a_walk_is_one_copy_per_decoder_layer_up_to_its_byte_budget():
+    from quantperf.backends.ort.kernel import WALK_BYTES, walk_copies
+
+    assert walk_copies(2**20, 22) == 22  # llama-1b's k_proj: every layer, as the torch walk
+    assert walk_copies(117 * 2**20, 32) == WALK_BYTES // (117 * 2**20) == 4  # llama-8b's gate_proj in fp16
+    assert walk_copies(2 * WALK_BYTES, 32) == 1 and walk_copies(0, 3) == 3 and walk_copies(10, 0) == 1
+
+
+def test_an_injected_delay_follows_every_sample_in_proportion_to_its_calls(graphs, monkeypatch):
+    """The noise experiment's slowdown for ORT kernel mode: `inject_us` per projection call, added
+    to every timed sample (runs x copies calls), and nothing when no delay is asked for."""
+    from quantperf import trackers
+    from quantperf.backends.ort.kernel import time_linears
+
+    spins = []
+    monkeypatch.setattr(trackers, "_cpu_spin", spins.append)
+    options = get_backend("ort-fp32").identity("cpu", "kernel")
+
+    def timer(fn):
+        fn()
+        return 2.0
+
+    t = time_linears(graphs["fp32"], "cpu", options, samples=2, runs_per_sample=4, timer=timer, walk_layers=3,
+                     inject_us=10.0)
+    assert {r["copies"] for r in t.values()} == {3} and {r["runs_per_sample"] for r in t.values()} == {4}
+    assert spins == [pytest.approx(10.0 * 4 * 3 / 1e3)] * (2 * 7)  # ms per sample, after the timed calls
+    assert t["q_proj"]["us_per_call"] == pytest.approx(2000.0 / (4 * 3))
+    spins.clear()
+    time_linears(graphs["fp32"], "cpu", options, samples=2, runs_per_sample=4, timer=timer, walk_layers=3)
+    assert spins == []
 
 
 def test_gpu_queued_samples_retry_with_a_longer_sleep_until_every_call_was_queued(monkeypatch):
@@ -347,20 +418,25 @@ def test_gpu_queued_samples_retry_with_a_longer_sleep_until_every_call_was_queue
 def test_the_kernel_timing_is_part_of_a_cuda_kernel_identity(monkeypatch):
     """A baseline recorded with wall timing must not gate GPU-timed figures (they differ by 5-10x
     on fast GPUs): the timing is in the identity of ORT kernel configurations on CUDA, and only there."""
+    from quantperf.backends.ort.kernel import WALK
+
     backend = get_backend("ort-int4")
     monkeypatch.delenv("QUANTPERF_ORT_KERNEL_TIMING", raising=False)
-    assert backend.identity("cuda", "kernel")["kernel_timing"] == "wall"
-    assert "kernel_timing" not in backend.identity("cuda", "eager") and "kernel_timing" not in backend.identity("cpu", "kernel")
-    monkeypatch.setenv("QUANTPERF_ORT_KERNEL_TIMING", "gpu-queued")
     assert backend.identity("cuda", "kernel")["kernel_timing"] == "gpu-queued"
+    assert "kernel_timing" not in backend.identity("cuda", "eager") and "kernel_timing" not in backend.identity("cpu", "kernel")
+    monkeypatch.setenv("QUANTPERF_ORT_KERNEL_TIMING", "wall")
+    assert backend.identity("cuda", "kernel")["kernel_timing"] == "wall"
+    # the walk (weight copies per call) is part of every kernel identity, and of no other mode's
+    assert backend.identity("cpu", "kernel")["kernel_walk"] == backend.identity("cuda", "kernel")["kernel_walk"] == WALK
+    assert "kernel_walk" not in backend.identity("cpu", "eager")
 
 
 def test_the_ort_kernel_timing_variable_is_checked():
     from quantperf.backends.ort.kernel import cuda_timing
     from quantperf.errors import ConfigError
 
-    assert cuda_timing(None) == cuda_timing("") == "wall" and cuda_timing("gpu-queued") == "gpu-queued"
-    with pytest.raises(ConfigError, match="QUANTPERF_ORT_KERNEL_TIMING='events': not a timing method; use one of wall, gpu-queued"):
+    assert cuda_timing(None) == cuda_timing("") == "gpu-queued" and cuda_timing("wall") == "wall"
+    with pytest.raises(ConfigError, match="QUANTPERF_ORT_KERNEL_TIMING='events': not a timing method; use one of gpu-queued, wall"):
         cuda_timing("events")
 
 

@@ -31,6 +31,7 @@ import time
 
 from .. import trackers as M
 from ..results import Metric
+from ..trackers import MIN_REPLAYS, SAMPLE_BUDGET_US, fit_replays  # noqa: F401 (kernel mode's, shared with ORT's)
 from .base import Scenario
 from .generate import prompt_ids
 
@@ -39,12 +40,6 @@ ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
 SHAPES = ("decode", "prefill")
 L2_HOT_MARGIN = 1.05  # a figure above the measured copy bandwidth by more than this is L2-hot, not a result
 EAGER_REPLAY_DIVISOR = 10
-# One sample's time budget: a walk slow enough that `replays` of it would exceed this gets fewer
-# replays (decided once per walk before its first sample, so every round does the same work;
-# never fewer than MIN_REPLAYS). Every walk of the committed baselines fits 50 replays; the
-# budget keeps a slow backend on 8B shapes from turning one round into minutes.
-SAMPLE_BUDGET_US = 50_000.0
-MIN_REPLAYS = 3
 _CAPTURE_BROKEN = False  # a failed capture breaks CUDA's RNG state for later captures in this process
 
 
@@ -217,14 +212,6 @@ class _Walk:
         return (time.perf_counter() - t0) * 1e6
 
 
-def fit_replays(replays: int, walk_us: float, budget_us: float = SAMPLE_BUDGET_US) -> int:
-    """Replays per sample: `replays`, or as many walks of `walk_us` as fit the sample budget,
-    at least MIN_REPLAYS (or `replays` itself when that is fewer)."""
-    if not walk_us > 0:
-        return replays
-    return max(min(MIN_REPLAYS, replays), min(replays, int(budget_us // walk_us)))
-
-
 class KernelScenario(Scenario):
     name = "kernel"
     gated = ("kernel_decode_us_per_layer", "kernel_prefill_us_per_layer")
@@ -241,6 +228,7 @@ class KernelScenario(Scenario):
     def __init__(self, spec, loaded, settings=None):
         super().__init__(spec, loaded, settings)
         self._walks: dict[tuple, _Walk] = {}
+        self._ort_timers: dict[str, object] = {}  # ONNX Runtime: a LinearTimer per shape
         self._inputs = None
         self._copy_gbps: float | None = None
 
@@ -267,11 +255,15 @@ class KernelScenario(Scenario):
         if self._copy_gbps is None:
             self._copy_gbps = copy_bandwidth_gbps(self.spec.device)
 
-    def _walk(self, t: str, shape: str) -> _Walk:
+    def _inject_us(self) -> float | None:
+        """The injected delay per module call (the noise experiment's, or QUANTPERF_INJECT_DELAY_MS)."""
         ms = self.settings.get("inject_ms")
         if ms is None:
             ms = M.injected_delay_ms(self.spec.backend) or None  # QUANTPERF_INJECT_DELAY_MS: ms per module call
-        inject_us = None if ms is None else ms * 1e3
+        return None if ms is None else ms * 1e3
+
+    def _walk(self, t: str, shape: str) -> _Walk:
+        inject_us = self._inject_us()
         key = (t, shape, inject_us)
         if key not in self._walks:
             xs = self._inputs[t] if t != "lm_head" else self._inputs["lm_head"]
@@ -312,13 +304,16 @@ class KernelScenario(Scenario):
         return out
 
     def _ort_round(self) -> dict:
-        from ..backends.ort.kernel import time_linears
+        from ..backends.ort.kernel import LinearTimer
 
         w = self.spec.workload
         out: dict = {"copy_gbps": self._copy_gbps, "types": {}}
         for shape, tokens in (("decode", 1), ("prefill", w.prompt_tokens)):
-            timed = time_linears(self.loaded.model_dir, self.spec.device, self.loaded.options, batch=w.batch_size,
-                                 tokens=tokens, samples=self.SAMPLES, runs_per_sample=self.REPLAYS[self.spec.device])
+            if shape not in self._ort_timers:  # sessions made once, timed every round
+                self._ort_timers[shape] = LinearTimer(
+                    self.loaded.model_dir, self.spec.device, self.loaded.options, batch=w.batch_size, tokens=tokens,
+                    walk_layers=self.loaded.arch.num_layers, runs_per_sample=self.REPLAYS[self.spec.device])
+            timed = self._ort_timers[shape].sample(self.SAMPLES, self._inject_us())
             for t, r in timed.items():
                 elem = 2 if self.loaded.options.get("variant") == "fp16" else 4
                 act = w.batch_size * tokens * (r["in_features"] + r["out_features"]) * elem
@@ -326,9 +321,9 @@ class KernelScenario(Scenario):
                     "us_per_call": r["us_per_call"], "samples_us": r["samples_us"],
                     # CUDA: how the time was taken is part of the method (wall, gpu-queued, host-bound)
                     "method": r["method"] if self.spec.device != "cuda" else f"{r['method']}, {r.get('timing', 'wall')}",
-                    "note": "",
+                    "note": f"layer 0's weights x{r['copies']}", "replays": r["runs_per_sample"],
                     "bytes": r["weight_bytes"] + act, "flops": 2 * w.batch_size * tokens * r["in_features"] * r["out_features"],
-                    "sm_clock_mhz": [], "layers": 1}
+                    "sm_clock_mhz": [], "layers": r["copies"]}
         return out
 
     # -- pure -------------------------------------------------------------------------------

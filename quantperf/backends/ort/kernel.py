@@ -15,26 +15,30 @@ so a variant's projection is the subgraph between those two tensors, cut from th
 own graph. For int8 that includes the activation's dynamic quantization, which the full graph
 shares between q/k/v and between gate/up.
 
-Timing: each model runs with IOBinding on the session's provider, inputs and outputs bound
-once to fixed buffers (numpy on the CPU, torch tensors on the GPU). On CUDA, ORT's CUDA graph
-(`enable_cuda_graph`) is tried first and a session without it is the fallback; the method is
-labelled in every result. A sample is `runs_per_sample` calls.
+Timing: each projection's model holds one copy of it per decoder layer of the model (distinct
+copies of layer 0's weights, at most WALK_BYTES of them, `walk_copies`), so that one session call
+walks a working set as large as the torch kernel walk's (all layers), not one layer's: a 50 MB L2
+holds a whole llama-1b gate_proj, and 50 calls of one copy read it from there. Each model runs
+with IOBinding on the session's provider, inputs and outputs bound once to fixed buffers (numpy on
+the CPU, torch tensors on the GPU). On CUDA, ORT's CUDA graph (`enable_cuda_graph`) is tried
+first and a session without it is the fallback; the method is labelled in every result. A sample
+is `runs_per_sample` calls (fewer for a slow call, trackers.fit_replays); its figure is the mean
+microseconds per copy.
 
-A sample is timed by `timer(fn) -> ms` (default `trackers.wall_ms`: perf_counter, with
-`torch.cuda.synchronize()` on both sides on CUDA; `timing: wall`). On CUDA a session run costs
-tens of microseconds on the host (Python, ORT's run bookkeeping, the graph launch), more than one
-projection's kernels take on a Hopper GPU: wall-timed, the calls measure the host (an H100 gave
-~56 us for every projection of llama-1b and of llama-8b, whatever its size, with 1-4% CV).
-
-`QUANTPERF_ORT_KERNEL_TIMING=gpu-queued` times the GPU instead (not yet run on a GPU, so not the
-default): ORT runs on a torch stream of quantperf's own (`user_compute_stream`), calls are queued
-without synchronizing (`disable_synchronize_execution_providers=1`), and each sample is queued
-behind a GPU sleep long enough for the host to enqueue every call first (`torch.cuda._sleep`,
-twice the host's enqueue time, measured before the first sample): CUDA events around the calls
-then time the GPU running them back to back (`timing: gpu-queued`). A sample whose start event
+On CUDA the GPU is timed (`timing: gpu-queued`, the default): a session call costs tens of
+microseconds on the host (Python, ORT's run bookkeeping, the graph launch), more than one
+projection's kernels take on a Hopper GPU, so wall time would measure the host (an H100 gave
+~56 us for every projection of llama-1b and of llama-8b, whatever its size, and 10% between
+processes). ORT runs on a torch stream of quantperf's own (`user_compute_stream`), calls are
+queued without synchronizing (`disable_synchronize_execution_providers=1`), and each sample is
+queued behind a GPU sleep long enough for the host to enqueue every call first
+(`torch.cuda._sleep`, twice the host's enqueue time, measured before the first sample): CUDA
+events around the calls then time the GPU running them back to back. A sample whose start event
 had already run when the host finished enqueueing was not queued in full: its sleep doubles and
-it is taken again (QUEUE_TRIES times at most, then it stands, labelled `host-bound`). A caller's
-`timer` always gets wall timing.
+it is taken again (QUEUE_TRIES times at most, then it stands, labelled `host-bound`).
+`QUANTPERF_ORT_KERNEL_TIMING=wall` times with perf_counter and a synchronize on both sides
+instead (`timing: wall`), as a caller's `timer` always does. The timing is part of a CUDA kernel
+configuration's identity: figures of one are never gated against the other's.
 """
 
 from __future__ import annotations
@@ -62,13 +66,17 @@ _METADATA_KEYS = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.fx_node")
 WARMUP_RUNS = 5  # untimed runs per session; ORT captures its CUDA graph after 2 plain runs
 QUEUE_TRIES = 3  # times a CUDA sample is taken again, with twice the sleep, when it was not queued in full
 TIMING_ENV = "QUANTPERF_ORT_KERNEL_TIMING"
-TIMINGS = ("wall", "gpu-queued")
+TIMINGS = ("gpu-queued", "wall")
+# One session call runs a projection once per decoder layer (distinct weight copies), up to this
+# many bytes of weights: see walk_copies. Part of every ORT kernel configuration's identity (WALK).
+WALK_BYTES = 512 * 2**20
+WALK = "one weight copy per decoder layer, at most 512 MiB"
 
 
 def cuda_timing(raw: str | None) -> str:
-    """How ORT kernel samples are timed on CUDA (QUANTPERF_ORT_KERNEL_TIMING; unset: wall)."""
+    """How ORT kernel samples are timed on CUDA (QUANTPERF_ORT_KERNEL_TIMING; unset: gpu-queued)."""
     if raw in (None, ""):
-        return "wall"
+        return "gpu-queued"
     if raw not in TIMINGS:
         raise ConfigError(f"{TIMING_ENV}={raw!r}: not a timing method; use one of {', '.join(TIMINGS)} (or unset it: wall)")
     return raw
@@ -167,12 +175,29 @@ def find_linears(model_dir: Path, layer: int = 0, model=None) -> dict[str, Linea
     return out
 
 
-def linear_model(model_dir: Path, lin: Linear, src=None) -> bytes:
+def walk_copies(weight_bytes: int, layers: int) -> int:
+    """How many copies of a projection one timed session call runs: one per decoder layer of the
+    model, as the torch walk does (its working set, not one layer's, which a 50 MB L2 would hold),
+    at most WALK_BYTES of weights (one serialized model stays far below protobuf's 2 GB), at least one."""
+    return max(1, min(int(layers), WALK_BYTES // max(int(weight_bytes), 1)))
+
+
+def copy_name(name: str, copy: int) -> str:
+    """A tensor or node name in copy `copy` of a projection (copy 0 keeps the graph's names)."""
+    return name if copy == 0 or not name else f"{name}__copy{copy}"
+
+
+def linear_model(model_dir: Path, lin: Linear, src=None, copies: int = 1) -> bytes:
     """A standalone serialized ONNX model of one projection, its weights embedded (`src`: the
-    graph in `model_dir`, loaded without external data, if the caller has it)."""
+    graph in `model_dir`, loaded without external data, if the caller has it). With `copies` > 1
+    the projection is there that many times, each with its own input, weights and output (names
+    `copy_name(name, c)`), so one session call runs it `copies` times on distinct weights; no
+    copy shares a node or a tensor with another, so no graph optimization can merge them."""
     import onnx
     from onnx import external_data_helper, helper
 
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
     if src is None:
         src = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
     elem = src.graph.output[0].type.tensor_type.elem_type  # the graph's float type (the logits')
@@ -185,32 +210,47 @@ def linear_model(model_dir: Path, lin: Linear, src=None) -> bytes:
             w.data_location = onnx.TensorProto.DEFAULT
             del w.external_data[:]
         weights.append(w)
-    graph = helper.make_graph(
-        lin.nodes, f"layer{lin.layer}_{lin.kind}",
-        [helper.make_tensor_value_info(lin.input, elem, ["batch", "seq", lin.in_features])],
-        [helper.make_tensor_value_info(lin.output, elem, ["batch", "seq", lin.out_features])],
-        initializer=weights,
-    )
+    nodes, initializers, inputs, outputs = [], [], [], []
+    for c in range(copies):
+        for node in lin.nodes:
+            n = onnx.NodeProto()
+            n.CopyFrom(node)
+            n.input[:] = [copy_name(i, c) for i in node.input]
+            n.output[:] = [copy_name(o, c) for o in node.output]
+            n.name = copy_name(node.name, c)
+            nodes.append(n)
+        for w in weights:
+            t = onnx.TensorProto()
+            t.CopyFrom(w)
+            t.name = copy_name(w.name, c)
+            initializers.append(t)
+        inputs.append(helper.make_tensor_value_info(copy_name(lin.input, c), elem, ["batch", "seq", lin.in_features]))
+        outputs.append(helper.make_tensor_value_info(copy_name(lin.output, c), elem, ["batch", "seq", lin.out_features]))
+    graph = helper.make_graph(nodes, f"layer{lin.layer}_{lin.kind}", inputs, outputs, initializer=initializers)
     return helper.make_model(graph, opset_imports=src.opset_import, ir_version=src.ir_version).SerializeToString()
 
 
 class _Runner:
-    """One projection's session with its input and output bound once."""
+    """One projection's session (`copies` copies of it, see `linear_model`) with its inputs and
+    outputs bound once: every copy reads the same input buffer and writes its own output."""
 
     def __init__(self, blob: bytes, lin: Linear, device: str, options: dict, batch: int, tokens: int, elem: int,
-                 own_stream: bool = False):
+                 copies: int = 1, own_stream: bool = False):
         import numpy as np
         import onnx
 
         np_type = onnx.helper.tensor_dtype_to_np_dtype(elem).type
         shape_in, shape_out = [batch, tokens, lin.in_features], [batch, tokens, lin.out_features]
+        self.device, self.copies, self.runs = device, copies, 1
+        names = [(copy_name(lin.input, c), copy_name(lin.output, c)) for c in range(copies)]
         if device != "cuda":
             self.session, _ = create_session(blob, options, device)
             self.x = np.random.default_rng(0).standard_normal(shape_in).astype(np_type)
-            self.y = np.empty(shape_out, dtype=np_type)
+            self.ys = [np.empty(shape_out, dtype=np_type) for _ in names]
             self.binding = self.session.io_binding()
-            self.binding.bind_cpu_input(lin.input, self.x)
-            self.binding.bind_output(lin.output, "cpu", 0, np_type, shape_out, self.y.ctypes.data)
+            for (x_name, y_name), y in zip(names, self.ys):
+                self.binding.bind_cpu_input(x_name, self.x)
+                self.binding.bind_output(y_name, "cpu", 0, np_type, shape_out, y.ctypes.data)
             self.run_options, self.method, self.graph_error = None, "cpu-iobinding", None
             self.run(WARMUP_RUNS)
             return
@@ -222,10 +262,10 @@ class _Runner:
         dev = cuda_device_id()
         gen = torch.Generator(device=f"cuda:{dev}").manual_seed(0)
         self.x = torch.randn(shape_in, generator=gen, device=f"cuda:{dev}").to(getattr(torch, np.dtype(np_type).name))
-        self.y = torch.empty(shape_out, dtype=self.x.dtype, device=f"cuda:{dev}")
+        self.ys = [torch.empty(shape_out, dtype=self.x.dtype, device=f"cuda:{dev}") for _ in names]
         # ORT runs on this stream (a non-default one: ORT treats stream 0 as none), so events and a
         # sleep queued on it bracket ORT's kernels; the calls queue back to back without syncs
-        # (gpu-queued timing only: wall timing keeps ORT's own stream, as it ran on the device)
+        # (gpu-queued timing only: wall timing keeps ORT's own stream)
         self.stream = torch.cuda.Stream(device=dev) if own_stream else None
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
@@ -237,8 +277,9 @@ class _Runner:
                 self.session, _ = create_session(blob, options, "cuda", provider_options | stream_option,
                                                  allow_shape_plumbing=False)
                 self.binding = self.session.io_binding()
-                self.binding.bind_input(lin.input, "cuda", dev, np_type, shape_in, self.x.data_ptr())
-                self.binding.bind_output(lin.output, "cuda", dev, np_type, shape_out, self.y.data_ptr())
+                for (x_name, y_name), y in zip(names, self.ys):
+                    self.binding.bind_input(x_name, "cuda", dev, np_type, shape_in, self.x.data_ptr())
+                    self.binding.bind_output(y_name, "cuda", dev, np_type, shape_out, y.data_ptr())
                 self.method = method
                 self.run(WARMUP_RUNS)  # the CUDA graph is captured here
                 torch.cuda.synchronize()
@@ -253,9 +294,24 @@ class _Runner:
         for _ in range(n):
             self.session.run_with_iobinding(self.binding, self.run_options)
 
-    def gpu_sample_ms(self, n: int) -> tuple[float, bool]:
-        """(milliseconds the GPU took for `n` calls queued back to back, whether they were all
-        queued before the GPU reached them); see the module docstring (`gpu-queued`)."""
+    def delay(self, us: float | None) -> None:
+        """An injected slowdown after a sample's calls (None: none; 0 keeps an empty sleep, so a
+        clean side and a slowed side differ by the delay only), on the timed device."""
+        if us is None:
+            return
+        if self.device != "cuda":
+            M._cpu_spin(us / 1e3)
+        elif self.stream is not None:  # gpu-queued: on the timed stream, behind the calls
+            import torch
+
+            torch.cuda._sleep(int(us * M.sleep_cycles_per_us()))
+        else:  # wall timing: ORT's own stream is not the current one, so after the calls
+            M.synchronize("cuda")
+            M._gpu_spin(us / 1e3)
+
+    def gpu_sample_ms(self, n: int, delay_us: float | None = None) -> tuple[float, bool]:
+        """(milliseconds the GPU took for `n` calls queued back to back and the delay, whether the
+        calls were all queued before the GPU reached them); see the module docstring (`gpu-queued`)."""
         import torch
 
         if self.sleep_cycles is None:  # the host's enqueue time for n calls, once
@@ -273,6 +329,7 @@ class _Runner:
                 start.record(self.stream)
                 self.run(n)
                 queued = not start.query()  # the GPU was still asleep when the last call was queued
+                self.delay(delay_us)
                 end.record(self.stream)
             end.synchronize()
             if queued:
@@ -281,47 +338,90 @@ class _Runner:
         return start.elapsed_time(end), queued
 
 
+class LinearTimer:
+    """The seven projections of decoder layer `layer` at input shape [batch, tokens, in_features],
+    each as a session of `walk_copies(weight bytes, walk_layers)` copies, made and warmed up once;
+    `sample` times them (the kernel scenario keeps one per shape across its rounds).
+
+    A sample is `runs` session calls (`runs_per_sample`, fewer for a call too slow for
+    trackers.SAMPLE_BUDGET_US, decided once per projection), each running every copy; its figure
+    is the mean microseconds per copy. `timer(fn) -> milliseconds` must synchronize the device
+    around fn; without one, CUDA samples are gpu-queued (or wall-timed with
+    QUANTPERF_ORT_KERNEL_TIMING=wall) and CPU samples wall-timed."""
+
+    def __init__(self, model_dir: Path, device: str, options: dict, *, layer: int = 0, batch: int = 1,
+                 tokens: int = 1, walk_layers: int = 1, runs_per_sample: int = 50, timer=None):
+        import onnx
+
+        if runs_per_sample < 1:
+            raise ValueError(f"runs_per_sample must be >= 1, got {runs_per_sample}")
+        variant = json.loads((model_dir / "meta.json").read_text()).get("variant", "fp32")
+        reason = variant_unavailable_reason(variant, device)
+        if reason:
+            raise BackendUnavailable(f"ort {variant} kernels on {device}: {reason}")
+        self.queued = device == "cuda" and timer is None and cuda_timing(os.environ.get(TIMING_ENV)) == "gpu-queued"
+        self.timer = timer or (lambda fn: M.wall_ms(fn, device)[0])
+        self.batch, self.tokens = batch, tokens
+        src = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+        elem = src.graph.output[0].type.tensor_type.elem_type
+        self.linears: dict[str, tuple[Linear, _Runner]] = {}
+        for kind, lin in find_linears(model_dir, layer, src).items():
+            copies = walk_copies(lin.weight_bytes, walk_layers)
+            runner = _Runner(linear_model(model_dir, lin, src, copies), lin, device, options, batch, tokens, elem,
+                             copies, own_stream=self.queued)  # warmed up
+            runner.runs = M.fit_replays(runs_per_sample, self.timer(lambda r=runner: r.run(1)) * 1e3)
+            self.linears[kind] = (lin, runner)
+
+    def sample(self, samples: int, inject_us: float | None = None) -> dict[str, dict]:
+        """Per LINEAR_TYPES key: `us_per_call` (median of the samples), `samples_us` (each sample's
+        mean microseconds per call), `method` (cpu-iobinding, cuda-graph or cuda-iobinding),
+        `timing` (wall, gpu-queued or host-bound), `copies`, `runs_per_sample`, `weight_bytes` (one
+        copy's initializers: packed weights, scales and zero points), `op_types`, `in_features`,
+        `out_features`, `batch`, `tokens`. `inject_us`: a delay per call added to every sample
+        (the noise experiment's injected slowdown)."""
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        results = {}
+        for kind, (lin, runner) in self.linears.items():
+            n, calls = runner.runs, runner.runs * runner.copies
+            delay = None if inject_us is None else inject_us * calls
+            timing = "wall"
+            if self.queued:
+                timed = [runner.gpu_sample_ms(n, delay) for _ in range(samples)]
+                per_call = [ms * 1e3 / calls for ms, _ in timed]
+                timing = "gpu-queued" if all(q for _, q in timed) else "host-bound"
+            else:
+                def one(r=runner, n=n, delay=delay):
+                    r.run(n)
+                    r.delay(delay)
+                per_call = [self.timer(one) * 1e3 / calls for _ in range(samples)]
+            results[kind] = {
+                "us_per_call": statistics.median(per_call), "samples_us": per_call, "method": runner.method,
+                "timing": timing, "copies": runner.copies, "runs_per_sample": n, "weight_bytes": lin.weight_bytes,
+                "op_types": lin.op_types, "in_features": lin.in_features, "out_features": lin.out_features,
+                "batch": self.batch, "tokens": self.tokens,
+            }
+            if runner.graph_error:
+                results[kind]["cuda_graph_error"] = runner.graph_error
+        return results
+
+    def close(self) -> None:
+        self.linears.clear()
+
+
 def time_linears(model_dir: Path, device: str, options: dict, *, layer: int = 0, batch: int = 1, tokens: int = 1,
-                 samples: int = 15, runs_per_sample: int = 50, timer=None) -> dict[str, dict]:
-    """Time each projection of decoder layer `layer` at input shape [batch, tokens, in_features].
-
-    Returns, per LINEAR_TYPES key: `us_per_call` (median of the samples), `samples_us` (each
-    sample's mean microseconds per call), `method` (cpu-iobinding, cuda-graph or
-    cuda-iobinding), `weight_bytes` (the subgraph's initializers: packed weights, scales and
-    zero points), `op_types`, `in_features`, `out_features`, `batch`, `tokens`.
-    `timer(fn) -> milliseconds` must synchronize the device around fn."""
-    import onnx
-
+                 samples: int = 15, runs_per_sample: int = 50, timer=None, walk_layers: int = 1,
+                 inject_us: float | None = None) -> dict[str, dict]:
+    """Time each projection of decoder layer `layer` at input shape [batch, tokens, in_features]
+    once (`LinearTimer(...).sample(samples, inject_us)`; see there for what is returned)."""
     if samples < 1 or runs_per_sample < 1:
         raise ValueError(f"samples and runs_per_sample must be >= 1, got {samples} and {runs_per_sample}")
-    variant = json.loads((model_dir / "meta.json").read_text()).get("variant", "fp32")
-    reason = variant_unavailable_reason(variant, device)
-    if reason:
-        raise BackendUnavailable(f"ort {variant} kernels on {device}: {reason}")
-    queued_timing = device == "cuda" and timer is None and cuda_timing(os.environ.get(TIMING_ENV)) == "gpu-queued"
-    timer = timer or (lambda fn: M.wall_ms(fn, device)[0])
-    src = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
-    elem = src.graph.output[0].type.tensor_type.elem_type
-    results = {}
-    for kind, lin in find_linears(model_dir, layer, src).items():
-        runner = _Runner(linear_model(model_dir, lin, src), lin, device, options, batch, tokens, elem,
-                         own_stream=queued_timing)  # warmed up
-        timing = "wall"
-        if queued_timing:
-            timed = [runner.gpu_sample_ms(runs_per_sample) for _ in range(samples)]
-            per_call = [ms * 1e3 / runs_per_sample for ms, _ in timed]
-            timing = "gpu-queued" if all(q for _, q in timed) else "host-bound"
-        else:
-            per_call = [timer(lambda r=runner: r.run(runs_per_sample)) * 1e3 / runs_per_sample for _ in range(samples)]
-        results[kind] = {
-            "us_per_call": statistics.median(per_call), "samples_us": per_call, "method": runner.method,
-            "timing": timing, "weight_bytes": lin.weight_bytes, "op_types": lin.op_types,
-            "in_features": lin.in_features, "out_features": lin.out_features, "batch": batch, "tokens": tokens,
-        }
-        if runner.graph_error:
-            results[kind]["cuda_graph_error"] = runner.graph_error
-        del runner
-    return results
+    timer_ = LinearTimer(model_dir, device, options, layer=layer, batch=batch, tokens=tokens, walk_layers=walk_layers,
+                         runs_per_sample=runs_per_sample, timer=timer)
+    try:
+        return timer_.sample(samples, inject_us)
+    finally:
+        timer_.close()
 
 
 class OrtKernelLoaded(LoadedModel):

@@ -354,14 +354,12 @@ class OrtLoaded(LoadedModel):
 
         return self._kv(1).logits_cpu(np.asarray([list(input_ids)], dtype=np.int64))
 
-    def time_linears(self, *, layer: int = 0, batch: int = 1, tokens: int = 1, samples: int = 15,
-                     runs_per_sample: int = 50, timer=None) -> dict:
-        """Kernel mode: the linear layers of decoder layer `layer` timed one by one at [batch, tokens]
-        (see `quantperf.backends.ort.kernel.time_linears`)."""
+    def time_linears(self, **kwargs) -> dict:
+        """The linear layers of one decoder layer timed one by one (keyword arguments: see
+        `quantperf.backends.ort.kernel.time_linears`)."""
         from .kernel import time_linears
 
-        return time_linears(self.model_dir, self.device, self.options, layer=layer, batch=batch, tokens=tokens,
-                            samples=samples, runs_per_sample=runs_per_sample, timer=timer)
+        return time_linears(self.model_dir, self.device, self.options, **kwargs)
 
     def execution_report(self) -> dict:
         report = {"providers": self.session.get_providers(), "node_placement": self._placement}
