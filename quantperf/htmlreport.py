@@ -152,6 +152,20 @@ def _model(spec) -> str:
     return spec.model_label + (f" bs{batch}" if batch != 1 else "")
 
 
+def _backend(result: RunResult) -> str:
+    """A result's backend label in report rows. ONNX Runtime's kernel figures name how they were
+    measured, from their identity: on CUDA the timing (wall, host-bound on a fast GPU, or
+    gpu-queued; wall before it was named), and the per-layer weight walk where there was one.
+    Differently measured figures are other rows, never one row's runs (a result without figures,
+    an unavailable one, says nothing of how it would have been measured)."""
+    spec = result.spec
+    if spec.mode != "kernel" or not spec.backend.startswith("ort-") or not result.ok:
+        return spec.backend
+    ident = result.backend_identity or {}
+    how = ([ident.get("kernel_timing", "wall")] if spec.device == "cuda" else []) + (["walk"] if ident.get("kernel_walk") else [])
+    return f"{spec.backend} ({', '.join(how)})" if how else spec.backend
+
+
 def _by_config(results: list[RunResult], ok) -> dict[tuple, list[RunResult]]:
     """The results `ok` accepts, grouped by (profile, model, backend, mode): several runs of one
     configuration (a merge, a recording session) become one row, not one row per run. A batch
@@ -159,7 +173,7 @@ def _by_config(results: list[RunResult], ok) -> dict[tuple, list[RunResult]]:
     out: dict[tuple, list[RunResult]] = {}
     for r in results:
         if ok(r):
-            out.setdefault((r.profile or "?", _model(r.spec), r.spec.backend, r.spec.mode), []).append(r)
+            out.setdefault((r.profile or "?", _model(r.spec), _backend(r), r.spec.mode), []).append(r)
     return out
 
 
@@ -273,7 +287,7 @@ def cross_matrix(results: list[RunResult]) -> tuple[list[str], list[str], dict]:
     for r in results:
         if r.injected_delay_ms or r.spec.model_label == "fixture":
             continue
-        key = (f"{_model(r.spec)} {r.spec.backend} {r.spec.mode}", r.profile or "?")
+        key = (f"{_model(r.spec)} {_backend(r)} {r.spec.mode}", r.profile or "?")
         if not r.ok:
             status.setdefault(key, r.status)
         elif "decode_tokens_per_s" in r.metrics:

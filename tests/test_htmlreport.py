@@ -201,6 +201,32 @@ def test_a_configuration_at_another_batch_is_a_row_of_its_own():
     assert queued["methods"] == ["cuda-graph, gpu-queued"]
 
 
+def test_onnx_runtime_kernel_figures_measured_differently_are_rows_of_their_own():
+    """A wall-timed (host-bound) ORT kernel figure and a GPU-timed one with the per-layer walk are
+    different measurements of one configuration: other rows, never runs of one row (the gate
+    refuses to compare them through their identity; the report must not fold them either)."""
+    from dataclasses import replace
+
+    from quantperf.htmlreport import cross_matrix, kernel_rows
+
+    wall = [_kernel("nvidia-h100", "ort-fp16", us) for us in (330.0, 395.0)]  # identity without a timing: wall
+    walk = _kernel("nvidia-h100", "ort-fp16", 55.3, method="cuda-graph, gpu-queued")
+    walk.backend_identity = {"kernel_timing": "gpu-queued", "kernel_walk": "one weight copy per decoder layer"}
+    cpu = _kernel("cpu-x", "ort-int8", 30.0, method="cpu-iobinding")
+    cpu.spec, cpu.backend_identity = replace(cpu.spec, device="cpu"), {"kernel_walk": "one weight copy per decoder layer"}
+    rows = {r["backend"]: r for r in kernel_rows([*wall, walk, cpu])}
+    assert set(rows) == {"ort-fp16 (wall)", "ort-fp16 (gpu-queued, walk)", "ort-int8 (walk)"}
+    assert rows["ort-fp16 (wall)"]["runs"] == 2 and rows["ort-fp16 (gpu-queued, walk)"]["runs"] == 1
+    assert rows["ort-fp16 (gpu-queued, walk)"]["decode_us"] == pytest.approx(55.3)
+    configs, _, _ = cross_matrix([*wall, walk])
+    assert configs == ["llama-1b ort-fp16 (gpu-queued, walk) kernel", "llama-1b ort-fp16 (wall) kernel"]
+    # torch backends' rows, and an unavailable ORT result, keep the plain backend name
+    unavailable = RunResult(spec=RunSpec("synthetic:llama-1b", "ort-int8", "cuda", "kernel", W), profile="nvidia-h100",
+                            status="unavailable", reason="no CUDA kernels")
+    assert cross_matrix([unavailable])[0] == ["llama-1b ort-int8 kernel"]
+    assert [r["backend"] for r in kernel_rows([_kernel("nvidia-h100", "torch-fp16", 48.0)])] == ["torch-fp16"]
+
+
 def test_the_upgrade_section_names_the_change_and_each_configurations_tolerance():
     """A report reader sees what was upgraded (from the report's overlay) and each mode's own
     tolerance, not one band for all: the committed H200 check, bitsandbytes 0.49.2 -> 0.50.2."""
