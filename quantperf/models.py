@@ -186,9 +186,10 @@ def arch_info(config) -> ArchInfo:
     )
 
 
-def _write_atomically(target: Path, write) -> None:
+def write_atomically(target: Path, write, marker: str | None = None) -> None:
     """Run `write(tmp)` into a temporary directory beside `target`, then rename it into place;
-    a concurrent builder that won the race keeps its copy, and a failed build leaves nothing."""
+    a concurrent builder that won the race keeps its copy (won: `target` exists, or holds the
+    file `marker` when one is named), and a failed build leaves nothing."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -196,7 +197,7 @@ def _write_atomically(target: Path, write) -> None:
         try:
             os.rename(tmp, target)
         except OSError:
-            if not target.exists():  # another process won the race: keep theirs
+            if not (target / marker if marker else target).exists():  # another process won the race: keep theirs
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
@@ -222,7 +223,7 @@ def _build_synthetic(shape: str, target: Path, device: str, seed: int) -> None:
             json.dumps({"shape": shape, "seed": seed, "rng_device": device, "torch": torch.__version__}, indent=2)
         )
 
-    _write_atomically(target, write)  # the model is freed when this returns
+    write_atomically(target, write)  # the model is freed when this returns
 
 
 def require_disk(directory: Path, need_bytes: int, what: str) -> None:
@@ -283,7 +284,7 @@ def _build_synthetic_streamed(shape: str, target: Path, device: str, seed: int) 
             {"shape": shape, "seed": seed, "rng_device": device, "torch": torch.__version__,
              "build": "streamed, one generator per tensor"}, indent=2))
 
-    _write_atomically(target, write)
+    write_atomically(target, write)
 
 
 def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool = False,

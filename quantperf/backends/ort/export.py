@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from ...envinfo import package_versions
-from ...models import ModelSource, arch_info, cache_dir, checkpoint_fingerprint
+from ...models import (
+    ModelSource,
+    arch_info,
+    cache_dir,
+    checkpoint_fingerprint,
+    write_atomically,
+)
 
 BUILT: list[Path] = []  # cache directories this process built (what prepare() reports)
 
@@ -77,19 +80,7 @@ def atomic_dir(target: Path, build) -> Path:
     if (target / "meta.json").exists():
         return target
     BUILT.append(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "meta.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_atomically(target, build, marker="meta.json")
     return target
 
 
