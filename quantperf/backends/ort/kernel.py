@@ -427,7 +427,7 @@ def time_linears(model_dir: Path, device: str, options: dict, *, layer: int = 0,
 class OrtKernelLoaded(LoadedModel):
     """What kernel mode loads for an ONNX Runtime backend: the graph of the model cut to one
     decoder layer (`export_fp32(source, layers=1)` and its variant), whose projections
-    `time_linears` cuts out and times. No session of the whole model is made, so nothing can
+    `LinearTimer` cuts out and times. No session of the whole model is made, so nothing can
     generate with it; `arch` is the whole model's. Its weight footprint is not the model's and
     is not reported (`weight_bytes` is None)."""
 

@@ -354,13 +354,6 @@ class OrtLoaded(LoadedModel):
 
         return self._kv(1).logits_cpu(np.asarray([list(input_ids)], dtype=np.int64))
 
-    def time_linears(self, **kwargs) -> dict:
-        """The linear layers of one decoder layer timed one by one (keyword arguments: see
-        `quantperf.backends.ort.kernel.time_linears`)."""
-        from .kernel import time_linears
-
-        return time_linears(self.model_dir, self.device, self.options, **kwargs)
-
     def execution_report(self) -> dict:
         report = {"providers": self.session.get_providers(), "node_placement": self._placement}
         if self.device == "cuda":
