@@ -316,6 +316,8 @@ def test_a_walk_model_runs_every_copy_on_its_own_weights_and_the_optimizer_keeps
     assert len({t.name for t in model.graph.initializer}) == len(model.graph.initializer)
     assert [i.name for i in model.graph.input] == [copy_name(lin.input, c) for c in range(3)]
     assert [o.name for o in model.graph.output] == [copy_name(lin.output, c) for c in range(3)]
+    readers = sum(lin.input in n.input for n in lin.nodes)  # each copy reads its own input, as the projection does
+    assert [sum(i.name in n.input for n in model.graph.node) for i in model.graph.input] == [readers] * 3
     def session(blob, name):  # optimized as kernel mode's sessions are, and the result kept
         so = ort.SessionOptions()
         so.optimized_model_filepath = str(tmp_path / name)
