@@ -21,7 +21,7 @@
 # STEPs: kernel-1b, kernel-8b (every torch/bitsandbytes/torchao backend in kernel mode; repeated,
 #        a fresh process again, into kernel-1b-2, ...), large (the large tier, recorded; QP_LARGE_K its
 #        pytest -k; repeated into large2, ...), large-ort (the large tier's ONNX Runtime configurations,
-#        recorded; waits for ortsetup), huge (the 70B tier, recorded, on all GPUs: needs several GPUs
+#        recorded; waits for ortsetup; QP_LARGE_ORT_K narrows its pytest -k, e.g. ort-int4), huge (the 70B tier, recorded, on all GPUs: needs several GPUs
 #        and 144 GB of disk),
 #        noise-kernel (the noise benchmark on kernel mode, 10 fresh processes; QP_NOISE_K its
 #        configurations' pytest -k, default torch; ort waits for ortsetup), ort (ort-fp16,
@@ -195,7 +195,7 @@ for s in "$@"; do
         ;;
     large-ort)  # the large tier's ONNX Runtime kernel configurations (one-decoder-layer exports at 8B shapes)
         wait_ort
-        QP_FAULTHANDLER_S=600 QUANTPERF_WORKER_TIMEOUT_S="${QP_LARGE_WORKER_TIMEOUT:-600}" step large-ort gpu_job "$Q/large-ort" 900 --qp-record -m "gpu and slow and not quality" -k "not repeatability and 8b and ort"
+        QP_FAULTHANDLER_S=600 QUANTPERF_WORKER_TIMEOUT_S="${QP_LARGE_WORKER_TIMEOUT:-600}" step large-ort gpu_job "$Q/large-ort" 900 --qp-record -m "gpu and slow and not quality" -k "not repeatability and 8b and (${QP_LARGE_ORT_K:-ort})"
         ;;
     layout)
         step layout gpu_job "$Q/layout" 900 -k 125m

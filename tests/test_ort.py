@@ -403,7 +403,7 @@ def test_gpu_queued_samples_retry_with_a_longer_sleep_until_every_call_was_queue
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(trackers, "sleep_cycles_per_us", lambda: 1000.0)
     runner = object.__new__(K._Runner)
-    runner.stream, runner.sleep_cycles, calls = object(), None, []
+    runner.stream, runner.sleep_cycles, runner.host_bound, runner.enqueue_us, calls = object(), None, False, None, []
     runner.run = calls.append
     reached[:] = [False]
     assert runner.gpu_sample_ms(50) == (1.5, True)
@@ -414,7 +414,19 @@ def test_gpu_queued_samples_retry_with_a_longer_sleep_until_every_call_was_queue
     assert sleeps[1:] == [first, 2 * first, 4 * first] and runner.sleep_cycles == 4 * first
     reached[:] = [True] * K.QUEUE_TRIES
     assert runner.gpu_sample_ms(50) == (1.5, False)
-    assert not reached
+    assert not reached and runner.host_bound
+    assert runner.enqueue_us is not None and runner.enqueue_us >= 0
+    # calls that wait for the GPU are never queued, however long the sleep: it stops at
+    # MAX_SLEEP_US, and a projection found host-bound takes each later sample in one try
+    cap = int(K.MAX_SLEEP_US * 1000.0)
+    sleeps.clear()
+    reached[:] = [True] * 40
+    for _ in range(20):
+        assert runner.gpu_sample_ms(50) == (1.5, False)
+    assert len(sleeps) == 20 and max(sleeps) <= cap and runner.sleep_cycles == cap
+    assert len(reached) == 20  # one try per sample
+    reached[:] = [False]  # a sample that is queued after all counts as GPU time again
+    assert runner.gpu_sample_ms(50) == (1.5, True)
 
 
 def test_the_kernel_timing_is_part_of_a_cuda_kernel_identity(monkeypatch):

@@ -324,6 +324,8 @@ class KernelScenario(Scenario):
                     "note": f"layer 0's weights x{r['copies']}", "replays": r["runs_per_sample"],
                     "bytes": r["weight_bytes"] + act, "flops": 2 * w.batch_size * tokens * r["in_features"] * r["out_features"],
                     "sm_clock_mhz": [], "layers": r["copies"]}
+                if "host_enqueue_us" in r:  # gpu-queued: what the host took per call, beside the GPU's time
+                    out["types"][f"{shape}:{t}"]["host_enqueue_us"] = r["host_enqueue_us"]
         return out
 
     # -- pure -------------------------------------------------------------------------------
@@ -363,6 +365,8 @@ class KernelScenario(Scenario):
                    "bytes": first["bytes"], "gbps": None if hot else gbps, "l2_hot": hot,
                    "pct_peak": None if hot or not peak_gbps else gbps / peak_gbps,
                    "pct_copy": None if hot or not copy else gbps / copy, "note": first.get("note", "")}
+            if "host_enqueue_us" in first:
+                row["host_enqueue_us"] = statistics.median(p["host_enqueue_us"] for p in per_round)
             if key.startswith("prefill:"):
                 tflops = first["flops"] / (us * 1e-6) / 1e12
                 row |= {"tflops": tflops, "pct_peak_tflops": None if not peak_tflops else tflops / peak_tflops}

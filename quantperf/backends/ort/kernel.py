@@ -35,7 +35,13 @@ queued behind a GPU sleep long enough for the host to enqueue every call first
 (`torch.cuda._sleep`, twice the host's enqueue time, measured before the first sample): CUDA
 events around the calls then time the GPU running them back to back. A sample whose start event
 had already run when the host finished enqueueing was not queued in full: its sleep doubles and
-it is taken again (QUEUE_TRIES times at most, then it stands, labelled `host-bound`).
+it is taken again (QUEUE_TRIES times at most, then it stands, labelled `host-bound`). The sleep
+never exceeds MAX_SLEEP_US, and a projection whose calls could not be queued in QUEUE_TRIES tries
+takes its later samples in one try each: calls that wait for the GPU (a synchronizing call, a full
+launch queue) make the host's enqueue time grow with the sleep, so doubling it would never end (an
+H100 sat in one llama-8b int4 sample for minutes before this bound). Each result reports the
+host's enqueue time per call (`host_enqueue_us`) beside the GPU time, so a `host-bound` figure says
+by how much.
 `QUANTPERF_ORT_KERNEL_TIMING=wall` times with perf_counter and a synchronize on both sides
 instead (`timing: wall`), as a caller's `timer` always does. The timing is part of a CUDA kernel
 configuration's identity: figures of one are never gated against the other's.
@@ -65,6 +71,7 @@ _PROJECTION = re.compile(r"layers[._](\d+)[._](?:self_attn|mlp)[._](%s)(?![A-Za-
 _METADATA_KEYS = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.fx_node")
 WARMUP_RUNS = 5  # untimed runs per session; ORT captures its CUDA graph after 2 plain runs
 QUEUE_TRIES = 3  # times a CUDA sample is taken again, with twice the sleep, when it was not queued in full
+MAX_SLEEP_US = 100_000.0  # the longest sleep a sample is queued behind (a sample's calls take <= 50 ms)
 TIMING_ENV = "QUANTPERF_ORT_KERNEL_TIMING"
 TIMINGS = ("gpu-queued", "wall")
 # One session call runs a projection once per decoder layer (distinct weight copies), up to this
@@ -271,6 +278,8 @@ class _Runner:
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self.graph_error = None
         self.sleep_cycles: int | None = None
+        self.host_bound = False  # QUEUE_TRIES tries of one sample were not queued in full: one try from then on
+        self.enqueue_us: float | None = None  # the host's time to enqueue the last sample's calls
         stream_option = {"user_compute_stream": str(self.stream.cuda_stream)} if own_stream else {}
         for method, provider_options in (("cuda-graph", {"enable_cuda_graph": "1"}), ("cuda-iobinding", {})):
             try:
@@ -314,27 +323,33 @@ class _Runner:
         calls were all queued before the GPU reached them); see the module docstring (`gpu-queued`)."""
         import torch
 
+        cycles_per_us = M.sleep_cycles_per_us()
+        max_cycles = int(MAX_SLEEP_US * cycles_per_us)
         if self.sleep_cycles is None:  # the host's enqueue time for n calls, once
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             self.run(n)
             host_us = (time.perf_counter() - t0) * 1e6
             torch.cuda.synchronize()
-            self.sleep_cycles = int(2 * host_us * M.sleep_cycles_per_us()) + 1
+            self.sleep_cycles = min(int(2 * host_us * cycles_per_us) + 1, max_cycles)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         queued = False
-        for _ in range(QUEUE_TRIES):
+        for _ in range(1 if self.host_bound else QUEUE_TRIES):
             with torch.cuda.stream(self.stream):
                 torch.cuda._sleep(self.sleep_cycles)
                 start.record(self.stream)
+                t0 = time.perf_counter()
                 self.run(n)
+                self.enqueue_us = (time.perf_counter() - t0) * 1e6
                 queued = not start.query()  # the GPU was still asleep when the last call was queued
                 self.delay(delay_us)
                 end.record(self.stream)
             end.synchronize()
             if queued:
                 break
-            self.sleep_cycles *= 2
+            self.sleep_cycles = min(2 * self.sleep_cycles, max_cycles)
+        else:
+            self.host_bound = True
         return start.elapsed_time(end), queued
 
 
@@ -386,8 +401,12 @@ class LinearTimer:
             n, calls = runner.runs, runner.runs * runner.copies
             delay = None if inject_us is None else inject_us * calls
             timing = "wall"
+            enqueue = []
             if self.queued:
-                timed = [runner.gpu_sample_ms(n, delay) for _ in range(samples)]
+                timed = []
+                for _ in range(samples):
+                    timed.append(runner.gpu_sample_ms(n, delay))
+                    enqueue.append(runner.enqueue_us / calls)
                 per_call = [ms * 1e3 / calls for ms, _ in timed]
                 timing = "gpu-queued" if all(q for _, q in timed) else "host-bound"
             else:
@@ -401,6 +420,8 @@ class LinearTimer:
                 "op_types": lin.op_types, "in_features": lin.in_features, "out_features": lin.out_features,
                 "batch": self.batch, "tokens": self.tokens,
             }
+            if enqueue:
+                results[kind]["host_enqueue_us"] = statistics.median(enqueue)
             if runner.graph_error:
                 results[kind]["cuda_graph_error"] = runner.graph_error
         return results
