@@ -103,6 +103,19 @@ class BaselineStore:
                 "the figures are not comparable: re-record with --qp-record"
             )
 
+    def method_change(self, result: RunResult, config_id: str | None = None) -> str | None:
+        """Kernel mode: why this result's figures cannot be gated against the baseline's when they
+        were timed otherwise (None: the same methods, or the baseline did not record them). On CUDA
+        an ONNX Runtime projection is `host-bound` when its calls could not be queued ahead of the
+        GPU; that can change with a library upgrade, and such a figure is not a GPU time."""
+        recorded = (self.entry(config_id or result.spec.id) or {}).get("kernel_methods")
+        now = result.timing_methods
+        if not recorded or not now or recorded == now:
+            return None
+        return (f"{self.path}: configs.{config_id or result.spec.id}.kernel_methods is {recorded} but this run's "
+                f"figures were timed as {now}: kernel figures are never compared across timing methods; "
+                "see the result's per-module table for which changed, re-record with --qp-record if it is expected")
+
     def version_changes(self, result: RunResult, config_id: str | None = None) -> dict[str, tuple]:
         """Library versions that differ between the baseline and this result (the upgrade case)."""
         old = (self.entry(config_id or result.spec.id) or {}).get("packages", {})
@@ -116,8 +129,8 @@ class BaselineStore:
     def update(self, result: RunResult, revision: str | None, config_id: str | None = None) -> list[str]:
         """Add one run of a configuration -- all its metrics at once, so an interrupted recording
         never leaves a configuration half-updated -- to the in-memory data; returns human lines of
-        what changed. A run with other backend options, or another version of a library installed on
-        both sides, starts the record anew. A library installed on one side only does not: the run
+        what changed. A run with other backend options, another version of a library installed on
+        both sides, or kernel figures timed otherwise (`kernel_methods`), starts the record anew. A library installed on one side only does not: the run
         of a torch backend is the same whether or not onnxruntime-gpu was installed beside it (a
         backend that needs a library cannot run without it, and its identity names what it used)."""
         cid = config_id or result.spec.id
@@ -125,7 +138,8 @@ class BaselineStore:
         packages = {k: v for k, v in (result.environment or {}).get("packages", {}).items() if v}
         recorded = (old or {}).get("packages", {})
         same_setup = bool(old) and old.get("backend_identity") == json.loads(json.dumps(result.backend_identity)) \
-            and all(recorded[k] == packages[k] for k in recorded.keys() & packages.keys())
+            and all(recorded[k] == packages[k] for k in recorded.keys() & packages.keys()) \
+            and old.get("kernel_methods", result.timing_methods) == result.timing_methods
         run = (result.environment or {}).get("run") or {}
         who = {"run_id": run.get("run_id"), "host": run.get("host"), "boot_id": run.get("boot_id"),
                "started_at": run.get("started_at") or result.timestamp}
@@ -148,6 +162,7 @@ class BaselineStore:
             "packages": packages,
             "gpu": ((result.environment or {}).get("gpu") or {}).get("name"),
             "backend_identity": result.backend_identity,
+            **({"kernel_methods": result.timing_methods} if result.timing_methods else {}),
             "spec": result.spec.to_dict(),
             "metrics": metrics,
         }

@@ -193,6 +193,7 @@ class BaselineConfig(BaseModel):
     packages: dict[str, str | None] = {}
     gpu: str | None = None
     backend_identity: dict = {}
+    kernel_methods: list[str] = []  # kernel mode: how the figures were timed (RunResult.timing_methods)
     spec: dict = {}
     metrics: dict[str, BaselineMetric]
     takeaways: dict = {}

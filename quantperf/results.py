@@ -94,6 +94,13 @@ class RunResult:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def timing_methods(self) -> list[str]:
+        """Kernel mode: how its figures were timed (cuda-graph, eager-timed, `cuda-graph,
+        gpu-queued`, `cuda-graph, host-bound`, ...); empty for other modes."""
+        types = ((self.figures or {}).get("kernel") or {}).get("types") or {}
+        return sorted({t.get("method") for t in types.values() if t.get("method")})
+
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k not in ("spec", "metrics")}
         d["schema"] = RESULT_SCHEMA

@@ -203,6 +203,9 @@ class SuiteSession:
         if entry is None:
             return self._no_baseline(outcome, spec, store)
         store.check_identity(res, cid)
+        if "speed" in kinds and (changed := store.method_change(res, cid)):
+            outcome.status, outcome.message = "inconclusive", f"INCONCLUSIVE {cid}: {changed}"
+            return outcome
         verdicts = gate_metrics(metrics, entry, lambda kind: self.tolerance(kind, tolerances, spec.mode), self.alpha)
         outcome.verdicts = [_metric_verdict(v) for v in verdicts]
         outcome.version_changes = {k: list(v) for k, v in store.version_changes(res, cid).items()}
@@ -272,10 +275,14 @@ class SuiteSession:
                         metric=metric, status=v.status, current=current[r.spec.id], baseline=v.baseline,
                         ratio=v.ratio, ci=list(v.ci), tolerance=self.tolerance("speed", mode=mode),
                         noise_floor=v.noise_floor, line=v.line(), notes=list(v.notes)))
+        by_id = {r.spec.id: r for r in results}
         for cid, o in outcomes.items():
             statuses = {v.status for v in o.verdicts}
             o.status = next((s for s in ("regressed", "inconclusive", "improved") if s in statuses), "ok")
-            if o.status == "regressed":
+            if changed := self.store(by_id[cid].spec.device).method_change(by_id[cid], cid):
+                # figures timed otherwise than the baseline's: no verdict either way
+                o.status, o.message = "inconclusive", f"INCONCLUSIVE {cid}: {changed}"
+            elif o.status == "regressed":
                 o.message = f"REGRESSED {cid} [{self.store(results[0].spec.device).profile}]: " + "; ".join(
                     v.line for v in o.verdicts if v.status == "regressed")
             elif o.status == "inconclusive":

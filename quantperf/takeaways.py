@@ -191,7 +191,7 @@ def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence:
                                notes=[f"{side.spec.id} not measured: {side.reason}"])
     from scipy.stats import norm
 
-    methods = [timing_methods(r) for r in (a, b)]
+    methods = [r.timing_methods for r in (a, b)]
     if all(methods) and methods[0] != methods[1]:
         return ClaimResult(claim, profile, "inconclusive", expected, None, None, None, confidence,
                            notes=[f"timing methods differ ({a.spec.backend}: {', '.join(methods[0])}; {b.spec.backend}: "
@@ -218,12 +218,6 @@ def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence:
     verdict = classify(claim.bounds, low, high)
     n = min(len(a.metrics[claim.metric].samples), len(b.metrics[claim.metric].samples)) if claim.metric in a.metrics else 0
     return ClaimResult(claim, profile, verdict, expected, ratio, low, high, confidence, p, n)
-
-
-def timing_methods(result: RunResult) -> list[str]:
-    """Kernel mode: the timing methods of a result's figures (cuda-graph, eager-timed, ...)."""
-    types = ((result.figures or {}).get("kernel") or {}).get("types") or {}
-    return sorted({t.get("method") for t in types.values() if t.get("method")})
 
 
 def is_inconclusive(claim: Claim, a_samples: list[float], b_samples: list[float], confidence: float = 0.95) -> bool:

@@ -256,3 +256,43 @@ def test_noise_benchmark_fails_on_noise_false_alarms_and_a_blunt_gate(tmp_path, 
     assert "NOISY small-fake-fp16-cpu-bs1-p4-n6-eager [cpu-test]" in msg
     assert "FALSE ALARM" in msg and "A/A trials" in msg
     assert "BLUNT" in msg and "injected 5% slowdown in" in msg and "target 90%" in msg
+
+
+def _kernel_result(us_per_layer, methods, run_id):
+    """A kernel-mode result whose per-module figures were timed by `methods` (one per module)."""
+    spec = RunSpec("synthetic:llama-1b", "ort-int4", "cuda", "kernel", W)
+    types = {f"decode:{kind}": {"us_per_call": us_per_layer / 2, "method": m} for kind, m in zip(("k_proj", "v_proj"), methods)}
+    samples = [us_per_layer * f for f in (1.0, 1.001, 0.999, 1.0005, 0.9995)]
+    return RunResult(spec=spec, metrics={"kernel_decode_us_per_layer": Metric.of("kernel_decode_us_per_layer", samples)},
+                     backend_identity={"variant": "int4", "kernel_timing": "gpu-queued"},
+                     figures={"kernel": {"types": types}}, timestamp="2026-12-06T00:00:00+00:00",
+                     environment={"packages": {"onnxruntime-gpu": "1.31.1"},
+                                  "run": {"run_id": run_id, "boot_id": "b", "host": "h",
+                                          "started_at": "2026-12-06T00:00:00+00:00"}})
+
+
+def test_kernel_figures_timed_otherwise_than_the_baseline_are_never_gated_against_it(tmp_path):
+    """An ONNX Runtime projection that could not be queued ahead of the GPU is `host-bound`, not a
+    GPU time: a run whose figures were timed otherwise than the baseline's gets no verdict either
+    way (inconclusive, naming the methods), on both gate paths; re-recording starts the record anew."""
+    queued = ["cuda-graph, gpu-queued"] * 2
+    store = BaselineStore(tmp_path, "gpu-test")
+    for i, us in enumerate((50.0, 50.1, 49.9)):
+        store.update(_kernel_result(us, queued, f"r{i}"), None)
+    store.save()
+    cid = _kernel_result(50.0, queued, "x").spec.id
+    assert store.entry(cid)["kernel_methods"] == ["cuda-graph, gpu-queued"] and len(store.runs(cid, "kernel_decode_us_per_layer")) == 3
+    session = SuiteSession(baselines_dir=tmp_path, profiles={"cuda": "gpu-test"})
+    slower = _kernel_result(60.0, queued, "now")  # same methods, 20% slower: a verdict
+    assert session.gate_result(slower, ("speed",)).status == "regressed"
+    assert session.gate_speed([slower])[cid].status == "regressed"
+    host_bound = _kernel_result(60.0, ["cuda-graph, gpu-queued", "cuda-graph, host-bound"], "now")
+    for outcome in (session.gate_result(host_bound, ("speed",)), session.gate_speed([host_bound])[cid]):
+        assert outcome.status == "inconclusive"
+        assert "kernel_methods is ['cuda-graph, gpu-queued']" in outcome.message
+        assert "'cuda-graph, host-bound'" in outcome.message and "--qp-record" in outcome.message
+    store.update(host_bound, None)
+    assert [r["run_id"] for r in store.runs(cid, "kernel_decode_us_per_layer")] == ["now"]
+    # a baseline recorded before the methods were kept: gated as before
+    del store.data["configs"][cid]["kernel_methods"]
+    assert store.method_change(host_bound, cid) is None
