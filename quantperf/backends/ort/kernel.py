@@ -38,8 +38,9 @@ had already run when the host finished enqueueing was not queued in full: its sl
 it is taken again (QUEUE_TRIES times at most, then it stands, labelled `host-bound`). The sleep
 never exceeds MAX_SLEEP_US, and a projection whose calls could not be queued in QUEUE_TRIES tries
 takes its later samples in one try each: calls that wait for the GPU (a synchronizing call, a full
-launch queue) make the host's enqueue time grow with the sleep, so doubling it would never end (an
-H100 sat in one llama-8b int4 sample for minutes before this bound). Each result reports the
+launch queue) make the host's enqueue time grow with the sleep, so doubling it would never end (on
+an H100, llama-8b int4's prefill k_proj and v_proj kept one run in its rounds for 7 minutes before
+this bound). Each result reports the
 host's enqueue time per call (`host_enqueue_us`) beside the GPU time, so a `host-bound` figure says
 by how much.
 `QUANTPERF_ORT_KERNEL_TIMING=wall` times with perf_counter and a synchronize on both sides
