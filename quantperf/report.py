@@ -52,9 +52,13 @@ def results_table(results: list[RunResult], markdown: bool = False) -> str:
 def kernel_tables(results: list[RunResult], markdown: bool = False) -> str:
     """Kernel mode: per configuration microseconds per decoder layer (decode, prefill) with the CV
     of the rounds and the timing method; then per module type and shape: us per call, CV of the
-    samples, GB/s with % of the peak and of the measured copy bandwidth, TFLOP/s at prefill."""
+    samples, GB/s with % of the peak and of the measured copy bandwidth, TFLOP/s at prefill; and
+    where ONNX Runtime's calls were GPU-timed, the host's time to queue one (a `host-bound` figure
+    is one whose host time the GPU could not be kept ahead of)."""
     header = ["config", "decode us/layer", "CV %", "prefill us/layer", "CV %", "method", "copy GB/s"]
     rows, detail = [], []
+    host = any("host_enqueue_us" in t for r in results
+               for t in (((r.figures or {}).get("kernel") or {}).get("types") or {}).values())
     for r in results:
         m, fig = r.metrics, (r.figures or {}).get("kernel") or {}
         dec, pre = m["kernel_decode_us_per_layer"].summary, m["kernel_prefill_us_per_layer"].summary
@@ -67,8 +71,10 @@ def kernel_tables(results: list[RunResult], markdown: bool = False) -> str:
             pct = lambda v: "-" if v is None else f"{v * 100:.0f}%"  # noqa: E731
             detail.append([r.spec.backend, r.spec.model_label, shape, name, _fmt(t["us_per_call"], 2),
                            _fmt(t["cv"] * 100, 2), "L2-hot" if t.get("l2_hot") else _fmt(t.get("gbps")),
-                           pct(t.get("pct_peak")), pct(t.get("pct_copy")), _fmt(t.get("tflops"), 1), t.get("method", "")])
+                           pct(t.get("pct_peak")), pct(t.get("pct_copy")), _fmt(t.get("tflops"), 1), t.get("method", "")]
+                          + ([_fmt(t.get("host_enqueue_us"), 2)] if host else []))
     dh = ["backend", "model", "shape", "module", "us/call", "CV %", "GB/s", "% peak", "% copy", "TFLOP/s", "method"]
+    dh += ["host us/call"] if host else []
     return format_table(header, rows, markdown) + "\n\n" + format_table(dh, detail, markdown)
 
 

@@ -95,6 +95,30 @@ def test_l2_hot_figures_are_rejected():
     assert row["l2_hot"] and row["gbps"] is None  # 1 MB in 1 us = 1000 GB/s > the 10 GB/s copy bandwidth
 
 
+def test_gpu_queued_figures_carry_the_hosts_enqueue_time_into_the_table():
+    """ONNX Runtime's GPU-timed figures report what the host took to queue a call (median over the
+    rounds), so a `host-bound` row says by how much; kernel tables show the column only then."""
+    from quantperf.report import kernel_tables
+    from quantperf.results import Metric, RunResult
+
+    def rnd(host_us):
+        return {"copy_gbps": 3000.0, "types": {"prefill:k_proj": {
+            "us_per_call": 59.0, "samples_us": [59.0, 59.1], "method": "cuda-graph, host-bound", "bytes": 1_000_000,
+            "flops": 10**9, "host_enqueue_us": host_us}}}
+
+    table = KernelScenario.table([rnd(140.0), rnd(150.0), rnd(146.0)])
+    assert table["types"]["prefill:k_proj"]["host_enqueue_us"] == 146.0
+
+    def result(fig):
+        return RunResult(spec=RunSpec("synthetic:llama-8b", "ort-int4", "cuda", "kernel", WORKLOAD), figures={"kernel": fig},
+                         metrics={f"kernel_{s}_us_per_layer": Metric.of(f"kernel_{s}_us_per_layer", [1.0, 1.0])
+                                  for s in ("decode", "prefill")})
+    text = kernel_tables([result(table)], markdown=True)
+    assert "| host us/call |" in text and "| cuda-graph, host-bound | 146.00 |" in text
+    del table["types"]["prefill:k_proj"]["host_enqueue_us"]
+    assert "host us/call" not in kernel_tables([result(table)], markdown=True)
+
+
 def test_ort_kernel_mode_on_the_cpu(model_cache):
     w = LocalWorker(RunSpec("synthetic:llama-tiny", "ort-int8", "cpu", "kernel", WORKLOAD))
     try:
