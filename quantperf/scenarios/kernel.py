@@ -317,7 +317,7 @@ class KernelScenario(Scenario):
             for t, r in timed.items():
                 elem = 2 if self.loaded.options.get("variant") == "fp16" else 4
                 act = w.batch_size * tokens * (r["in_features"] + r["out_features"]) * elem
-                out["types"][f"{shape}:{t}"] = {
+                entry = out["types"][f"{shape}:{t}"] = {
                     "us_per_call": r["us_per_call"], "samples_us": r["samples_us"],
                     # CUDA: how the time was taken is part of the method (wall, gpu-queued, host-bound)
                     "method": r["method"] if self.spec.device != "cuda" else f"{r['method']}, {r.get('timing', 'wall')}",
@@ -325,7 +325,7 @@ class KernelScenario(Scenario):
                     "bytes": r["weight_bytes"] + act, "flops": 2 * w.batch_size * tokens * r["in_features"] * r["out_features"],
                     "sm_clock_mhz": [], "layers": r["copies"]}
                 if "host_enqueue_us" in r:  # gpu-queued: what the host took per call, beside the GPU's time
-                    out["types"][f"{shape}:{t}"]["host_enqueue_us"] = r["host_enqueue_us"]
+                    entry["host_enqueue_us"] = r["host_enqueue_us"]
         return out
 
     # -- pure -------------------------------------------------------------------------------

@@ -40,9 +40,8 @@ never exceeds MAX_SLEEP_US, and a projection whose calls could not be queued in 
 takes its later samples in one try each: calls that wait for the GPU (a synchronizing call, a full
 launch queue) make the host's enqueue time grow with the sleep, so doubling it would never end (on
 an H100, llama-8b int4's prefill k_proj and v_proj kept one run in its rounds for 7 minutes before
-this bound). Each result reports the
-host's enqueue time per call (`host_enqueue_us`) beside the GPU time, so a `host-bound` figure says
-by how much.
+this bound). Each result reports the host's enqueue time per call (`host_enqueue_us`) beside the
+GPU time, so a `host-bound` figure says by how much.
 `QUANTPERF_ORT_KERNEL_TIMING=wall` times with perf_counter and a synchronize on both sides
 instead (`timing: wall`), as a caller's `timer` always does. The timing is part of a CUDA kernel
 configuration's identity: figures of one are never gated against the other's.
