@@ -53,8 +53,8 @@ def anchors(path: Path) -> set[str]:
     return out
 
 
-def broken_links(path: Path) -> list[str]:
-    """The broken relative links of one markdown file, each with the reason."""
+def broken_links(path: Path, root: Path = ROOT) -> list[str]:
+    """The broken relative links of one markdown file under `root`, each with the reason."""
     bad = []
     for target in links(path.read_text(encoding="utf-8")):
         if EXTERNAL.match(target):
@@ -65,12 +65,12 @@ def broken_links(path: Path) -> list[str]:
             bad.append(f"{target}: no such file")
             continue
         try:
-            dest.relative_to(ROOT)
+            dest.relative_to(root)
         except ValueError:
             bad.append(f"{target}: outside the repository")
             continue
         if anchor and dest.is_file() and dest.suffix == ".md" and anchor.lower() not in anchors(dest):
-            bad.append(f"{target}: no heading #{anchor} in {dest.relative_to(ROOT)}")
+            bad.append(f"{target}: no heading #{anchor} in {dest.relative_to(root)}")
     return bad
 
 
@@ -103,10 +103,5 @@ def test_the_checker_finds_a_broken_link(tmp_path):
     page.write_text("[ok](there.md#a-heading) [gone](missing.md) [no anchor](there.md#nope)\n"
                     '<img src="missing.jpg"> ![x](gone.png) `[code](not-a-link.md)`\n'
                     "```\n[fenced](not-a-link-either.md)\n```\n")
-    global ROOT
-    saved, ROOT = ROOT, tmp_path
-    try:
-        bad = broken_links(page)
-    finally:
-        ROOT = saved
+    bad = broken_links(page, root=tmp_path)
     assert [b.split(":")[0] for b in bad] == ["missing.md", "there.md#nope", "gone.png", "missing.jpg"]
