@@ -1,14 +1,29 @@
-"""Both CI workflows are linted offline: schema-valid and zizmor-clean (no untrusted input in
-shell, pinned actions)."""
+"""The CI workflows are linted offline (schema-valid, zizmor-clean: no untrusted input in shell,
+pinned actions), and the GPU side is checked for what it promises: every GPU job installs the
+lock (constraints-gpu.txt), a pull request that changes one pin is measured against exactly that
+pin's base version, forks never reach the self-hosted runner, only the commenting job may write,
+comments and job summaries fit GitHub's caps, and Renovate proposes bumps of the lock."""
 
+import json
+import os
+import re
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / ".github" / "workflows").glob("*.yml"))
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+LOCK = ROOT / "constraints-gpu.txt"
+RENOVATE = ROOT / ".github" / "renovate.json"
+TRIM = ROOT / "scripts" / "trim-markdown.py"
+GPU_JOB = ROOT / "scripts" / "gpu-job.sh"
+FORK_GUARD = "github.event.pull_request.head.repo.full_name == github.repository"
+MEASURED = ("torch", "transformers", "bitsandbytes", "onnxruntime-gpu", "torchao")
 
 
 def _tool(name):
@@ -18,9 +33,58 @@ def _tool(name):
     return path
 
 
+def _load(path):
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load(Path(path).read_text())
+    # PyYAML reads the bare key `on` as the boolean True.
+    if True in doc:
+        doc["on"] = doc.pop(True)
+    return doc
+
+
+def _workflow(name):
+    return _load(ROOT / ".github" / "workflows" / name)
+
+
+def _runs_on(job) -> list:
+    runs_on = job.get("runs-on", [])
+    return [runs_on] if isinstance(runs_on, str) else list(runs_on)
+
+
+def _run_text(job) -> str:
+    return "\n".join(step.get("run", "") for step in job.get("steps", []))
+
+
+def _uses(job) -> list:
+    return [step["uses"] for step in job.get("steps", []) if "uses" in step]
+
+
+def _pins(text: str) -> dict:
+    """The lock's lines, each parsed: canonical name -> (name, version)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        spec = list(req.specifier)
+        assert len(spec) == 1 and spec[0].operator == "==" and "*" not in spec[0].version, \
+            f"line {number}: {raw!r} is not one exact pin NAME==VERSION"
+        assert not (req.extras or req.marker or req.url), f"line {number}: {raw!r}: no extras, markers or URLs"
+        key = canonicalize_name(req.name)
+        assert key not in pins, f"line {number}: {req.name} is pinned twice"
+        pins[key] = (req.name, spec[0].version)
+    return pins
+
+
+# -- lint ---------------------------------------------------------------------------------------
+
 def test_there_is_a_cpu_and_a_gpu_workflow():
     names = {p.stem for p in WORKFLOWS}
-    assert {"cpu", "gpu"} <= names
+    assert {"cpu", "gpu", "ab", "upgrade"} <= names
     gpu = (WORKFLOWS[0].parent / "gpu.yml").read_text()
     assert "self-hosted" in gpu and "gpu" in gpu and "scripts/gpu-job.sh" in gpu
 
@@ -34,3 +98,277 @@ def test_workflows_are_schema_valid():
 def test_workflows_are_zizmor_clean():
     out = subprocess.run([_tool("zizmor"), "--offline", "--no-progress", *map(str, WORKFLOWS)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# -- (1) the lock -------------------------------------------------------------------------------
+
+def test_the_lock_pins_the_gpu_stack_exactly():
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _pins(LOCK.read_text())
+    assert set(MEASURED) <= set(pins), f"the lock misses {sorted(set(MEASURED) - set(pins))}"
+    # Every pin lies inside pyproject.toml's range for that package, or the install would fail.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = list(project["dependencies"]) + list(project["optional-dependencies"]["gpu"])
+    for dep in map(Requirement, declared):
+        key = canonicalize_name(dep.name)
+        if key in pins:
+            assert dep.specifier.contains(pins[key][1], prereleases=True), \
+                f"constraints-gpu.txt pins {key}=={pins[key][1]}, outside pyproject.toml's {dep}"
+    # What the project's own tooling reads from the file is every line.
+    from quantperf.upgrade_env import exact_pins
+
+    assert set(exact_pins(LOCK.read_text())) == set(pins)
+
+
+# -- (2) every GPU install goes through the lock -------------------------------------------------
+
+def _fake_python(tmp_path) -> Path:
+    """A `python3` on PATH whose `-m venv DIR` makes a venv whose `python` only logs its args."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    log = tmp_path / "python.log"
+    venv_python = ("#!/bin/sh\n"
+                   f"echo \"$*\" >> '{log}'\n")
+    script = ("#!/bin/sh\n"
+              "if [ \"$1\" = -m ] && [ \"$2\" = venv ]; then\n"
+              "  mkdir -p \"$3/bin\"\n"
+              "  printf 'PATH=\"%s/bin:$PATH\"\\n' \"$(cd \"$3\" && pwd)\" > \"$3/bin/activate\"\n"
+              f"  cat > \"$3/bin/python\" <<'EOF'\n{venv_python}EOF\n"
+              "  chmod +x \"$3/bin/python\"\n"
+              "  exit 0\n"
+              "fi\n"
+              f"echo \"python3 $*\" >> '{log}'\n")
+    path = bin_dir / "python3"
+    path.write_text(script)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return log
+
+
+def _gpu_job_install(tmp_path, **env) -> list:
+    """Run a copy of scripts/gpu-job.sh in a scratch checkout with QUANTPERF_INSTALL_ONLY=1 and a
+    fake Python; return the pip install commands it ran."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(GPU_JOB, repo / "scripts" / "gpu-job.sh")
+    shutil.copy(LOCK, repo / "constraints-gpu.txt")
+    log = _fake_python(tmp_path)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTPERF_")}
+    full_env.update(PATH=f"{tmp_path / 'fakebin'}{os.pathsep}{os.environ['PATH']}", QUANTPERF_INSTALL_ONLY="1", **env)
+    out = subprocess.run(["bash", str(repo / "scripts" / "gpu-job.sh")], cwd=repo, env=full_env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return [line for line in log.read_text().splitlines() if "pip install" in line and "-e" in line.split()]
+
+
+def test_gpu_job_installs_the_lock(tmp_path):
+    if not shutil.which("bash"):
+        pytest.skip("needs bash")
+    (cmd,) = _gpu_job_install(tmp_path / "default")
+    assert cmd.split()[-2:] == ["-c", "constraints-gpu.txt"], cmd
+    (cmd,) = _gpu_job_install(tmp_path / "other", QUANTPERF_CONSTRAINTS="other.txt")
+    assert cmd.split()[-2:] == ["-c", "other.txt"], cmd
+    (cmd,) = _gpu_job_install(tmp_path / "none", QUANTPERF_CONSTRAINTS="none")
+    assert "-c" not in cmd.split(), cmd
+
+
+def test_every_gpu_workflow_installs_from_the_lock():
+    seen = 0
+    for path in WORKFLOWS:
+        for name, job in _workflow(path.name)["jobs"].items():
+            if "self-hosted" not in _runs_on(job):
+                continue
+            seen += 1
+            where = f"{path.name}:{name}"
+            text = _run_text(job)
+            installs = [line for line in text.splitlines() if re.search(r"pip install\b.*-e\s", line)]
+            via_script = "scripts/gpu-job.sh" in text
+            assert installs or via_script, f"{where} runs on a GPU runner but installs nothing"
+            for line in installs:
+                assert "-c constraints-gpu.txt" in line, f"{where} installs without the lock: {line.strip()}"
+            for step in job["steps"]:
+                if "scripts/gpu-job.sh" in step.get("run", ""):
+                    assert "QUANTPERF_CONSTRAINTS" not in (step.get("env") or {}), f"{where} swaps the lock"
+                    if "QUANTPERF_SKIP_INSTALL" in (step.get("env") or {}):
+                        # a later step of a job whose earlier step installed through the script
+                        assert "scripts/gpu-job.sh" in text.split(step["run"])[0], f"{where} never installs"
+    assert seen >= 3  # gpu, ab, upgrade
+
+
+# -- (3) done when: one changed pin is environment A's only difference ----------------------------
+
+def _spec_step():
+    job = _workflow("ab.yml")["jobs"]["measure"]
+    (step,) = [s for s in job["steps"] if "changed-pins" in s.get("run", "")]
+    return step
+
+
+def _environment_a(tmp_path, base_lock: str, head_lock: str) -> list:
+    """Run the ab workflow's own `quantperf changed-pins` line, as written, in a checkout whose
+    constraints-gpu.txt is the pull request's (head) and whose base lock is where the step's
+    `git show` writes it. Returns environment A's spec file, line by line."""
+    run = _spec_step()["run"]
+    (show,) = [line.strip() for line in run.splitlines() if line.strip().startswith("git show")]
+    base_file = re.search(r'constraints-gpu\.txt"\s*>\s*(\S+)', show).group(1)
+    (line,) = [line.strip() for line in run.splitlines() if "quantperf changed-pins" in line]
+    argv = shlex.split(line.split(">")[0])
+    assert argv[:2] == ["quantperf", "changed-pins"] and len(argv) == 4, line
+    # base argument = the pull request's lock, head argument = the base's: what comes out is the
+    # base's version of every pin the pull request changed.
+    assert argv[2] == "constraints-gpu.txt" and argv[3] == base_file, line
+    out_file = line.split(">")[1].strip()
+    work = tmp_path / "checkout"
+    (work / Path(base_file).parent).mkdir(parents=True, exist_ok=True)
+    (work / Path(out_file).parent).mkdir(parents=True, exist_ok=True)
+    (work / "constraints-gpu.txt").write_text(head_lock)
+    (work / base_file).write_text(base_lock)
+    shim = tmp_path / "bin"
+    shim.mkdir(exist_ok=True)
+    (shim / "quantperf").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m quantperf "$@"\n')
+    (shim / "quantperf").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    out = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return (work / out_file).read_text().split()
+
+
+def test_a_pull_request_changing_one_pin_gives_exactly_that_pin_as_environment_a(tmp_path):
+    if not shutil.which("bash"):
+        pytest.skip("needs bash")
+    base = LOCK.read_text()
+    assert "\nbitsandbytes==0.50.2\n" in base, "the test bumps bitsandbytes 0.50.2 -> 0.49.2"
+    head = base.replace("\nbitsandbytes==0.50.2\n", "\nbitsandbytes==0.49.2\n")
+    assert _environment_a(tmp_path / "one", base, head) == ["bitsandbytes==0.50.2"]
+    # Only a comment changed: nothing to compare.
+    assert _environment_a(tmp_path / "none", base, "# a new comment\n" + base) == []
+    # The step says so and the A/B step is skipped; otherwise it passes the spec to the suite.
+    job = _workflow("ab.yml")["jobs"]["measure"]
+    spec = _spec_step()
+    assert "any=false" in spec["run"] and "any=true" in spec["run"]
+    (ab,) = [s for s in job["steps"] if "--qp-against" in s.get("run", "")]
+    assert ab["if"] == f"steps.{spec['id']}.outputs.any == 'true'"
+    assert re.search(r'--qp-against "\$\{?A_SPEC', ab["run"]) and "a-spec.txt" in ab["run"]
+    assert "scripts/gpu-job.sh" in ab["run"]  # which writes --qp-report DIR/report and exits as pytest does
+    assert "pull_request" in _workflow("ab.yml")["on"]
+    assert "constraints-gpu.txt" in _workflow("ab.yml")["on"]["pull_request"]["paths"]
+
+
+# -- (4) the A/B workflow's guards ---------------------------------------------------------------
+
+def _writes(permissions) -> list:
+    if permissions in ("write-all",):
+        return ["write-all"]
+    if not isinstance(permissions, dict):
+        return []
+    return [k for k, v in permissions.items() if v == "write"]
+
+
+def test_ab_workflow_refuses_forks_cancels_superseded_runs_and_writes_only_to_comment():
+    wf = _workflow("ab.yml")
+    assert wf["permissions"] == {"contents": "read"}
+    assert wf["concurrency"] == {"group": "ab-${{ github.event.pull_request.number }}", "cancel-in-progress": True}
+    commenters = []
+    for name, job in wf["jobs"].items():
+        assert FORK_GUARD in job.get("if", ""), f"ab.yml:{name} does not refuse forks"
+        comments = any("sticky-pull-request-comment" in u for u in _uses(job)) or "gh api" in _run_text(job)
+        if comments:
+            commenters.append(name)
+            assert job["permissions"].get("pull-requests") == "write", f"ab.yml:{name} comments without the permission"
+            assert "self-hosted" not in _runs_on(job)
+            assert not any("actions/checkout" in u for u in _uses(job)), f"ab.yml:{name} runs the pull request's code"
+            assert _writes(job["permissions"]) == ["pull-requests"]
+        else:
+            assert "permissions" in job and not _writes(job["permissions"]), f"ab.yml:{name} may write"
+    assert commenters == ["comment"]
+    gpu_jobs = [job for job in wf["jobs"].values() if "self-hosted" in _runs_on(job)]
+    assert gpu_jobs and all(not _writes(job["permissions"]) for job in gpu_jobs)
+    # The comment is posted also when the GPU job failed (a regression is what it must report).
+    assert "always()" in wf["jobs"]["comment"]["if"]
+    # The full report is an artifact with a retention set.
+    uploads = [s for s in wf["jobs"]["measure"]["steps"] if "upload-artifact" in s.get("uses", "")]
+    assert uploads and all(isinstance(s["with"].get("retention-days"), int) for s in uploads)
+    assert any(s["with"]["name"] == "quantperf-ab-report" for s in uploads)
+
+
+def test_no_pull_request_from_a_fork_reaches_a_self_hosted_runner():
+    for path in WORKFLOWS:
+        wf = _workflow(path.name)
+        triggers = wf["on"] if isinstance(wf["on"], (dict, list)) else [wf["on"]]
+        if not any(t in triggers for t in ("pull_request", "pull_request_target")):
+            continue
+        for name, job in wf["jobs"].items():
+            if "self-hosted" in _runs_on(job):
+                assert FORK_GUARD in job.get("if", ""), f"{path.name}:{name} lets a fork's pull request onto the runner"
+
+
+def test_lock_pull_requests_belong_to_the_ab_workflow():
+    on_gpu = _workflow("gpu.yml")["on"]
+    assert "schedule" in on_gpu  # the nightly stored-baseline job stays
+    assert not any("constraints" in p for p in on_gpu.get("pull_request", {}).get("paths", []))
+    on_upgrade = _workflow("upgrade.yml")["on"]
+    assert "workflow_dispatch" in on_upgrade and "pull_request" not in on_upgrade
+
+
+# -- (5) comments and summaries fit GitHub's caps ------------------------------------------------
+
+def _trim(text: str, limit: int, *note) -> str:
+    out = subprocess.run([sys.executable, str(TRIM), str(limit), *(("--note", note[0]) if note else ())],
+                         input=text.encode(), capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    return out.stdout.decode("utf-8")  # never a split character
+
+
+def test_trim_keeps_short_input_and_cuts_long_input_under_the_limit():
+    short = "# report\n\n| a | b |\n|---|---|\n| é | 数 |\n"
+    assert _trim(short, 65000) == short
+    assert _trim(short, len(short.encode())) == short
+    table = "| config | decode tok/s | é 数 |\n" * 5000 + "```\n" + "log line\n" * 20000
+    for limit in (65000, 1000000, 4096):
+        out = _trim(table, limit, "The full report is in the artifact quantperf-ab-report.")
+        if len(table.encode()) <= limit:
+            assert out == table
+            continue
+        assert len(out.encode()) <= limit
+        assert "**Trimmed**" in out and "quantperf-ab-report" in out
+        kept = out.split("\n\n---\n**Trimmed**")[0]
+        assert table.startswith(kept.removesuffix("```\n")), "cut inside a line"
+        assert kept.count("```") % 2 == 0, "an open code fence"
+
+
+def test_workflows_trim_comments_and_summaries():
+    ab = (ROOT / ".github" / "workflows" / "ab.yml").read_text()
+    assert re.search(r"trim-markdown\.py 65000 .*> quantperf-ab/comment\.md", ab)
+    for path in WORKFLOWS:
+        for line in re.sub(r"\\\n\s*", " ", path.read_text()).splitlines():  # continued lines joined
+            if "GITHUB_STEP_SUMMARY" in line and ">>" in line:
+                assert "trim-markdown.py 1000000" in line or "echo" in line, f"{path.name}: untrimmed summary: {line}"
+    comment_job = _workflow("ab.yml")["jobs"]["comment"]
+    sticky = [s for s in comment_job["steps"] if "sticky-pull-request-comment" in s.get("uses", "")]
+    assert sticky and sticky[0]["with"]["header"] == "quantperf-ab"
+
+
+# -- (6) Renovate proposes bumps of the lock -----------------------------------------------------
+
+def _renovate_pattern_matches(pattern: str, path: str) -> bool:
+    assert pattern.startswith("/") and pattern.endswith("/"), pattern  # a regex, not a glob
+    return re.search(pattern[1:-1], path) is not None
+
+
+def test_renovate_config_is_valid_and_bumps_the_lock_one_library_at_a_time():
+    out = subprocess.run([_tool("check-jsonschema"), "--builtin-schema", "vendor.renovate", str(RENOVATE)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    config = json.loads(RENOVATE.read_text())
+    assert {"pip_requirements", "github-actions"} <= set(config["enabledManagers"])
+    patterns = config["pip_requirements"]["managerFilePatterns"]
+    assert any(_renovate_pattern_matches(p, LOCK.name) for p in patterns)
+    assert not any(_renovate_pattern_matches(p, "pyproject.toml") for p in patterns)
+    assert config["schedule"] and isinstance(config["prConcurrentLimit"], int) and config["prConcurrentLimit"] > 0
+    for rule in config.get("packageRules", []):
+        if "pip_requirements" in rule.get("matchManagers", []) or not rule.get("matchManagers"):
+            assert "groupName" not in rule, "the lock's bumps must stay one library per pull request"
+    assert config.get("groupName") is None
