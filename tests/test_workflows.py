@@ -326,8 +326,10 @@ def test_trim_keeps_short_input_and_cuts_long_input_under_the_limit():
     short = "# report\n\n| a | b |\n|---|---|\n| é | 数 |\n"
     assert _trim(short, 65000) == short
     assert _trim(short, len(short.encode())) == short
-    table = "| config | decode tok/s | é 数 |\n" * 5000 + "```\n" + "log line\n" * 20000
-    for limit in (65000, 1000000, 4096):
+    row = "| config | decode tok/s | é 数 |\n"
+    table = row * 100 + "```\n" + "log line\n" * 20000 + "```\n" + row * 5000
+    # cut in the first table, inside the fence, after it, and not at all
+    for limit in (2000, 65000, 200000, 1000000):
         out = _trim(table, limit, "The full report is in the artifact quantperf-ab-report.")
         if len(table.encode()) <= limit:
             assert out == table
