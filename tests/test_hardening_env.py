@@ -85,6 +85,7 @@ def test_no_cuda_device_is_a_project_error(monkeypatch):
 @pytest.mark.parametrize("args", [
     ["run", "--model", "fake:small", "--backend", "fake-fp16", "--device", "cuda"],
     ["profile", "--device", "cuda"],
+    ["upgrade-check", "--aa", "--device", "cuda", "--model", "fake:small", "--backend", "fake-fp16"],
 ])
 def test_device_cuda_without_a_gpu_is_one_line_on_the_command_line(args, tmp_path):
     out = subprocess.run([sys.executable, "-m", "quantperf", *args], capture_output=True, text=True, env=_env(),
