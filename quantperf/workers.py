@@ -138,7 +138,10 @@ class LocalWorker:
             torch.cuda.init()
             self._pin(self.model_options.get("pin_cpu", True))
         try:
+            from .models import ensure_available
+
             source = self._source()
+            ensure_available(source)
             M.reset_peak(spec.device)
             load_ms, self.loaded = M.wall_ms(lambda: backend.load(source, spec.device, spec.mode), spec.device)
         except BackendUnavailable as exc:
@@ -151,8 +154,10 @@ class LocalWorker:
                         "identity": identity}
             if isinstance(exc, ImportError):
                 return {"status": "unavailable", "reason": f"{spec.backend}: {exc}", "identity": identity}
-            return {"status": "error", "reason": f"{spec.backend}: load failed: {type(exc).__name__}: {exc}",
-                    "identity": identity}
+            from .models import describe_load_error
+
+            said = describe_load_error(exc, spec.model) or f"load failed: {type(exc).__name__}: {exc}"
+            return {"status": "error", "reason": f"{spec.backend}: {' '.join(said.split())}", "identity": identity}
         if spec.device == "cpu" and self.loaded.options.get("intra_op_num_threads") == 1:
             # a single-threaded runtime (ORT here) gets one core of its own for the whole run
             self._pin(self.model_options.get("pin_cpu", True))

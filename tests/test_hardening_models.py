@@ -95,3 +95,26 @@ def test_a_hub_model_in_the_local_cache_is_not_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     source = models.resolve("hf:org/name", local_files_only=True)
     models.ensure_available(source)  # no error: transformers takes it from here
+
+
+def test_deleting_a_corrupt_cached_weights_file_rebuilds_the_checkpoint(own_cache):
+    source = models.resolve("synthetic:llama-tiny", build_device="cpu")
+    weights = Path(source.path_or_id) / "model.safetensors"
+    _truncate(weights, 1000)
+    weights.unlink()  # what the message says to do (the file, or its directory)
+    again = models.resolve("synthetic:llama-tiny", build_device="cpu")
+    assert again.built and weights.is_file() and weights.stat().st_size > 1_000_000
+
+
+def test_a_hub_load_failure_names_the_model():
+    said = models.describe_load_error(OSError("We couldn't connect to 'https://huggingface.co'"), "hf:does/not-exist")
+    assert said.startswith("model hf:does/not-exist: ") and "--local-files-only" in said and "\n" not in said
+    assert models.describe_load_error(RuntimeError("shape mismatch"), "synthetic:llama-tiny") is None
+
+
+def test_an_unwritable_file_under_the_cache_names_the_variable(own_cache):
+    import errno
+
+    exc = PermissionError(errno.EACCES, "Permission denied", str(own_cache / "onnx" / "x" / "model.onnx"))
+    said = models.describe_load_error(exc, "synthetic:llama-tiny")
+    assert str(own_cache / "onnx" / "x") in said and models.CACHE_ENV in said and "Permission denied" in said
