@@ -176,7 +176,10 @@ class ResultLog:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(self.path, exc, "results file") from None
 
     def append(self, result: RunResult) -> None:
         """Append one result as one line. A file that does not end with a newline (a torn last
@@ -201,6 +204,13 @@ class ResultLog:
         (with its summary.json), so gating a log never re-gates an older session's results."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return None
+        try:
+            return self._rotate()
+        except OSError as exc:
+            raise write_error(self.path, exc, "results file", "the previous session's results were not moved aside"
+                              ) from None
+
+    def _rotate(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.path.stat().st_mtime))
         target = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}")
         n = 1

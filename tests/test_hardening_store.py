@@ -316,7 +316,7 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 
 
 @SETTINGS
-@given(doc=JSON | st.dictionaries(KEYS, JSON, max_size=5) | _near(_valid_baseline()))
+@given(doc=_near(_valid_baseline()) | _near(_valid_baseline()) | JSON | st.dictionaries(KEYS, JSON, max_size=5))
 def test_arbitrary_json_into_the_baseline_loader(tmp_path, doc):
     (tmp_path / f"{PROFILE}.json").write_text(json.dumps(doc))
     try:
@@ -333,7 +333,7 @@ def test_arbitrary_json_into_the_baseline_loader(tmp_path, doc):
 
 
 @SETTINGS
-@given(doc=JSON | st.dictionaries(KEYS, JSON, max_size=5) | _near(_result("r1").to_dict()),
+@given(doc=_near(_result("r1").to_dict()) | _near(_result("r1").to_dict()) | JSON | st.dictionaries(KEYS, JSON, max_size=5),
        text=st.text(max_size=30))
 def test_arbitrary_json_into_the_results_loader(tmp_path, doc, text):
     import warnings
@@ -354,3 +354,12 @@ def test_arbitrary_json_into_the_results_loader(tmp_path, doc, text):
             r.spec.id
             for m in r.metrics.values():
                 m.value
+
+
+def test_a_results_directory_under_a_file_is_one_line(tmp_path):
+    from quantperf.errors import StoreWriteError
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreWriteError) as info:
+        ResultLog(tmp_path / "file" / "out" / "r.jsonl")
+    assert str(tmp_path / "file" / "out" / "r.jsonl") in str(info.value) and "\n" not in str(info.value)
