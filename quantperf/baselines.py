@@ -14,7 +14,8 @@ the shift of a whole session. Schema-1 files (one `run_medians` list, no session
 are read as runs of one unknown session.
 
 Files are written only by `record()` (the suite's explicit record flag), atomically, with
-stable key order. A corrupt file, a file for another profile or a config recorded with other
+stable key order, under an exclusive lock (`<profile>.json.lock`): the file is read again inside
+the lock and this process's new runs are added to it, so concurrent recorders lose no run. A corrupt file, a file for another profile or a config recorded with other
 backend options fails loudly with the file, field and value.
 """
 

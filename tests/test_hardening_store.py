@@ -190,8 +190,9 @@ def test_every_committed_baseline_file_loads(path):
                 assert isinstance(run["value"], float)
 
 
-def test_the_gate_cli_gives_one_line_for_a_run_without_a_value(tmp_path):
-    """Before: a KeyError traceback in `quantperf gate`; now the load names the field."""
+@pytest.mark.parametrize("command", ["gate", "compare"])
+def test_the_cli_gives_one_line_for_a_run_without_a_value(tmp_path, command):
+    """Before: a KeyError traceback in `quantperf gate` and `compare`; now the load names the field."""
     import subprocess
     import sys
 
@@ -200,9 +201,11 @@ def test_the_gate_cli_gives_one_line_for_a_run_without_a_value(tmp_path):
     r = _result("r9")
     r.profile = PROFILE
     log.append(r)
+    args = ([str(log.path), "--baselines", str(tmp_path), "--profile", PROFILE] if command == "gate"
+            else [str(path), str(log.path)])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    out = subprocess.run([sys.executable, "-m", "quantperf", "gate", str(log.path), "--baselines", str(tmp_path),
-                          "--profile", PROFILE], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "quantperf", command, *args], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=tmp_path)
     assert "Traceback" not in out.stderr, out.stderr
     assert out.returncode != 0 and str(path) in out.stderr and "value: missing required key" in out.stderr
 
