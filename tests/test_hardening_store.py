@@ -366,3 +366,12 @@ def test_a_results_directory_under_a_file_is_one_line(tmp_path):
     with pytest.raises(StoreWriteError) as info:
         ResultLog(tmp_path / "file" / "out" / "r.jsonl")
     assert str(tmp_path / "file" / "out" / "r.jsonl") in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_every_committed_results_file_reads_whole():
+    """The checks on a result's fields accept every results file the project keeps."""
+    files = sorted((ROOT / "docs").rglob("*.jsonl"))
+    assert files
+    for path in files:
+        assert ResultLog(path).read(), path
