@@ -14,7 +14,8 @@ the shift of a whole session. Schema-1 files (one `run_medians` list, no session
 are read as runs of one unknown session.
 
 Files are written only by `record()` (the suite's explicit record flag), atomically, with
-stable key order. A corrupt file, a file for another profile or a config recorded with other
+stable key order, under an exclusive lock (`<profile>.json.lock`): the file is read again inside
+the lock and this process's new runs are added to it, so concurrent recorders lose no run. A corrupt file, a file for another profile or a config recorded with other
 backend options fails loudly with the file, field and value.
 """
 
@@ -54,6 +55,7 @@ class BaselineStore:
         self.path = profile_file(self.directory, profile)
         self.data = self._load()
         self._changed: dict[str, set[str]] = {"configs": set(), "takeaways": set()}  # what save() writes
+        self._pending: list[tuple[RunResult, str | None, str]] = []  # update()s save() applies to the file
 
     def _load(self) -> dict:
         if not self.path.exists():
@@ -133,8 +135,24 @@ class BaselineStore:
         both sides, or kernel figures timed otherwise (`kernel_methods`), starts the record anew.
         A library installed on one side only does not: the run of a torch backend is the same
         whether or not onnxruntime-gpu was installed beside it (a backend that needs a library
-        cannot run without it, and its identity names what it used)."""
+        cannot run without it, and its identity names what it used). save() applies the same
+        update again to the file as it is then, so runs another process recorded meanwhile stay."""
         cid = config_id or result.spec.id
+        old, metrics = self._apply(result, revision, cid)
+        self._pending.append((result, revision, cid))
+        lines = []
+        for name in result.metrics:
+            m = metrics[name]
+            before = (old or {}).get("metrics", {}).get(name, {}).get("median")
+            runs = f" ({len(m['runs'])} runs)" if len(m["runs"]) > 1 else ""
+            if before is None:
+                lines.append(f"{cid} {name}: new {m['median']:.4g}{runs}")
+            elif before != m["median"]:
+                lines.append(f"{cid} {name}: {before:.4g} -> {m['median']:.4g}{runs}")
+        return lines
+
+    def _apply(self, result: RunResult, revision: str | None, cid: str) -> tuple[dict | None, dict]:
+        """update()'s change to `self.data`: (the entry before, the metrics now)."""
         old = self.entry(cid)
         packages = {k: v for k, v in (result.environment or {}).get("packages", {}).items() if v}
         recorded = (old or {}).get("packages", {})
@@ -156,7 +174,6 @@ class BaselineStore:
         if same_setup:
             for name, kept in old.get("metrics", {}).items():
                 metrics.setdefault(name, kept)
-        self._changed["configs"].add(cid)
         self.data["configs"][cid] = {
             "recorded_at": result.timestamp,
             "git_revision": revision,
@@ -167,16 +184,7 @@ class BaselineStore:
             "spec": result.spec.to_dict(),
             "metrics": metrics,
         }
-        lines = []
-        for name in result.metrics:
-            m = metrics[name]
-            before = (old or {}).get("metrics", {}).get(name, {}).get("median")
-            runs = f" ({len(m['runs'])} runs)" if len(m["runs"]) > 1 else ""
-            if before is None:
-                lines.append(f"{cid} {name}: new {m['median']:.4g}{runs}")
-            elif before != m["median"]:
-                lines.append(f"{cid} {name}: {before:.4g} -> {m['median']:.4g}{runs}")
-        return lines
+        return old, metrics
 
     def takeaway(self, claim_id: str) -> dict | None:
         """The verdict recorded for a claim on this profile (None: never recorded here)."""
@@ -194,24 +202,45 @@ class BaselineStore:
         return f"takeaway {claim_id}: {verdict}" + ("" if ratio is None else f" ({ratio:.3g} [{ci[0]:.3g}, {ci[1]:.3g}])")
 
     def save(self) -> None:
-        """Write the entries this store changed into the file as it is now, under a lock: several
-        processes recording into one profile at once (pytest-xdist workers, one per GPU) each
-        add their configurations and lose none of the others'. Atomic (temp file + rename)."""
+        """Write what this store recorded into the file as it is now, under an exclusive lock
+        (`<profile>.json.lock` beside it): the file is read again inside the lock, each run
+        recorded since the last save is added to it as update() added it (so several processes
+        recording into one profile at once -- pytest-xdist workers, two sessions -- each keep
+        every run, theirs and the others'), each recorded takeaway replaces its claim's, and the
+        result replaces the file atomically (temp file + rename).
+
+        A write that fails (read-only file or directory, disk full) is one StoreWriteError naming
+        the file, the OS error and what to do; the file keeps its previous contents and this
+        store's unsaved runs are dropped (the caller reports the configuration as not recorded)."""
         import fcntl
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+        from .results import write_error
+
+        pending, changed = self._pending, self._changed
+        self._pending, self._changed = [], {"configs": set(), "takeaways": set()}
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            lock = open(lock_path, "a")
+        except OSError as exc:
+            raise write_error(self.path, exc, "baseline file") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            current = self._load()
-            for section, keys in self._changed.items():
-                mine = self.data.get(section) or {}
-                for key in keys:
-                    current.setdefault(section, {})[key] = mine[key]
-            for key, value in self.data.items():  # anything else (profile, provenance) as this store has it
-                if key not in ("configs", "takeaways"):
-                    current[key] = value
-            atomic_write_text(self.path, dump_json(current | {"schema": SCHEMA}))
-            self.data = current
+            mine = self.data
+            self.data = self._load()
+            for result, revision, cid in pending:
+                self._apply(result, revision, cid)
+            for key in changed["takeaways"]:
+                self.data.setdefault("takeaways", {})[key] = mine["takeaways"][key]
+            for key, value in mine.items():  # anything else (profile, provenance) as this store has it
+                if key not in ("configs", "takeaways", "schema"):
+                    self.data[key] = value
+            self.data["schema"] = SCHEMA
+            try:
+                atomic_write_text(self.path, dump_json(self.data), "baseline file")
+            except BaseException:
+                self.data = mine  # what this store had read and recorded; the unsaved runs are not pending any more
+                raise
 
 
 def _upgrade_schema_1(data: dict) -> dict:

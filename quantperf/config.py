@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -87,7 +87,9 @@ def validate(model: type[BaseModel], data: Any, source: str | Path, prefix: str 
                 lines.append(f"{where}: missing required key")
             else:
                 lines.append(f"{where}: {err['msg'].lower()}, got {value!r}")
-        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+        # one line, whatever the keys and values hold
+        message = f"{source}: " + "; ".join(lines)
+        raise ConfigError(message.replace("\n", "\\n").replace("\r", "\\r")) from None
 
 
 # -- benchmark matrix ------------------------------------------------------------------------
@@ -170,9 +172,39 @@ class ClaimsModel(Strict):
     claim: list[ClaimModel] = []
 
 
-# -- baselines -------------------------------------------------------------------------------
+# -- baselines ---------------------------------------------------------------------------------
+# Every field a reader uses has its type checked at load (strict: no string read as a number),
+# so a hand-edited or damaged file fails there, naming the file, the key path and the value,
+# never later with a KeyError in the gate or a wrong verdict.
+class BaselineRun(BaseModel):
+    """One recorded run of one metric (BaselineStore.update writes it; the gate, the upgrade
+    check and `compare` read `value`; the session grouping reads host, boot_id, started_at)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    value: float
+    run_id: str | None = None
+    host: str | None = None
+    boot_id: str | None = None
+    started_at: str | None = None
+
+    @field_validator("started_at")
+    @classmethod
+    def _iso_time(cls, v: str | None) -> str | None:
+        if v is not None:
+            from datetime import datetime
+
+            try:
+                t = datetime.fromisoformat(v)
+            except ValueError:
+                raise ValueError("not an ISO 8601 time such as 2026-12-01T09:30:00+00:00") from None
+            if t.tzinfo is None:
+                raise ValueError("an ISO 8601 time without its UTC offset (e.g. +00:00)")
+        return v
+
+
 class BaselineMetric(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     samples: list[float] = Field(min_length=1)
     median: float
@@ -181,12 +213,12 @@ class BaselineMetric(BaseModel):
     higher_is_better: bool = True
     kind: str = "speed"
     run_medians: list[float] = []
-    runs: list[dict] = []
+    runs: list[BaselineRun] = []
     stderr: float | None = None
 
 
 class BaselineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     recorded_at: str | None = None
     git_revision: str | None = None
@@ -199,11 +231,26 @@ class BaselineConfig(BaseModel):
     takeaways: dict = {}
 
 
+class BaselineTakeaway(BaseModel):
+    """A claim's recorded verdict (BaselineStore.record_takeaway), or a published profile's
+    expected one (`published`: where the figures come from)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    verdict: Literal["holds", "flipped", "inconclusive"]
+    ratio: float | None = None
+    ci: list[float | None] = Field([], max_length=2)
+    packages: dict[str, str | None] = {}
+    recorded_at: str | None = None
+    source: str | None = None
+    published: dict | None = None
+
+
 class BaselineFileModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     schema_: int = Field(alias="schema")
     profile: str
     provenance: dict = {}
     configs: dict[str, BaselineConfig]
-    takeaways: dict[str, dict] = {}
+    takeaways: dict[str, BaselineTakeaway] = {}

@@ -196,7 +196,10 @@ def profile_id(device: str = "auto") -> str:
             name = _slug(gpu["name"])
             return name if name.startswith("nvidia") else f"nvidia-{name}"
         if device == "cuda":
-            raise RuntimeError("no CUDA device: cannot name a GPU profile")
+            from .errors import DeviceUnavailable
+
+            raise DeviceUnavailable("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False); "
+                                    "run on a GPU machine or use --device cpu")
     cpu = cpu_info()
     isa = set(cpu["isa"])
     parts = ["cpu", cpu_family(cpu["model"]), cpu["arch"]]

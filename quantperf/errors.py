@@ -25,6 +25,22 @@ class ResultsError(QuantperfError):
     """A results file that cannot be read as quantperf results."""
 
 
+class StoreWriteError(QuantperfError):
+    """A baselines or results file could not be written (read-only file or directory, disk
+    full): the message names the path, the OS error and what to do. Nothing was written: the
+    file keeps its previous contents and no temporary file is left beside it."""
+
+
+class DeviceUnavailable(QuantperfError, RuntimeError):
+    """The requested device is not visible here (`--device cuda` without a GPU). A RuntimeError
+    too, so callers that caught the RuntimeError this used to be still do."""
+
+
+class TornLineWarning(UserWarning):
+    """A results file holds a line that was cut off mid-write (a killed run, a full disk): it
+    is skipped, and the warning names the file and the line."""
+
+
 class NonFiniteLogits(QuantperfError):
     """NaN or inf in a model's logits: never averaged away."""
 

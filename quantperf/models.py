@@ -105,6 +105,72 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _cache_text() -> str:
+    return f"{CACHE_ENV}={os.environ[CACHE_ENV]}" if os.environ.get(CACHE_ENV) else f"{CACHE_ENV} unset: {cache_dir()}"
+
+
+# errnos of a write that cannot happen where it was asked to (not a bug: a setting or the disk)
+_UNWRITABLE = {"EACCES", "EPERM", "EROFS", "ENOTDIR", "EEXIST", "ENOSPC", "EDQUOT"}
+
+
+def _is_unwritable(exc: BaseException) -> bool:
+    import errno
+
+    return isinstance(exc, OSError) and errno.errorcode.get(exc.errno or -1) in _UNWRITABLE
+
+
+def unwritable_cache(directory: Path, exc: OSError, what: str) -> ConfigError:
+    """The one-line error for a cache that cannot be written: the directory, the OS error and
+    QUANTPERF_CACHE."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None)):
+        hint = f"free disk space there or point {CACHE_ENV} at a larger disk"
+    else:
+        hint = f"make it writable or point {CACHE_ENV} at a writable directory"
+    where = f" ({exc.filename})" if exc.filename else ""
+    return ConfigError(f"cannot write {what} into the cache directory {directory}: {exc.strerror or exc}{where}; "
+                       f"{hint} ({_cache_text()})")
+
+
+SAFETENSORS_MAX_HEADER = 100_000_000  # what the safetensors library itself accepts
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Why `file` is not a whole safetensors file (None: its header parses and the file holds
+    every byte the header names). Reads the header only."""
+    try:
+        size = file.stat().st_size
+        if size < 8:
+            return f"{size} bytes: shorter than a safetensors header"
+        with open(file, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n > min(size - 8, SAFETENSORS_MAX_HEADER):
+                return f"truncated or not safetensors: its header length says {n} bytes, the file has {size}"
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    except (ValueError, UnicodeDecodeError):
+        return "its header is not valid JSON"
+    try:
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return "its header does not describe tensors"
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        return f"truncated: {size} of {need} bytes"
+    return None
+
+
+def check_checkpoint(directory: Path, rebuild: str) -> None:
+    """A ConfigError naming the first corrupt or truncated safetensors file of a checkpoint
+    directory, and `rebuild`: what to do about it."""
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem:
+            raise ConfigError(f"{file}: corrupt safetensors file ({problem}); {rebuild}")
+
+
 @dataclass(frozen=True)
 class ArchInfo:
     """What the roofline and the KV-cache arithmetic need to know about a model."""
@@ -304,8 +370,22 @@ def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool
             params = synthetic_parameters(shape)
             require_disk(target.parent, int(params * 2 * 1.02), f"the synthetic {shape} checkpoint")
             build = _build_synthetic_streamed if params > STREAMED_BUILD_PARAMETERS else _build_synthetic
-            build(shape, target, build_device, seed)
-        meta = json.loads((target / "quantperf_synthetic.json").read_text())
+            try:
+                if target.is_dir():  # weights deleted by hand (a build in progress is never here: it is renamed in whole)
+                    shutil.rmtree(target)
+                build(shape, target, build_device, seed)
+            except OSError as exc:
+                if not _is_unwritable(exc):
+                    raise
+                raise unwritable_cache(target.parent, exc, f"the synthetic {shape} checkpoint") from None
+        else:
+            check_checkpoint(target, f"delete the directory {target} (or the whole cache, {_cache_text()}) and the "
+                                     "next run rebuilds it")
+        try:
+            meta = json.loads((target / "quantperf_synthetic.json").read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"{target / 'quantperf_synthetic.json'}: missing or not valid JSON; delete the directory "
+                              f"{target} (or the whole cache, {_cache_text()}) and the next run rebuilds it") from None
         return ModelSource(ref, str(target), local_files_only=True, meta=meta, built=built)
     if ref.startswith("fake:") and os.environ.get("QUANTPERF_TEST_BACKENDS") == "1":
         return ModelSource(ref, ref, meta={"fake": True})
@@ -326,6 +406,7 @@ def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool
                 f"model directory {path} has no *.safetensors weights: quantperf loads safetensors only "
                 "(convert with `model.save_pretrained(dir, safe_serialization=True)`)"
             )
+        check_checkpoint(path, "re-save or re-download the checkpoint")
         return ModelSource(ref, str(path), local_files_only=True, trust_remote_code=trust_remote_code,
                            tokenizer=(path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists())
     raise ConfigError(
@@ -341,3 +422,58 @@ def checkpoint_fingerprint(source: ModelSource) -> str:
         return source.path_or_id + (f"@{source.revision}" if source.revision else "")
     parts = [f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in sorted(path.glob("*.safetensors"))]
     return "|".join(parts)
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids the Hub, read now."""
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def ensure_available(source: ModelSource) -> None:
+    """Before loading: a hub model that may not be downloaded (local_files_only, or offline) must
+    be in the local Hugging Face cache; if it is not, one ConfigError naming it, at once (no
+    network retries)."""
+    if not source.ref.startswith("hf:") or not (source.local_files_only or hub_offline()):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = source.path_or_id
+    cache = os.environ.get("HF_HUB_CACHE") or None
+    try:
+        found = try_to_load_from_cache(repo, "config.json", cache_dir=cache, revision=source.revision)
+    except ValueError as exc:  # HFValidationError: not an org/name id
+        raise ConfigError(f"model {source.ref}: {repo!r} is not a Hugging Face model id ({' '.join(str(exc).split())})"
+                          ) from None
+    if not isinstance(found, str):
+        if cache is None:
+            from huggingface_hub import constants
+
+            cache = constants.HF_HUB_CACHE
+        why = "--local-files-only" if source.local_files_only else "HF_HUB_OFFLINE"
+        raise ConfigError(f"model {source.ref}: not in the local Hugging Face cache ({cache}) and {why} forbids "
+                          f"downloading it; download it once where the Hub is reachable (`hf download {repo}`), "
+                          "or check the id")
+
+
+def describe_load_error(exc: BaseException, ref: str) -> str | None:
+    """One line for a load failure whose cause is a file, the cache or the model id rather than
+    the backend (None: nothing more to say than the exception)."""
+    text = " ".join(str(exc).split())
+    if _is_unwritable(exc) and exc.filename:
+        name = Path(str(exc.filename))
+        root = cache_dir()
+        if name == root or root in name.parents:
+            return str(unwritable_cache(name.parent, exc, f"the files of {ref}"))
+        return f"cannot write {name}: {exc.strerror or exc}"
+    if type(exc).__name__ == "SafetensorError" or "deserializing header" in text or "MetadataIncomplete" in text:
+        where = ""
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            where = next((f"{f}: " for f in sorted(path.glob("*.safetensors")) if safetensors_problem(f)), "")
+        return (f"{where or ref + ': a '}corrupt safetensors file ({text}); delete it (a cached checkpoint is rebuilt; "
+                f"{_cache_text()}) or re-download it")
+    if ref.startswith("hf:") and isinstance(exc, OSError):
+        return (f"model {ref}: cannot be loaded from the Hugging Face Hub or the local cache ({text[:300]}); "
+                "check the id, the network, or pass --local-files-only for a model already downloaded")
+    return None

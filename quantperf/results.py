@@ -119,30 +119,54 @@ class RunResult:
         return cls(spec=spec, metrics=metrics, **d)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same directory, fsync, then rename: readers never see a torn
-    file. The file keeps its mode (a new one gets the umask's), not the temp file's 0600."""
+def write_error(path: str | os.PathLike, exc: OSError, what: str = "file", outcome: str = "nothing was written"):
+    """The one-line StoreWriteError for a failed write of `path`: the path, the OS error and what
+    to do about it."""
+    import errno as errno_
+
+    from .errors import StoreWriteError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno_.ENOSPC or exc.errno == getattr(errno_, "EDQUOT", None):
+        hint = f"free disk space on the file system of {path.parent}"
+    else:
+        hint = f"make {path.parent} and {path.name} writable by this user"
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in (str(path), str(path.parent)) else ""
+    return StoreWriteError(f"cannot write the {what} {path}: {reason}{where}; {outcome}: {hint}, then "
+                           "run again")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, what: str = "file") -> None:
+    """Write via a temp file in the same directory, fsync, then rename: readers never see a torn
+    file. The file keeps its mode (a new one gets the umask's), not the temp file's 0600. A
+    failed write (read-only file or directory, full disk) is one StoreWriteError naming the path
+    and the OS error; the file keeps its old contents and the temp file is removed."""
+    path = Path(path)
+    tmp = None
     try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            raise write_error(path, exc, what) from None
         raise
 
 
@@ -152,20 +176,41 @@ class ResultLog:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(self.path, exc, "results file") from None
 
     def append(self, result: RunResult) -> None:
+        """Append one result as one line. A file that does not end with a newline (a torn last
+        line: a killed run, a full disk) gets one first, so this result never merges into it. A
+        failed write is one StoreWriteError naming the file."""
         line = json.dumps(result.to_dict(), sort_keys=True, default=str)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "a+b") as fh:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() > 0:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        line = "\n" + line
+                fh.write((line + "\n").encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise write_error(self.path, exc, "results file", "this result was not recorded") from None
 
     def rotate(self) -> Path | None:
         """Start a new session's log: an existing one moves beside it as `results-<time>.jsonl`
         (with its summary.json), so gating a log never re-gates an older session's results."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return None
+        try:
+            return self._rotate()
+        except OSError as exc:
+            raise write_error(self.path, exc, "results file", "the previous session's results were not moved aside"
+                              ) from None
+
+    def _rotate(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.path.stat().st_mtime))
         target = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}")
         n = 1
@@ -179,26 +224,88 @@ class ResultLog:
         return target
 
     def read(self) -> list[RunResult]:
-        """Every result in the log. A torn last line (a killed run) is dropped; any other line that
-        is not a result is a ResultsError naming the file and line."""
-        from .errors import ResultsError
+        """Every result in the log. A torn line -- a result cut off mid-write by a killed run or
+        a full disk, last in the file or followed by later results -- is skipped with a
+        TornLineWarning naming the file and line; any other line that is not a result is a
+        ResultsError naming the file and line."""
+        import warnings
+
+        from .errors import ConfigError, ResultsError, TornLineWarning
 
         if not self.path.exists():
             return []
-        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise ResultsError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+        lines = text.splitlines()
         out = []
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                out.append(RunResult.from_dict(json.loads(line)))
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                if n == len(lines) and out:  # a torn last line from a killed run is expected
-                    break
-                raise ResultsError(f"{self.path}: line {n} is not a quantperf result ({type(exc).__name__}: {exc}); "
-                                   "a results file holds one JSON result per line, as the suite or `quantperf run --out` "
-                                   "writes it") from None
+                data = json.loads(line)
+            except ValueError as exc:
+                if line.lstrip().startswith("{") or n == len(lines):  # the start of a result, cut off
+                    warnings.warn(TornLineWarning(
+                        f"{self.path}: line {n} is a torn result (cut off mid-write: {exc}); skipped, the other "
+                        "results are read"), stacklevel=2)
+                    continue
+                raise ResultsError(self._not_a_result(n, exc)) from None
+            try:
+                out.append(_checked(RunResult.from_dict(_require_object(data))))
+            except (ValueError, TypeError, KeyError, AttributeError, ConfigError) as exc:
+                raise ResultsError(self._not_a_result(n, exc)) from None
         return out
+
+    def _not_a_result(self, n: int, exc: Exception) -> str:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        return (f"{self.path}: line {n} is not a quantperf result ({detail}); a results file holds one JSON result "
+                "per line, as the suite or `quantperf run --out` writes it")
+
+
+def _require_object(data: Any) -> dict:
+    if not isinstance(data, dict):
+        raise TypeError(f"a result is a JSON object, got {type(data).__name__}")
+    if not isinstance(data.get("spec"), dict):
+        raise TypeError(f"field 'spec' must be an object, got {data.get('spec')!r}"[:200])
+    if not isinstance(data.get("metrics", {}), dict):
+        raise TypeError(f"field 'metrics' must be an object, got {data.get('metrics')!r}"[:200])
+    return data
+
+
+def _checked(result: RunResult) -> RunResult:
+    """The fields every reader touches have their types: a wrong one is a TypeError here (the
+    caller names the file and line), not in the middle of a report."""
+    spec = result.spec
+    for name in ("model", "backend", "device", "mode"):
+        if not isinstance(getattr(spec, name), str):
+            raise TypeError(f"spec.{name} must be a string, got {getattr(spec, name)!r}")
+    if not isinstance(result.status, str):
+        raise TypeError(f"status must be a string, got {result.status!r}")
+    for field_name in ("reason", "profile", "timestamp"):
+        value = getattr(result, field_name)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{field_name} must be a string or null, got {value!r}")
+    for field_name in ("backend_identity", "memory", "roofline", "validity", "arch", "execution", "quality",
+                       "figures", "environment", "timings"):
+        if not isinstance(getattr(result, field_name), dict):
+            raise TypeError(f"{field_name} must be an object, got {getattr(result, field_name)!r}")
+    if not isinstance(result.generations, list):
+        raise TypeError(f"generations must be a list, got {result.generations!r}")
+    if isinstance(result.injected_delay_ms, bool) or not isinstance(result.injected_delay_ms, (int, float)):
+        raise TypeError(f"injected_delay_ms must be a number, got {result.injected_delay_ms!r}")
+    for key, m in result.metrics.items():
+        if not isinstance(m.name, str) or not isinstance(m.unit, str) or not isinstance(m.kind, str):
+            raise TypeError(f"metrics.{key}: name, unit and kind must be strings")
+        if not isinstance(m.higher_is_better, bool):
+            raise TypeError(f"metrics.{key}.higher_is_better must be true or false, got {m.higher_is_better!r}")
+        if not isinstance(m.samples, list) or not m.samples or \
+                not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in m.samples):
+            raise TypeError(f"metrics.{key}.samples must be a non-empty list of numbers, got {m.samples!r}"[:200])
+        if m.stderr is not None and (isinstance(m.stderr, bool) or not isinstance(m.stderr, (int, float))):
+            raise TypeError(f"metrics.{key}.stderr must be a number or null, got {m.stderr!r}")
+    return result
 
 
 def dump_json(data: Any) -> str:

@@ -43,7 +43,18 @@ def worker_timeout_s(raw: str | None) -> float:
     return value
 
 
-WORKER_TIMEOUT_S = worker_timeout_s(os.environ.get(WORKER_TIMEOUT_ENV))
+# An override of the variable (tests set it); None: the variable is read where a request is sent,
+# never at import (a bad value must not break `import quantperf`, `--help` or the pytest plugin).
+WORKER_TIMEOUT_S: float | None = None
+
+
+def request_timeout_s() -> float:
+    """The seconds one worker request may take now: WORKER_TIMEOUT_S if set, else the variable's."""
+    if WORKER_TIMEOUT_S is not None:
+        return WORKER_TIMEOUT_S
+    return worker_timeout_s(os.environ.get(WORKER_TIMEOUT_ENV))
+
+
 # a silent worker is sent this before it is killed; quantperf.worker answers with every thread's stack
 STACK_SIGNAL = "SIGUSR1"
 METHODS = {"hello", "environment", "prepare", "prepare_for", "load", "warmup", "rounds", "configure", "memory", "quality", "close"}
@@ -127,7 +138,10 @@ class LocalWorker:
             torch.cuda.init()
             self._pin(self.model_options.get("pin_cpu", True))
         try:
+            from .models import ensure_available
+
             source = self._source()
+            ensure_available(source)
             M.reset_peak(spec.device)
             load_ms, self.loaded = M.wall_ms(lambda: backend.load(source, spec.device, spec.mode), spec.device)
         except BackendUnavailable as exc:
@@ -140,8 +154,10 @@ class LocalWorker:
                         "identity": identity}
             if isinstance(exc, ImportError):
                 return {"status": "unavailable", "reason": f"{spec.backend}: {exc}", "identity": identity}
-            return {"status": "error", "reason": f"{spec.backend}: load failed: {type(exc).__name__}: {exc}",
-                    "identity": identity}
+            from .models import describe_load_error
+
+            said = describe_load_error(exc, spec.model) or f"load failed: {type(exc).__name__}: {exc}"
+            return {"status": "error", "reason": f"{spec.backend}: {' '.join(said.split())}", "identity": identity}
         if spec.device == "cpu" and self.loaded.options.get("intra_op_num_threads") == 1:
             # a single-threaded runtime (ORT here) gets one core of its own for the whole run
             self._pin(self.model_options.get("pin_cpu", True))
@@ -256,6 +272,7 @@ class ProcessWorker:
     def __init__(self, spec: RunSpec, model_options: dict | None = None, python: str | None = None,
                  env: dict | None = None):
         self.spec = spec
+        request_timeout_s()  # a bad QUANTPERF_WORKER_TIMEOUT_S is one ConfigError before any process starts
         self._log = tempfile.NamedTemporaryFile(prefix="quantperf-worker-", suffix=".log", delete=False)
         child_env = dict(os.environ)
         child_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -301,16 +318,17 @@ class ProcessWorker:
     def _request(self, method: str, kwargs: dict) -> Any:
         if self.proc.poll() is not None:
             raise WorkerCrashed(f"worker for {self.spec.id} exited with code {self.proc.returncode}: {self._stderr_tail()}")
+        timeout = request_timeout_s()
         self.proc.stdin.write(json.dumps({"method": method, "kwargs": kwargs}) + "\n")
         self.proc.stdin.flush()
         # one reply per request, read whole: nothing is left in the buffer between requests,
         # so select() on the pipe tells whether the worker is still silent
-        ready, _, _ = select.select([self.proc.stdout], [], [], WORKER_TIMEOUT_S)
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
             self._dump_stacks()
             self.proc.kill()
             raise WorkerCrashed(
-                f"worker for {self.spec.id} gave no answer to {method!r} within {WORKER_TIMEOUT_S:.0f} s "
+                f"worker for {self.spec.id} gave no answer to {method!r} within {timeout:.0f} s "
                 f"(set {WORKER_TIMEOUT_ENV} to allow more); where it was, and its stderr tail:\n{self._stderr_tail(6000)}"
             )
         line = self.proc.stdout.readline()
