@@ -189,6 +189,7 @@ def _cmd_gate(args) -> int:
     from pathlib import Path
 
     from .results import ResultLog
+    from .divergence import QUALITY_METRICS
     from .suite import SuiteSession
     from .takeaways import evaluate, load_claims
 
@@ -238,7 +239,7 @@ def _cmd_gate(args) -> int:
             if not claim.applies_to(profile):
                 continue
             a_spec, b_spec = claim.specs(next(iter(latest.values())).spec.workload)
-            quality = claim.metric in ("ppl", "mean_kld", "top1_agreement", "ln_ppl_ratio", "rms_dp")
+            quality = claim.metric in QUALITY_METRICS
             a, b = latest.get((quality, a_spec.id)), latest.get((quality, b_spec.id))
             if a is None or b is None:
                 continue

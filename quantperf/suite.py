@@ -13,13 +13,12 @@ from pathlib import Path
 from .backends import entry as backend_entry
 from .baselines import BaselineStore, git_revision
 from .gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, Verdict, gate_metrics, resolve_tolerance
-from .quality import limit_violations
+from .divergence import QUALITY_METRICS, limit_violations
 from .results import ResultLog, RunResult
 from .spec import RunSpec
 from .summary import ClaimOutcome, ConfigOutcome, MetricVerdict, NoiseLine, SessionSummary
 from .takeaways import Claim, ClaimResult, evaluate, is_inconclusive
 
-QUALITY_METRICS = ("ppl", "mean_kld", "top1_agreement", "ln_ppl_ratio", "rms_dp")
 
 
 class Skip(Exception):

@@ -30,7 +30,7 @@ A/A pairs wander by s cannot certify differences smaller than a few s.
 
 Quality: side A's backend writes reference log-probabilities over the fixture corpus, side B's
 same backend compares against them (KLD, top-1 agreement, PPL ratio of new against old). Any
-change is reported; a change beyond the backend class's limits (quantperf.quality) fails.
+change is reported; a change beyond the backend class's limits (quantperf.divergence) fails.
 
 Takeaways: each claim whose both configurations were measured is evaluated in A and in B; a
 verdict that differs between A and B (both conclusive) is FLIPPED.
@@ -391,8 +391,8 @@ IDENTICAL_BELOW = {"mean_kld": 1e-6, "ln_ppl_ratio": 1e-6}
 
 def quality_verdict(stats: dict, quality_class: str) -> tuple[str, list[str]]:
     """B's figures against A's reference: `beyond-limits` (the backend class's quality limits,
-    quantperf.quality), `changed` (any change above float32 rounding), or `identical`."""
-    from .quality import limit_violations
+    quantperf.divergence), `changed` (any change above float32 rounding), or `identical`."""
+    from .divergence import limit_violations
 
     violations = limit_violations(quality_class, stats)
     if violations:

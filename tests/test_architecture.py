@@ -8,12 +8,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quantperf"
 
 # bottom to top; a module may import its own layer and the layers below
 LAYERS = [
-    {"errors", "spec", "stats", "results", "quality", "roofline", "config", "summary", "runstats", "runlevel", "noise", "gate",
+    {"errors", "spec", "stats", "results", "divergence", "status", "roofline", "config", "summary", "runstats", "runlevel", "noise", "gate",
      "takeaways", "baselines", "envinfo", "corpus", "hookspec", "progress"},
-    {"models", "trackers"},
+    {"models", "trackers", "shards"},
     {"backends", "kernel"},
     {"scenarios"},
-    {"workers", "worker"},
+    {"workers"},
     {"scheduler"},
     {"matrix", "sensitivity", "upgrade_env", "upgrade"},
     {"suite"},

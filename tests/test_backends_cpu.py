@@ -9,7 +9,7 @@ from quantperf import RunSpec, Workload, measure_many
 from quantperf.backends import BACKENDS, get_backend
 from quantperf.errors import ConfigError
 from quantperf.backends import entry
-from quantperf.quality import limit_violations
+from quantperf.divergence import limit_violations
 from quantperf.scheduler import measure_quality
 from quantperf.workers import LocalWorker
 

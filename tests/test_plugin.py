@@ -277,7 +277,7 @@ def test_sharded_over_xdist_workers_records_checks_and_merges_one_summary(projec
 
 
 def test_shards_go_to_the_least_loaded_worker_the_same_way_everywhere():
-    from quantperf.plugin import assign_shards
+    from quantperf.shards import assign_shards
 
     keys = ["cuda-llama-1b-kernel"] * 4 + ["cuda-llama-125m-eager"] * 3 + ["cuda-llama-8b-kernel"] * 2 + ["quality-cuda-fixture"]
     owner = assign_shards(keys, 2)
@@ -290,7 +290,7 @@ def test_shards_go_to_the_least_loaded_worker_the_same_way_everywhere():
 def test_shards_are_balanced_by_estimated_seconds_and_split_by_batch():
     """A shard's weight is the estimated time of the configurations its tests measure, each once:
     one 8B shard outweighs many small ones, and a claim at its own batch is a shard of its own."""
-    from quantperf.plugin import SHARD_CONFIG_S, assign_shards, shard_of, spec_cost
+    from quantperf.shards import SHARD_CONFIG_S, assign_shards, shard_of, spec_cost
     from quantperf.spec import RunSpec, Workload
 
     assert spec_cost("synthetic:llama-8b") > 5 * spec_cost("synthetic:llama-125m") > 5 * SHARD_CONFIG_S / 2

@@ -33,7 +33,7 @@ class BackendEntry:
 
     @property
     def quality_class(self) -> str:
-        """The quality limits that apply (quantperf.quality.QUALITY_LIMITS): 16-bit, 8-bit or 4-bit."""
+        """The quality limits that apply (quantperf.divergence.QUALITY_LIMITS): 16-bit, 8-bit or 4-bit."""
         return "16-bit" if self.bits >= 16 else f"{self.bits}-bit"
 
     @property
