@@ -53,7 +53,7 @@ def _check_names(values: list[str], known, where: str, what: str) -> None:
 
 
 def _noise_settings(noise: NoiseModel, where: str) -> dict:
-    from .noise import VARIANTS
+    from .experiments.noise import VARIANTS
 
     if not all(0 < x < 0.9 for x in noise.slowdowns):
         raise ConfigError(f"{where}.noise.slowdowns: must be fractions in (0, 0.9) (0.05 = 5%), got {noise.slowdowns!r}")

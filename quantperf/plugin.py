@@ -200,7 +200,7 @@ def _tiers(config):
 
 def _claims(config):
     if not hasattr(config, "_qp_claims"):
-        from .takeaways import load_claims
+        from .gate import load_claims
 
         path = _path(config, _opt(config, TAKEAWAYS, "qp_takeaways"))
         config._qp_claims = load_claims(path) if path.exists() else []
@@ -423,7 +423,7 @@ def pytest_sessionfinish(session, exitstatus):
         _merge_shards(config)
     report_dir = config.getoption(REPORT)
     if report_dir and not _worker_id(config) and (qp is not None or getattr(config, "_qp_merged", None) is not None):
-        from .htmlreport import ReportData, write
+        from .report.html import ReportData, write
 
         if qp is not None:
             data = ReportData(results=[r for k, r in qp.results.items() if not k.startswith("confirm:")],

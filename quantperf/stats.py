@@ -141,20 +141,6 @@ def min_detectable_change(cv: float, n_a: int, n_b: int | None = None, alpha: fl
     return float(z * cv * math.sqrt(1 / n_a + 1 / n_b) / math.sqrt(3 / math.pi))
 
 
-def rounds_needed(cv: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
-    """Rounds per side for `min_detectable_change` to reach `effect` (a relative change)."""
-    if effect <= 0:
-        raise ValueError(f"effect must be > 0, got {effect}")
-    if cv <= 0:
-        return 2
-    n = 2
-    while min_detectable_change(cv, n, n, alpha, power) > effect:
-        n += 1
-        if n > 100_000:
-            return n
-    return n
-
-
 def interleaved_order(sides: Sequence[str], rounds: int) -> list[str]:
     """ABBA order (A B B A A B B A ...) for two sides; round-robin, alternating direction, for more.
 

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from .backends import entry as backend_entry
 from .baselines import BaselineStore, git_revision
-from .gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, Verdict, gate_metrics, resolve_tolerance
+from .gate import (DEFAULT_ALPHA, DEFAULT_TOLERANCES, Claim, ClaimResult, Verdict, check_claim, gate_metrics,
+                   is_inconclusive, metrics_status, resolve_tolerance, run_failure, speed_status, timed_otherwise)
 from .divergence import QUALITY_METRICS, limit_violations
 from .results import ResultLog, RunResult
 from .spec import RunSpec
 from .summary import ClaimOutcome, ConfigOutcome, MetricVerdict, NoiseLine, SessionSummary
-from .takeaways import Claim, ClaimResult, evaluate, is_inconclusive
+from .status import Status
 
 
 
@@ -177,42 +178,39 @@ class SuiteSession:
         key = f"{'quality:' if quality else ''}{spec.id}:{','.join(kinds)}"
         cid = ("quality-" if quality else "") + spec.id
         decode = res.metrics.get("decode_tokens_per_s")
-        outcome = ConfigOutcome(key, cid, list(kinds), "ok", decode_tokens_per_s=decode.value if decode else None)
+        outcome = ConfigOutcome(key, cid, list(kinds), Status.OK, decode_tokens_per_s=decode.value if decode else None)
         self.outcomes[key] = outcome
-        if res.status in ("unavailable", "mode-unsupported"):
-            outcome.status, outcome.message = "skipped", res.reason or ""
-            return outcome
-        if res.status != "ok":
-            outcome.status, outcome.message = "error", res.reason or ""
+        if failure := run_failure(res.status):
+            outcome.status, outcome.message = failure, res.reason or ""
             return outcome
         store = self.store(spec.device)
         metrics = {n: m for n, m in res.metrics.items() if m.kind in kinds}
         if self.record:
             # a configuration's speed and memory are recorded as one unit, once per session
             if cid in self._recorded_runs:
-                outcome.status, outcome.message = "recorded", "recorded with the configuration's other metrics"
+                outcome.status, outcome.message = Status.RECORDED, "recorded with the configuration's other metrics"
                 return outcome
             lines = store.update(res, git_revision(self.root), config_id=cid)
             store.save()  # atomic, after every config: an interrupted run keeps what it recorded
             self._recorded_runs.add(cid)
             self.recorded.extend(lines)
-            outcome.status, outcome.message = "recorded", "; ".join(lines) or "unchanged"
+            outcome.status, outcome.message = Status.RECORDED, "; ".join(lines) or "unchanged"
             return outcome
         entry = store.entry(cid)
         if entry is None:
             return self._no_baseline(outcome, spec, store)
         store.check_identity(res, cid)
         if "speed" in kinds and (changed := store.method_change(res, cid)):
-            outcome.status, outcome.message = "inconclusive", f"INCONCLUSIVE {cid}: {changed}"
+            outcome.status = timed_otherwise()
+            outcome.message = f"{outcome.status.upper()} {cid}: {changed}"
             return outcome
         verdicts = gate_metrics(metrics, entry, lambda kind: self.tolerance(kind, tolerances, spec.mode), self.alpha)
         outcome.verdicts = [_metric_verdict(v) for v in verdicts]
         outcome.version_changes = {k: list(v) for k, v in store.version_changes(res, cid).items()}
-        outcome.status = "regressed" if any(v.failed for v in verdicts) else (
-            "improved" if any(v.status == "improved" for v in verdicts) else "ok")
+        outcome.status = metrics_status(verdicts)
         if not res.validity.get("valid", True):
             outcome.message = f"measured while throttled (rounds {res.validity['throttled_rounds']})"
-        if outcome.status == "regressed":
+        if outcome.status == Status.REGRESSED:
             vers = "" if not outcome.version_changes else " | library versions differ from the baseline: " + ", ".join(
                 f"{k} {a} -> {b}" for k, (a, b) in outcome.version_changes.items())
             outcome.message = (f"REGRESSED {cid} [{store.profile}]: " + "; ".join(v.line() for v in verdicts if v.failed)
@@ -224,7 +222,7 @@ class SuiteSession:
         note = (f" (baselines exist for other profiles: {', '.join(others)}; they are not used: "
                 "baselines never cross profiles)") if others else ""
         hint = self.record_hint.format(marker="gpu" if spec.device == "cuda" else "cpu")
-        outcome.status = "no-baseline"
+        outcome.status = Status.NO_BASELINE
         outcome.message = f"no baseline for {outcome.config_id} on profile {store.profile} in {store.path}{note}; {hint}"
         return outcome
 
@@ -266,7 +264,7 @@ class SuiteSession:
                     key = f"{r.spec.id}:speed"
                     head = r.metrics.get("decode_tokens_per_s")
                     o = outcomes.setdefault(r.spec.id, ConfigOutcome(
-                        key, r.spec.id, ["speed"], "ok", decode_tokens_per_s=head.value if head else None))
+                        key, r.spec.id, ["speed"], Status.OK, decode_tokens_per_s=head.value if head else None))
                     v = verdicts.get(r.spec.id)
                     if v is None:
                         continue
@@ -276,16 +274,16 @@ class SuiteSession:
                         noise_floor=v.noise_floor, line=v.line(), notes=list(v.notes)))
         by_id = {r.spec.id: r for r in results}
         for cid, o in outcomes.items():
-            statuses = {v.status for v in o.verdicts}
-            o.status = next((s for s in ("regressed", "inconclusive", "improved") if s in statuses), "ok")
+            o.status = speed_status(v.status for v in o.verdicts)
             if changed := self.store(by_id[cid].spec.device).method_change(by_id[cid], cid):
-                # figures timed otherwise than the baseline's: no verdict either way
-                o.status, o.message = "inconclusive", f"INCONCLUSIVE {cid}: {changed}"
-            elif o.status == "regressed":
+                o.status = timed_otherwise()
+                o.message = f"{o.status.upper()} {cid}: {changed}"
+            elif o.status == Status.REGRESSED:
                 o.message = f"REGRESSED {cid} [{self.store(results[0].spec.device).profile}]: " + "; ".join(
-                    v.line for v in o.verdicts if v.status == "regressed")
-            elif o.status == "inconclusive":
-                o.message = f"INCONCLUSIVE {cid}: " + "; ".join(v.line for v in o.verdicts if v.status == "inconclusive")
+                    v.line for v in o.verdicts if v.status == Status.REGRESSED)
+            elif o.status == Status.INCONCLUSIVE:
+                o.message = f"INCONCLUSIVE {cid}: " + "; ".join(v.line for v in o.verdicts
+                                                                if v.status == Status.INCONCLUSIVE)
         return outcomes
 
     def _speed_outcome(self, spec: RunSpec) -> ConfigOutcome:
@@ -299,11 +297,11 @@ class SuiteSession:
             results = [self.measure(s) for s in todo]
             first = self.gate_speed(results)
             for cid, o in first.items():
-                if o.status == "regressed":
+                if o.status == Status.REGRESSED:
                     again = self._remeasure(self.results[cid].spec)
                     second = self.gate_speed([again if r.spec.id == cid else r for r in results],
                                              note_prefix=f"re-measure of {cid}: ")[cid]
-                    if second.status != "regressed":
+                    if second.status != Status.REGRESSED:
                         second.message = (f"{cid}: flagged once, not confirmed by a fresh process "
                                           f"({second.status}); first: {o.message}")
                         for v in second.verdicts:
@@ -315,7 +313,7 @@ class SuiteSession:
         store = self.store(spec.device)
         changes = store.version_changes(self.results[spec.id], spec.id)
         outcome.version_changes = {k: list(v) for k, v in changes.items()}
-        if outcome.status == "regressed" and changes:
+        if outcome.status == Status.REGRESSED and changes:
             outcome.message += " | library versions differ from the baseline: " + ", ".join(
                 f"{k} {a} -> {b}" for k, (a, b) in changes.items())
         return outcome
@@ -330,13 +328,13 @@ class SuiteSession:
 
     def raise_for(self, outcome: ConfigOutcome) -> ConfigOutcome:
         """An outcome as a test outcome: Skip, Fail, or return."""
-        if outcome.status == "skipped":
+        if outcome.status == Status.SKIPPED:
             raise Skip(outcome.message)
-        if outcome.status in ("error", "regressed"):
+        if outcome.status in (Status.ERROR, Status.REGRESSED):
             raise Fail(outcome.message)
-        if outcome.status == "no-baseline":
+        if outcome.status == Status.NO_BASELINE:
             raise (Fail if self.strict else Skip)(outcome.message)
-        if outcome.status == "inconclusive":
+        if outcome.status == Status.INCONCLUSIVE:
             raise (Fail if self.strict else Warn)(outcome.message)
         return outcome
 
@@ -347,7 +345,7 @@ class SuiteSession:
         store = self.store(spec.device)
         if not self.record and not self.has_baseline(spec, quality):
             key = f"{'quality:' if quality else ''}{spec.id}:{','.join(kinds)}"
-            outcome = ConfigOutcome(key, ("quality-" if quality else "") + spec.id, list(kinds), "ok")
+            outcome = ConfigOutcome(key, ("quality-" if quality else "") + spec.id, list(kinds), Status.OK)
             self.outcomes[key] = outcome
             return self.raise_for(self._no_baseline(outcome, spec, store))
         if kinds == ("speed",) and not quality and not self.record and tolerances is None:
@@ -369,14 +367,14 @@ class SuiteSession:
 
     # -- repeatability -------------------------------------------------------------------
     def repeatability(self, spec: RunSpec, runs: int, target_cv: float | None, settings: dict | None = None):
-        """The noise experiment (quantperf.sensitivity) on `spec` in `runs` fresh processes:
+        """The noise experiment (quantperf.experiments.sensitivity) on `spec` in `runs` fresh processes:
         within-run and between-run CV, minimum detectable change, A/A false alarms and the
         detection rate of injected slowdowns, at this session's speed tolerance for the mode.
         Fails when the within-run CV misses `target_cv`, when an A/A trial is flagged, or when
         the gate catches the mode's `detect` slowdown in fewer than `detect_rate` of the trials."""
         from .matrix import NOISE_DEFAULTS
         from .results import atomic_write_text, dump_json
-        from .sensitivity import AA, evaluate as evaluate_noise, run_experiment, slow_name
+        from .experiments.sensitivity import AA, evaluate as evaluate_noise, run_experiment, slow_name
 
         settings = {**NOISE_DEFAULTS, **(settings or {})}
         save = None
@@ -385,8 +383,8 @@ class SuiteSession:
             save = lambda data: atomic_write_text(path, dump_json(data))  # noqa: E731
         raw = run_experiment(spec, processes=runs, slowdowns=settings["slowdowns"], variants=settings["variants"],
                              isolation=self.isolation, checkpoint=save)
-        if raw["status"] != "ok":
-            if raw["status"] in ("unavailable", "mode-unsupported"):
+        if raw["status"] != Status.OK:
+            if raw["status"] in (Status.UNAVAILABLE, Status.MODE_UNSUPPORTED):
                 raise Skip(raw["reason"])
             raise Fail(raw["reason"])
         ev = evaluate_noise(raw, self.tolerance("speed", mode=spec.mode), self.alpha)
@@ -434,25 +432,15 @@ class SuiteSession:
         a = self.measure(a_spec, quality=quality)
         b = self.measure(b_spec, quality=quality)
         for side in (a, b):
-            if side.status in ("unavailable", "mode-unsupported"):
+            if side.status in (Status.UNAVAILABLE, Status.MODE_UNSUPPORTED):
                 raise Skip(f"claim {claim.id}: {side.reason}")
-        store = self.store(claim.device)
-        recorded = store.takeaway(claim.id)
-        expected = claim.expected(profile) or (recorded or {}).get("verdict")
-        result = evaluate(claim, a, b, profile, confidence, expected=expected)
-        published = (recorded or {}).get("published") if recorded and not recorded.get("recorded_at") else None
-        if published and not claim.expected(profile):
-            result.notes.append(f"expected verdict from published figures ({published.get('source')}: "
-                                f"{published.get('figures')})"
-                                + (f"; disagreeing source: {published['disagrees']}" if published.get("disagrees") else ""))
+        result, recorded = check_claim(claim, a, b, profile, self.store(claim.device), confidence=confidence,
+                                       record=self.record)
         self.claim_results.append(result)
-        if self.record and result.verdict != "inconclusive":
-            packages = {k: v for k, v in (b.environment or {}).get("packages", {}).items() if v}
-            self.recorded.append(store.record_takeaway(claim.id, result.verdict, result.ratio, [result.low, result.high],
-                                                       packages, b.timestamp))
-            store.save()
+        if recorded is not None:
+            self.recorded.append(recorded)
             return result
-        if result.verdict == "inconclusive":
+        if result.verdict == Status.INCONCLUSIVE:
             raise (Fail if self.strict else Warn)(result.message())
         if not result.passed:
             raise Fail(result.message())

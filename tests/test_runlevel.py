@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from quantperf.errors import ConfigError
-from quantperf.runlevel import (
-    RunRecord, assign_sessions, clopper_pearson_upper, confirm, fit_noise, gate, look_alpha, looks_schedule,
-    noise_floor, session_shift,
+from quantperf.gate.runlevel import (
+    RunRecord, assign_sessions, confirm, fit_noise, gate, noise_floor, session_shift,
 )
 
 CONFIGS = [f"c{i}" for i in range(10)]
@@ -117,21 +116,6 @@ def test_noise_floor_shrinks_with_degrees_of_freedom_and_grows_with_the_family()
     assert noise_floor(0.05, 5, 0.05, 0.01) > noise_floor(0.05, 50, 0.05, 0.01)
     assert noise_floor(0.05, 50, 0.05, 0.01, family_size=20) > noise_floor(0.05, 50, 0.05, 0.01)
     assert noise_floor(0.0, 10, 0.05, 0.01) == pytest.approx(0.05)
-
-
-def test_clopper_pearson_bounds_of_a_clean_record():
-    assert clopper_pearson_upper(0, 16) == pytest.approx(0.1707, abs=1e-3)
-    assert clopper_pearson_upper(0, 3) == pytest.approx(0.6316, abs=1e-3)
-    assert clopper_pearson_upper(3, 3) == 1.0
-    with pytest.raises(ValueError):
-        clopper_pearson_upper(4, 3)
-
-
-def test_looks_split_alpha_and_follow_the_plan():
-    assert look_alpha(0.05, 5) == pytest.approx(0.01)
-    assert looks_schedule(5, 11, 2) == [5, 7, 9, 11]
-    with pytest.raises(ValueError):
-        look_alpha(0.05, 0)
 
 
 def test_a_single_flag_is_not_confirmed_by_a_clean_second_run():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from quantperf.errors import ConfigError
 from quantperf.report import evaluation_table
-from quantperf.sensitivity import AA, CLEAN, delay_for, evaluate, make_sides, slow_name
+from quantperf.experiments.sensitivity import AA, CLEAN, delay_for, evaluate, make_sides, slow_name
 
 
 def test_sides_are_clean_aa_slowdowns_then_variants():
@@ -101,7 +101,7 @@ def test_a_time_metric_is_gated_in_its_own_direction():
 def test_a_failed_experiment_is_an_error_and_evaluations_round_trip():
     with pytest.raises(ConfigError, match="did not run: unavailable"):
         evaluate({"status": "unavailable", "reason": "no GPU"}, 0.03)
-    from quantperf.sensitivity import Evaluation
+    from quantperf.experiments.sensitivity import Evaluation
 
     ev = evaluate(_raw(), tolerance=0.03)
     again = Evaluation.from_dict(json.loads(json.dumps(ev.to_dict())))

@@ -214,7 +214,7 @@ def test_missing_library_is_unavailable_not_a_traceback(monkeypatch):
 
 
 def _noise_session(tmp_path, monkeypatch, raw):
-    import quantperf.sensitivity as sens
+    import quantperf.experiments.sensitivity as sens
 
     seen = {}
 

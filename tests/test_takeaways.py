@@ -5,7 +5,7 @@ import pytest
 from quantperf.errors import ConfigError
 from quantperf.results import Metric, RunResult
 from quantperf.spec import RunSpec, Workload
-from quantperf.takeaways import evaluate, load_claims
+from quantperf.gate import evaluate, load_claims
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAIM = """

@@ -280,7 +280,7 @@ class ProcessWorker:
 
     def _dump_stacks(self, wait_s: float = 5.0) -> None:
         """Ask a silent worker for every thread's Python stack (faulthandler, registered by
-        quantperf.worker on SIGUSR1; it answers even from inside a blocking C call) and give it
+        quantperf.workers on SIGUSR1; it answers even from inside a blocking C call) and give it
         `wait_s` to write it to its stderr log, which the error then quotes."""
         sig = getattr(signal, STACK_SIGNAL, None)
         if sig is None or self.proc.poll() is not None:

@@ -46,7 +46,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # The libraries whose versions every upgrade check reports on both sides.
 TRACKED = ("torch", "transformers", "bitsandbytes", "onnxruntime", "torchao")

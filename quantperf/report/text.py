@@ -4,16 +4,10 @@ summary."""
 
 from __future__ import annotations
 
-from .results import RunResult
-from .summary import SessionSummary
-
-
-def _fmt(v, digits=1):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
+from ..results import RunResult
+from ..summary import SessionSummary
+from .table import fmt as _fmt
+from .table import format_table
 
 
 def results_table(results: list[RunResult], markdown: bool = False) -> str:
@@ -40,7 +34,7 @@ def results_table(results: list[RunResult], markdown: bool = False) -> str:
         ])
     out = format_table(header, rows, markdown) if rows else ""
     if kernel:
-        from .scenarios.kernel import decomposition_lines
+        from ..scenarios.kernel import decomposition_lines
 
         out = (out + "\n\n" if out else "") + kernel_tables(kernel, markdown)
         lines = decomposition_lines(results)
@@ -79,7 +73,7 @@ def kernel_tables(results: list[RunResult], markdown: bool = False) -> str:
 
 
 def noise_table(rows: list[dict], markdown: bool = False) -> str:
-    """Rows of quantperf.noise.noise_rows (optionally with a `target` CV) as a table."""
+    """Rows of quantperf.experiments.noise.noise_rows (optionally with a `target` CV) as a table."""
     def pct(v):
         return "-" if v is None else f"{v * 100:.2f}%"
 
@@ -88,17 +82,6 @@ def noise_table(rows: list[dict], markdown: bool = False) -> str:
     body = [[r["config"], r["metric"], r["runs"], r["rounds"], pct(r["cv_within"]), pct(r["cv_between"]),
              pct(r["min_detectable"])] + ([pct(r.get("target"))] if with_target else []) for r in rows]
     return format_table(header + (["target CV within"] if with_target else []), body, markdown)
-
-
-def format_table(header: list[str], rows: list[list], markdown: bool = False) -> str:
-    rows = [[str(c) for c in row] for row in rows]
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
 
 
 def evaluation_table(ev, markdown: bool = False) -> str:
@@ -160,7 +143,7 @@ def summary_sections(summary: SessionSummary, markdown: bool = False) -> list[tu
     if summary.repeatability:
         sections.append(("repeatability (fresh process per run)", noise_table(summary.repeatability, markdown)))
     for exp in summary.sensitivity:
-        from .sensitivity import Evaluation
+        from ..experiments.sensitivity import Evaluation
 
         sections.append(("noise experiment", evaluation_table(Evaluation.from_dict(exp["evaluation"]), markdown)))
     if summary.recorded:

@@ -17,11 +17,11 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .results import ResultLog, RunResult
-from .stats import Summary, min_detectable_change
+from ..results import ResultLog, RunResult
+from ..stats import Summary, min_detectable_change
 
 SPEED = ("decode_tokens_per_s", "prefill_ms", "e2e_tokens_per_s")
-# The noise experiment's ablations (quantperf.sensitivity): each a setting changed between
+# The noise experiment's ablations (quantperf.experiments.sensitivity): each a setting changed between
 # rounds of one loaded model, interleaved with the clean side.
 VARIANTS = {
     "gc-on": {"gc_off": False},
@@ -64,7 +64,7 @@ def noise_rows(runs: list[list[RunResult]], metrics=SPEED) -> list[dict]:
 
 def gate_counts(summaries: list[dict]) -> dict:
     """Regressions and flips in suite summary.json files (A/A: both should be zero)."""
-    from .summary import SessionSummary
+    from ..summary import SessionSummary
 
     parsed = [SessionSummary.from_dict(s) for s in summaries]
     return {"runs": len(parsed), "regressions": sum(len(s.regressions) for s in parsed),

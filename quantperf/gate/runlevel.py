@@ -29,7 +29,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..status import Status
 
 # Asymptotic standard error of a median relative to a mean, for normal data: sqrt(pi/2).
 MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
@@ -173,7 +174,7 @@ class GateVerdict:
 
     @property
     def failed(self) -> bool:
-        return self.status == "regressed"
+        return self.status == Status.REGRESSED
 
     def line(self) -> str:
         floor = "unknown" if self.noise_floor is None else f"{self.noise_floor * 100:.0f}%"
@@ -215,18 +216,18 @@ def gate(current_value: float, baseline: list[RunRecord], model: NoiseModel, shi
     base = dict(metric=metric, current=current_value, baseline=math.exp(mu), raw_ratio=math.exp(d + shift.log_shift),
                 ratio=math.exp(d), shift=shift.factor, tolerance=tolerance, level=level, runs=len(baseline))
     if model.sigma is None:
-        return GateVerdict(status="inconclusive", ci=(float("nan"), float("nan")), noise_floor=None, notes=notes, **base)
+        return GateVerdict(status=Status.INCONCLUSIVE, ci=(float("nan"), float("nan")), noise_floor=None, notes=notes, **base)
     se = math.sqrt(model.sigma ** 2 * (1 + 1 / len(baseline)) + shift.se ** 2)
     half = student_t.ppf(1 - level, model.df) * se
     lo, hi = worse - half, worse + half
     if lo > tol:
-        status = "regressed"
+        status = Status.REGRESSED
     elif hi < -tol:
-        status = "improved"
+        status = Status.IMPROVED
     elif hi <= tol:
-        status = "ok"
+        status = Status.OK
     else:
-        status = "inconclusive"
+        status = Status.INCONCLUSIVE
     ci = (math.exp(d - half), math.exp(d + half))
     return GateVerdict(status=status, ci=ci, noise_floor=noise_floor(se, model.df, tolerance, alpha, family_size),
                        notes=notes, **base)
@@ -235,37 +236,9 @@ def gate(current_value: float, baseline: list[RunRecord], model: NoiseModel, shi
 def confirm(first: GateVerdict, second: GateVerdict) -> GateVerdict:
     """A configuration flagged regressed is re-measured once in a fresh process: it is regressed
     only if both runs are; otherwise the second verdict stands, noted."""
-    if first.status == "regressed" and second.status != "regressed":
+    if first.status == Status.REGRESSED and second.status != Status.REGRESSED:
         second.notes.append(f"flagged once (x{first.ratio:.3f}), not confirmed by a fresh process")
     return second
-
-
-def look_alpha(alpha: float, planned_looks: int) -> float:
-    """The level of each of `planned_looks` pre-planned looks at a growing sample (Bonferroni
-    alpha spending: conservative, and free of optional-stopping bias whatever look stops)."""
-    if planned_looks < 1:
-        raise ValueError(f"planned_looks must be >= 1, got {planned_looks}")
-    return alpha / planned_looks
-
-
-def looks_schedule(base_rounds: int, max_rounds: int, block: int = 2) -> list[int]:
-    """Rounds per side at each pre-planned look: the base, then every `block` up to `max_rounds`."""
-    if base_rounds < 1 or block < 1:
-        raise ValueError(f"base_rounds and block must be >= 1, got {base_rounds} and {block}")
-    looks = [base_rounds]
-    while looks[-1] + block <= max_rounds:
-        looks.append(looks[-1] + block)
-    return looks
-
-
-def clopper_pearson_upper(k: int, n: int, confidence: float = 0.95) -> float:
-    """One-sided upper confidence bound of a rate from k events in n trials (exact, beta
-    quantile): 0 of 16 A/A trials bound the false-alarm rate at 17% (95%)."""
-    from scipy.stats import beta
-
-    if not 0 <= k <= n or n < 1:
-        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    return 1.0 if k == n else float(beta.ppf(confidence, k + 1, n - k))
 
 
 def assign_sessions(runs: list[dict], gap_minutes: float = 30) -> list[str]:
