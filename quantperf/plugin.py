@@ -49,21 +49,29 @@ def pytest_addhooks(pluginmanager):
 
 def pytest_addoption(parser):
     g = parser.getgroup("quantperf", "quantperf: LLM quantization performance regression suite")
-    g.addoption(RECORD, action="store_true", help="record (write) baselines for the detected profile; nothing under baselines/ is written without it")
-    g.addoption(STRICT, action="store_true", help="fail (not skip) when a baseline is missing, and fail inconclusive takeaways")
-    g.addoption(PROFILE, help="hardware profile id to use instead of the detected one (cuda=ID,cpu=ID or one ID for both)")
+    g.addoption(RECORD, action="store_true",
+                help="record (write) baselines for the detected profile; nothing under baselines/ is written "
+                     "without it")
+    g.addoption(STRICT, action="store_true",
+                help="fail (not skip) when a baseline is missing, and fail inconclusive takeaways")
+    g.addoption(PROFILE,
+                help="hardware profile id to use instead of the detected one (cuda=ID,cpu=ID or one ID for both)")
     g.addoption(BASELINES, help="baselines directory (ini: qp_baselines; default: baselines)")
     g.addoption(MATRIX, help="benchmark matrix TOML (ini: qp_matrix; default: benchmarks/matrix.toml)")
     g.addoption(TAKEAWAYS, help="takeaway claims TOML (ini: qp_takeaways; default: baselines/takeaways.toml)")
-    g.addoption(MODELS, help="comma list of models replacing the matrix's (synthetic:llama-1b, hf:org/name, a directory)")
+    g.addoption(MODELS,
+                help="comma list of models replacing the matrix's (synthetic:llama-1b, hf:org/name, a directory)")
     g.addoption(BACKENDS, help="comma list of backends replacing the matrix's")
     g.addoption(MODES, help="comma list of modes replacing the matrix's (eager, graph)")
     g.addoption(TOLERANCE, help="tolerances per metric kind, e.g. 'speed:5%%,memory:1%%' (ini: qp_tolerance)")
     g.addoption(ALPHA, type=float, help="significance level of the regression gate (default 0.01)")
-    g.addoption(ISOLATION, choices=["process", "inprocess"], help="measure each configuration in a fresh process (default) or in this one")
+    g.addoption(ISOLATION, choices=["process", "inprocess"],
+                help="measure each configuration in a fresh process (default) or in this one")
     g.addoption(RESULTS, help="JSON-lines file every measured configuration is appended to (ini: qp_results)")
-    g.addoption(REPORT, metavar="DIR", help="after the session, write DIR/report.html (plots embedded) and DIR/report.md")
-    g.addoption(MAX_ROUNDS, type=int, help="adaptive rounds: an inconclusive takeaway may add rounds up to this many per side")
+    g.addoption(REPORT, metavar="DIR",
+                help="after the session, write DIR/report.html (plots embedded) and DIR/report.md")
+    g.addoption(MAX_ROUNDS, type=int,
+                help="adaptive rounds: an inconclusive takeaway may add rounds up to this many per side")
     g.addoption(NOISE_RUNS, type=int, default=0,
                 help="noise benchmark: run each tier's noise configurations in this many fresh processes "
                      "(within/between-run CV, A/A false alarms, injected-slowdown detection)")
@@ -230,7 +238,8 @@ def pytest_generate_tests(metafunc):
                          marks=_marks(t.device, None, None, pytest.mark.quality))
             for t in tiers.values() for spec in t.quality_configs])
     if "qp_noise_config" in names:
-        metafunc.parametrize("qp_noise_config", [pytest.param((spec, t), id=spec.id, marks=_marks(t.device, None, None, pytest.mark.slow))
+        metafunc.parametrize("qp_noise_config",
+                             [pytest.param((spec, t), id=spec.id, marks=_marks(t.device, None, None, pytest.mark.slow))
                                                  for t in tiers.values() for spec in t.noise_configs])
     if "qp_claim" in names:
         from .divergence import QUALITY_METRICS
@@ -268,7 +277,8 @@ def pytest_collection_modifyitems(config, items):
     except ImportError:
         cuda = False
     if not cuda:
-        skip = pytest.mark.skip(reason="no CUDA device here: the gpu tier needs an NVIDIA GPU and a CUDA build of torch")
+        skip = pytest.mark.skip(reason="no CUDA device here: the gpu tier needs an NVIDIA GPU and a CUDA build of "
+                                   "torch")
         for item in gpu_items:
             item.add_marker(skip)
 
@@ -498,4 +508,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for line in render_terminal(summary).splitlines():
         tr.write_line(line)
     if summary.results_path:
-        tr.write_line(f"results: {summary.results_path}  summary: {Path(summary.results_path).with_name('summary.json')}")
+        tr.write_line(f"results: {summary.results_path}  summary: "
+                      f"{Path(summary.results_path).with_name('summary.json')}")

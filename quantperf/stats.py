@@ -124,7 +124,8 @@ def paired_ratio(
     return RatioEstimate(point, low, high, confidence, p, int(a_arr.size), int(b_arr.size))
 
 
-def min_detectable_change(cv: float, n_a: int, n_b: int | None = None, alpha: float = 0.05, power: float = 0.8) -> float:
+def min_detectable_change(cv: float, n_a: int, n_b: int | None = None, alpha: float = 0.05,
+                          power: float = 0.8) -> float:
     """Smallest relative shift of the mean detectable at (alpha two-sided, power) by a
     two-sample test with n_a and n_b samples of coefficient of variation `cv`.
 

@@ -12,14 +12,26 @@ from pathlib import Path
 
 from .backends import entry as backend_entry
 from .baselines import BaselineStore, git_revision
-from .gate import (DEFAULT_ALPHA, DEFAULT_TOLERANCES, Claim, ClaimResult, Verdict, check_claim, gate_metrics,
-                   is_inconclusive, metrics_status, resolve_tolerance, run_failure, speed_status, timed_otherwise)
 from .divergence import QUALITY_METRICS, limit_violations
+from .gate import (
+    DEFAULT_ALPHA,
+    DEFAULT_TOLERANCES,
+    Claim,
+    ClaimResult,
+    Verdict,
+    check_claim,
+    gate_metrics,
+    is_inconclusive,
+    metrics_status,
+    resolve_tolerance,
+    run_failure,
+    speed_status,
+    timed_otherwise,
+)
 from .results import ResultLog, RunResult
 from .spec import RunSpec
-from .summary import ClaimOutcome, ConfigOutcome, MetricVerdict, NoiseLine, SessionSummary
 from .status import Status
-
+from .summary import ClaimOutcome, ConfigOutcome, MetricVerdict, NoiseLine, SessionSummary
 
 
 class Skip(Exception):
@@ -136,7 +148,8 @@ class SuiteSession:
                               and s.id != spec.id and "quality:" + s.id not in self.results]
             batch = list({s.id: s for s in batch}.values())
             if self.progress:
-                self.progress(f"measuring quality of {len(batch)} backend(s) on {spec.model_label} against the reference")
+                self.progress(f"measuring quality of {len(batch)} backend(s) on {spec.model_label} against the "
+                              "reference")
             for res in measure_quality(batch, isolation=self.isolation, params=self.quality_params.get(spec.device, {}),
                                        profile=self.profiles[spec.device]):
                 self._keep("quality:" + res.spec.id, res)
@@ -213,7 +226,8 @@ class SuiteSession:
         if outcome.status == Status.REGRESSED:
             vers = "" if not outcome.version_changes else " | library versions differ from the baseline: " + ", ".join(
                 f"{k} {a} -> {b}" for k, (a, b) in outcome.version_changes.items())
-            outcome.message = (f"REGRESSED {cid} [{store.profile}]: " + "; ".join(v.line() for v in verdicts if v.failed)
+            outcome.message = (f"REGRESSED {cid} [{store.profile}]: "
+                               + "; ".join(v.line() for v in verdicts if v.failed)
                                + vers)
         return outcome
 
@@ -223,7 +237,8 @@ class SuiteSession:
                 "baselines never cross profiles)") if others else ""
         hint = self.record_hint.format(marker="gpu" if spec.device == "cuda" else "cpu")
         outcome.status = Status.NO_BASELINE
-        outcome.message = f"no baseline for {outcome.config_id} on profile {store.profile} in {store.path}{note}; {hint}"
+        outcome.message = (f"no baseline for {outcome.config_id} on profile {store.profile} in {store.path}{note}; "
+                           f"{hint}")
         return outcome
 
     def has_baseline(self, spec: RunSpec, quality: bool = False) -> bool:
@@ -338,7 +353,8 @@ class SuiteSession:
             raise (Fail if self.strict else Warn)(outcome.message)
         return outcome
 
-    def check(self, spec: RunSpec, kinds: tuple[str, ...], quality: bool = False, tolerances: dict | None = None) -> ConfigOutcome:
+    def check(self, spec: RunSpec, kinds: tuple[str, ...], quality: bool = False,
+              tolerances: dict | None = None) -> ConfigOutcome:
         """Measure (once) and gate `spec` on metric kinds. Raises Skip/Fail/Warn with a one-line reason.
         The baseline is read (and validated) before anything is measured: a corrupt file or a
         missing configuration costs no measuring time."""
@@ -372,9 +388,10 @@ class SuiteSession:
         detection rate of injected slowdowns, at this session's speed tolerance for the mode.
         Fails when the within-run CV misses `target_cv`, when an A/A trial is flagged, or when
         the gate catches the mode's `detect` slowdown in fewer than `detect_rate` of the trials."""
+        from .experiments.sensitivity import AA, run_experiment, slow_name
+        from .experiments.sensitivity import evaluate as evaluate_noise
         from .matrix import NOISE_DEFAULTS
         from .results import atomic_write_text, dump_json
-        from .experiments.sensitivity import AA, evaluate as evaluate_noise, run_experiment, slow_name
 
         settings = {**NOISE_DEFAULTS, **(settings or {})}
         save = None
@@ -397,7 +414,8 @@ class SuiteSession:
         profile = self.profiles[spec.device]
         problems = []
         if target_cv is not None and clean.cv_within > target_cv:
-            problems.append(f"NOISY {spec.id} [{profile}]: {raw.get('metric')} within-run CV {clean.cv_within * 100:.2f}% > target "
+            problems.append(f"NOISY {spec.id} [{profile}]: {raw.get('metric')} within-run CV "
+                            f"{clean.cv_within * 100:.2f}% > target "
                             f"{target_cv * 100:.2f}% (between runs {(clean.cv_between or 0) * 100:.2f}%, "
                             f"min detectable {clean.min_detectable * 100:.1f}%)")
         between_max = (settings.get("cv_between_max") or {}).get(spec.mode)
@@ -407,7 +425,8 @@ class SuiteSession:
         for method in ("gate", "paired"):
             aa = ev.detection(AA, method)
             if aa and aa.flagged:
-                problems.append(f"FALSE ALARM {spec.id} [{profile}]: the {method} check flagged {aa.flagged} of {aa.trials} "
+                problems.append(f"FALSE ALARM {spec.id} [{profile}]: the {method} check flagged {aa.flagged} of "
+                                f"{aa.trials} "
                                 f"A/A trials (ratios {aa.ratios})")
         detect = settings["detect"].get(spec.mode)
         hit = ev.detection(slow_name(detect), "gate") if detect else None
@@ -445,7 +464,8 @@ class SuiteSession:
         if not result.passed:
             raise Fail(result.message())
         if result.expected is None:
-            message = f"{result.message()}; {self.record_hint.format(marker='gpu' if claim.device == 'cuda' else 'cpu')}"
+            hint = self.record_hint.format(marker="gpu" if claim.device == "cuda" else "cpu")
+            message = f"{result.message()}; {hint}"
             raise (Fail if self.strict else Warn)(message)
         return result
 

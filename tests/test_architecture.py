@@ -3,7 +3,6 @@
 `quantperf.gate` turns a measurement into a verdict, and the drawn import graph is the real one."""
 
 import ast
-from pathlib import Path
 
 import pytest
 
@@ -86,11 +85,13 @@ def test_no_module_is_over_600_lines():
 def _decisions(tree: ast.AST) -> list[tuple[int, str]]:
     """Where a module produces a verdict: a `Status.<decision>` used anywhere but in a comparison,
     or a decision word assigned to a `status`/`verdict` field, put under such a key, or returned."""
-    compared: set[int] = set()
+    compared: set[int] = set()  # read, not produced: a comparison's operands, a lookup table's keys
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare):
             for side in [node.left, *node.comparators]:
                 compared.update(id(n) for n in ast.walk(side))
+        elif isinstance(node, ast.Dict):
+            compared.update(id(k) for k in node.keys if k is not None)
     found = []
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "Status"
@@ -123,7 +124,8 @@ def test_the_decision_check_can_fail():
     """The check above is not vacuous: each way of deciding outside the gate is caught."""
     code = ("def f(o, d):\n    o.status = Status.REGRESSED\n    o.verdict = 'flipped'\n"
             "    d = {'status': 'improved'}\n    return 'inconclusive'\n"
-            "def g(o):\n    return o.status == Status.REGRESSED or o.verdict in (Status.HOLDS,)\n")
+            "def g(o):\n    return o.status == Status.REGRESSED or o.verdict in (Status.HOLDS,) or {Status.FLIPPED: "
+            "1}\n")
     assert sorted(line for line, _ in _decisions(ast.parse(code))) == [2, 3, 4, 5]
 
 

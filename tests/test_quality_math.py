@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from quantperf.corpus import load_text, windows
-from quantperf.errors import ConfigError, NonFiniteLogits
 from quantperf.divergence import Accumulator, check_finite, log_softmax
+from quantperf.errors import ConfigError, NonFiniteLogits
 
 
 def _logits(seed, n=64, v=50):

@@ -11,19 +11,30 @@ import subprocess
 import sys
 
 import pytest
+from offline import isolate_installers
 from scipy.stats import t as student_t
 from test_upgrade_env import build_wheel
 
-from offline import isolate_installers
+from quantperf.errors import ConfigError
+from quantperf.experiments import upgrade as upgrade_module
+from quantperf.experiments.compare import ratio_interval
+from quantperf.experiments.environments import build_overlay
+from quantperf.experiments.upgrade import ConfigCheck, Sides, UpgradeReport, check_config, unit_times
+from quantperf.gate.ab import (
+    block_log_ratio,
+    calibrated_tolerance,
+    compare_verdict,
+    decide,
+    look_confidence,
+    pair_interval,
+    pair_mean,
+    planned_looks,
+    pooled_sd,
+    quality_verdict,
+)
+from quantperf.report.upgrade import summary_line
 from quantperf.results import Metric, ResultLog, RunResult
 from quantperf.spec import RunSpec, Workload
-from quantperf.experiments import upgrade as upgrade_module
-from quantperf.experiments.environments import build_overlay
-from quantperf.gate.ab import block_log_ratio, calibrated_tolerance, compare_verdict, decide, look_confidence, pair_interval, pair_mean, planned_looks, pooled_sd, quality_verdict
-from quantperf.experiments.upgrade import ConfigCheck, Sides, UpgradeReport, check_config, unit_times
-from quantperf.experiments.compare import ratio_interval
-from quantperf.report.upgrade import summary_line
-from quantperf.errors import ConfigError
 from quantperf.status import Status
 
 SLOWLIB = """__version__ = {version!r}
@@ -172,12 +183,14 @@ def test_compare_two_results_files(tmp_path):
                "--markdown", str(tmp_path / "c.md"))
     assert out.returncode == 1, out.stderr
     assert "library versions: bitsandbytes 0.49.0 -> 0.50.0" in out.stdout
-    assert "one run per side" in out.stdout and "REGRESSED: llama-1b-bnb-int8-cpu-bs1-eager decode_tokens_per_s" in out.stdout
+    assert ("one run per side" in out.stdout
+            and "REGRESSED: llama-1b-bnb-int8-cpu-bs1-eager decode_tokens_per_s" in out.stdout)
     data = json.loads((tmp_path / "c.json").read_text())
     rows = {r["metric"]: r for r in data["rows"]}
     assert rows["decode_tokens_per_s"]["status"] == "regressed" and rows["decode_tokens_per_s"]["high"] < 0.75
     assert rows["weight_mib"]["status"] == Status.OK and rows["weight_mib"]["method"] == "single figures"
-    assert data["exit_code"] == 1 and "| llama-1b-bnb-int8-cpu-bs1-eager | decode_tokens_per_s |" in (tmp_path / "c.md").read_text()
+    assert (data["exit_code"] == 1
+            and "| llama-1b-bnb-int8-cpu-bs1-eager | decode_tokens_per_s |" in (tmp_path / "c.md").read_text())
     # three runs per side with equal speed: Welch over run medians, no regression
     for name, medians in (("a.jsonl", (100, 98, 101)), ("b.jsonl", (99, 100, 101))):
         for m in medians:
@@ -198,7 +211,8 @@ def test_compare_baseline_profile_against_results(tmp_path):
     store.save()
     ResultLog(tmp_path / "new.jsonl").append(_result([69, 70, 71], 17.8, bnb="0.50.0"))
     out = _cli("compare", "cpu-test", str(tmp_path / "new.jsonl"), "--baselines", str(tmp_path / "bl"))
-    assert out.returncode == 1 and "baseline cpu-test" in out.stdout and "sd from the side with 3" in out.stdout, out.stdout
+    assert (out.returncode == 1 and "baseline cpu-test" in out.stdout
+            and "sd from the side with 3" in out.stdout), out.stdout
     out = _cli("compare", "nothing-here", str(tmp_path / "new.jsonl"), "--baselines", str(tmp_path / "bl"))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "no baseline profile" in out.stderr
 
@@ -279,7 +293,8 @@ def test_upgrade_flags_exactly_the_slower_backend(base, wheels, aa_run, tmp_path
     assert lib["low"] <= 1.5 * 1.005 and lib["high"] >= 1.5 / 1.005 and lib["low"] > 1.0, lib
     assert lib["ratio"] == pytest.approx(1.5, rel=0.05)
     assert fp16["low"] < 1 < fp16["high"]
-    assert [len(p["blocks"]) for p in lib["pairs"]] == [2, 2, 2] and [p["first"] for p in lib["pairs"]] == ["A", "B", "A"]
+    assert [len(p["blocks"]) for p in lib["pairs"]] == [2, 2,
+                                                        2] and [p["first"] for p in lib["pairs"]] == ["A", "B", "A"]
     # the claim holds with qp_slowlib 1.0 and is flipped by 2.0
     [claim] = rep["takeaways"]
     assert (claim["A"]["verdict"], claim["B"]["verdict"], claim["status"]) == ("holds", "flipped", "flipped"), claim
@@ -291,7 +306,8 @@ def test_upgrade_flags_exactly_the_slower_backend(base, wheels, aa_run, tmp_path
     assert re.search(r"REGRESSED: small-fake-lib-cpu-bs1-p8-n12-eager: slower x1\.\d{3} \[1\.\d{3}, 1\.\d{3}\]; "
                      r"takeaway fake-lib-as-fast-as-fp16: FLIPPED", out.stdout), out.stdout
     md = (tmp_path / "r.md").read_text()
-    assert re.search(r"\| small-fake-lib-cpu-bs1-p8-n12-eager \| 1\.[45]\d\d \[1\.\d+, 1\.\d+\] \| .* \| SLOWER \|", md), md
+    assert re.search(r"\| small-fake-lib-cpu-bs1-p8-n12-eager \| 1\.[45]\d\d \[1\.\d+, 1\.\d+\] \| .* \| SLOWER \|",
+                     md), md
     assert re.search(r"\| small-fake-fp16-cpu-bs1-p8-n12-eager \| [01]\.\d+ \[.* \| same \|", md), md
     assert "A: qp_slowlib 1.0 | B: qp_slowlib 2.0" in md and "A/A calibration used" in md
 
@@ -332,7 +348,8 @@ def test_summary_line_names_faster_skipped_and_changed_outputs():
     assert rep.exit_code() == 0
     assert line == ("no regression; 1 FASTER: k x0.851 [0.841, 0.861]; outputs changed within limits: q; "
                     "1 inconclusive: e; 1 skipped: g"), line
-    rep.configs, rep.quality = [ConfigCheck("k", {"mode": "kernel"}, verdict=Status.OK, ratio=1.0, low=0.99, high=1.01)], []
+    rep.configs, rep.quality = [ConfigCheck("k", {"mode": "kernel"}, verdict=Status.OK, ratio=1.0, low=0.99,
+                                            high=1.01)], []
     assert summary_line(rep) == "no change beyond tolerance"
     rep.configs[0].verdict = Status.REGRESSED
     assert summary_line(rep) == "REGRESSED: k: slower x1.000 [0.990, 1.010]" and rep.exit_code() == 1

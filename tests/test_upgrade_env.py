@@ -12,11 +12,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from offline import isolate_installers
+
 from quantperf.errors import ConfigError
 from quantperf.experiments.environments import (
-    PROJECT_ROOT, Overlay, OverlayError, build_overlay, child_versions, parse_requirements, same_environment,
+    PROJECT_ROOT,
+    Overlay,
+    OverlayError,
+    build_overlay,
+    child_versions,
+    parse_requirements,
+    same_environment,
 )
 
 INSTALLERS = ["pip"] + (["uv"] if shutil.which("uv") else [])
@@ -231,7 +237,8 @@ def test_changed_pins_are_the_heads_new_or_changed_exact_pins():
     base = "torch==2.11.0\nbitsandbytes==0.49.2  # the GPU box\ntransformers>=4.56\n-r other.txt\n"
     head = "torch==2.11.0\nbitsandbytes==0.50.2\ntransformers>=4.57\ntorchao==0.18.0\n"
     assert changed_pins(base, head) == ["bitsandbytes==0.50.2", "torchao==0.18.0"]
-    toml_base = '[project]\ndependencies = ["torch==2.11.0"]\n[project.optional-dependencies]\ngpu = ["bitsandbytes==0.49.2"]\n'
+    toml_base = ('[project]\ndependencies = ["torch==2.11.0"]\n[project.optional-dependencies]\n'
+                 'gpu = ["bitsandbytes==0.49.2"]\n')
     toml_head = toml_base.replace("0.49.2", "0.50.2")
     assert changed_pins(toml_base, toml_head, "pyproject.toml") == ["bitsandbytes==0.50.2"]
     with pytest.raises(ConfigError, match="pyproject.toml: not TOML"):

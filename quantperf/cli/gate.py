@@ -11,9 +11,9 @@ def _cmd_gate(args) -> int:
     quality per configuration, and the takeaways whose both sides the file holds."""
     from pathlib import Path
 
-    from ..results import ResultLog
     from ..divergence import QUALITY_METRICS
     from ..gate import FAILING, NOT_GATED, check_claim, label, load_claims
+    from ..results import ResultLog
     from ..status import Status
     from ..suite import SuiteSession
 
@@ -26,7 +26,8 @@ def _cmd_gate(args) -> int:
 
     for path in args.results:
         if not Path(path).is_file():
-            print(f"quantperf: {path}: no such results file (a results.jsonl written by the suite or `quantperf run --out`)",
+            print(f"quantperf: {path}: no such results file (a results.jsonl written by the suite or `quantperf run "
+                  "--out`)",
                   file=sys.stderr)
             return 2
         results = ResultLog(path).read()

@@ -26,11 +26,12 @@ def _cmd_sensitivity(args) -> int:
     from pathlib import Path
 
     from ..errors import ConfigError
-    from ..gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, parse_tolerances, resolve_tolerance
-    from ..results import atomic_write_text, dump_json
-    from ..report import evaluation_table
     from ..experiments.sensitivity import evaluate, run_experiment
+    from ..gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, parse_tolerances, resolve_tolerance
+    from ..report import evaluation_table
+    from ..results import atomic_write_text, dump_json
     from ..spec import RunSpec
+    from ..status import Status
 
     if args.source:
         path = Path(args.source)
@@ -51,10 +52,11 @@ def _cmd_sensitivity(args) -> int:
                              checkpoint=save)
         if save:
             save(raw)
-        if raw["status"] != "ok":
+        if raw["status"] != Status.OK:
             print(f"quantperf: {spec.id}: {raw['status']}: {raw['reason']}", file=sys.stderr)
-            return 0 if raw["status"] in ("unavailable", "mode-unsupported") else 1
-    tolerance = resolve_tolerance([DEFAULT_TOLERANCES, parse_tolerances(args.tolerance or "")], "speed", raw["spec"]["mode"])
+            return 0 if raw["status"] in (Status.UNAVAILABLE, Status.MODE_UNSUPPORTED) else 1
+    tolerance = resolve_tolerance([DEFAULT_TOLERANCES, parse_tolerances(args.tolerance or "")], "speed",
+                                  raw["spec"]["mode"])
     ev = evaluate(raw, tolerance, args.alpha or DEFAULT_ALPHA)
     print(evaluation_table(ev, markdown=args.markdown))
     return 0
@@ -73,7 +75,8 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", default="torch-fp32")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--mode", default="eager", choices=["eager", "graph", "kernel"])
-    p.add_argument("--processes", type=int, default=10, help="fresh worker processes, one after another (>= 4 for gate trials)")
+    p.add_argument("--processes", type=int, default=10,
+                   help="fresh worker processes, one after another (>= 4 for gate trials)")
     workload_args(p, rounds_help="measured rounds per side and process")
     p.add_argument("--slowdowns", type=float, nargs="*", default=[0.05, 0.10], help="injected slowdowns (0.05 = 5%%)")
     p.add_argument("--variants", nargs="*", default=None,

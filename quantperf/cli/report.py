@@ -24,5 +24,6 @@ def add_parser(sub) -> None:
         p.add_argument("--markdown", metavar="FILE", help="the markdown report")
         p.add_argument("--baselines", default=None if name == "report" else "baselines",
                        help="also show each profile's recorded takeaway verdicts from this directory")
-        p.add_argument("--title", default="quantperf report" if name == "report" else "quantperf: measured across hardware")
+        p.add_argument("--title",
+                       default="quantperf report" if name == "report" else "quantperf: measured across hardware")
         p.set_defaults(fn=_cmd_report)

@@ -9,10 +9,11 @@ from ._common import device_of, workload_args, workload_of
 
 def _cmd_run(args) -> int:
     from ..backends import BACKENDS
-    from ..scheduler import measure_many
     from ..report import results_table
     from ..results import ResultLog
+    from ..scheduler import measure_many
     from ..spec import RunSpec
+    from ..status import Status
 
     device = device_of(args.device)
     backends = list(BACKENDS) if args.backend == ["all"] else [b for item in args.backend for b in item.split(",")]
@@ -22,7 +23,8 @@ def _cmd_run(args) -> int:
     results = []
     for spec in specs:  # one at a time, so each result is on disk as soon as it exists
         res = measure_many([spec], isolation=args.isolation,
-                           model_options={"local_files_only": args.local_files_only, "trust_remote_code": args.trust_remote_code})[0]
+                           model_options={"local_files_only": args.local_files_only,
+                                          "trust_remote_code": args.trust_remote_code})[0]
         results.append(res)
         if log:
             log.append(res)
@@ -36,7 +38,7 @@ def _cmd_run(args) -> int:
             line += f" decode {res.metrics['decode_tokens_per_s'].value:.1f} tok/s"
         print(line, file=sys.stderr, flush=True)
     print(results_table(results, markdown=args.markdown))
-    return 0 if all(r.status in ("ok", "unavailable", "mode-unsupported") for r in results) else 1
+    return 0 if all(r.status in (Status.OK, Status.UNAVAILABLE, Status.MODE_UNSUPPORTED) for r in results) else 1
 
 
 def add_parser(sub) -> None:

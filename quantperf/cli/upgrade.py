@@ -30,11 +30,13 @@ def _upgrade_configs(args, device: str):
     specs = []
     if not args.no_speed:
         if args.model or backends or args.mode or tier is None:
-            models = args.model or (list(dict.fromkeys(c.model for c in tier.configs)) if tier else ["synthetic:llama-tiny"])
+            models = args.model or (list(dict.fromkeys(c.model for c in tier.configs)) if tier
+                                   else ["synthetic:llama-tiny"])
             blist = backends or (list(dict.fromkeys(c.backend for c in tier.configs)) if tier else [])
             if not blist:
                 raise ConfigError(f"no backend to check: give --backend (no matrix tier for {device} in {args.matrix})")
-            specs = [RunSpec(m, b, device, mode, workload) for m in models for b in blist for mode in (args.mode or ["eager"])]
+            specs = [RunSpec(m, b, device, mode, workload)
+                     for m in models for b in blist for mode in (args.mode or ["eager"])]
         else:
             specs = [replace(c, workload=workload) for c in tier.configs]
     quality_specs, params = [], {}
@@ -59,10 +61,9 @@ def _cmd_upgrade_check(args) -> int:
 
     from ..envinfo import environment, profile_id
     from ..errors import ConfigError
-    from ..gate import parse_tolerances
     from ..experiments.environments import build_overlay, parse_requirements, same_environment
     from ..experiments.upgrade import read_calibration, run_upgrade_check
-    from ..gate import load_claims, look_confidence, planned_looks
+    from ..gate import load_claims, look_confidence, parse_tolerances, planned_looks
     from ..report.upgrade import render_upgrade
     from ..results import dump_json
 
@@ -111,8 +112,8 @@ def _cmd_upgrade_check(args) -> int:
 
 def _cmd_compare(args) -> int:
     """Stored OLD (results file or baseline profile) against stored NEW (results file)."""
-    from ..gate import parse_tolerances
     from ..experiments.compare import compare, compare_exit_code
+    from ..gate import parse_tolerances
     from ..report.upgrade import render_compare
     from ..results import dump_json
 
@@ -151,7 +152,8 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-changes", action="store_true", help="also install the dependencies the new versions need")
     p.add_argument("--aa", action="store_true", help="A/A calibration: B is this same environment; with "
                                                       "--calibration FILE the observed spread is stored there")
-    p.add_argument("--calibration", metavar="FILE", help="with --aa: write the A/A spread here; otherwise read it: each "
+    p.add_argument("--calibration", metavar="FILE",
+                   help="with --aa: write the A/A spread here; otherwise read it: each "
                    "mode's tolerance becomes max(configured, exp(k x A/A spread) - 1)")
     p.add_argument("--model", nargs="+", help="default: the matrix tier of the device")
     p.add_argument("--backend", nargs="+", help="default: the matrix tier of the device")

@@ -142,7 +142,8 @@ def compare(old: str, new: str, *, baselines_dir: str | Path = "baselines", tole
     rows, notes, versions = [], [], {}
     common = [k for k in news if k in olds]
     if not common:
-        raise ConfigError(f"{old} and {new} have no configuration in common (old: {', '.join(list(olds)[:5]) or 'none'}; "
+        raise ConfigError(f"{old} and {new} have no configuration in common (old: "
+                          f"{', '.join(list(olds)[:5]) or 'none'}; "
                           f"new: {', '.join(list(news)[:5]) or 'none'})")
     for key in common:
         o, n = olds[key], news[key]

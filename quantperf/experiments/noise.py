@@ -58,7 +58,8 @@ def noise_rows(runs: list[list[RunResult]], metrics=SPEED) -> list[dict]:
             if not ms:
                 continue
             fig = run_noise([m.samples for m in ms])
-            rows.append({"config": cid, "mode": mode, "metric": name, **{k: v for k, v in fig.items() if k != "median"}})
+            rows.append({"config": cid, "mode": mode, "metric": name,
+                         **{k: v for k, v in fig.items() if k != "median"}})
     return rows
 
 

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..gate import DEFAULT_ALPHA
-from .noise import DEFAULT_VARIANTS, VARIANTS, run_noise
 from ..stats import paired_ratio
 from ..status import Status
+from .noise import DEFAULT_VARIANTS, VARIANTS, run_noise
 
 CLEAN, AA = "clean", "clean-b"
 MIN_GATE_PROCESSES = 4  # a gate trial's baseline: the clean runs of the other processes (>= 3)
@@ -94,7 +94,8 @@ def gate_trial(metric: str, baseline_runs: list[float], value: float, higher_is_
     return gate(value, records, fit_noise(records), shift, tolerance, alpha, 1, higher_is_better)
 
 
-def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: list[str] | None, isolation: str = "process",
+def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: list[str] | None,
+                   isolation: str = "process",
                    model_options: dict | None = None, progress=None, checkpoint=None) -> dict:
     """Measure `spec` in `processes` fresh workers with interleaved sides; returns the raw data
     that `evaluate` reads (JSON-able). `checkpoint(raw)` is called after each process, so an
@@ -108,9 +109,11 @@ def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: li
     sides = make_sides(slowdowns, variants, spec.mode)
     scenario = scenario_for(spec.mode)
     metric, higher = scenario.primary
-    raw: dict = {"config": spec.id, "spec": spec.to_dict(), "rounds": spec.workload.rounds, "sides": [s.name for s in sides],
+    raw: dict = {"config": spec.id, "spec": spec.to_dict(), "rounds": spec.workload.rounds,
+                 "sides": [s.name for s in sides],
                  "metric": metric, "higher_is_better": higher,
-                 "slowdowns": {s.name: s.slowdown for s in sides if s.slowdown}, "variants": [s.name for s in sides if s.name in VARIANTS],
+                 "slowdowns": {s.name: s.slowdown for s in sides if s.slowdown},
+                 "variants": [s.name for s in sides if s.name in VARIANTS],
                  "processes": [], "environment": environment()}
     delays: dict[str, float] = {}
     for p in range(processes):
@@ -208,7 +211,8 @@ class Evaluation:
                    d.get("metric", "decode_tokens_per_s"))
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "mode": self.mode, "metric": self.metric, "tolerance": self.tolerance, "alpha": self.alpha,
+        return {"config": self.config, "mode": self.mode, "metric": self.metric, "tolerance": self.tolerance,
+                "alpha": self.alpha,
                 "processes": self.processes, "rounds": self.rounds, "notes": self.notes,
                 "noise": [vars(n) for n in self.noise],
                 "detections": [vars(d) | {"rate": d.rate} for d in self.detections]}

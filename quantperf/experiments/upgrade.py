@@ -51,8 +51,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, QuantperfError
-from ..gate.ab import (CALIBRATION_K, block_log_ratio, calibrated_tolerance, decide, look_confidence, pair_interval,
-                       pair_mean, planned_looks, pooled_sd, quality_verdict, takeaway_status)
+from ..gate.ab import (
+    CALIBRATION_K,
+    block_log_ratio,
+    calibrated_tolerance,
+    decide,
+    look_confidence,
+    pair_interval,
+    pair_mean,
+    planned_looks,
+    pooled_sd,
+    quality_verdict,
+    takeaway_status,
+)
 from ..spec import RunSpec
 from ..status import Status
 
@@ -249,7 +260,7 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
                       model_options=dict(model_options or {}), record=record, keep=keep)
         except SideFailed as exc:
             record.complete = False  # a pair cut short is kept in the report, never counted
-            unavailable = exc.reason.startswith(("unavailable", "mode-unsupported"))
+            unavailable = exc.reason.startswith((Status.UNAVAILABLE, Status.MODE_UNSUPPORTED))
             if exc.side == "A" and unavailable:
                 check.status, check.message = Status.SKIPPED, f"not measurable in A: {exc.reason}"
             else:
@@ -384,7 +395,8 @@ class UpgradeReport:
 
     @property
     def improvements(self) -> list[str]:
-        return [f"{c.config_id} x{ci_text(c.ratio, c.low, c.high)}" for c in self.configs if c.verdict == Status.IMPROVED]
+        return [f"{c.config_id} x{ci_text(c.ratio, c.low, c.high)}" for c in self.configs
+                if c.verdict == Status.IMPROVED]
 
     @property
     def changed_outputs(self) -> list[str]:
@@ -398,7 +410,8 @@ class UpgradeReport:
             return 1
         if self.errors:
             return 2
-        if not any(c.status == Status.OK for c in self.configs) and not any(q.get("status") == Status.OK for q in self.quality):
+        if (not any(c.status == Status.OK for c in self.configs)
+                and not any(q.get("status") == Status.OK for q in self.quality)):
             return 2
         return 0
 
@@ -486,7 +499,8 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
         report.configs.append(check)
         if check.status == Status.OK and claims:
             for n in SIDE_NAMES:
-                measured[n][spec.id] = build_result(keep[f"side_{n}"], keep[f"rounds_{n}"], keep[f"memory_{n}"], profile)
+                measured[n][spec.id] = build_result(keep[f"side_{n}"], keep[f"rounds_{n}"], keep[f"memory_{n}"],
+                                                    profile)
     for spec in quality_specs:
         say(f"quality {spec.id}: A writes the reference, B compares")
         report.quality.append(quality_check(spec, sides, quality_params or {}, environment=environment,

@@ -9,11 +9,34 @@ recorded runs, a claim, an A/B interval) becomes a `Status` here and nowhere els
 - ab: the A/B decisions of the upgrade check and of `compare`
 """
 
-from .ab import (CALIBRATION_K, Interval, block_log_ratio, calibrated_tolerance, compare_verdict, decide,
-                 equality_status, look_confidence, pair_interval, pair_mean, planned_looks, pooled_sd,
-                 quality_verdict, takeaway_status)
-from .metric import (ABSOLUTE_FLOOR, BETWEEN_RUN_ALPHA, DEFAULT_ALPHA, MIN_BASELINE_RUNS, Verdict, between_run_p,
-                     compare_metric, gate_metrics, gate_runs, session_ids)
+from .ab import (
+    CALIBRATION_K,
+    Interval,
+    block_log_ratio,
+    calibrated_tolerance,
+    compare_verdict,
+    decide,
+    equality_status,
+    look_confidence,
+    pair_interval,
+    pair_mean,
+    planned_looks,
+    pooled_sd,
+    quality_verdict,
+    takeaway_status,
+)
+from .metric import (
+    ABSOLUTE_FLOOR,
+    BETWEEN_RUN_ALPHA,
+    DEFAULT_ALPHA,
+    MIN_BASELINE_RUNS,
+    Verdict,
+    between_run_p,
+    compare_metric,
+    gate_metrics,
+    gate_runs,
+    session_ids,
+)
 from .outcomes import FAILING, NOT_GATED, label, metrics_status, run_failure, speed_status, timed_otherwise
 from .takeaways import Claim, ClaimResult, check_claim, classify, evaluate, is_inconclusive, load_claims
 from .tolerances import DEFAULT_TOLERANCES, KINDS, parse_tolerances, resolve_tolerance

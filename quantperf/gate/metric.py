@@ -1,9 +1,11 @@
 """The per-metric gate (pure): a metric regresses only when it is worse than its baseline
 beyond tolerance AND the difference is statistically significant.
 
-Tolerances are fractions per metric kind, with defaults, overridable per test and per
-profile. Speed samples are per-round values compared with Mann-Whitney U (scipy); memory
-and quality figures are deterministic single values, so for them the tolerance alone decides.
+Tolerances (quantperf.gate.tolerances) are fractions per metric kind, with defaults,
+overridable per test and per profile. Speed samples are per-round values compared with
+Mann-Whitney U (scipy); memory and quality figures are deterministic single values, so for them
+the tolerance alone decides. The run-level speed gate over a session's configurations
+(`gate_runs`) is here too; its statistics are quantperf.gate.runlevel's.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def between_run_p(run_medians: list[float], current: float, higher_is_better: bo
 
 
 def compare_metric(name: str, baseline_samples: list[float], current_samples: list[float], higher_is_better: bool,
-                   tolerance: float, alpha: float = DEFAULT_ALPHA, baseline_run_medians: list[float] | None = None) -> Verdict:
+                   tolerance: float, alpha: float = DEFAULT_ALPHA,
+                   baseline_run_medians: list[float] | None = None) -> Verdict:
     """Gate one metric. With >= 3 recorded baseline runs, a change must also stand out from the
     run-to-run spread (between_run_p < BETWEEN_RUN_ALPHA); with fewer, only the within-run test applies and
     the verdict says so."""

@@ -50,7 +50,8 @@ class RunRecord:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.value, (int, float)) and math.isfinite(self.value) and self.value > 0):
-            raise ConfigError(f"run {self.run_id} of {self.config_id}: field 'value' ({self.metric}) must be a positive "
+            raise ConfigError(f"run {self.run_id} of {self.config_id}: field 'value' ({self.metric}) must be a "
+                              "positive "
                               f"finite number, got {self.value!r}")
 
 
@@ -108,7 +109,8 @@ def fit_noise(records: list[RunRecord]) -> NoiseModel:
                 within.append((sum((v - m) ** 2 for v in vals), len(vals) - 1))
     sigma_within = math.sqrt(sum(a for a, _ in within) / sum(b for _, b in within)) if within else None
     sigma_session = statistics.stdev(shifts.values()) if separable and len(sessions) >= 2 else None
-    return NoiseModel(sigma, float(df), shifts, sigma_session, sigma_within, len(records), len(logs), len(sessions), notes)
+    return NoiseModel(sigma, float(df), shifts, sigma_session, sigma_within, len(records), len(logs), len(sessions),
+                      notes)
 
 
 @dataclass
@@ -180,13 +182,15 @@ class GateVerdict:
         floor = "unknown" if self.noise_floor is None else f"{self.noise_floor * 100:.0f}%"
         return (f"{self.metric}: {self.current:.4g} vs {self.baseline:.4g} (raw x{self.raw_ratio:.3f}; "
                 f"x{self.ratio:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}] after the session shift x{self.shift:.3f}; "
-                f"tolerance {self.tolerance * 100:g}%, noise floor {floor}, {self.runs} baseline runs) -> {self.status}")
+                f"tolerance {self.tolerance * 100:g}%, noise floor {floor}, {self.runs} baseline runs) "
+                f"-> {self.status}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def noise_floor(se: float, df: float, tolerance: float, alpha: float, family_size: int = 1, power: float = 0.8) -> float:
+def noise_floor(se: float, df: float, tolerance: float, alpha: float, family_size: int = 1,
+                power: float = 0.8) -> float:
     """The smallest true worsening (fraction) the gate flags as regressed with `power`:
     exp(log(1 + tol) + (t_{1-alpha/m, df} + t_{power, df}) * se) - 1."""
     from scipy.stats import t as student_t
@@ -205,7 +209,8 @@ def gate(current_value: float, baseline: list[RunRecord], model: NoiseModel, shi
     if not baseline:
         raise ConfigError("gate needs at least one recorded run of the configuration")
     if not (math.isfinite(current_value) and current_value > 0):
-        raise ConfigError(f"current value of {baseline[0].config_id} must be a positive finite number, got {current_value!r}")
+        raise ConfigError(f"current value of {baseline[0].config_id} must be a positive finite number, got "
+                          f"{current_value!r}")
     metric = baseline[0].metric
     mu = statistics.fmean(math.log(r.value) for r in baseline)
     d = math.log(current_value) - mu - shift.log_shift
@@ -216,7 +221,8 @@ def gate(current_value: float, baseline: list[RunRecord], model: NoiseModel, shi
     base = dict(metric=metric, current=current_value, baseline=math.exp(mu), raw_ratio=math.exp(d + shift.log_shift),
                 ratio=math.exp(d), shift=shift.factor, tolerance=tolerance, level=level, runs=len(baseline))
     if model.sigma is None:
-        return GateVerdict(status=Status.INCONCLUSIVE, ci=(float("nan"), float("nan")), noise_floor=None, notes=notes, **base)
+        return GateVerdict(status=Status.INCONCLUSIVE, ci=(float("nan"), float("nan")), noise_floor=None, notes=notes,
+                           **base)
     se = math.sqrt(model.sigma ** 2 * (1 + 1 / len(baseline)) + shift.se ** 2)
     half = student_t.ppf(1 - level, model.df) * se
     lo, hi = worse - half, worse + half

@@ -195,7 +195,8 @@ def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence:
     methods = [r.timing_methods for r in (a, b)]
     if all(methods) and methods[0] != methods[1]:
         return ClaimResult(claim, profile, Status.INCONCLUSIVE, expected, None, None, None, confidence,
-                           notes=[f"timing methods differ ({a.spec.backend}: {', '.join(methods[0])}; {b.spec.backend}: "
+                           notes=[f"timing methods differ ({a.spec.backend}: {', '.join(methods[0])}; "
+                                  f"{b.spec.backend}: "
                                   f"{', '.join(methods[1])}): kernel figures are never compared across methods"])
     p = None
     if claim.metric in ("ppl",) and a.quality and b.quality:
@@ -217,7 +218,8 @@ def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence:
             ratio = mb.value / ma.value
             low = high = ratio
     verdict = classify(claim.bounds, low, high)
-    n = min(len(a.metrics[claim.metric].samples), len(b.metrics[claim.metric].samples)) if claim.metric in a.metrics else 0
+    n = min(len(a.metrics[claim.metric].samples),
+            len(b.metrics[claim.metric].samples)) if claim.metric in a.metrics else 0
     return ClaimResult(claim, profile, verdict, expected, ratio, low, high, confidence, p, n)
 
 
@@ -225,7 +227,8 @@ def is_inconclusive(claim: Claim, a_samples: list[float], b_samples: list[float]
     """For adaptive rounds: does the CI of B/A still straddle a bound?"""
     if len(a_samples) < 2 or len(b_samples) < 2:
         return True
-    est = (paired_ratio if len(a_samples) == len(b_samples) else ratio_of_medians)(a_samples, b_samples, confidence=confidence)
+    est = (paired_ratio if len(a_samples) == len(b_samples) else ratio_of_medians)(a_samples, b_samples,
+                                                                                   confidence=confidence)
     return classify(claim.bounds, est.low, est.high) == Status.INCONCLUSIVE
 
 

@@ -7,8 +7,15 @@
 """
 
 from .table import fmt, format_table, markdown_table
-from .text import (evaluation_table, kernel_tables, noise_table, render_markdown, render_terminal, results_table,
-                   summary_sections)
+from .text import (
+    evaluation_table,
+    kernel_tables,
+    noise_table,
+    render_markdown,
+    render_terminal,
+    results_table,
+    summary_sections,
+)
 
 __all__ = ["evaluation_table", "fmt", "format_table", "kernel_tables", "markdown_table", "noise_table",
            "render_markdown", "render_terminal", "results_table", "summary_sections"]

@@ -17,13 +17,14 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..results import RunResult, atomic_write_text
-from ..status import from_word
+from ..status import Status, from_word
 from ..summary import SessionSummary
 from .plots import _plt, plot_kernel, plot_memory, plot_quality, plot_speed, plot_tradeoff, plot_upgrade
 from .table import fmt as _fmt
 from .table import markdown_table as _md_table
 
-VERDICT_COLOURS = {"holds": "#c8e6c9", "flipped": "#ffcdd2", "inconclusive": "#ffe0b2", "not measured": "#eeeeee"}
+VERDICT_COLOURS = {Status.HOLDS: "#c8e6c9", Status.FLIPPED: "#ffcdd2", Status.INCONCLUSIVE: "#ffe0b2",
+                   "not measured": "#eeeeee"}
 SECTIONS = ("Summary", "Cross-hardware matrix", "Decode speed", "Kernel time", "Memory", "Speed against memory",
             "Quality against bits", "Takeaways", "Upgrade check", "Noise")
 
@@ -110,7 +111,8 @@ def _upgrade_versions(doc: dict) -> str:
     if doc["kind"] == "aa":
         return "A/A calibration (the same environment on both sides)"
     if doc["kind"] == "compare":
-        return ", ".join(f"{k} {a} -> {b}" for k, (a, b) in (doc.get("versions") or {}).items()) or "no library version differs"
+        versions = (doc.get("versions") or {}).items()
+        return ", ".join(f"{k} {a} -> {b}" for k, (a, b) in versions) or "no library version differs"
     overlay = doc.get("overlay") or {}
     a, b = overlay.get("versions_a") or {}, overlay.get("versions_b") or {}
     return (", ".join(f"{k} {a.get(k, 'absent')} -> {v}" for k, v in b.items() if a.get(k) != v)
@@ -164,7 +166,8 @@ def _backend(result: RunResult) -> str:
     if spec.mode != "kernel" or not spec.backend.startswith("ort-") or not result.ok:
         return spec.backend
     ident = result.backend_identity or {}
-    how = ([ident.get("kernel_timing", "wall")] if spec.device == "cuda" else []) + (["walk"] if ident.get("kernel_walk") else [])
+    how = ([ident.get("kernel_timing",
+                      "wall")] if spec.device == "cuda" else []) + (["walk"] if ident.get("kernel_walk") else [])
     return f"{spec.backend} ({', '.join(how)})" if how else spec.backend
 
 
@@ -239,7 +242,8 @@ def memory_rows(results: list[RunResult]) -> list[dict]:
             continue
         seen.add(key)
         get = lambda k: r.metrics[k].value if k in r.metrics else None  # noqa: E731
-        rows.append({"profile": r.profile or "?", "model": _model(r.spec), "backend": r.spec.backend, "mode": r.spec.mode,
+        rows.append({"profile": r.profile or "?", "model": _model(r.spec), "backend": r.spec.backend,
+                     "mode": r.spec.mode,
                      "weight_mib": get("weight_mib"), "peak_mib": get("peak_allocated_mib") or get("host_peak_rss_mib"),
                      "peak_kind": "allocator peak" if "peak_allocated_mib" in r.metrics else "host RSS peak",
                      "nvml_mib": get("nvml_process_mib")})
@@ -254,7 +258,8 @@ def quality_rows(results: list[RunResult]) -> list[dict]:
         return statistics.median(vals) if vals else None
 
     rows = []
-    for (profile, _model, backend, _mode), runs in _by_config(results, lambda r: r.ok and "mean_kld" in r.metrics).items():
+    for (profile, _model, backend, _mode), runs in _by_config(results,
+                                                              lambda r: r.ok and "mean_kld" in r.metrics).items():
         bits = BACKENDS[backend].bits if backend in BACKENDS else None
         rows.append({"profile": profile, "backend": backend, "bits": bits, "runs": len(runs),
                      "mean_kld": med(runs, "mean_kld"), "top1": med(runs, "top1_agreement"), "ppl": med(runs, "ppl"),
@@ -342,8 +347,8 @@ def sections(data: ReportData) -> dict[str, dict]:
     for i, s in enumerate(data.summaries):
         regs = len(s.regressions)
         flips = len(s.flips)
-        inconc = sum(1 for c in s.configs if c.status == "inconclusive")
-        inconc += sum(1 for c in s.claims if c.verdict == "inconclusive")
+        inconc = sum(1 for c in s.configs if c.status == Status.INCONCLUSIVE)
+        inconc += sum(1 for c in s.claims if c.verdict == Status.INCONCLUSIVE)
         shown = sorted(p for p in set(s.profiles.values()) if not measured or p in measured)
         source = data.summary_sources[i] if i < len(data.summary_sources) else "-"
         summary_rows.append([source, ", ".join(shown), len(s.configs), regs, len(s.claims), flips, inconc,
@@ -356,17 +361,21 @@ def sections(data: ReportData) -> dict[str, dict]:
     configs, profiles, cells = cross_matrix(data.results)
     if len(profiles) > 1 or configs:
         out["Cross-hardware matrix"] = {"tables": [(["configuration", *profiles],
-                                                    [[c, *[cells.get((c, p), "-") for p in profiles]] for c in configs])]}
+                                                    [[c,
+                                                      *[cells.get((c, p), "-") for p in profiles]] for c in configs])]}
     out["Decode speed"] = {
         "text": ["One run: its median and the interquartile range and CV of its rounds. Several runs of a "
                  "configuration: the median of the run medians, their range and the CV between runs."],
-        "tables": [(["profile", "model", "backend", "mode", "runs", "decode tok/s", "IQR / range", "CV %", "prefill ms"],
+        "tables": [(["profile", "model", "backend", "mode", "runs", "decode tok/s", "IQR / range", "CV %",
+                     "prefill ms"],
                     [[r["profile"], r["model"], r["backend"], r["mode"], r["runs"], _fmt(r["median"]),
-                      f"{r['q1']:.1f}-{r['q3']:.1f}", _fmt(r["cv"] * 100, 2), _fmt(r["prefill_ms"], 2)] for r in speed])],
+                      f"{r['q1']:.1f}-{r['q3']:.1f}", _fmt(r["cv"] * 100, 2), _fmt(r["prefill_ms"], 2)]
+                     for r in speed])],
         "plots": plot_speed(speed)}
     out["Kernel time"] = {
         "tables": [(["profile", "model", "backend", "runs", "decode us/layer", "CV %", "prefill us/layer", "method"],
-                    [[r["profile"], r["model"], r["backend"], r["runs"], _fmt(r["decode_us"], 2), _fmt(r["decode_cv"] * 100, 2),
+                    [[r["profile"], r["model"], r["backend"], r["runs"], _fmt(r["decode_us"], 2),
+                      _fmt(r["decode_cv"] * 100, 2),
                       _fmt(r["prefill_us"], 2), ", ".join(r["methods"])] for r in kern])],
         "plots": plot_kernel(kern)}
     out["Memory"] = {
@@ -377,7 +386,8 @@ def sections(data: ReportData) -> dict[str, dict]:
     out["Speed against memory"] = {"plots": plot_tradeoff(speed, mem), "tables": []}
     out["Quality against bits"] = {
         "tables": [(["profile", "backend", "bits", "mean KLD", "top-1 agreement", "PPL", "reference", "runs"],
-                    [[r["profile"], r["backend"], r["bits"], f"{r['mean_kld']:.2e}", _fmt(r["top1"], 3), _fmt(r["ppl"], 2),
+                    [[r["profile"], r["backend"], r["bits"], f"{r['mean_kld']:.2e}", _fmt(r["top1"], 3),
+                      _fmt(r["ppl"], 2),
                       r["reference"] or "-", r["runs"]] for r in qual])],
         "plots": plot_quality(qual)}
     claims, tprofiles, tcells = takeaway_matrix(data)
@@ -397,7 +407,8 @@ def sections(data: ReportData) -> dict[str, dict]:
                           "-" if tol is None else f"+/-{tol * 100:.1f}%", r.get("decision") or "-"])
     if data.upgrades:
         out["Upgrade check"] = {
-            "tables": [(["change", "configuration", "mode", "metric", "new/old", "interval", "tolerance", "decision"], urows)],
+            "tables": [(["change", "configuration", "mode", "metric", "new/old", "interval", "tolerance", "decision"],
+                        urows)],
             "plots": plot_upgrade(data.upgrades),
             "text": [f"{u.get('versions') or u['kind']} on {u.get('profile') or '?'} ({u.get('source') or '-'})"
                      for u in data.upgrades]}
@@ -408,9 +419,12 @@ def sections(data: ReportData) -> dict[str, dict]:
     return out
 
 
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
-th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}h2{border-bottom:1px solid #ddd;padding-bottom:3px}
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
+color:#222}
+table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;
+text-align:left}
+th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}h2{border-bottom:1px solid #ddd;
+padding-bottom:3px}
 .note{color:#666;font-size:0.9em}"""
 
 

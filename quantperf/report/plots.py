@@ -83,7 +83,8 @@ def plot_kernel(rows: list[dict]) -> list[tuple[str, str]]:
         types = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
         colors = plt.get_cmap("tab20").colors  # more backends than tab10's 10 colours: no two lines alike
         for i, r in enumerate(group):
-            vals = [r["pct_copy"][t] * 100 if r["pct_copy"].get(t) is not None else float("nan") for t in types]  # a gap where not timed
+            # a gap where not timed
+            vals = [r["pct_copy"][t] * 100 if r["pct_copy"].get(t) is not None else float("nan") for t in types]
             ax2.plot(types, vals, marker="o", color=colors[i % len(colors)], label=names[i])
         ax2.set_ylabel("% of measured copy bandwidth")
         ax2.set_ylim(0, 110)

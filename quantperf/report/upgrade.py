@@ -15,7 +15,8 @@ def upgrade_sections(rep: UpgradeReport, markdown: bool = False) -> list[tuple[s
     rows = []
     for c in rep.configs:
         blocks = sum(len(p.blocks) for p in c.pairs)
-        tol = "-" if c.tolerance is None else f"{c.tolerance * 100:.1f}%" + (" (A/A)" if c.tolerance_source == "calibration" else "")
+        tol = "-" if c.tolerance is None else f"{c.tolerance * 100:.1f}%" + (
+            " (A/A)" if c.tolerance_source == "calibration" else "")
         tokens = {True: "same", False: "DIFFER", None: "-"}[c.tokens_match]
         # as the other gates print theirs: a decided change in capitals, ok and inconclusive as they are
         verdict = c.status.upper() if c.status != Status.OK else c.verdict.upper() \
@@ -40,10 +41,12 @@ def upgrade_sections(rep: UpgradeReport, markdown: bool = False) -> list[tuple[s
         sections.append(("quality: B against A on the corpus", format_table(
             ["config", "mean KLD", "top-1 agree", "PPL B/A", "verdict", "note"], qrows, markdown)))
     if rep.takeaways:
-        trows = [[t["id"], t["claimed"], f"{t['A']['verdict']} {ci_text(t['A']['ratio'], t['A']['low'], t['A']['high'])}",
+        trows = [[t["id"], t["claimed"],
+                  f"{t['A']['verdict']} {ci_text(t['A']['ratio'], t['A']['low'], t['A']['high'])}",
                   f"{t['B']['verdict']} {ci_text(t['B']['ratio'], t['B']['low'], t['B']['high'])}",
                   t["status"].upper() if t["status"] != Status.OK else Status.OK] for t in rep.takeaways]
-        sections.append(("takeaways: verdict in A and in B", format_table(["claim", "claimed", "A", "B", "status"], trows, markdown)))
+        sections.append(("takeaways: verdict in A and in B",
+                         format_table(["claim", "claimed", "A", "B", "status"], trows, markdown)))
     return sections
 
 
@@ -60,18 +63,20 @@ def _calibration_line(rep: UpgradeReport) -> str:
 def summary_line(rep: UpgradeReport, strict: bool = False) -> str:
     code = rep.exit_code(strict)
     if code == 1:
-        return "REGRESSED: " + "; ".join(rep.regressions + ([f"{c}: inconclusive" for c in rep.inconclusive] if strict else []))
+        undecided = [f"{c}: inconclusive" for c in rep.inconclusive] if strict else []
+        return "REGRESSED: " + "; ".join(rep.regressions + undecided)
     if code == 2:
         return "COULD NOT RUN: " + ("; ".join(rep.errors) or "nothing was compared")
     # what a reviewer needs in one line: faster and inconclusive configurations, changed outputs
     parts = [f"{len(rep.improvements)} FASTER: {'; '.join(rep.improvements)}"] if rep.improvements else []
     parts += [f"outputs changed within limits: {', '.join(rep.changed_outputs)}"] if rep.changed_outputs else []
     parts += [f"{len(rep.inconclusive)} inconclusive: {', '.join(rep.inconclusive)}"] if rep.inconclusive else []
-    skipped = [c.config_id for c in rep.configs if c.status == "skipped"]
+    skipped = [c.config_id for c in rep.configs if c.status == Status.SKIPPED]
     parts += [f"{len(skipped)} skipped: {', '.join(skipped)}"] if skipped else []
     if not parts:
         return "no change beyond tolerance"
-    return ("no regression; " if rep.improvements or rep.changed_outputs else "no change beyond tolerance; ") + "; ".join(parts)
+    head = "no regression; " if rep.improvements or rep.changed_outputs else "no change beyond tolerance; "
+    return head + "; ".join(parts)
 
 
 def render_upgrade(rep: UpgradeReport, markdown: bool = False, strict: bool = False) -> str:
@@ -97,7 +102,8 @@ def render_compare(result: dict, markdown: bool = False) -> str:
         if r.get("ratio") is None:
             rows.append([r["config"], r["metric"], "-", "-", "-", r["status"], r.get("note", "")])
             continue
-        rows.append([r["config"], r["metric"], f"{r['old']:.4g}", f"{r['new']:.4g}", ci_text(r["ratio"], r["low"], r["high"]),
+        rows.append([r["config"], r["metric"], f"{r['old']:.4g}", f"{r['new']:.4g}",
+                     ci_text(r["ratio"], r["low"], r["high"]),
                      r["status"].upper() if r["status"] in (Status.REGRESSED, Status.IMPROVED) else r["status"],
                      f"{r['method']}, tol {r['tolerance'] * 100:g}%"])
     versions = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in result["versions"].items()) or "none differ"

@@ -12,11 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import trackers as M
-from ..errors import ConfigError
 from ..divergence import QUALITY_METRICS, Accumulator, check_finite, log_softmax
+from ..errors import ConfigError
 from ..results import Metric
 from .base import Scenario
-
 
 
 def _tokenizer(spec):

@@ -36,7 +36,8 @@ def main() -> None:
 
                 if kwargs.get("protocol") != PROTOCOL:
                     raise RuntimeError(f"worker protocol mismatch: the parent speaks {kwargs.get('protocol')}, this "
-                                       f"quantperf ({__file__}) speaks {PROTOCOL}: install the same quantperf on both sides")
+                                       f"quantperf ({__file__}) speaks {PROTOCOL}: install the same quantperf on both "
+                                       "sides")
                 worker = LocalWorker(RunSpec.from_dict(kwargs["spec"]), kwargs.get("model_options"))
                 result = worker.hello()
             else:
