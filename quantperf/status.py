@@ -45,8 +45,12 @@ LEGACY_WORDS = {"slower": Status.REGRESSED, "faster": Status.IMPROVED, "same": S
                 "unsettled": Status.INCONCLUSIVE}
 
 
-def from_word(word: str | None) -> Status | None:
-    """A stored word as a Status (None stays None; an old upgrade-report word maps to its member)."""
-    if word is None:
-        return None
-    return LEGACY_WORDS.get(word) or Status(word)
+def from_word(word: str | None) -> Status | str | None:
+    """A stored word as a Status: an old upgrade-report word maps to its member; None, and a word
+    this version does not know (a newer file's), stay as they are, so a report still renders."""
+    if word is None or word in LEGACY_WORDS:
+        return LEGACY_WORDS.get(word) if word else None
+    try:
+        return Status(word)
+    except ValueError:
+        return word

@@ -76,6 +76,11 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
+def test_every_module_states_its_job():
+    missing = [str(p.relative_to(ROOT)) for p in _modules() if not ast.get_docstring(ast.parse(p.read_text("utf-8")))]
+    assert not missing, "modules without a docstring saying what they are for:\n" + "\n".join(missing)
+
+
 def test_no_module_is_over_600_lines():
     long = [f"{p.relative_to(ROOT)}: {n} lines" for p in _modules()
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES]

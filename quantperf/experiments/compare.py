@@ -177,6 +177,7 @@ def compare(old: str, new: str, *, baselines_dir: str | Path = "baselines", tole
 
 
 def compare_exit_code(result: dict) -> int:
+    """1: a metric regressed; 2: nothing could be compared (every configuration incomparable); else 0."""
     if result["regressions"]:
         return 1
     if not any(r["status"] != Status.INCOMPARABLE for r in result["rows"]):

@@ -12,6 +12,8 @@ def fmt(v, digits: int = 1) -> str:
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table; a `|` in a cell is escaped, so it stays one cell."""
+
     def esc(v) -> str:
         return str(v).replace("|", "\\|")
 
