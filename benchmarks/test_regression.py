@@ -34,7 +34,7 @@ def test_takeaway(qp_session, qp_claim):
 def test_repeatability(qp_session, qp_noise_config, request):
     """The suite's own noise, from N fresh-process runs (--qp-noise-runs N): within-run and
     between-run CV, the smallest detectable change, A/A false alarms and how often the gate
-    catches an injected slowdown (quantperf.sensitivity). Fails when the tier's targets are missed."""
+    catches an injected slowdown (quantperf.experiments.sensitivity). Fails when the tier's targets are missed."""
     runs = request.config.getoption("--qp-noise-runs")
     if runs < 2:
         pytest.skip("repeatability is measured on request: pass --qp-noise-runs 3 (or more)")

@@ -1,7 +1,7 @@
 """quantperf: a pytest-based performance regression suite for LLM quantization."""
 
-from .scheduler import measure, measure_many
 from .results import Metric, RunResult
+from .scheduler import measure, measure_many
 from .spec import RunSpec, Workload
 
 __version__ = "0.1.0"

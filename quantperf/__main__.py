@@ -1,3 +1,5 @@
+"""`python -m quantperf`: the `quantperf` command line (quantperf.cli)."""
+
 import sys
 
 from .cli import main

@@ -53,10 +53,11 @@ def _check_names(values: list[str], known, where: str, what: str) -> None:
 
 
 def _noise_settings(noise: NoiseModel, where: str) -> dict:
-    from .noise import VARIANTS
+    from .experiments.noise import VARIANTS
 
     if not all(0 < x < 0.9 for x in noise.slowdowns):
-        raise ConfigError(f"{where}.noise.slowdowns: must be fractions in (0, 0.9) (0.05 = 5%), got {noise.slowdowns!r}")
+        raise ConfigError(f"{where}.noise.slowdowns: must be fractions in (0, 0.9) (0.05 = 5%), "
+                          f"got {noise.slowdowns!r}")
     if noise.variants is not None:
         _check_names(noise.variants, VARIANTS, f"{where}.noise.variants", "noise variant")
     for mode, value in noise.detect.items():
@@ -77,14 +78,16 @@ def _list(value, where: str) -> list[str]:
     return value
 
 
-def load_matrix(path: str | Path, overrides: dict | None = None, override_source: str = "the command line") -> dict[str, Tier]:
+def load_matrix(path: str | Path, overrides: dict | None = None,
+                override_source: str = "the command line") -> dict[str, Tier]:
     """Parse and validate the matrix; `overrides` (models/backends/modes lists, e.g. from
     --qp-models) replace every tier's lists, and a bad value in them is blamed on
     `override_source`, not on the file."""
     from .backends import BACKENDS
 
     path = Path(path)
-    matrix = validate(MatrixModel, read_toml(path, "matrix file", " (set --qp-matrix or the qp_matrix ini option)"), path)
+    matrix = validate(MatrixModel, read_toml(path, "matrix file", " (set --qp-matrix or the qp_matrix ini option)"),
+                      path)
     overrides = {k: _list(v, f"{override_source}: --qp-{k}") for k, v in (overrides or {}).items() if v}
     for key, values in overrides.items():
         known = BACKENDS if key == "backends" else MODES if key == "modes" else None

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .shards import assign_shards, item_shard, shard_of
+
 # option names (module constants, as hypothesis does)
 RECORD = "--qp-record"
 STRICT = "--qp-strict"
@@ -47,21 +49,29 @@ def pytest_addhooks(pluginmanager):
 
 def pytest_addoption(parser):
     g = parser.getgroup("quantperf", "quantperf: LLM quantization performance regression suite")
-    g.addoption(RECORD, action="store_true", help="record (write) baselines for the detected profile; nothing under baselines/ is written without it")
-    g.addoption(STRICT, action="store_true", help="fail (not skip) when a baseline is missing, and fail inconclusive takeaways")
-    g.addoption(PROFILE, help="hardware profile id to use instead of the detected one (cuda=ID,cpu=ID or one ID for both)")
+    g.addoption(RECORD, action="store_true",
+                help="record (write) baselines for the detected profile; nothing under baselines/ is written "
+                     "without it")
+    g.addoption(STRICT, action="store_true",
+                help="fail (not skip) when a baseline is missing, and fail inconclusive takeaways")
+    g.addoption(PROFILE,
+                help="hardware profile id to use instead of the detected one (cuda=ID,cpu=ID or one ID for both)")
     g.addoption(BASELINES, help="baselines directory (ini: qp_baselines; default: baselines)")
     g.addoption(MATRIX, help="benchmark matrix TOML (ini: qp_matrix; default: benchmarks/matrix.toml)")
     g.addoption(TAKEAWAYS, help="takeaway claims TOML (ini: qp_takeaways; default: baselines/takeaways.toml)")
-    g.addoption(MODELS, help="comma list of models replacing the matrix's (synthetic:llama-1b, hf:org/name, a directory)")
+    g.addoption(MODELS,
+                help="comma list of models replacing the matrix's (synthetic:llama-1b, hf:org/name, a directory)")
     g.addoption(BACKENDS, help="comma list of backends replacing the matrix's")
     g.addoption(MODES, help="comma list of modes replacing the matrix's (eager, graph)")
     g.addoption(TOLERANCE, help="tolerances per metric kind, e.g. 'speed:5%%,memory:1%%' (ini: qp_tolerance)")
     g.addoption(ALPHA, type=float, help="significance level of the regression gate (default 0.01)")
-    g.addoption(ISOLATION, choices=["process", "inprocess"], help="measure each configuration in a fresh process (default) or in this one")
+    g.addoption(ISOLATION, choices=["process", "inprocess"],
+                help="measure each configuration in a fresh process (default) or in this one")
     g.addoption(RESULTS, help="JSON-lines file every measured configuration is appended to (ini: qp_results)")
-    g.addoption(REPORT, metavar="DIR", help="after the session, write DIR/report.html (plots embedded) and DIR/report.md")
-    g.addoption(MAX_ROUNDS, type=int, help="adaptive rounds: an inconclusive takeaway may add rounds up to this many per side")
+    g.addoption(REPORT, metavar="DIR",
+                help="after the session, write DIR/report.html (plots embedded) and DIR/report.md")
+    g.addoption(MAX_ROUNDS, type=int,
+                help="adaptive rounds: an inconclusive takeaway may add rounds up to this many per side")
     g.addoption(NOISE_RUNS, type=int, default=0,
                 help="noise benchmark: run each tier's noise configurations in this many fresh processes "
                      "(within/between-run CV, A/A false alarms, injected-slowdown detection)")
@@ -133,31 +143,6 @@ def pytest_configure_node(node):
         node.workerinput["qp_sharded"] = True
 
 
-def shard_of(spec) -> str:
-    """The shard of a speed/memory configuration: what is gated together and compared by claims
-    (a claim's sides share a model, mode and batch: a claim at its own batch has its own shard)."""
-    return f"{spec.device}-{spec.model_label}-{spec.mode}-bs{spec.workload.batch_size}"
-
-
-# The estimate that balances shards over workers: seconds per configuration measured (two
-# fresh processes, imports, load, warm-up, rounds), plus seconds per billion parameters (reading
-# and quantizing the weights). From the H200 large tier's progress log: an 8B configuration takes
-# 45-75 s, a 1B one about 15 s. A model of unknown size (a hub id, a directory) counts as 1B.
-SHARD_CONFIG_S = 10.0
-SHARD_S_PER_BPARAM = 6.0
-UNKNOWN_PARAMETERS = 1e9
-
-
-def spec_cost(model: str) -> float:
-    """Estimated seconds to measure one configuration of `model` (see SHARD_CONFIG_S)."""
-    from .models import SHAPES, synthetic_parameters
-
-    name = model.split(":", 1)[1] if model.startswith("synthetic:") else None
-    if model in ("fixture", "fixture:llama"):
-        params = 0
-    else:
-        params = synthetic_parameters(name) if name in SHAPES else UNKNOWN_PARAMETERS
-    return SHARD_CONFIG_S + SHARD_S_PER_BPARAM * params / 1e9
 
 
 def _worker_path(path: Path, worker: str | None) -> Path:
@@ -223,7 +208,7 @@ def _tiers(config):
 
 def _claims(config):
     if not hasattr(config, "_qp_claims"):
-        from .takeaways import load_claims
+        from .gate import load_claims
 
         path = _path(config, _opt(config, TAKEAWAYS, "qp_takeaways"))
         config._qp_claims = load_claims(path) if path.exists() else []
@@ -253,10 +238,11 @@ def pytest_generate_tests(metafunc):
                          marks=_marks(t.device, None, None, pytest.mark.quality))
             for t in tiers.values() for spec in t.quality_configs])
     if "qp_noise_config" in names:
-        metafunc.parametrize("qp_noise_config", [pytest.param((spec, t), id=spec.id, marks=_marks(t.device, None, None, pytest.mark.slow))
+        metafunc.parametrize("qp_noise_config",
+                             [pytest.param((spec, t), id=spec.id, marks=_marks(t.device, None, None, pytest.mark.slow))
                                                  for t in tiers.values() for spec in t.noise_configs])
     if "qp_claim" in names:
-        from .suite import QUALITY_METRICS
+        from .divergence import QUALITY_METRICS
 
         params = []
         for claim in _claims(metafunc.config):
@@ -269,72 +255,11 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("qp_claim", params)
 
 
-def _item_shard(item) -> tuple[str, dict[str, float]]:
-    """The shard of a collected test (see shard_of) and what it measures: {configuration id:
-    estimated seconds}. Tests that measure nothing form their own shard."""
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    try:
-        return _params_shard(params), _params_costs(params)
-    except (AttributeError, TypeError, ValueError):  # an empty parametrization (pytest's NOTSET)
-        return f"test-{item.nodeid}", {}
-
-
-def _params_costs(params: dict) -> dict[str, float]:
-    if "qp_config" in params:
-        spec = params["qp_config"]
-        return {spec.id: spec_cost(spec.model)}
-    if "qp_quality_config" in params:
-        spec = params["qp_quality_config"]
-        return {f"quality:{spec.id}": spec_cost(spec.model)}
-    if "qp_claim" in params:
-        claim, workload = params["qp_claim"]
-        return {s.id: spec_cost(s.model) for s in claim.specs(workload)}
-    return {}
-
-
-def _params_shard(params: dict) -> str:
-    if "qp_config" in params:
-        return shard_of(params["qp_config"])
-    if "qp_quality_config" in params:
-        spec = params["qp_quality_config"]
-        return f"quality-{spec.device}-{spec.model_label}"
-    if "qp_claim" in params:
-        from .suite import QUALITY_METRICS
-
-        claim, workload = params["qp_claim"]
-        a = claim.specs(workload)[0]
-        return f"quality-{a.device}-{a.model_label}" if claim.metric in QUALITY_METRICS else shard_of(a)
-    if "qp_noise_config" in params:
-        return f"noise-{params['qp_noise_config'][0].id}"
-    raise ValueError("not a quantperf test")
-
-
-def assign_shards(keys: list[str], workers: int, costs: list[dict[str, float]] | None = None) -> dict[str, int]:
-    """Shards to workers: the costliest shard first, each to the least loaded worker (longest
-    processing time first); the same answer in every worker (ties broken by name). A shard's cost
-    is the estimated seconds of the configurations its tests measure, each counted once (`costs`,
-    one {config id: seconds} per key; speed and memory tests of a configuration share one
-    measurement); without `costs`, its test count."""
-    if costs is None:  # each test its own unit of work
-        costs = [{f"test-{i}": 1.0} for i in range(len(keys))]
-    measured: dict[str, dict[str, float]] = {}
-    for k, c in zip(keys, costs):
-        measured.setdefault(k, {}).update(c)
-    sizes = {k: sum(m.values()) or 1.0 for k, m in measured.items()}
-    load = [0.0] * max(workers, 1)
-    out: dict[str, int] = {}
-    for key in sorted(sizes, key=lambda k: (-sizes[k], k)):
-        w = min(range(len(load)), key=lambda i: (load[i], i))
-        out[key] = w
-        load[w] += sizes[key]
-    return out
-
-
 def pytest_collection_modifyitems(config, items):
     workerinput = getattr(config, "workerinput", None)
     if workerinput and workerinput.get("qp_sharded"):
         # an xdist worker: keep the tests of this worker's shards (see _shard_configure)
-        shards = [_item_shard(i) for i in items]
+        shards = [item_shard(i) for i in items]
         keys = [k for k, _ in shards]
         owner = assign_shards(keys, workerinput["workercount"], [c for _, c in shards])
         me = int(workerinput["workerid"].removeprefix("gw"))
@@ -352,7 +277,8 @@ def pytest_collection_modifyitems(config, items):
     except ImportError:
         cuda = False
     if not cuda:
-        skip = pytest.mark.skip(reason="no CUDA device here: the gpu tier needs an NVIDIA GPU and a CUDA build of torch")
+        skip = pytest.mark.skip(reason="no CUDA device here: the gpu tier needs an NVIDIA GPU and a CUDA build of "
+                                   "torch")
         for item in gpu_items:
             item.add_marker(skip)
 
@@ -507,7 +433,7 @@ def pytest_sessionfinish(session, exitstatus):
         _merge_shards(config)
     report_dir = config.getoption(REPORT)
     if report_dir and not _worker_id(config) and (qp is not None or getattr(config, "_qp_merged", None) is not None):
-        from .htmlreport import ReportData, write
+        from .report.html import ReportData, write
 
         if qp is not None:
             data = ReportData(results=[r for k, r in qp.results.items() if not k.startswith("confirm:")],
@@ -582,4 +508,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for line in render_terminal(summary).splitlines():
         tr.write_line(line)
     if summary.results_path:
-        tr.write_line(f"results: {summary.results_path}  summary: {Path(summary.results_path).with_name('summary.json')}")
+        tr.write_line(f"results: {summary.results_path}  summary: "
+                      f"{Path(summary.results_path).with_name('summary.json')}")

@@ -23,6 +23,7 @@ from .errors import QuantperfError
 from .results import Metric, RunResult
 from .spec import RunSpec
 from .stats import interleaved_order
+from .status import Status
 from .trackers import MIB
 from .workers import is_oom, open_worker
 
@@ -136,22 +137,24 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
         side.environment = (worker.environment() if (python or env) else dict(parent)) | {"run": parent.get("run")}
         with progress.step(f"{name}: load"):
             info = worker.load()
-        if info["status"] == "ok" and warm:
+        if info["status"] == Status.OK and warm:
             with progress.step(f"{name}: warm-up" + (" (compile)" if spec.mode == "graph" else "")):
                 wu = worker.warmup()
-            if wu["status"] != "ok":
+            if wu["status"] != Status.OK:
                 info = {"status": wu["status"], "reason": wu["reason"], "identity": info["identity"]}
             else:
                 side.timings.update({k: v for k, v in wu.items() if k != "status"})
         side.info = info
-        if info["status"] != "ok":
-            side.failed = not_measured(spec, info["status"], info["reason"], info.get("identity"), side.environment, profile)
+        if info["status"] != Status.OK:
+            side.failed = not_measured(spec, info["status"], info["reason"], info.get("identity"), side.environment,
+                                       profile)
             side.close()
     except Exception as exc:
         side.close()
         reason = (f"{spec.backend}: out of memory running {spec.model} on {spec.device}" if is_oom(exc)
                   else f"{type(exc).__name__}: {exc}")
-        side.failed = not_measured(spec, "error", reason, side.info.get("identity"), side.environment or parent, profile)
+        side.failed = not_measured(spec, Status.ERROR, reason, side.info.get("identity"), side.environment or parent,
+                                   profile)
     return side
 
 
@@ -194,7 +197,7 @@ def build_result(side: Side, rounds: list[dict], memory: dict, profile: str | No
     }
     per_round = [sorted(r["decode_ms"])[len(r["decode_ms"]) // 2] for r in rounds if "decode_ms" in r]
     return RunResult(
-        spec=spec, status="ok", profile=profile, backend_identity=loaded["identity"], metrics=metrics,
+        spec=spec, status=Status.OK, profile=profile, backend_identity=loaded["identity"], metrics=metrics,
         memory={"after_load": loaded["load_memory"], "after_rounds": memory}, roofline=figures.get("roofline", {}),
         figures={k: v for k, v in figures.items() if k != "roofline"},
         validity=validity, arch=loaded["arch"] | {"source": loaded.get("source_meta", {})},
@@ -272,7 +275,8 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
             if spec.id not in results:
                 reason = (f"{spec.backend}: out of memory running {spec.model} on {spec.device}" if is_oom(exc)
                           else f"{type(exc).__name__}: {exc}")
-                results[spec.id] = not_measured(spec, "error", reason, sides.get(spec.id, Side(spec)).info.get("identity"),
+                results[spec.id] = not_measured(spec, Status.ERROR, reason,
+                                                sides.get(spec.id, Side(spec)).info.get("identity"),
                                                 environment, profile)
     finally:
         for side in sides.values():
@@ -305,7 +309,7 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
     def result(side: Side, stats: dict) -> RunResult:
         stats = dict(stats)
         gens = stats.pop("generations", [])
-        return RunResult(spec=side.spec, status="ok", profile=prof, backend_identity=side.info["identity"],
+        return RunResult(spec=side.spec, status=Status.OK, profile=prof, backend_identity=side.info["identity"],
                          metrics=QualityScenario.metrics(side.spec, [stats]), quality=stats, generations=gens,
                          arch=side.info["arch"], environment=side.environment, timestamp=now())
 
@@ -344,7 +348,7 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
                                                                      "reference_backend": ref_spec.backend})
                     out.append(result(side, stats))
                 except Exception as exc:
-                    out.append(not_measured(spec, "error", f"{spec.backend}: {type(exc).__name__}: {exc}",
+                    out.append(not_measured(spec, Status.ERROR, f"{spec.backend}: {type(exc).__name__}: {exc}",
                                             side.info.get("identity"), environment, prof))
                 finally:
                     side.close()

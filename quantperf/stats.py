@@ -124,7 +124,8 @@ def paired_ratio(
     return RatioEstimate(point, low, high, confidence, p, int(a_arr.size), int(b_arr.size))
 
 
-def min_detectable_change(cv: float, n_a: int, n_b: int | None = None, alpha: float = 0.05, power: float = 0.8) -> float:
+def min_detectable_change(cv: float, n_a: int, n_b: int | None = None, alpha: float = 0.05,
+                          power: float = 0.8) -> float:
     """Smallest relative shift of the mean detectable at (alpha two-sided, power) by a
     two-sample test with n_a and n_b samples of coefficient of variation `cv`.
 
@@ -139,20 +140,6 @@ def min_detectable_change(cv: float, n_a: int, n_b: int | None = None, alpha: fl
         return math.inf
     z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
     return float(z * cv * math.sqrt(1 / n_a + 1 / n_b) / math.sqrt(3 / math.pi))
-
-
-def rounds_needed(cv: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
-    """Rounds per side for `min_detectable_change` to reach `effect` (a relative change)."""
-    if effect <= 0:
-        raise ValueError(f"effect must be > 0, got {effect}")
-    if cv <= 0:
-        return 2
-    n = 2
-    while min_detectable_change(cv, n, n, alpha, power) > effect:
-        n += 1
-        if n > 100_000:
-            return n
-    return n
 
 
 def interleaved_order(sides: Sequence[str], rounds: int) -> list[str]:

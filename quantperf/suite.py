@@ -12,14 +12,26 @@ from pathlib import Path
 
 from .backends import entry as backend_entry
 from .baselines import BaselineStore, git_revision
-from .gate import DEFAULT_ALPHA, DEFAULT_TOLERANCES, Verdict, gate_metrics, resolve_tolerance
-from .quality import limit_violations
+from .divergence import QUALITY_METRICS, limit_violations
+from .gate import (
+    DEFAULT_ALPHA,
+    DEFAULT_TOLERANCES,
+    Claim,
+    ClaimResult,
+    Verdict,
+    check_claim,
+    gate_metrics,
+    is_inconclusive,
+    metrics_status,
+    resolve_tolerance,
+    run_failure,
+    speed_status,
+    timed_otherwise,
+)
 from .results import ResultLog, RunResult
 from .spec import RunSpec
+from .status import Status
 from .summary import ClaimOutcome, ConfigOutcome, MetricVerdict, NoiseLine, SessionSummary
-from .takeaways import Claim, ClaimResult, evaluate, is_inconclusive
-
-QUALITY_METRICS = ("ppl", "mean_kld", "top1_agreement", "ln_ppl_ratio", "rms_dp")
 
 
 class Skip(Exception):
@@ -136,7 +148,8 @@ class SuiteSession:
                               and s.id != spec.id and "quality:" + s.id not in self.results]
             batch = list({s.id: s for s in batch}.values())
             if self.progress:
-                self.progress(f"measuring quality of {len(batch)} backend(s) on {spec.model_label} against the reference")
+                self.progress(f"measuring quality of {len(batch)} backend(s) on {spec.model_label} against the "
+                              "reference")
             for res in measure_quality(batch, isolation=self.isolation, params=self.quality_params.get(spec.device, {}),
                                        profile=self.profiles[spec.device]):
                 self._keep("quality:" + res.spec.id, res)
@@ -178,45 +191,43 @@ class SuiteSession:
         key = f"{'quality:' if quality else ''}{spec.id}:{','.join(kinds)}"
         cid = ("quality-" if quality else "") + spec.id
         decode = res.metrics.get("decode_tokens_per_s")
-        outcome = ConfigOutcome(key, cid, list(kinds), "ok", decode_tokens_per_s=decode.value if decode else None)
+        outcome = ConfigOutcome(key, cid, list(kinds), Status.OK, decode_tokens_per_s=decode.value if decode else None)
         self.outcomes[key] = outcome
-        if res.status in ("unavailable", "mode-unsupported"):
-            outcome.status, outcome.message = "skipped", res.reason or ""
-            return outcome
-        if res.status != "ok":
-            outcome.status, outcome.message = "error", res.reason or ""
+        if failure := run_failure(res.status):
+            outcome.status, outcome.message = failure, res.reason or ""
             return outcome
         store = self.store(spec.device)
         metrics = {n: m for n, m in res.metrics.items() if m.kind in kinds}
         if self.record:
             # a configuration's speed and memory are recorded as one unit, once per session
             if cid in self._recorded_runs:
-                outcome.status, outcome.message = "recorded", "recorded with the configuration's other metrics"
+                outcome.status, outcome.message = Status.RECORDED, "recorded with the configuration's other metrics"
                 return outcome
             lines = store.update(res, git_revision(self.root), config_id=cid)
             store.save()  # atomic, after every config: an interrupted run keeps what it recorded
             self._recorded_runs.add(cid)
             self.recorded.extend(lines)
-            outcome.status, outcome.message = "recorded", "; ".join(lines) or "unchanged"
+            outcome.status, outcome.message = Status.RECORDED, "; ".join(lines) or "unchanged"
             return outcome
         entry = store.entry(cid)
         if entry is None:
             return self._no_baseline(outcome, spec, store)
         store.check_identity(res, cid)
         if "speed" in kinds and (changed := store.method_change(res, cid)):
-            outcome.status, outcome.message = "inconclusive", f"INCONCLUSIVE {cid}: {changed}"
+            outcome.status = timed_otherwise()
+            outcome.message = f"{outcome.status.upper()} {cid}: {changed}"
             return outcome
         verdicts = gate_metrics(metrics, entry, lambda kind: self.tolerance(kind, tolerances, spec.mode), self.alpha)
         outcome.verdicts = [_metric_verdict(v) for v in verdicts]
         outcome.version_changes = {k: list(v) for k, v in store.version_changes(res, cid).items()}
-        outcome.status = "regressed" if any(v.failed for v in verdicts) else (
-            "improved" if any(v.status == "improved" for v in verdicts) else "ok")
+        outcome.status = metrics_status(verdicts)
         if not res.validity.get("valid", True):
             outcome.message = f"measured while throttled (rounds {res.validity['throttled_rounds']})"
-        if outcome.status == "regressed":
+        if outcome.status == Status.REGRESSED:
             vers = "" if not outcome.version_changes else " | library versions differ from the baseline: " + ", ".join(
                 f"{k} {a} -> {b}" for k, (a, b) in outcome.version_changes.items())
-            outcome.message = (f"REGRESSED {cid} [{store.profile}]: " + "; ".join(v.line() for v in verdicts if v.failed)
+            outcome.message = (f"REGRESSED {cid} [{store.profile}]: "
+                               + "; ".join(v.line() for v in verdicts if v.failed)
                                + vers)
         return outcome
 
@@ -225,8 +236,9 @@ class SuiteSession:
         note = (f" (baselines exist for other profiles: {', '.join(others)}; they are not used: "
                 "baselines never cross profiles)") if others else ""
         hint = self.record_hint.format(marker="gpu" if spec.device == "cuda" else "cpu")
-        outcome.status = "no-baseline"
-        outcome.message = f"no baseline for {outcome.config_id} on profile {store.profile} in {store.path}{note}; {hint}"
+        outcome.status = Status.NO_BASELINE
+        outcome.message = (f"no baseline for {outcome.config_id} on profile {store.profile} in {store.path}{note}; "
+                           f"{hint}")
         return outcome
 
     def has_baseline(self, spec: RunSpec, quality: bool = False) -> bool:
@@ -267,7 +279,7 @@ class SuiteSession:
                     key = f"{r.spec.id}:speed"
                     head = r.metrics.get("decode_tokens_per_s")
                     o = outcomes.setdefault(r.spec.id, ConfigOutcome(
-                        key, r.spec.id, ["speed"], "ok", decode_tokens_per_s=head.value if head else None))
+                        key, r.spec.id, ["speed"], Status.OK, decode_tokens_per_s=head.value if head else None))
                     v = verdicts.get(r.spec.id)
                     if v is None:
                         continue
@@ -277,16 +289,16 @@ class SuiteSession:
                         noise_floor=v.noise_floor, line=v.line(), notes=list(v.notes)))
         by_id = {r.spec.id: r for r in results}
         for cid, o in outcomes.items():
-            statuses = {v.status for v in o.verdicts}
-            o.status = next((s for s in ("regressed", "inconclusive", "improved") if s in statuses), "ok")
+            o.status = speed_status(v.status for v in o.verdicts)
             if changed := self.store(by_id[cid].spec.device).method_change(by_id[cid], cid):
-                # figures timed otherwise than the baseline's: no verdict either way
-                o.status, o.message = "inconclusive", f"INCONCLUSIVE {cid}: {changed}"
-            elif o.status == "regressed":
+                o.status = timed_otherwise()
+                o.message = f"{o.status.upper()} {cid}: {changed}"
+            elif o.status == Status.REGRESSED:
                 o.message = f"REGRESSED {cid} [{self.store(results[0].spec.device).profile}]: " + "; ".join(
-                    v.line for v in o.verdicts if v.status == "regressed")
-            elif o.status == "inconclusive":
-                o.message = f"INCONCLUSIVE {cid}: " + "; ".join(v.line for v in o.verdicts if v.status == "inconclusive")
+                    v.line for v in o.verdicts if v.status == Status.REGRESSED)
+            elif o.status == Status.INCONCLUSIVE:
+                o.message = f"INCONCLUSIVE {cid}: " + "; ".join(v.line for v in o.verdicts
+                                                                if v.status == Status.INCONCLUSIVE)
         return outcomes
 
     def _speed_outcome(self, spec: RunSpec) -> ConfigOutcome:
@@ -300,11 +312,11 @@ class SuiteSession:
             results = [self.measure(s) for s in todo]
             first = self.gate_speed(results)
             for cid, o in first.items():
-                if o.status == "regressed":
+                if o.status == Status.REGRESSED:
                     again = self._remeasure(self.results[cid].spec)
                     second = self.gate_speed([again if r.spec.id == cid else r for r in results],
                                              note_prefix=f"re-measure of {cid}: ")[cid]
-                    if second.status != "regressed":
+                    if second.status != Status.REGRESSED:
                         second.message = (f"{cid}: flagged once, not confirmed by a fresh process "
                                           f"({second.status}); first: {o.message}")
                         for v in second.verdicts:
@@ -316,7 +328,7 @@ class SuiteSession:
         store = self.store(spec.device)
         changes = store.version_changes(self.results[spec.id], spec.id)
         outcome.version_changes = {k: list(v) for k, v in changes.items()}
-        if outcome.status == "regressed" and changes:
+        if outcome.status == Status.REGRESSED and changes:
             outcome.message += " | library versions differ from the baseline: " + ", ".join(
                 f"{k} {a} -> {b}" for k, (a, b) in changes.items())
         return outcome
@@ -331,24 +343,25 @@ class SuiteSession:
 
     def raise_for(self, outcome: ConfigOutcome) -> ConfigOutcome:
         """An outcome as a test outcome: Skip, Fail, or return."""
-        if outcome.status == "skipped":
+        if outcome.status == Status.SKIPPED:
             raise Skip(outcome.message)
-        if outcome.status in ("error", "regressed"):
+        if outcome.status in (Status.ERROR, Status.REGRESSED):
             raise Fail(outcome.message)
-        if outcome.status == "no-baseline":
+        if outcome.status == Status.NO_BASELINE:
             raise (Fail if self.strict else Skip)(outcome.message)
-        if outcome.status == "inconclusive":
+        if outcome.status == Status.INCONCLUSIVE:
             raise (Fail if self.strict else Warn)(outcome.message)
         return outcome
 
-    def check(self, spec: RunSpec, kinds: tuple[str, ...], quality: bool = False, tolerances: dict | None = None) -> ConfigOutcome:
+    def check(self, spec: RunSpec, kinds: tuple[str, ...], quality: bool = False,
+              tolerances: dict | None = None) -> ConfigOutcome:
         """Measure (once) and gate `spec` on metric kinds. Raises Skip/Fail/Warn with a one-line reason.
         The baseline is read (and validated) before anything is measured: a corrupt file or a
         missing configuration costs no measuring time."""
         store = self.store(spec.device)
         if not self.record and not self.has_baseline(spec, quality):
             key = f"{'quality:' if quality else ''}{spec.id}:{','.join(kinds)}"
-            outcome = ConfigOutcome(key, ("quality-" if quality else "") + spec.id, list(kinds), "ok")
+            outcome = ConfigOutcome(key, ("quality-" if quality else "") + spec.id, list(kinds), Status.OK)
             self.outcomes[key] = outcome
             return self.raise_for(self._no_baseline(outcome, spec, store))
         if kinds == ("speed",) and not quality and not self.record and tolerances is None:
@@ -370,14 +383,15 @@ class SuiteSession:
 
     # -- repeatability -------------------------------------------------------------------
     def repeatability(self, spec: RunSpec, runs: int, target_cv: float | None, settings: dict | None = None):
-        """The noise experiment (quantperf.sensitivity) on `spec` in `runs` fresh processes:
+        """The noise experiment (quantperf.experiments.sensitivity) on `spec` in `runs` fresh processes:
         within-run and between-run CV, minimum detectable change, A/A false alarms and the
         detection rate of injected slowdowns, at this session's speed tolerance for the mode.
         Fails when the within-run CV misses `target_cv`, when an A/A trial is flagged, or when
         the gate catches the mode's `detect` slowdown in fewer than `detect_rate` of the trials."""
+        from .experiments.sensitivity import AA, run_experiment, slow_name
+        from .experiments.sensitivity import evaluate as evaluate_noise
         from .matrix import NOISE_DEFAULTS
         from .results import atomic_write_text, dump_json
-        from .sensitivity import AA, evaluate as evaluate_noise, run_experiment, slow_name
 
         settings = {**NOISE_DEFAULTS, **(settings or {})}
         save = None
@@ -386,8 +400,8 @@ class SuiteSession:
             save = lambda data: atomic_write_text(path, dump_json(data))  # noqa: E731
         raw = run_experiment(spec, processes=runs, slowdowns=settings["slowdowns"], variants=settings["variants"],
                              isolation=self.isolation, checkpoint=save)
-        if raw["status"] != "ok":
-            if raw["status"] in ("unavailable", "mode-unsupported"):
+        if raw["status"] != Status.OK:
+            if raw["status"] in (Status.UNAVAILABLE, Status.MODE_UNSUPPORTED):
                 raise Skip(raw["reason"])
             raise Fail(raw["reason"])
         ev = evaluate_noise(raw, self.tolerance("speed", mode=spec.mode), self.alpha)
@@ -400,7 +414,8 @@ class SuiteSession:
         profile = self.profiles[spec.device]
         problems = []
         if target_cv is not None and clean.cv_within > target_cv:
-            problems.append(f"NOISY {spec.id} [{profile}]: {raw.get('metric')} within-run CV {clean.cv_within * 100:.2f}% > target "
+            problems.append(f"NOISY {spec.id} [{profile}]: {raw.get('metric')} within-run CV "
+                            f"{clean.cv_within * 100:.2f}% > target "
                             f"{target_cv * 100:.2f}% (between runs {(clean.cv_between or 0) * 100:.2f}%, "
                             f"min detectable {clean.min_detectable * 100:.1f}%)")
         between_max = (settings.get("cv_between_max") or {}).get(spec.mode)
@@ -410,7 +425,8 @@ class SuiteSession:
         for method in ("gate", "paired"):
             aa = ev.detection(AA, method)
             if aa and aa.flagged:
-                problems.append(f"FALSE ALARM {spec.id} [{profile}]: the {method} check flagged {aa.flagged} of {aa.trials} "
+                problems.append(f"FALSE ALARM {spec.id} [{profile}]: the {method} check flagged {aa.flagged} of "
+                                f"{aa.trials} "
                                 f"A/A trials (ratios {aa.ratios})")
         detect = settings["detect"].get(spec.mode)
         hit = ev.detection(slow_name(detect), "gate") if detect else None
@@ -435,30 +451,21 @@ class SuiteSession:
         a = self.measure(a_spec, quality=quality)
         b = self.measure(b_spec, quality=quality)
         for side in (a, b):
-            if side.status in ("unavailable", "mode-unsupported"):
+            if side.status in (Status.UNAVAILABLE, Status.MODE_UNSUPPORTED):
                 raise Skip(f"claim {claim.id}: {side.reason}")
-        store = self.store(claim.device)
-        recorded = store.takeaway(claim.id)
-        expected = claim.expected(profile) or (recorded or {}).get("verdict")
-        result = evaluate(claim, a, b, profile, confidence, expected=expected)
-        published = (recorded or {}).get("published") if recorded and not recorded.get("recorded_at") else None
-        if published and not claim.expected(profile):
-            result.notes.append(f"expected verdict from published figures ({published.get('source')}: "
-                                f"{published.get('figures')})"
-                                + (f"; disagreeing source: {published['disagrees']}" if published.get("disagrees") else ""))
+        result, recorded = check_claim(claim, a, b, profile, self.store(claim.device), confidence=confidence,
+                                       record=self.record)
         self.claim_results.append(result)
-        if self.record and result.verdict != "inconclusive":
-            packages = {k: v for k, v in (b.environment or {}).get("packages", {}).items() if v}
-            self.recorded.append(store.record_takeaway(claim.id, result.verdict, result.ratio, [result.low, result.high],
-                                                       packages, b.timestamp))
-            store.save()
+        if recorded is not None:
+            self.recorded.append(recorded)
             return result
-        if result.verdict == "inconclusive":
+        if result.verdict == Status.INCONCLUSIVE:
             raise (Fail if self.strict else Warn)(result.message())
         if not result.passed:
             raise Fail(result.message())
         if result.expected is None:
-            message = f"{result.message()}; {self.record_hint.format(marker='gpu' if claim.device == 'cuda' else 'cpu')}"
+            hint = self.record_hint.format(marker="gpu" if claim.device == "cuda" else "cpu")
+            message = f"{result.message()}; {hint}"
             raise (Fail if self.strict else Warn)(message)
         return result
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .results import atomic_write_text, dump_json
+from .status import Status
 
 SUMMARY_SCHEMA = 2
 
@@ -114,10 +115,10 @@ class SessionSummary:
 
     @property
     def regressions(self) -> list[ConfigOutcome]:
-        return [c for c in self.configs if c.status == "regressed"]
+        return [c for c in self.configs if c.status == Status.REGRESSED]
 
     @property
     def flips(self) -> list[ClaimOutcome]:
         """Claims whose verdict differs from the one expected on their profile. A claim with no
         expectation yet (its first measurement there) is reported, not counted as a flip."""
-        return [c for c in self.claims if c.expected is not None and c.verdict not in (c.expected, "inconclusive")]
+        return [c for c in self.claims if c.expected is not None and c.verdict not in (c.expected, Status.INCONCLUSIVE)]

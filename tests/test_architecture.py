@@ -1,79 +1,63 @@
-"""The package's layering, as the README's Architecture section draws it: a module never imports
-one above it (function-level imports included), and no import cycle exists."""
+"""The package's layering, as docs/architecture.md draws it: a module never imports one above it
+(function-level imports included), no import cycle exists, no module grows past 600 lines, only
+`quantperf.gate` turns a measurement into a verdict, and the drawn import graph is the real one."""
 
 import ast
-from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "quantperf"
+import pytest
 
-# bottom to top; a module may import its own layer and the layers below
+from quantperf._graph import PACKAGE, block, import_graph, mermaid, unit
+
+ROOT = PACKAGE.parent
+
+# bottom to top; a unit (a top-level module or a subpackage) may import its own layer and those below
 LAYERS = [
-    {"errors", "spec", "stats", "results", "quality", "roofline", "config", "summary", "runstats", "runlevel", "noise", "gate",
-     "takeaways", "baselines", "envinfo", "corpus", "hookspec", "progress"},
-    {"models", "trackers"},
-    {"backends", "kernel"},
+    {"status"},
+    {"errors", "spec", "stats", "results", "divergence", "roofline", "config", "summary", "baselines", "envinfo",
+     "corpus", "hookspec", "progress", "_graph"},
+    {"gate"},
+    {"models", "trackers", "shards"},
+    {"backends"},
     {"scenarios"},
-    {"workers", "worker"},
+    {"workers"},
     {"scheduler"},
-    {"matrix", "sensitivity", "upgrade_env", "upgrade"},
+    {"experiments", "matrix"},
     {"suite"},
-    {"report", "htmlreport"},
+    {"report"},
     {"plugin", "cli", "__init__", "__main__"},
 ]
+MAX_LINES = 600
+# the verdicts only quantperf.gate decides; elsewhere they are compared against, never produced
+DECISIONS = {"REGRESSED", "IMPROVED", "INCONCLUSIVE", "HOLDS", "FLIPPED"}
+DECISION_WORDS = {"regressed", "improved", "inconclusive", "holds", "flipped", "slower", "faster", "unsettled"}
 
 
-def _unit(path: Path) -> str:
-    """A module's architectural unit: the top-level module, or the subpackage it sits in."""
-    rel = path.relative_to(PACKAGE)
-    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
-
-
-def _layer(unit: str) -> int:
+def _layer(name: str) -> int:
     for i, layer in enumerate(LAYERS):
-        if unit in layer:
+        if name in layer:
             return i
-    raise AssertionError(f"quantperf/{unit} is in no layer of the architecture: add it to LAYERS and the README")
+    raise AssertionError(f"quantperf/{name} is in no layer of the architecture: add it to LAYERS and "
+                         "docs/architecture.md")
 
 
-def _imports(path: Path) -> set[str]:
-    """Units of quantperf imported anywhere in a file (relative and absolute imports)."""
-    rel = path.relative_to(PACKAGE)
-    depth = len(rel.parts) - 1  # 0 for quantperf/x.py, 1 for quantperf/pkg/x.py
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                up = node.level - 1  # levels above the file's own package
-                if up > depth:
-                    continue
-                base = list(rel.parts[:depth - up]) if up <= depth else []
-                parts = base + (node.module.split(".") if node.module else [])
-                names = [parts[0]] if parts else [a.name for a in node.names]
-                out.update(names)
-            elif node.module and node.module.startswith("quantperf."):
-                out.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("quantperf."))
-    return out
+def _modules():
+    return sorted(PACKAGE.rglob("*.py"))
 
 
-def _graph() -> dict[str, set[str]]:
-    graph: dict[str, set[str]] = {}
-    for path in PACKAGE.rglob("*.py"):
-        unit = _unit(path)
-        graph.setdefault(unit, set()).update(u for u in _imports(path) if u != unit and (PACKAGE / u).exists()
-                                             or (PACKAGE / f"{u}.py").exists() and u != unit)
-    return graph
+def test_every_layered_unit_exists():
+    units = {unit(p) for p in _modules()}
+    missing = sorted(u for layer in LAYERS for u in layer if u not in units)
+    assert not missing, f"LAYERS names units that no longer exist: {missing}"
 
 
 def test_no_module_imports_a_layer_above_it():
     upward = [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
-              for a, deps in sorted(_graph().items()) for b in sorted(deps) if _layer(b) > _layer(a)]
+              for a, deps in sorted(import_graph().items()) for b in sorted(deps) if _layer(b) > _layer(a)]
     assert not upward, "upward imports:\n" + "\n".join(upward)
 
 
 def test_no_import_cycles():
-    graph = _graph()
+    graph = import_graph()
     state: dict[str, int] = {}
     cycles = []
 
@@ -90,3 +74,72 @@ def test_no_import_cycles():
         if node not in state:
             visit(node, [node])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_every_module_states_its_job():
+    missing = [str(p.relative_to(ROOT)) for p in _modules() if not ast.get_docstring(ast.parse(p.read_text("utf-8")))]
+    assert not missing, "modules without a docstring saying what they are for:\n" + "\n".join(missing)
+
+
+def test_no_module_is_over_600_lines():
+    long = [f"{p.relative_to(ROOT)}: {n} lines" for p in _modules()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES]
+    assert not long, f"modules over {MAX_LINES} lines (split them by job):\n" + "\n".join(long)
+
+
+def _decisions(tree: ast.AST) -> list[tuple[int, str]]:
+    """Where a module produces a verdict: a `Status.<decision>` used anywhere but in a comparison,
+    or a decision word assigned to a `status`/`verdict` field, put under such a key, or returned."""
+    compared: set[int] = set()  # read, not produced: a comparison's operands, a lookup table's keys
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                compared.update(id(n) for n in ast.walk(side))
+        elif isinstance(node, ast.Dict):
+            compared.update(id(k) for k in node.keys if k is not None)
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "Status"
+                and node.attr in DECISIONS and id(node) not in compared):
+            found.append((node.lineno, f"Status.{node.attr}"))
+
+        def word(value):
+            return isinstance(value, ast.Constant) and value.value in DECISION_WORDS
+
+        if isinstance(node, ast.Assign) and word(node.value) and any(
+                isinstance(t, ast.Attribute) and t.attr in ("status", "verdict") for t in node.targets):
+            found.append((node.lineno, f"{node.value.value!r} assigned"))
+        if isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and k.value in ("status", "verdict") and word(v):
+                    found.append((node.lineno, f"{v.value!r} under {k.value!r}"))
+        if isinstance(node, ast.Return) and word(node.value):
+            found.append((node.lineno, f"returns {node.value.value!r}"))
+    return found
+
+
+def test_only_the_gate_decides_a_verdict():
+    # status.py defines the words and maps the old ones of stored files: it decides nothing
+    outside = [f"{p.relative_to(ROOT)}:{line}: {what}" for p in _modules() if unit(p) not in ("gate", "status")
+               for line, what in _decisions(ast.parse(p.read_text(encoding="utf-8")))]
+    assert not outside, "verdicts decided outside quantperf/gate (move the decision there):\n" + "\n".join(outside)
+
+
+def test_the_decision_check_can_fail():
+    """The check above is not vacuous: each way of deciding outside the gate is caught."""
+    code = ("def f(o, d):\n    o.status = Status.REGRESSED\n    o.verdict = 'flipped'\n"
+            "    d = {'status': 'improved'}\n    return 'inconclusive'\n"
+            "def g(o):\n    return o.status == Status.REGRESSED or o.verdict in (Status.HOLDS,) or {Status.FLIPPED: "
+            "1}\n")
+    assert sorted(line for line, _ in _decisions(ast.parse(code))) == [2, 3, 4, 5]
+
+
+def test_the_documented_import_graph_is_the_generated_one():
+    doc = ROOT / "docs" / "architecture.md"
+    if not doc.is_file():
+        pytest.skip("docs/architecture.md is absent: no import graph to compare")
+    drawn = block(doc.read_text(encoding="utf-8"))
+    if drawn is None:
+        pytest.skip("docs/architecture.md has no <!-- import-graph:start --> ... <!-- import-graph:end --> block")
+    assert drawn == mermaid().strip(), ("docs/architecture.md's import graph is out of date: run "
+                                        "`python scripts/import_graph.py --write docs/architecture.md`")

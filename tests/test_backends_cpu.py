@@ -6,10 +6,9 @@ import math
 import pytest
 
 from quantperf import RunSpec, Workload, measure_many
-from quantperf.backends import BACKENDS, get_backend
+from quantperf.backends import BACKENDS, entry, get_backend
+from quantperf.divergence import limit_violations
 from quantperf.errors import ConfigError
-from quantperf.backends import entry
-from quantperf.quality import limit_violations
 from quantperf.scheduler import measure_quality
 from quantperf.workers import LocalWorker
 
@@ -111,7 +110,8 @@ def test_cpu_backend_yields_quality_figures(quality_results, backend):
     assert 0 <= q["top1_agreement"] <= 1 and q["mean_kld"] >= 0
     assert q["ppl_ref"] < 300  # a trained model, not near-uniform random weights (vocab 2048)
     assert len(r.generations) == 3
-    assert limit_violations(entry(backend).quality_class, q) == [], "measured quality must sit inside the documented limits"
+    assert limit_violations(entry(backend).quality_class,
+                            q) == [], "measured quality must sit inside the documented limits"
 
 
 def test_reference_against_itself_and_export_against_reference(quality_results):
@@ -141,7 +141,8 @@ def test_weights_go_to_one_gpu_when_they_fit_and_are_spread_when_they_do_not():
     arch = arch_info(synthetic_config("llama-8b"))
     assert effective_bits(entry("bnb-nf4")) == 4.5 and effective_bits(entry("torch-fp16")) == 16
     for name, mib in (("torch-fp16", 15317), ("bnb-nf4", 5749), ("bnb-int8-nodecomp", 8666)):
-        assert estimate_weight_bytes(arch, effective_bits(entry(name)), 2) / 2**20 == pytest.approx(mib, rel=0.005), name
+        assert estimate_weight_bytes(arch, effective_bits(entry(name)),
+                                     2) / 2**20 == pytest.approx(mib, rel=0.005), name
     big = arch_info(synthetic_config("llama-70b"))
     assert estimate_weight_bytes(big, 16, 2) > 139 * gib * 0.9 > estimate_weight_bytes(big, 4, 2)
 

@@ -6,7 +6,8 @@ import sys
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "quantperf", *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([sys.executable, "-m", "quantperf", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
 
 
 def test_profile_prints_the_profile_first():
@@ -19,7 +20,8 @@ def test_bad_names_give_one_line_each_and_the_run_continues(model_cache, tmp_pat
     import os
 
     env = dict(os.environ, QUANTPERF_CACHE=model_cache)
-    out = run_cli("run", "--model", "synthetic:llama-tiny", "synthetic:llama-99b", "--backend", "bnb-int3", "torch-fp32",
+    out = run_cli("run", "--model", "synthetic:llama-tiny", "synthetic:llama-99b", "--backend", "bnb-int3",
+                  "torch-fp32",
                   "--device", "cpu", "--rounds", "2", "--new-tokens", "4", "--prompt-tokens", "8",
                   "--out", str(tmp_path / "r.jsonl"), env=env)
     lines = out.stderr.strip().splitlines()
@@ -36,7 +38,8 @@ def test_gate_replays_stored_results(tmp_path):
     from quantperf.spec import RunSpec, Workload
 
     def res(samples):
-        return RunResult(spec=RunSpec("synthetic:llama-1b", "bnb-int8", "cuda", "eager", Workload()), profile="nvidia-x",
+        return RunResult(spec=RunSpec("synthetic:llama-1b", "bnb-int8", "cuda", "eager", Workload()),
+                         profile="nvidia-x",
                          metrics={"decode_tokens_per_s": Metric.of("decode_tokens_per_s", samples)},
                          backend_identity={"t": 6.0}, timestamp="2026-11-26T00:00:00+00:00")
 
@@ -44,9 +47,11 @@ def test_gate_replays_stored_results(tmp_path):
     ResultLog(tmp_path / "base2.jsonl").append(res([98, 99, 97, 98.5, 97.5]))
     ResultLog(tmp_path / "base3.jsonl").append(res([101, 102, 100, 101.5, 100.5]))
     ResultLog(tmp_path / "slow.jsonl").append(res([70, 71, 69, 70.5, 69.5]))
-    assert run_cli("gate", str(tmp_path / "slow.jsonl"), "--baselines", str(tmp_path / "bl")).stdout.startswith("SKIPPED")
+    assert run_cli("gate", str(tmp_path / "slow.jsonl"), "--baselines",
+                   str(tmp_path / "bl")).stdout.startswith("SKIPPED")
     # one recorded run: the run-to-run noise is unknown, so the verdict is inconclusive, not a pass
-    assert run_cli("gate", str(tmp_path / "base.jsonl"), "--baselines", str(tmp_path / "bl"), "--record").returncode == 0
+    assert run_cli("gate", str(tmp_path / "base.jsonl"), "--baselines", str(tmp_path / "bl"),
+                   "--record").returncode == 0
     once = run_cli("gate", str(tmp_path / "slow.jsonl"), "--baselines", str(tmp_path / "bl"))
     assert once.returncode == 0 and "INCONCLUSIVE" in once.stdout and "noise floor unknown" in once.stdout
     for more in ("base2.jsonl", "base3.jsonl"):

@@ -86,11 +86,13 @@ def test_tolerances_per_mode_parse_and_resolve():
     with pytest.raises(ConfigError, match="KIND.MODE"):
         parse_tolerances("speed.turbo:2%")
     # defaults: graph mode is gated tighter than eager
-    assert resolve_tolerance([DEFAULT_TOLERANCES], "speed", "graph") < resolve_tolerance([DEFAULT_TOLERANCES], "speed", "eager")
+    assert resolve_tolerance([DEFAULT_TOLERANCES], "speed", "graph") < resolve_tolerance([DEFAULT_TOLERANCES], "speed",
+                                                                                         "eager")
     # a later plain KIND covers every mode; a later KIND.MODE beats it for that mode
     assert resolve_tolerance([DEFAULT_TOLERANCES, {"speed": 0.2}], "speed", "graph") == 0.2
     assert resolve_tolerance([DEFAULT_TOLERANCES, {"speed": 0.2, "speed.graph": 0.01}], "speed", "graph") == 0.01
-    assert resolve_tolerance([DEFAULT_TOLERANCES, {"speed.graph": 0.01}], "speed", "eager") == DEFAULT_TOLERANCES["speed"]
+    assert resolve_tolerance([DEFAULT_TOLERANCES, {"speed.graph": 0.01}], "speed",
+                             "eager") == DEFAULT_TOLERANCES["speed"]
     assert resolve_tolerance([DEFAULT_TOLERANCES, {}, {"memory": 0.5}], "memory", "eager") == 0.5
     with pytest.raises(ConfigError, match="no tolerance"):
         resolve_tolerance([{}], "speed", "eager")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quantperf.htmlreport import SECTIONS, load, render_html, render_markdown, sections, takeaway_matrix
+from quantperf.report.html import SECTIONS, load, render_html, render_markdown, sections, takeaway_matrix
 from quantperf.results import Metric, RunResult
 from quantperf.spec import RunSpec, Workload
 from quantperf.summary import ClaimOutcome, ConfigOutcome, SessionSummary
@@ -50,8 +50,10 @@ def stored(tmp_path):
     runs = {
         "nvidia-h200": [_gen("nvidia-h200", "synthetic:llama-125m", "torch-fp16", 90.0, 256.0),
                         _gen("nvidia-h200", "synthetic:llama-125m", "bnb-int8", 25.0, 175.0),
-                        _kernel("nvidia-h200", "torch-fp16", 50.5), _kernel("nvidia-h200", "bnb-int8", 1288.0, "eager-timed"),
-                        _quality("nvidia-h200", "bnb-nf4", 1.3e-3, 0.963), _quality("nvidia-h200", "bnb-int8", 5e-5, 0.992)],
+                        _kernel("nvidia-h200", "torch-fp16", 50.5),
+                        _kernel("nvidia-h200", "bnb-int8", 1288.0, "eager-timed"),
+                        _quality("nvidia-h200", "bnb-nf4", 1.3e-3, 0.963),
+                         _quality("nvidia-h200", "bnb-int8", 5e-5, 0.992)],
         "nvidia-h100-80gb-hbm3": [_gen("nvidia-h100-80gb-hbm3", "synthetic:llama-125m", "torch-fp16", 78.0, 256.0),
                                   _gen("nvidia-h100-80gb-hbm3", "synthetic:llama-125m", "bnb-int8", 24.0, 175.0)],
     }
@@ -123,7 +125,8 @@ def test_the_summary_table_has_one_row_per_session_summary_and_counts_only_real_
     assert header[:2] == ["session summary", "profiles"]
     by_source = {Path(r[0]).name: dict(zip(header, r)) for r in rows}
     large = by_source["large-summary.json"]
-    assert (large["profiles"], large["claims"], large["flipped claims"], large["inconclusive"]) == ("nvidia-h200", 2, 0, 1)
+    assert (large["profiles"], large["claims"], large["flipped claims"],
+            large["inconclusive"]) == ("nvidia-h200", 2, 0, 1)
     assert by_source["nvidia-h200-summary.json"]["flipped claims"] == 0  # "flipped" was the expected verdict there
 
 
@@ -155,7 +158,7 @@ def test_the_readme_takeaway_matrix_is_the_one_rendered_from_the_committed_measu
     """The README's matrix of claims x profiles is what `quantperf merge` renders from the committed
     results, summaries and baselines (the sources that docs/reports/measured.md lists): a figure
     edited by hand, or a baseline recorded without re-rendering, fails here."""
-    from quantperf.htmlreport import _md_table
+    from quantperf.report.table import markdown_table as _md_table
 
     sources = (ROOT / "docs/reports/measured.md").read_text(encoding="utf-8").split("Sources: ", 1)[1].split("\n", 1)[0]
     data = load([ROOT / s for s in sources.split(", ")], ROOT / "baselines")
@@ -167,14 +170,15 @@ def test_the_readme_takeaway_matrix_is_the_one_rendered_from_the_committed_measu
 
 
 def test_several_runs_of_a_configuration_are_one_row_with_the_median_of_their_medians():
-    from quantperf.htmlreport import kernel_rows, speed_rows
+    from quantperf.report.html import kernel_rows, speed_rows
 
     runs = [_gen("nvidia-h200", "synthetic:llama-125m", "torch-fp16", v, 256.0) for v in (67.0, 105.0, 99.0)]
     (row,) = speed_rows(runs + [_gen("nvidia-h200", "synthetic:llama-125m", "bnb-int8", 30.0, 175.0)])[:1]
-    assert row["runs"] == 3 and row["median"] == pytest.approx(99.0) and (row["q1"], row["q3"]) == pytest.approx((67.0, 105.0))
+    assert row["runs"] == 3 and row["median"] == pytest.approx(99.0) and (row["q1"],
+                                                                          row["q3"]) == pytest.approx((67.0, 105.0))
     (k,) = kernel_rows([_kernel("nvidia-h200", "torch-fp16", us) for us in (48.0, 48.3, 48.2)])
     assert k["runs"] == 3 and k["decode_us"] == pytest.approx(48.2) and 0 < k["decode_cv"] < 0.01
-    from quantperf.htmlreport import quality_rows
+    from quantperf.report.html import quality_rows
 
     (q,) = quality_rows([_quality("cpu-x", "bnb-nf4", kld, 0.96) for kld in (1.3e-3, 1.3e-3, 1.4e-3)])
     assert q["runs"] == 3 and q["mean_kld"] == pytest.approx(1.3e-3)
@@ -185,7 +189,7 @@ def test_a_configuration_at_another_batch_is_a_row_of_its_own():
     the tier's batch-1 one: never folded into its row as if it were another run of it."""
     from dataclasses import replace
 
-    from quantperf.htmlreport import kernel_rows
+    from quantperf.report.html import kernel_rows
 
     one = _kernel("nvidia-h200", "torch-bf16", 130.0)
     eight = _kernel("nvidia-h200", "torch-bf16", 172.0)
@@ -207,13 +211,14 @@ def test_onnx_runtime_kernel_figures_measured_differently_are_rows_of_their_own(
     refuses to compare them through their identity; the report must not fold them either)."""
     from dataclasses import replace
 
-    from quantperf.htmlreport import cross_matrix, kernel_rows
+    from quantperf.report.html import cross_matrix, kernel_rows
 
     wall = [_kernel("nvidia-h100", "ort-fp16", us) for us in (330.0, 395.0)]  # identity without a timing: wall
     walk = _kernel("nvidia-h100", "ort-fp16", 55.3, method="cuda-graph, gpu-queued")
     walk.backend_identity = {"kernel_timing": "gpu-queued", "kernel_walk": "one weight copy per decoder layer"}
     cpu = _kernel("cpu-x", "ort-int8", 30.0, method="cpu-iobinding")
-    cpu.spec, cpu.backend_identity = replace(cpu.spec, device="cpu"), {"kernel_walk": "one weight copy per decoder layer"}
+    cpu.spec, cpu.backend_identity = replace(cpu.spec,
+                                             device="cpu"), {"kernel_walk": "one weight copy per decoder layer"}
     rows = {r["backend"]: r for r in kernel_rows([*wall, walk, cpu])}
     assert set(rows) == {"ort-fp16 (wall)", "ort-fp16 (gpu-queued, walk)", "ort-int8 (walk)"}
     assert rows["ort-fp16 (wall)"]["runs"] == 2 and rows["ort-fp16 (gpu-queued, walk)"]["runs"] == 1
@@ -235,8 +240,9 @@ def test_the_upgrade_section_names_the_change_and_each_configurations_tolerance(
     (u,) = data.upgrades
     assert u["versions"] == "bitsandbytes 0.49.2 -> 0.50.2" and u["profile"] == "nvidia-h200"
     md = render_markdown(data)
-    assert re.search(r"\| bitsandbytes 0\.49\.2 -> 0\.50\.2 \| llama-1b-bnb-nf4-cuda-bs1-kernel \| kernel \| us per layer \| "
-                     r"0\.8510 \| \[0\.8412, 0\.8610\] \| \+/-1\.0% \| faster \|", md), md
+    assert re.search(r"\| bitsandbytes 0\.49\.2 -> 0\.50\.2 \| llama-1b-bnb-nf4-cuda-bs1-kernel \| kernel \| us per "
+                     r"layer \| "
+                     r"0\.8510 \| \[0\.8412, 0\.8610\] \| \+/-1\.0% \| improved \|", md), md
     assert re.search(r"\| llama-1b-bnb-nf4-cuda-bs1-eager \| eager \| time per token \| 0\.9387 \| .* \| \+/-5\.5% \| "
                      r"inconclusive \|", md), md
     aa = load([ROOT / "docs/measurements/h200-2026-11-29c/upgrade-aa-report.json"]).upgrades[0]

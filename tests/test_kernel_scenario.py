@@ -3,8 +3,14 @@ activations, for a torch backend and an ONNX Runtime backend (the CUDA-graph pat
 
 import pytest
 
-from quantperf.scenarios.kernel import (LINEAR_TYPES, MIN_REPLAYS, KernelScenario, decode_decomposition, fit_replays,
-                                       linear_modules)
+from quantperf.scenarios.kernel import (
+    LINEAR_TYPES,
+    MIN_REPLAYS,
+    KernelScenario,
+    decode_decomposition,
+    fit_replays,
+    linear_modules,
+)
 from quantperf.spec import RunSpec, Workload
 from quantperf.workers import LocalWorker
 
@@ -110,7 +116,8 @@ def test_gpu_queued_figures_carry_the_hosts_enqueue_time_into_the_table():
     assert table["types"]["prefill:k_proj"]["host_enqueue_us"] == 146.0
 
     def result(fig):
-        return RunResult(spec=RunSpec("synthetic:llama-8b", "ort-int4", "cuda", "kernel", WORKLOAD), figures={"kernel": fig},
+        return RunResult(spec=RunSpec("synthetic:llama-8b", "ort-int4", "cuda", "kernel", WORKLOAD),
+                         figures={"kernel": fig},
                          metrics={f"kernel_{s}_us_per_layer": Metric.of(f"kernel_{s}_us_per_layer", [1.0, 1.0])
                                   for s in ("decode", "prefill")})
     text = kernel_tables([result(table)], markdown=True)
@@ -147,7 +154,8 @@ def test_the_decode_step_is_decomposed_when_graph_and_kernel_results_meet():
                       metrics={"decode_tokens_per_s": Metric.of("decode_tokens_per_s", [400.0, 400.0])})
     kernel = RunResult(spec=RunSpec("synthetic:llama-1b", "torch-fp16", "cuda", "kernel", w),
                        metrics={"kernel_decode_us_per_layer": Metric.of("kernel_decode_us_per_layer", [50.0, 50.0])},
-                       arch={"num_layers": 22}, figures={"kernel": {"types": {"decode:lm_head": {"us_per_call": 35.0}}}})
+                       arch={"num_layers": 22},
+                       figures={"kernel": {"types": {"decode:lm_head": {"us_per_call": 35.0}}}})
     (d,) = decompositions([graph, kernel])
     assert d["step_ms"] == pytest.approx(2.5) and d["linears_ms"] == pytest.approx((50 * 22 + 35) / 1e3)
     assert d["consistent"] and "linear kernels 1.135 ms (45%)" in decomposition_lines([graph, kernel])[0]

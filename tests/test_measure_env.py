@@ -4,8 +4,8 @@ import pytest
 
 from quantperf import envinfo
 from quantperf import trackers as M
-from quantperf.spec import RunSpec, Workload
 from quantperf.errors import ConfigError
+from quantperf.spec import RunSpec, Workload
 
 
 def test_cpu_token_clock_times_prefill_and_each_decode_step():
@@ -45,7 +45,8 @@ def test_worker_settings_change_between_rounds_of_one_loaded_model(monkeypatch):
     monkeypatch.setenv(M.INJECT_ENV, "fake-fp16=50")
     w = LocalWorker(RunSpec("fake:small", "fake-fp16", "cpu", "eager", Workload(prompt_tokens=8, new_tokens=6)))
     assert w.load()["status"] == "ok"
-    assert w.configure(inject_ms=0.0, gc_off=False) == {"inject_ms": 0.0, "gc_off": False, "tokens_factor": 1, "pin_cpu": True}
+    assert w.configure(inject_ms=0.0, gc_off=False) == {"inject_ms": 0.0, "gc_off": False, "tokens_factor": 1,
+                                                        "pin_cpu": True}
     quick = w.rounds(n=1)[0]
     assert len(quick["decode_ms"]) == 5 and max(quick["decode_ms"]) < 40
     w.configure(inject_ms=20.0, tokens_factor=2)

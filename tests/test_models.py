@@ -78,7 +78,8 @@ def test_synthetic_checkpoint_is_built_once(model_cache):
     a = models.resolve("synthetic:llama-tiny", build_device="cpu")
     stamp = (models.Path(a.path_or_id) / "model.safetensors").stat().st_mtime_ns
     b = models.resolve("synthetic:llama-tiny", build_device="cpu")
-    assert a.path_or_id == b.path_or_id and (models.Path(b.path_or_id) / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (a.path_or_id == b.path_or_id
+            and (models.Path(b.path_or_id) / "model.safetensors").stat().st_mtime_ns == stamp)
     assert a.meta["rng_device"] == "cpu"
 
 

@@ -14,7 +14,8 @@ pytest.importorskip("onnxruntime")
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 HIDDEN, INTERMEDIATE = 256, 768  # llama-tiny
-SHAPES = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN, HIDDEN), "v_proj": (HIDDEN, HIDDEN), "o_proj": (HIDDEN, HIDDEN),
+SHAPES = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN, HIDDEN), "v_proj": (HIDDEN, HIDDEN),
+          "o_proj": (HIDDEN, HIDDEN),
           "gate_proj": (HIDDEN, INTERMEDIATE), "up_proj": (HIDDEN, INTERMEDIATE), "down_proj": (INTERMEDIATE, HIDDEN)}
 
 
@@ -186,7 +187,8 @@ def test_placement_flags_a_cpu_compute_node_and_reports_input_copies(tmp_path):
     from quantperf.backends.ort import node_placement, placement_problems
     from quantperf.backends.ort.session import host_copies
 
-    clean = [("Shape", CPU), ("Gather", CPU), ("Concat", CPU), ("MatMul", CUDA), ("MatMulNBits", CUDA), ("Softmax", CUDA)]
+    clean = [("Shape", CPU), ("Gather", CPU), ("Concat", CPU), ("MatMul", CUDA), ("MatMulNBits", CUDA),
+             ("Softmax", CUDA)]
     bad = [("Shape", CPU), ("MatMulInteger", CPU), ("DynamicQuantizeLinear", CPU), ("MemcpyToHost", CUDA),
            ("MemcpyFromHost", CUDA), ("MatMul", CUDA), ("MatMul", CUDA)]
     placement = node_placement(_profile(tmp_path, [clean, bad]), last_run_only=True)
@@ -242,7 +244,8 @@ def test_kernel_mode_export_of_one_layer_holds_the_same_projections(source, grap
         find_linears(one, 1)
     cut, whole = find_linears(one, 0), find_linears(graphs[variant], 0)
     full = onnx.load(str(graphs[variant] / "model.onnx"))
-    data = {m: {t.name: numpy_helper.to_array(t) for t in g.graph.initializer} for m, g in (("one", model), ("whole", full))}
+    data = {m: {t.name: numpy_helper.to_array(t) for t in g.graph.initializer}
+            for m, g in (("one", model), ("whole", full))}
     for kind in LINEARS:
         a, b = cut[kind], whole[kind]
         assert (a.op_types, a.in_features, a.out_features, a.weight_bytes) == \
@@ -437,7 +440,8 @@ def test_the_kernel_timing_is_part_of_a_cuda_kernel_identity(monkeypatch):
     backend = get_backend("ort-int4")
     monkeypatch.delenv("QUANTPERF_ORT_KERNEL_TIMING", raising=False)
     assert backend.identity("cuda", "kernel")["kernel_timing"] == "gpu-queued"
-    assert "kernel_timing" not in backend.identity("cuda", "eager") and "kernel_timing" not in backend.identity("cpu", "kernel")
+    assert "kernel_timing" not in backend.identity("cuda",
+                                                   "eager") and "kernel_timing" not in backend.identity("cpu", "kernel")
     monkeypatch.setenv("QUANTPERF_ORT_KERNEL_TIMING", "wall")
     assert backend.identity("cuda", "kernel")["kernel_timing"] == "wall"
     # the walk (weight copies per call) is part of every kernel identity, and of no other mode's
@@ -450,7 +454,8 @@ def test_the_ort_kernel_timing_variable_is_checked():
     from quantperf.errors import ConfigError
 
     assert cuda_timing(None) == cuda_timing("") == "gpu-queued" and cuda_timing("wall") == "wall"
-    with pytest.raises(ConfigError, match="QUANTPERF_ORT_KERNEL_TIMING='events': not a timing method; use one of gpu-queued, wall"):
+    with pytest.raises(ConfigError,
+                       match="QUANTPERF_ORT_KERNEL_TIMING='events': not a timing method; use one of gpu-queued, wall"):
         cuda_timing("events")
 
 
@@ -508,7 +513,8 @@ def test_a_cast_the_fp16_converter_emits_twice_is_dropped_and_the_graph_loads():
     from quantperf.backends.ort.quantize import repair_converted_graph
 
     w = numpy_helper.from_array(np.arange(40, dtype=np.float16).reshape(10, 4), "W")
-    cast = lambda: helper.make_node("Cast", ["e"], ["e32"], name="e_cast_to_fp32_node", to=TensorProto.FLOAT)  # noqa: E731
+    cast = lambda: helper.make_node("Cast", ["e"], ["e32"], name="e_cast_to_fp32_node",  # noqa: E731
+                                    to=TensorProto.FLOAT)
     nodes = [helper.make_node("Gather", ["W", "ids"], ["e"], name="embedding"), cast(), cast(),
              helper.make_node("Relu", ["e32"], ["out"], name="relu")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],

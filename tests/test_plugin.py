@@ -50,7 +50,8 @@ def project(pytester, monkeypatch):
 
 
 ARGS = ["--qp-matrix=matrix.toml", "--qp-takeaways=takeaways.toml", "--qp-baselines=baselines",
-        "--qp-profile=cpu-test", "--qp-results=out/results.jsonl", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
+        "--qp-profile=cpu-test", "--qp-results=out/results.jsonl", "-p", "no:cacheprovider", "-W",
+        "ignore::DeprecationWarning"]
 
 
 def run(p, *extra):
@@ -120,8 +121,10 @@ def test_a_claim_with_its_own_batch_measures_both_sides_at_that_batch(project):
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*fake-int8-slower-at-bs2*cpu-test*holds*"])
     lines = [json.loads(x) for x in project.path.joinpath("out", "results.jsonl").read_text().splitlines()]
-    assert sorted(r["config_id"] for r in lines) == ["small-fake-fp16-cpu-bs1-p8-n12-eager", "small-fake-fp16-cpu-bs2-p8-n12-eager",
-                                                    "small-fake-int8-cpu-bs1-p8-n12-eager", "small-fake-int8-cpu-bs2-p8-n12-eager"]
+    assert sorted(r["config_id"] for r in lines) == ["small-fake-fp16-cpu-bs1-p8-n12-eager",
+                                                     "small-fake-fp16-cpu-bs2-p8-n12-eager",
+                                                    "small-fake-int8-cpu-bs1-p8-n12-eager",
+                                                    "small-fake-int8-cpu-bs2-p8-n12-eager"]
 
 
 def test_injected_slowdown_flips_the_takeaway_and_regresses_speed(project, monkeypatch):
@@ -138,7 +141,8 @@ def test_injected_slowdown_flips_the_takeaway_and_regresses_speed(project, monke
 
 
 def test_corrupt_baseline_fails_with_file_and_field(project):
-    project.path.joinpath("baselines", "cpu-test.json").write_text('{"schema": 1, "profile": "cpu-test", "configs": []}')
+    project.path.joinpath("baselines",
+                          "cpu-test.json").write_text('{"schema": 1, "profile": "cpu-test", "configs": []}')
     result = run(project, "-m", "cpu", "-k", "speed")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*cpu-test.json: configs: input should be a valid dictionary*"])
@@ -185,7 +189,8 @@ cv_within_max = { eager = 0.0000001 }
     """)
     result = run(project, "-m", "cpu", "test_noise.py", "--qp-noise-runs", "2")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*NOISY small-fake-fp16-cpu-bs1-p8-n12-eager [[]cpu-test[]]: decode_tokens_per_s within-run CV*",
+    result.stdout.fnmatch_lines(["*NOISY small-fake-fp16-cpu-bs1-p8-n12-eager [[]cpu-test[]]: decode_tokens_per_s "
+                                 "within-run CV*",
                                  "*repeatability (fresh process per run):*"])
     summary = json.loads(project.path.joinpath("out", "summary.json").read_text())
     assert summary["repeatability"][0]["runs"] == 2
@@ -205,9 +210,12 @@ def test_qp_report_writes_the_html_and_markdown_report_of_the_session(project):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--qp-backends", "torch-fp33"], "*ERROR: quantperf: pytest options: --qp-backends: unknown backend 'torch-fp33'*"),
-    (["--qp-tolerance", "speed:abc"], "*ERROR: quantperf: --qp-tolerance: tolerance 'speed:abc': 'abc' is not a number*"),
-    (["--qp-alpha", "2"], "*ERROR: quantperf: --qp-alpha 2.0: the significance level must lie strictly between 0 and 1*"),
+    (["--qp-backends", "torch-fp33"],
+     "*ERROR: quantperf: pytest options: --qp-backends: unknown backend 'torch-fp33'*"),
+    (["--qp-tolerance", "speed:abc"],
+     "*ERROR: quantperf: --qp-tolerance: tolerance 'speed:abc': 'abc' is not a number*"),
+    (["--qp-alpha", "2"],
+     "*ERROR: quantperf: --qp-alpha 2.0: the significance level must lie strictly between 0 and 1*"),
 ])
 def test_a_bad_option_is_one_clean_usage_line(project, args, message):
     result = run(project, "-m", "cpu", *args)
@@ -260,8 +268,10 @@ def test_sharded_over_xdist_workers_records_checks_and_merges_one_summary(projec
     rec = run(project, "-m", "cpu", "-k", "speed or memory or takeaway", "-n", "2", "--qp-record")
     rec.assert_outcomes(passed=9)
     baseline = json.loads(project.path.joinpath("baselines", "cpu-test.json").read_text())
-    assert sorted(baseline["configs"]) == ["medium-fake-fp16-cpu-bs1-p8-n12-eager", "medium-fake-int8-cpu-bs1-p8-n12-eager",
-                                           "small-fake-fp16-cpu-bs1-p8-n12-eager", "small-fake-int8-cpu-bs1-p8-n12-eager"]
+    assert sorted(baseline["configs"]) == ["medium-fake-fp16-cpu-bs1-p8-n12-eager",
+                                           "medium-fake-int8-cpu-bs1-p8-n12-eager",
+                                           "small-fake-fp16-cpu-bs1-p8-n12-eager",
+                                           "small-fake-int8-cpu-bs1-p8-n12-eager"]
     assert "fake-int8-slower-than-fp16" in baseline["takeaways"]
     out = project.path / "out"
     assert not list(out.glob("*-gw*")), "the workers' files are merged away"
@@ -277,9 +287,10 @@ def test_sharded_over_xdist_workers_records_checks_and_merges_one_summary(projec
 
 
 def test_shards_go_to_the_least_loaded_worker_the_same_way_everywhere():
-    from quantperf.plugin import assign_shards
+    from quantperf.shards import assign_shards
 
-    keys = ["cuda-llama-1b-kernel"] * 4 + ["cuda-llama-125m-eager"] * 3 + ["cuda-llama-8b-kernel"] * 2 + ["quality-cuda-fixture"]
+    keys = (["cuda-llama-1b-kernel"] * 4 + ["cuda-llama-125m-eager"] * 3 + ["cuda-llama-8b-kernel"] * 2
+            + ["quality-cuda-fixture"])
     owner = assign_shards(keys, 2)
     assert owner == assign_shards(list(reversed(keys)), 2)
     load = [sum(1 for k in keys if owner[k] == w) for w in (0, 1)]
@@ -290,12 +301,13 @@ def test_shards_go_to_the_least_loaded_worker_the_same_way_everywhere():
 def test_shards_are_balanced_by_estimated_seconds_and_split_by_batch():
     """A shard's weight is the estimated time of the configurations its tests measure, each once:
     one 8B shard outweighs many small ones, and a claim at its own batch is a shard of its own."""
-    from quantperf.plugin import SHARD_CONFIG_S, assign_shards, shard_of, spec_cost
+    from quantperf.shards import SHARD_CONFIG_S, assign_shards, shard_of, spec_cost
     from quantperf.spec import RunSpec, Workload
 
     assert spec_cost("synthetic:llama-8b") > 5 * spec_cost("synthetic:llama-125m") > 5 * SHARD_CONFIG_S / 2
     assert spec_cost("fixture") == SHARD_CONFIG_S and spec_cost("hf:org/name") == spec_cost("/ckpt/m")
-    big = [RunSpec("synthetic:llama-8b", b, "cuda", "kernel", Workload()) for b in ("torch-fp16", "bnb-nf4", "torch-bf16")]
+    big = [RunSpec("synthetic:llama-8b", b, "cuda", "kernel", Workload()) for b in ("torch-fp16", "bnb-nf4",
+                                                                                    "torch-bf16")]
     bs8 = RunSpec("synthetic:llama-8b", "torch-bf16", "cuda", "kernel", Workload(batch_size=8))
     small = [RunSpec(m, b, "cuda", "eager", Workload()) for m in ("synthetic:llama-125m", "synthetic:llama-1b")
              for b in ("torch-fp16", "bnb-int8", "bnb-nf4")]
@@ -317,7 +329,8 @@ def test_progress_log_lines_reach_a_plain_log(project, monkeypatch):
     import re
 
     quiet = run(project, "-m", "cpu", "-k", "speed", "--qp-record")  # recording measures (no baseline yet)
-    assert quiet.ret == 0 and not any(re.match(r"  \[\d\d:\d\d:\d\d\] ", line) for line in quiet.outlines), quiet.outlines
+    assert quiet.ret == 0 and not any(re.match(r"  \[\d\d:\d\d:\d\d\] ",
+                                               line) for line in quiet.outlines), quiet.outlines
     monkeypatch.setenv("QUANTPERF_PROGRESS", "log")
     result = run(project, "-m", "cpu", "-k", "speed")
     result.assert_outcomes(passed=2)

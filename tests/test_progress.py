@@ -56,10 +56,12 @@ def test_log_mode_writes_a_timestamped_line_per_step_start_and_end(monkeypatch):
         raise RuntimeError("boom")
     lines = [re.sub(r"^  \[\d\d:\d\d:\d\d\] ", "", x) for x in pipe.getvalue().splitlines()]
     assert len(lines) == 4 and all(x.startswith("llama-8b") for x in lines), pipe.getvalue()
-    assert lines[0] == "llama-8b torchao-fp8wo kernel: load ..." and lines[2] == "llama-8b torchao-fp8wo kernel: warm-up ..."
+    assert (lines[0] == "llama-8b torchao-fp8wo kernel: load ..."
+            and lines[2] == "llama-8b torchao-fp8wo kernel: warm-up ...")
     lines = pipe.getvalue().splitlines()
     assert re.fullmatch(r"  \[\d\d:\d\d:\d\d\] llama-8b torchao-fp8wo kernel: load: done in \d+\.\d s", lines[1])
-    assert re.fullmatch(r"  \[\d\d:\d\d:\d\d\] llama-8b torchao-fp8wo kernel: warm-up: failed after \d+\.\d s", lines[3])
+    assert re.fullmatch(r"  \[\d\d:\d\d:\d\d\] llama-8b torchao-fp8wo kernel: warm-up: failed after \d+\.\d s",
+                        lines[3])
     monkeypatch.setenv(progress.LOG_ENV, "")
     assert not progress.log_requested()
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from quantperf.corpus import load_text, windows
+from quantperf.divergence import Accumulator, check_finite, log_softmax
 from quantperf.errors import ConfigError, NonFiniteLogits
-from quantperf.quality import Accumulator, check_finite, log_softmax
 
 
 def _logits(seed, n=64, v=50):
@@ -70,7 +70,7 @@ def test_bundled_corpus_is_clean_and_split():
 
 
 def test_quality_limits_name_what_broke():
-    from quantperf.quality import limit_violations
+    from quantperf.divergence import limit_violations
 
     good = {"ln_ppl_ratio": 0.0003, "mean_kld": 0.0001, "top1_agreement": 0.99}
     assert limit_violations("8-bit", good) == []

@@ -49,7 +49,8 @@ def test_record_then_reload(tmp_path):
     assert any("new" in line for line in lines)
     again = BaselineStore(tmp_path, "nvidia-h100-80gb-hbm3")
     entry = again.entry("llama-1b-torch-fp16-cuda-bs1-eager")
-    assert entry["git_revision"] == "abc123" and entry["metrics"]["decode_tokens_per_s"]["samples"] == [50.0, 51.0, 49.0]
+    assert (entry["git_revision"] == "abc123"
+            and entry["metrics"]["decode_tokens_per_s"]["samples"] == [50.0, 51.0, 49.0])
     text = (tmp_path / "nvidia-h100-80gb-hbm3.json").read_text()
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # stable, diffable
 
@@ -58,7 +59,8 @@ def test_record_then_reload(tmp_path):
     ("{not json", "not valid JSON"),
     ('{"schema": 99, "profile": "p", "configs": {}}', "field 'schema' is 99"),
     ('{"schema": 1, "profile": "nvidia-tesla-t4", "configs": {}}', "field 'profile' is 'nvidia-tesla-t4'"),
-    ('{"schema": 1, "profile": "p", "configs": {"c": {"metrics": {"m": {"samples": []}}}}}', "configs.c.metrics.m.samples"),
+    ('{"schema": 1, "profile": "p", "configs": {"c": {"metrics": {"m": {"samples": []}}}}}',
+     "configs.c.metrics.m.samples"),
 ])
 def test_corrupt_or_mismatched_baseline_fails_loudly(tmp_path, content, match):
     (tmp_path / "p.json").write_text(content)
@@ -90,6 +92,7 @@ def test_runs_accumulate_unless_a_shared_library_changes_version(tmp_path):
     store = BaselineStore(tmp_path, "p")
     store.update(_with_packages(make_result(), {"torch": "2.11.0"}, "r1"), None)
     store.update(_with_packages(make_result(), {"torch": "2.11.0", "onnxruntime-gpu": "1.31.1"}, "r2"), None)
-    assert [r["run_id"] for r in store.runs("llama-1b-torch-fp16-cuda-bs1-eager", "decode_tokens_per_s")] == ["r1", "r2"]
+    runs = store.runs("llama-1b-torch-fp16-cuda-bs1-eager", "decode_tokens_per_s")
+    assert [r["run_id"] for r in runs] == ["r1", "r2"]
     store.update(_with_packages(make_result(), {"torch": "2.12.0", "onnxruntime-gpu": "1.31.1"}, "r3"), None)
     assert [r["run_id"] for r in store.runs("llama-1b-torch-fp16-cuda-bs1-eager", "decode_tokens_per_s")] == ["r3"]

@@ -5,12 +5,18 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from quantperf.errors import ConfigError
-from quantperf.runlevel import (
-    RunRecord, assign_sessions, clopper_pearson_upper, confirm, fit_noise, gate, look_alpha, looks_schedule,
-    noise_floor, session_shift,
+from quantperf.gate.runlevel import (
+    RunRecord,
+    assign_sessions,
+    confirm,
+    fit_noise,
+    gate,
+    noise_floor,
+    session_shift,
 )
 
 CONFIGS = [f"c{i}" for i in range(10)]
@@ -76,7 +82,8 @@ def test_a_whole_machine_running_40_percent_slower_is_a_session_shift_not_a_regr
     v = verdicts["c0"]
     assert v.shift == pytest.approx(0.6, rel=0.15) and v.raw_ratio < 0.8
     model = fit_noise(records)
-    line = session_shift(current, {c: np.mean([math.log(r.value) for r in records if r.config_id == c]) for c in CONFIGS},
+    line = session_shift(current,
+                         {c: np.mean([math.log(r.value) for r in records if r.config_id == c]) for c in CONFIGS},
                          model.sigma).line()
     assert "slower than when the baseline was recorded" in line and "median over 10 configurations" in line
 
@@ -105,7 +112,8 @@ def test_the_printed_ratio_lies_inside_its_own_interval(factor, noise):
 
 def test_lower_is_better_metrics_regress_upwards():
     records = [RunRecord("p", "prefill_ms", 20 * (1 + 0.01 * i), "s0", f"r{i}", False) for i in range(4)]
-    records += [RunRecord(f"q{j}", "prefill_ms", 30 * (1 + 0.01 * i), "s0", f"q{j}r{i}", False) for j in range(3) for i in range(4)]
+    records += [RunRecord(f"q{j}", "prefill_ms", 30 * (1 + 0.01 * i), "s0", f"q{j}r{i}",
+                          False) for j in range(3) for i in range(4)]
     model = fit_noise(records)
     shift = session_shift({"p": 40.0}, {"p": np.mean([math.log(r.value) for r in records[:4]])})
     slower = gate(40.0, records[:4], model, shift, 0.05, 0.01, 1, higher_is_better=False)
@@ -117,21 +125,6 @@ def test_noise_floor_shrinks_with_degrees_of_freedom_and_grows_with_the_family()
     assert noise_floor(0.05, 5, 0.05, 0.01) > noise_floor(0.05, 50, 0.05, 0.01)
     assert noise_floor(0.05, 50, 0.05, 0.01, family_size=20) > noise_floor(0.05, 50, 0.05, 0.01)
     assert noise_floor(0.0, 10, 0.05, 0.01) == pytest.approx(0.05)
-
-
-def test_clopper_pearson_bounds_of_a_clean_record():
-    assert clopper_pearson_upper(0, 16) == pytest.approx(0.1707, abs=1e-3)
-    assert clopper_pearson_upper(0, 3) == pytest.approx(0.6316, abs=1e-3)
-    assert clopper_pearson_upper(3, 3) == 1.0
-    with pytest.raises(ValueError):
-        clopper_pearson_upper(4, 3)
-
-
-def test_looks_split_alpha_and_follow_the_plan():
-    assert look_alpha(0.05, 5) == pytest.approx(0.01)
-    assert looks_schedule(5, 11, 2) == [5, 7, 9, 11]
-    with pytest.raises(ValueError):
-        look_alpha(0.05, 0)
 
 
 def test_a_single_flag_is_not_confirmed_by_a_clean_second_run():

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantperf.errors import ConfigError
+from quantperf.experiments.sensitivity import AA, CLEAN, delay_for, evaluate, make_sides, slow_name
 from quantperf.report import evaluation_table
-from quantperf.sensitivity import AA, CLEAN, delay_for, evaluate, make_sides, slow_name
 
 
 def test_sides_are_clean_aa_slowdowns_then_variants():
@@ -45,7 +45,8 @@ def _raw(processes=6, noise=0.004, slow=(0.05, 0.10), between=0.0, seed=0):
         for name in names:
             factor = 1 - dict(zip([slow_name(s) for s in slow], slow)).get(name, 0.0)
             vals = (level * factor * (1 + rng.normal(0, noise, 5))).tolist()
-            sides[name] = {"decode_tokens_per_s": vals, "prefill_ms": [1.0] * 5, "throttled_rounds": 0, "retried_rounds": 0}
+            sides[name] = {"decode_tokens_per_s": vals, "prefill_ms": [1.0] * 5, "throttled_rounds": 0,
+                           "retried_rounds": 0}
         procs.append({"index": p, "sides": sides})
     return {"status": "ok", "config": "cfg", "spec": {"model": "m", "backend": "b", "mode": "graph"}, "rounds": 5,
             "sides": names, "slowdowns": {slow_name(s): s for s in slow}, "processes": procs}
@@ -101,7 +102,7 @@ def test_a_time_metric_is_gated_in_its_own_direction():
 def test_a_failed_experiment_is_an_error_and_evaluations_round_trip():
     with pytest.raises(ConfigError, match="did not run: unavailable"):
         evaluate({"status": "unavailable", "reason": "no GPU"}, 0.03)
-    from quantperf.sensitivity import Evaluation
+    from quantperf.experiments.sensitivity import Evaluation
 
     ev = evaluate(_raw(), tolerance=0.03)
     again = Evaluation.from_dict(json.loads(json.dumps(ev.to_dict())))

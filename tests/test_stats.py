@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantperf.stats import Summary, interleaved_order, min_detectable_change, ratio_of_medians, rounds_needed
+from quantperf.stats import Summary, interleaved_order, min_detectable_change, ratio_of_medians
 
 finite = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False)
 
@@ -44,11 +44,7 @@ def test_more_rounds_detect_smaller_changes(cv, n):
     assert min_detectable_change(cv, n) == pytest.approx(2 * min_detectable_change(cv / 2, n))
 
 
-def test_power_analysis_matches_textbook_numbers():
-    # two-sample, alpha 0.05, power 0.8: n = 2 * (1.96 + 0.84)^2 * (cv/delta)^2 for the t-test;
-    # cv 10%, delta 10% -> ~15.7 per side, /0.955 for Mann-Whitney -> ~16.5
-    n = rounds_needed(0.10, 0.10)
-    assert 16 <= n <= 18
+def test_one_round_detects_nothing():
     assert min_detectable_change(0.10, 1) == math.inf
 
 

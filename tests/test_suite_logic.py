@@ -14,7 +14,8 @@ W = Workload(batch_size=1, prompt_tokens=4, new_tokens=6, warmup_rounds=0, round
 
 
 def _pair():
-    return [RunSpec("fake:small", "fake-fp16", "cpu", "eager", W), RunSpec("fake:small", "fake-int8", "cpu", "eager", W)]
+    return [RunSpec("fake:small", "fake-fp16", "cpu", "eager", W),
+            RunSpec("fake:small", "fake-int8", "cpu", "eager", W)]
 
 
 def test_interleaved_pair_records_its_partner_and_adds_rounds_while_inconclusive():
@@ -208,13 +209,14 @@ def test_missing_library_is_unavailable_not_a_traceback(monkeypatch):
     from quantperf.backends import get_backend
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: None if name == "bitsandbytes" else real(name, *a))
     reason = get_backend("bnb-nf4").unavailable_reason("cpu")
     assert reason.startswith("bitsandbytes is not installed: pip install bitsandbytes")
 
 
 def _noise_session(tmp_path, monkeypatch, raw):
-    import quantperf.sensitivity as sens
+    import quantperf.experiments.sensitivity as sens
 
     seen = {}
 
@@ -261,9 +263,11 @@ def test_noise_benchmark_fails_on_noise_false_alarms_and_a_blunt_gate(tmp_path, 
 def _kernel_result(us_per_layer, methods, run_id):
     """A kernel-mode result whose per-module figures were timed by `methods` (one per module)."""
     spec = RunSpec("synthetic:llama-1b", "ort-int4", "cuda", "kernel", W)
-    types = {f"decode:{kind}": {"us_per_call": us_per_layer / 2, "method": m} for kind, m in zip(("k_proj", "v_proj"), methods)}
+    types = {f"decode:{kind}": {"us_per_call": us_per_layer / 2,
+                                "method": m} for kind, m in zip(("k_proj", "v_proj"), methods)}
     samples = [us_per_layer * f for f in (1.0, 1.001, 0.999, 1.0005, 0.9995)]
-    return RunResult(spec=spec, metrics={"kernel_decode_us_per_layer": Metric.of("kernel_decode_us_per_layer", samples)},
+    return RunResult(spec=spec,
+                     metrics={"kernel_decode_us_per_layer": Metric.of("kernel_decode_us_per_layer", samples)},
                      backend_identity={"variant": "int4", "kernel_timing": "gpu-queued"},
                      figures={"kernel": {"types": types}}, timestamp="2026-12-06T00:00:00+00:00",
                      environment={"packages": {"onnxruntime-gpu": "1.31.1"},
@@ -281,7 +285,8 @@ def test_kernel_figures_timed_otherwise_than_the_baseline_are_never_gated_agains
         store.update(_kernel_result(us, queued, f"r{i}"), None)
     store.save()
     cid = _kernel_result(50.0, queued, "x").spec.id
-    assert store.entry(cid)["kernel_methods"] == ["cuda-graph, gpu-queued"] and len(store.runs(cid, "kernel_decode_us_per_layer")) == 3
+    assert (store.entry(cid)["kernel_methods"] == ["cuda-graph, gpu-queued"]
+            and len(store.runs(cid, "kernel_decode_us_per_layer")) == 3)
     session = SuiteSession(baselines_dir=tmp_path, profiles={"cuda": "gpu-test"})
     slower = _kernel_result(60.0, queued, "now")  # same methods, 20% slower: a verdict
     assert session.gate_result(slower, ("speed",)).status == "regressed"

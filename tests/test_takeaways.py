@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 
 from quantperf.errors import ConfigError
+from quantperf.gate import evaluate, load_claims
 from quantperf.results import Metric, RunResult
 from quantperf.spec import RunSpec, Workload
-from quantperf.takeaways import evaluate, load_claims
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAIM = """
@@ -46,22 +46,26 @@ def test_bundled_takeaways_parse_and_cover_the_seed_claims():
 
 
 def test_claim_holds_when_int8_is_clearly_slower(tmp_path):
-    r = evaluate(_claim(tmp_path), _res("torch-fp16", FP16), _res("bnb-int8", [x * 0.6 for x in FP16]), "nvidia-tesla-t4")
+    r = evaluate(_claim(tmp_path), _res("torch-fp16", FP16), _res("bnb-int8", [x * 0.6 for x in FP16]),
+                 "nvidia-tesla-t4")
     assert r.verdict == "holds" and r.passed
     assert r.high < 1.0
 
 
 def test_flip_fails_with_the_ratio_its_ci_and_the_claim(tmp_path):
-    r = evaluate(_claim(tmp_path), _res("torch-fp16", FP16), _res("bnb-int8", [x * 1.12 for x in FP16]), "nvidia-tesla-t4",
+    r = evaluate(_claim(tmp_path), _res("torch-fp16", FP16), _res("bnb-int8", [x * 1.12 for x in FP16]),
+                 "nvidia-tesla-t4",
                  expected="holds")
     assert r.verdict == "flipped" and not r.passed
     msg = r.message()
-    assert msg.startswith("FLIPPED small-int8-slower-than-fp16 [nvidia-tesla-t4]: bnb-int8/torch-fp16 decode tok/s = 1.12 [")
+    assert msg.startswith("FLIPPED small-int8-slower-than-fp16 [nvidia-tesla-t4]: bnb-int8/torch-fp16 decode tok/s = "
+                          "1.12 [")
     assert "claimed < 1" in msg
 
 
 def test_overlapping_samples_are_inconclusive(tmp_path):
-    r = evaluate(_claim(tmp_path), _res("torch-fp16", FP16), _res("bnb-int8", [98, 103, 97, 101, 99.5, 102, 100]), "nvidia-x")
+    r = evaluate(_claim(tmp_path), _res("torch-fp16", FP16), _res("bnb-int8", [98, 103, 97, 101, 99.5, 102, 100]),
+                 "nvidia-x")
     assert r.verdict == "inconclusive"
 
 
@@ -84,14 +88,19 @@ def test_unmeasured_side_is_inconclusive_with_reason(tmp_path):
 
 
 @pytest.mark.parametrize("mutation, match", [
-    (('metric = "decode_tokens_per_s"', 'metric = "speed"'), "metric: unknown metric 'speed'; known: decode_tokens_per_s"),
-    (('relation = "lower"', 'relation = "sideways"'), "claim\\[0\\].relation: input should be 'lower', 'higher', 'within' or 'bounds', got 'sideways'"),
+    (('metric = "decode_tokens_per_s"', 'metric = "speed"'), "metric: unknown metric 'speed'; known: "
+                                                             "decode_tokens_per_s"),
+    (('relation = "lower"', 'relation = "sideways"'), "claim\\[0\\].relation: input should be 'lower', 'higher', "
+                                                      "'within' or 'bounds', got 'sideways'"),
     (('relation = "lower"', 'relation = "lower"\nexpected = { "nvidia-*" = "holds" }'),
-     "claim\\[0\\]: unknown key 'expected' .*allowed keys: a, b, batch_size, bounds, claimed_ratio, device, expect, id"),
-    (('profiles = ["nvidia-*"]', 'profiles = "nvidia-*"'), "claim\\[0\\].profiles: input should be a valid list, got 'nvidia-\\*'"),
+     "claim\\[0\\]: unknown key 'expected' .*allowed keys: a, b, batch_size, bounds, claimed_ratio, device, expect, "
+     "id"),
+    (('profiles = ["nvidia-*"]', 'profiles = "nvidia-*"'), "claim\\[0\\].profiles: input should be a valid list, got "
+                                                           "'nvidia-\\*'"),
     (('id = "small-int8-slower-than-fp16"\n', ''), "claim\\[0\\].id: missing required key"),
     (('"nvidia-h100-*" = "holds"', '"nvidia-h100-*" = "maybe"'), "expect"),
-    (('claimed_ratio = 0.65', 'batch_size = 0'), "claim\\[0\\].batch_size: input should be greater than or equal to 1, got 0"),
+    (('claimed_ratio = 0.65', 'batch_size = 0'), "claim\\[0\\].batch_size: input should be greater than or equal to 1, "
+                                                 "got 0"),
 ])
 def test_bad_claim_files_name_the_field(tmp_path, mutation, match):
     with pytest.raises(ConfigError, match=match):
@@ -109,13 +118,15 @@ def test_a_claim_can_set_its_own_batch_for_both_sides(tmp_path):
     assert "-bs8-" in a.id and "-bs8-" in b.id
     assert _claim(tmp_path).specs(tier)[0].workload.batch_size == 1  # no batch_size: the tier's
     bundled = {c.id: c for c in load_claims(ROOT / "baselines" / "takeaways.toml")}
-    assert bundled["fp8-gemms-faster-than-bf16-at-prefill-bs8"].specs(tier)[1].id == "llama-8b-torchao-fp8dq-cuda-bs8-kernel"
+    fp8 = bundled["fp8-gemms-faster-than-bf16-at-prefill-bs8"]
+    assert fp8.specs(tier)[1].id == "llama-8b-torchao-fp8dq-cuda-bs8-kernel"
 
 
 def _kernel_res(backend, samples, method):
     spec = RunSpec("synthetic:llama-1b", backend, "cuda", "kernel", Workload())
     types = {f"decode:{t}": {"method": method} for t in ("q_proj", "down_proj")}
-    return RunResult(spec=spec, metrics={"kernel_decode_us_per_layer": Metric.of("kernel_decode_us_per_layer", samples)},
+    return RunResult(spec=spec,
+                     metrics={"kernel_decode_us_per_layer": Metric.of("kernel_decode_us_per_layer", samples)},
                      figures={"kernel": {"types": types}})
 
 

@@ -1,4 +1,4 @@
-"""Environment B of an upgrade check (quantperf/upgrade_env.py), offline: tiny wheels written by
+"""Environment B of an upgrade check (quantperf/experiments/environments.py), offline: tiny wheels written by
 the test, a "base" made of a first overlay put on PYTHONPATH, and environment B built over it."""
 
 import base64
@@ -12,11 +12,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from offline import isolate_installers
+
 from quantperf.errors import ConfigError
-from quantperf.upgrade_env import (
-    PROJECT_ROOT, Overlay, OverlayError, build_overlay, child_versions, parse_requirements, same_environment,
+from quantperf.experiments.environments import (
+    PROJECT_ROOT,
+    Overlay,
+    OverlayError,
+    build_overlay,
+    child_versions,
+    parse_requirements,
+    same_environment,
 )
 
 INSTALLERS = ["pip"] + (["uv"] if shutil.which("uv") else [])
@@ -130,7 +136,7 @@ def test_overlay_swaps_only_the_named_package(base, wheels, tmp_path, installer)
         assert child_versions({}, ["qp_slowlib", "qp_nothing"]) == {"qp_slowlib": "1.0", "qp_nothing": None}
         assert child_versions(env, ["qp_slowlib", "qp_dep"]) == {"qp_slowlib": "2.0", "qp_dep": "1.0"}
         # code and metadata both come from the overlay, and quantperf imports from B
-        assert _child(env, "import qp_slowlib, importlib.metadata as m, quantperf.upgrade_env; "
+        assert _child(env, "import qp_slowlib, importlib.metadata as m, quantperf.experiments.environments; "
                            "print(qp_slowlib.__version__, m.version('qp_slowlib'), qp_slowlib.work(4))") == "2.0 2.0 14"
         with pytest.raises(importlib.metadata.PackageNotFoundError):  # the parent is untouched
             importlib.metadata.version("qp_slowlib")
@@ -226,12 +232,13 @@ def test_allow_changes_adds_the_needed_dependency(base, wheels, tmp_path, instal
 
 
 def test_changed_pins_are_the_heads_new_or_changed_exact_pins():
-    from quantperf.upgrade_env import changed_pins
+    from quantperf.experiments.environments import changed_pins
 
     base = "torch==2.11.0\nbitsandbytes==0.49.2  # the GPU box\ntransformers>=4.56\n-r other.txt\n"
     head = "torch==2.11.0\nbitsandbytes==0.50.2\ntransformers>=4.57\ntorchao==0.18.0\n"
     assert changed_pins(base, head) == ["bitsandbytes==0.50.2", "torchao==0.18.0"]
-    toml_base = '[project]\ndependencies = ["torch==2.11.0"]\n[project.optional-dependencies]\ngpu = ["bitsandbytes==0.49.2"]\n'
+    toml_base = ('[project]\ndependencies = ["torch==2.11.0"]\n[project.optional-dependencies]\n'
+                 'gpu = ["bitsandbytes==0.49.2"]\n')
     toml_head = toml_base.replace("0.49.2", "0.50.2")
     assert changed_pins(toml_base, toml_head, "pyproject.toml") == ["bitsandbytes==0.50.2"]
     with pytest.raises(ConfigError, match="pyproject.toml: not TOML"):

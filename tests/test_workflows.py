@@ -90,13 +90,15 @@ def test_there_is_a_cpu_and_a_gpu_workflow():
 
 
 def test_workflows_are_schema_valid():
-    out = subprocess.run([_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
+    out = subprocess.run([_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+                          *map(str, WORKFLOWS)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_workflows_are_zizmor_clean():
-    out = subprocess.run([_tool("zizmor"), "--offline", "--no-progress", *map(str, WORKFLOWS)], capture_output=True, text=True)
+    out = subprocess.run([_tool("zizmor"), "--offline", "--no-progress", *map(str, WORKFLOWS)], capture_output=True,
+                         text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

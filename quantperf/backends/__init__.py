@@ -33,7 +33,7 @@ class BackendEntry:
 
     @property
     def quality_class(self) -> str:
-        """The quality limits that apply (quantperf.quality.QUALITY_LIMITS): 16-bit, 8-bit or 4-bit."""
+        """The quality limits that apply (quantperf.divergence.QUALITY_LIMITS): 16-bit, 8-bit or 4-bit."""
         return "16-bit" if self.bits >= 16 else f"{self.bits}-bit"
 
     @property
@@ -45,9 +45,12 @@ _E = BackendEntry
 BACKENDS: dict[str, BackendEntry] = {
     e.name: e
     for e in (
-        _E("torch-fp32", "hf", "TorchDtypeBackend", ("cpu", "cuda"), "transformers model in float32", {"dtype": "float32"}, 32),
-        _E("torch-fp16", "hf", "TorchDtypeBackend", ("cuda",), "transformers model in float16", {"dtype": "float16"}, 16),
-        _E("torch-bf16", "hf", "TorchDtypeBackend", ("cpu", "cuda"), "transformers model in bfloat16", {"dtype": "bfloat16"}, 16),
+        _E("torch-fp32", "hf", "TorchDtypeBackend", ("cpu", "cuda"), "transformers model in float32",
+           {"dtype": "float32"}, 32),
+        _E("torch-fp16", "hf", "TorchDtypeBackend", ("cuda",), "transformers model in float16",
+           {"dtype": "float16"}, 16),
+        _E("torch-bf16", "hf", "TorchDtypeBackend", ("cpu", "cuda"), "transformers model in bfloat16",
+           {"dtype": "bfloat16"}, 16),
         _E("bnb-int8", "bnb", "BnbInt8Backend", ("cuda", "cpu"), "bitsandbytes LLM.int8, outlier threshold 6.0",
            {"llm_int8_threshold": 6.0}, 8),
         _E("bnb-int8-nodecomp", "bnb", "BnbInt8Backend", ("cuda", "cpu"),
@@ -56,10 +59,13 @@ BACKENDS: dict[str, BackendEntry] = {
            {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False, "blocksize": 64}, 4),
         _E("bnb-fp4", "bnb", "Bnb4bitBackend", ("cuda", "cpu"), "bitsandbytes 4-bit float",
            {"bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False, "blocksize": 64}, 4),
-        _E("ort-fp32", "ort", "OrtBackend", ("cpu", "cuda"), "ONNX export with KV cache, run by onnxruntime", {"variant": "fp32"}, 32),
-        _E("ort-fp16", "ort", "OrtBackend", ("cuda",), "the ONNX export converted to float16, on the CUDA execution provider",
+        _E("ort-fp32", "ort", "OrtBackend", ("cpu", "cuda"), "ONNX export with KV cache, run by onnxruntime",
+           {"variant": "fp32"}, 32),
+        _E("ort-fp16", "ort", "OrtBackend", ("cuda",),
+           "the ONNX export converted to float16, on the CUDA execution provider",
            {"variant": "fp16"}, 16),
-        _E("ort-int8", "ort", "OrtBackend", ("cpu",), "onnxruntime dynamic INT8 (MatMulInteger) of the export", {"variant": "int8"}, 8),
+        _E("ort-int8", "ort", "OrtBackend", ("cpu",), "onnxruntime dynamic INT8 (MatMulInteger) of the export",
+           {"variant": "int8"}, 8),
         _E("ort-int4", "ort", "OrtBackend", ("cpu", "cuda"), "onnxruntime MatMulNBits 4-bit weight-only of the export",
            {"variant": "int4"}, 4),
         _E("torchao-int8wo", "torchao", "TorchaoBackend", ("cuda", "cpu"), "torchao int8 weight-only via TorchAoConfig",
@@ -69,9 +75,11 @@ BACKENDS: dict[str, BackendEntry] = {
         # FP8 needs the tensor cores of compute capability >= 8.9 (Ada, Hopper, Blackwell): the seed's
         # "modern tensor cores" advice, checked where the card has them, skipped with the reason elsewhere
         _E("torchao-fp8wo", "torchao", "TorchaoBackend", ("cuda",),
-           "torchao float8 (e4m3) weight-only via TorchAoConfig, bf16 compute", {"scheme": "fp8wo", "dtype": "bfloat16"}, 8),
+           "torchao float8 (e4m3) weight-only via TorchAoConfig, bf16 compute",
+           {"scheme": "fp8wo", "dtype": "bfloat16"}, 8),
         _E("torchao-fp8dq", "torchao", "TorchaoBackend", ("cuda",),
-           "torchao dynamic float8 activations and float8 weights (per-row scales) via TorchAoConfig: FP8 tensor-core GEMMs",
+           "torchao dynamic float8 activations and float8 weights (per-row scales) via TorchAoConfig: FP8 tensor-core "
+           "GEMMs",
            {"scheme": "fp8dq", "dtype": "bfloat16", "granularity": "per-row"}, 8),
     )
 }

@@ -30,7 +30,8 @@ class Backend:
             except ImportError:
                 return "torch is not installed: pip install torch"
             if not torch.cuda.is_available():
-                return f"{self.name} on cuda needs an NVIDIA GPU with a CUDA build of torch (torch.cuda.is_available() is False)"
+                return (f"{self.name} on cuda needs an NVIDIA GPU with a CUDA build of torch "
+                    "(torch.cuda.is_available() is False)")
         return self.library_reason(device)
 
     def library_reason(self, device: str) -> str | None:

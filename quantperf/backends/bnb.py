@@ -29,7 +29,8 @@ class BnbInt8Backend(_BnbBackend):
         from transformers import BitsAndBytesConfig
 
         return {
-            "quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.entry.options["llm_int8_threshold"]),
+            "quantization_config": BitsAndBytesConfig(
+                load_in_8bit=True, llm_int8_threshold=self.entry.options["llm_int8_threshold"]),
             "dtype": self.compute_dtype(device),
         }
 
@@ -46,7 +47,8 @@ class Bnb4bitBackend(_BnbBackend):
         return {
             "quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type=self.entry.options["bnb_4bit_quant_type"],
-                bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=self.entry.options["bnb_4bit_use_double_quant"],
+                bnb_4bit_compute_dtype=compute,
+                bnb_4bit_use_double_quant=self.entry.options["bnb_4bit_use_double_quant"],
             ),
             "dtype": self.compute_dtype(device),
         }

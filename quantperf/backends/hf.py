@@ -29,7 +29,8 @@ def effective_bits(entry) -> float:
     """Bits per quantized weight with its block scales: bitsandbytes 4-bit keeps one fp32 absmax
     per `blocksize` weights, torchao int4 a bf16 scale and zero point per `group_size`."""
     opts = entry.options
-    return entry.bits + (32 / opts["blocksize"] if "blocksize" in opts else 0) + (32 / opts["group_size"] if "group_size" in opts else 0)
+    return (entry.bits + (32 / opts["blocksize"] if "blocksize" in opts else 0)
+            + (32 / opts["group_size"] if "group_size" in opts else 0))
 
 
 def estimate_weight_bytes(arch, bits: float, compute_bytes: int) -> int:

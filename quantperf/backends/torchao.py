@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from .hf import HFBackend
 
-
 FP8_MIN_CAPABILITY = (8, 9)  # float8 tensor cores: Ada (8.9), Hopper (9.0), Blackwell (10.x)
 
 

@@ -15,6 +15,7 @@ import statistics
 
 from .. import trackers as M
 from ..results import Metric
+from ..status import Status
 from .base import Scenario
 
 PROMPT_SEED = 1234
@@ -82,8 +83,8 @@ class GenerateScenario(Scenario):
         try:
             self.loaded.after_warmup(self.spec.mode)
         except ModeUnsupported as exc:
-            return {"status": "mode-unsupported", "reason": str(exc)}
-        return {"status": "ok", "warmup_rounds": rounds}
+            return {"status": Status.MODE_UNSUPPORTED, "reason": str(exc)}
+        return {"status": Status.OK, "warmup_rounds": rounds}
 
     def measure_round(self) -> dict:
         spec = self.spec
@@ -102,7 +103,8 @@ class GenerateScenario(Scenario):
     def metrics(cls, spec, rounds: list[dict]) -> dict[str, Metric]:
         b = spec.workload.batch_size
         return {
-            "decode_tokens_per_s": Metric.of("decode_tokens_per_s", [decode_tokens_per_s(b, r["decode_ms"]) for r in rounds]),
+            "decode_tokens_per_s": Metric.of("decode_tokens_per_s",
+                                             [decode_tokens_per_s(b, r["decode_ms"]) for r in rounds]),
             # every round yields len(decode_ms) + 1 tokens per sequence (the first comes from prefill)
             "e2e_tokens_per_s": Metric.of("e2e_tokens_per_s",
                                           [b * (len(r["decode_ms"]) + 1) / (r["total_ms"] / 1e3) for r in rounds]),
@@ -128,7 +130,8 @@ class GenerateScenario(Scenario):
             "achieved_gbps": round(achieved, 2),
             "peak_gbps": peak,
             "fraction_of_peak": None if not peak else round(R.roofline_fraction(achieved, peak), 4),
-            "roofline_tokens_per_s": None if not peak else round(R.roofline_tokens_per_s(traffic.total, peak, w.batch_size), 1),
+            "roofline_tokens_per_s": (None if not peak
+                                      else round(R.roofline_tokens_per_s(traffic.total, peak, w.batch_size), 1)),
         }}
 
 

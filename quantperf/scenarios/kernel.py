@@ -31,6 +31,7 @@ import time
 
 from .. import trackers as M
 from ..results import Metric
+from ..status import Status
 from ..trackers import MIN_REPLAYS, SAMPLE_BUDGET_US, fit_replays  # noqa: F401 (kernel mode's, shared with ORT's)
 from .base import Scenario
 from .generate import prompt_ids
@@ -89,7 +90,8 @@ def module_bytes(module, x, out_features: int) -> int:
     """Bytes one call moves: the weights as stored (quantized storage and scales) + input + output."""
     from ..backends.hf import module_weight_bytes
 
-    return module_weight_bytes(module) + x.numel() * x.element_size() + x[..., :1].numel() * out_features * x.element_size()
+    return module_weight_bytes(module) + x.numel() * x.element_size() + x[...,
+                                                                          :1].numel() * out_features * x.element_size()
 
 
 def _out_features(module) -> int:
@@ -276,7 +278,7 @@ class KernelScenario(Scenario):
         self._ensure_inputs()
         for _ in range(max(rounds, 1)):
             self.round()
-        return {"status": "ok", "warmup_rounds": max(rounds, 1)}
+        return {"status": Status.OK, "warmup_rounds": max(rounds, 1)}
 
     def measure_round(self) -> dict:
         self._ensure_inputs()
@@ -320,9 +322,11 @@ class KernelScenario(Scenario):
                 entry = out["types"][f"{shape}:{t}"] = {
                     "us_per_call": r["us_per_call"], "samples_us": r["samples_us"],
                     # CUDA: how the time was taken is part of the method (wall, gpu-queued, host-bound)
-                    "method": r["method"] if self.spec.device != "cuda" else f"{r['method']}, {r.get('timing', 'wall')}",
+                    "method": (r["method"] if self.spec.device != "cuda"
+                               else f"{r['method']}, {r.get('timing', 'wall')}"),
                     "note": f"layer 0's weights x{r['copies']}", "replays": r["runs_per_sample"],
-                    "bytes": r["weight_bytes"] + act, "flops": 2 * w.batch_size * tokens * r["in_features"] * r["out_features"],
+                    "bytes": r["weight_bytes"] + act,
+                    "flops": 2 * w.batch_size * tokens * r["in_features"] * r["out_features"],
                     "sm_clock_mhz": [], "layers": r["copies"]}
                 if "host_enqueue_us" in r:  # gpu-queued: what the host took per call, beside the GPU's time
                     entry["host_enqueue_us"] = r["host_enqueue_us"]
@@ -395,7 +399,8 @@ def decompositions(results) -> list[dict]:
         layers = (k.arch or {}).get("num_layers")
         if g is None or not layers:
             continue
-        head = (((k.figures or {}).get("kernel") or {}).get("types") or {}).get("decode:lm_head", {}).get("us_per_call", 0.0)
+        head = (((k.figures or {}).get("kernel") or {}).get("types") or {}).get("decode:lm_head",
+                                                                                {}).get("us_per_call", 0.0)
         step_ms = k.spec.workload.batch_size * 1e3 / g.metrics["decode_tokens_per_s"].value
         linears_ms = (k.metrics["kernel_decode_us_per_layer"].value * layers + head) / 1e3
         out.append({"config": k.spec.id, "graph_config": g.spec.id, **decode_decomposition(step_ms, linears_ms)})
@@ -406,7 +411,8 @@ def decomposition_lines(results) -> list[str]:
     lines = []
     for d in decompositions(results):
         flag = "" if d["consistent"] else "  INCONSISTENT: the kernels take longer than the step"
-        lines.append(f"decode step {d['graph_config']}: {d['step_ms']:.3f} ms = linear kernels {d['linears_ms']:.3f} ms "
+        lines.append(f"decode step {d['graph_config']}: {d['step_ms']:.3f} ms = linear kernels {d['linears_ms']:.3f} "
+                     "ms "
                      f"({d['linears_fraction'] * 100:.0f}%) + the rest {d['rest_ms']:.3f} ms (attention, norms, "
                      f"launches){flag}")
     return lines

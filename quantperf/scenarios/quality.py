@@ -1,5 +1,5 @@
 """The `quality` scenario: log-probabilities of a loaded model over held-out text windows,
-against a reference backend (quantperf.quality holds the pure statistics and the limits).
+against a reference backend (quantperf.divergence holds the pure statistics and the limits).
 
 One pass is one round: the reference pass writes its log-probabilities to a file
 (`role=reference`), every other backend's pass reads them and accumulates per-token NLL, KL
@@ -12,12 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import trackers as M
+from ..divergence import QUALITY_METRICS, Accumulator, check_finite, log_softmax
 from ..errors import ConfigError
-from ..quality import Accumulator, check_finite, log_softmax
 from ..results import Metric
 from .base import Scenario
-
-QUALITY_METRICS = ("ppl", "ln_ppl_ratio", "mean_kld", "top1_agreement", "rms_dp")
 
 
 def _tokenizer(spec):

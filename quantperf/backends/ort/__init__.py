@@ -48,7 +48,8 @@ class OrtBackend(Backend):
         if self.variant == "int4":
             ident.update(method="MatMulNBits", block_size=INT4_BLOCK_SIZE, symmetric=True)
         if self.variant == "fp16":
-            ident.update(method="convert_float_to_float16", keep_io_types=False, fp32_modules=list(FP16_KEEP_FP32_MODULES))
+            ident.update(method="convert_float_to_float16", keep_io_types=False,
+                         fp32_modules=list(FP16_KEEP_FP32_MODULES))
         if mode == "kernel":  # how many weight copies a timed call walks changes what is measured
             ident.update(kernel_walk=WALK)
         if device == "cuda":
@@ -71,7 +72,8 @@ class OrtBackend(Backend):
             if importlib.util.find_spec(mod) is None:
                 return f"{mod} is not installed: {hint}"
         if importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime is not installed: pip install 'quantperf[cpu]' (CPU) or 'quantperf[gpu]' (onnxruntime-gpu)"
+            return ("onnxruntime is not installed: pip install 'quantperf[cpu]' (CPU) or 'quantperf[gpu]' "
+                    "(onnxruntime-gpu)")
         if device == "cuda":
             import onnxruntime as ort
 

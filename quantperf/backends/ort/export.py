@@ -104,7 +104,8 @@ def export_fp32(source: ModelSource, layers: int | None = None) -> tuple[Path, d
     """Export (or reuse) the float32 ONNX graph of `source`, or of its first `layers` decoder
     layers. Returns (model dir, meta)."""
     key = hashlib.sha256(
-        json.dumps([source.path_or_id, checkpoint_fingerprint(source), package_versions(("torch", "transformers", "onnx"))]
+        json.dumps([source.path_or_id, checkpoint_fingerprint(source),
+                    package_versions(("torch", "transformers", "onnx"))]
                    + ([layers] if layers else [])).encode()
     ).hexdigest()[:16]
     target = cache_dir() / "onnx" / f"{Path(source.path_or_id).name}-{key}{f'-l{layers}' if layers else ''}" / "fp32"
@@ -130,9 +131,11 @@ def export_fp32(source: ModelSource, layers: int | None = None) -> tuple[Path, d
         pos = torch.arange(p, p + s)[None]
         past = [torch.randn(b, arch.num_kv_heads, p, arch.head_dim) for _ in range(2 * arch.num_layers)]
         Dim = torch.export.Dim
-        batch, seq, past_len, total = Dim("batch", max=64), Dim("seq", max=8192), Dim("past", max=8192), Dim("total", max=16384)
+        batch, seq = Dim("batch", max=64), Dim("seq", max=8192)
+        past_len, total = Dim("past", max=8192), Dim("total", max=16384)
         # *past arrives as one tuple argument: its shapes are one nested list
-        dyn = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq}, tuple([{0: batch, 2: past_len}] * len(past)))
+        dyn = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq},
+               tuple([{0: batch, 2: past_len}] * len(past)))
         with torch.no_grad():
             torch.onnx.export(
                 wrapper, (ids, mask, pos, *past), str(tmp / "model.onnx"), dynamo=True,

@@ -85,7 +85,8 @@ def cuda_timing(raw: str | None) -> str:
     if raw in (None, ""):
         return "gpu-queued"
     if raw not in TIMINGS:
-        raise ConfigError(f"{TIMING_ENV}={raw!r}: not a timing method; use one of {', '.join(TIMINGS)} (or unset it: wall)")
+        raise ConfigError(f"{TIMING_ENV}={raw!r}: not a timing method; use one of {', '.join(TIMINGS)} (or unset it: "
+                          "wall)")
     return raw
 
 
@@ -232,7 +233,8 @@ def linear_model(model_dir: Path, lin: Linear, src=None, copies: int = 1) -> byt
             t.name = copy_name(w.name, c)
             initializers.append(t)
         inputs.append(helper.make_tensor_value_info(copy_name(lin.input, c), elem, ["batch", "seq", lin.in_features]))
-        outputs.append(helper.make_tensor_value_info(copy_name(lin.output, c), elem, ["batch", "seq", lin.out_features]))
+        outputs.append(helper.make_tensor_value_info(copy_name(lin.output, c), elem,
+                                                     ["batch", "seq", lin.out_features]))
     graph = helper.make_graph(nodes, f"layer{lin.layer}_{lin.kind}", inputs, outputs, initializer=initializers)
     return helper.make_model(graph, opset_imports=src.opset_import, ir_version=src.ir_version).SerializeToString()
 

@@ -242,7 +242,8 @@ class DeviceKV:
         for name, value in zip(m.past_names, self.past):
             bd.bind_ortvalue_input(name, value)
         logits = self.torch.empty((*ids.shape, m.vocab), dtype=self.logits_dtype, device=self.torch_device)
-        bd.bind_output("logits", self.device, self.dev, np.dtype(m.logits_dtype).type, list(logits.shape), logits.data_ptr())
+        bd.bind_output("logits", self.device, self.dev, np.dtype(m.logits_dtype).type, list(logits.shape),
+                       logits.data_ptr())
         for name in m.present_names:
             bd.bind_output(name, self.device, self.dev)  # ORT allocates each present on the device
         m.session.run_with_iobinding(bd, self.run_options)

@@ -33,10 +33,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
-from .gate import DEFAULT_ALPHA
+from ..errors import ConfigError
+from ..gate import DEFAULT_ALPHA
+from ..stats import paired_ratio
+from ..status import Status
 from .noise import DEFAULT_VARIANTS, VARIANTS, run_noise
-from .stats import paired_ratio
 
 CLEAN, AA = "clean", "clean-b"
 MIN_GATE_PROCESSES = 4  # a gate trial's baseline: the clean runs of the other processes (>= 3)
@@ -85,7 +86,7 @@ def gate_trial(metric: str, baseline_runs: list[float], value: float, higher_is_
                alpha: float):
     """The suite's run-level gate (runlevel.gate) on one configuration: `baseline_runs` (run
     medians, one session) against one run's median. One configuration: no session shift."""
-    from .runlevel import RunRecord, Shift, fit_noise, gate
+    from ..gate.runlevel import RunRecord, Shift, fit_noise, gate
 
     records = [RunRecord(config_id="trial", metric=metric, value=v, session_id="experiment", run_id=str(i),
                          higher_is_better=higher_is_better) for i, v in enumerate(baseline_runs)]
@@ -93,23 +94,26 @@ def gate_trial(metric: str, baseline_runs: list[float], value: float, higher_is_
     return gate(value, records, fit_noise(records), shift, tolerance, alpha, 1, higher_is_better)
 
 
-def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: list[str] | None, isolation: str = "process",
+def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: list[str] | None,
+                   isolation: str = "process",
                    model_options: dict | None = None, progress=None, checkpoint=None) -> dict:
     """Measure `spec` in `processes` fresh workers with interleaved sides; returns the raw data
     that `evaluate` reads (JSON-able). `checkpoint(raw)` is called after each process, so an
     interrupted experiment keeps what it measured."""
-    from .envinfo import environment
-    from .scenarios import scenario_for
-    from .scheduler import interleave_rounds, open_side
+    from ..envinfo import environment
+    from ..scenarios import scenario_for
+    from ..scheduler import interleave_rounds, open_side
 
     if processes < 2:
         raise ConfigError(f"the noise experiment needs >= 2 processes, got {processes}")
     sides = make_sides(slowdowns, variants, spec.mode)
     scenario = scenario_for(spec.mode)
     metric, higher = scenario.primary
-    raw: dict = {"config": spec.id, "spec": spec.to_dict(), "rounds": spec.workload.rounds, "sides": [s.name for s in sides],
+    raw: dict = {"config": spec.id, "spec": spec.to_dict(), "rounds": spec.workload.rounds,
+                 "sides": [s.name for s in sides],
                  "metric": metric, "higher_is_better": higher,
-                 "slowdowns": {s.name: s.slowdown for s in sides if s.slowdown}, "variants": [s.name for s in sides if s.name in VARIANTS],
+                 "slowdowns": {s.name: s.slowdown for s in sides if s.slowdown},
+                 "variants": [s.name for s in sides if s.name in VARIANTS],
                  "processes": [], "environment": environment()}
     delays: dict[str, float] = {}
     for p in range(processes):
@@ -148,11 +152,11 @@ def run_experiment(spec, *, processes: int, slowdowns: list[float], variants: li
             side.close()
         raw["processes"].append(entry)
         if checkpoint:
-            checkpoint(raw | {"status": "ok" if p + 1 == processes else "partial"})
+            checkpoint(raw | {"status": Status.OK if p + 1 == processes else Status.PARTIAL})
         if progress:
             med = statistics.median(entry["sides"][CLEAN][metric])
             progress(f"process {p + 1}/{processes}: clean {metric} {med:.4g}")
-    raw["status"] = "ok"
+    raw["status"] = Status.OK
     return raw
 
 
@@ -207,7 +211,8 @@ class Evaluation:
                    d.get("metric", "decode_tokens_per_s"))
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "mode": self.mode, "metric": self.metric, "tolerance": self.tolerance, "alpha": self.alpha,
+        return {"config": self.config, "mode": self.mode, "metric": self.metric, "tolerance": self.tolerance,
+                "alpha": self.alpha,
                 "processes": self.processes, "rounds": self.rounds, "notes": self.notes,
                 "noise": [vars(n) for n in self.noise],
                 "detections": [vars(d) | {"rate": d.rate} for d in self.detections]}
@@ -215,7 +220,7 @@ class Evaluation:
 
 def evaluate(raw: dict, tolerance: float, alpha: float = DEFAULT_ALPHA, confidence: float = 0.95) -> Evaluation:
     """Noise per side, and false alarms / detections of the gate and of the paired comparison."""
-    if raw.get("status") not in ("ok", "partial"):
+    if raw.get("status") not in (Status.OK, Status.PARTIAL):
         raise ConfigError(f"noise experiment did not run: {raw.get('status')}: {raw.get('reason')}")
     procs = [p for p in raw["processes"] if p.get("sides")]
     rounds = raw["rounds"]
@@ -237,7 +242,7 @@ def evaluate(raw: dict, tolerance: float, alpha: float = DEFAULT_ALPHA, confiden
     slow = raw.get("slowdowns", {})
     targets = [AA] + [n for n in raw["sides"] if n in slow]
     detections = []
-    notes = [] if raw["status"] == "ok" else [f"partial: the experiment stopped after {len(procs)} processes"]
+    notes = [] if raw["status"] == Status.OK else [f"partial: the experiment stopped after {len(procs)} processes"]
     n = len(procs)
     if n >= MIN_GATE_PROCESSES:
         for name in targets:
@@ -245,7 +250,7 @@ def evaluate(raw: dict, tolerance: float, alpha: float = DEFAULT_ALPHA, confiden
             for i, p in enumerate(procs):
                 others = [statistics.median(tps(q, CLEAN)) for j, q in enumerate(procs) if j != i]
                 v = gate_trial(metric, others, statistics.median(tps(p, name)), higher, tolerance, alpha)
-                flagged += v.status == "regressed"
+                flagged += v.status == Status.REGRESSED
                 ratios.append(round(v.ratio, 4))
             detections.append(Detection(name, slow.get(name, 0.0), "gate", flagged, n, ratios))
     else:

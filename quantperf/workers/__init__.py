@@ -1,5 +1,5 @@
 """Workers: one loaded configuration each. `LocalWorker` runs in this process; `ProcessWorker`
-runs the same methods in a fresh `python -m quantperf.worker` process of any interpreter (the
+runs the same methods in a fresh `python -m quantperf.workers` process of any interpreter (the
 default is this one), so one backend's memory figures, compiled graphs and allocator state
 never leak into the next, and a worker in another Python environment (an upgrade check) is the
 same object with another `python`/`env`. The child reports its own environment and versions.
@@ -20,9 +20,9 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from . import trackers as M
-from .errors import BackendUnavailable, ConfigError, ModeUnsupported, QuantperfError
-from .spec import RunSpec
+from .. import trackers as M
+from ..errors import BackendUnavailable, ConfigError, ModeUnsupported, QuantperfError
+from ..spec import RunSpec
 
 PROTOCOL = 3  # bump when a request or reply changes shape
 WORKER_TIMEOUT_ENV = "QUANTPERF_WORKER_TIMEOUT_S"
@@ -55,7 +55,7 @@ def request_timeout_s() -> float:
     return worker_timeout_s(os.environ.get(WORKER_TIMEOUT_ENV))
 
 
-# a silent worker is sent this before it is killed; quantperf.worker answers with every thread's stack
+# a silent worker is sent this before it is killed; quantperf.workers (its __main__) answers with every thread's stack
 STACK_SIGNAL = "SIGUSR1"
 METHODS = {"hello", "environment", "prepare", "prepare_for", "load", "warmup", "rounds", "configure", "memory", "quality", "close"}
 
@@ -78,19 +78,19 @@ class LocalWorker:
 
     # -- identity of the process ---------------------------------------------------------
     def hello(self) -> dict:
-        from . import __version__
+        from .. import __version__
 
         return {"protocol": PROTOCOL, "python": sys.executable, "quantperf": __version__, "pid": os.getpid()}
 
     def environment(self) -> dict:
         """This interpreter's environment (versions differ from the parent's in an upgrade check)."""
-        from .envinfo import environment
+        from ..envinfo import environment
 
         return environment()
 
     # -- lifecycle -----------------------------------------------------------------------
     def _source(self):
-        from .models import resolve
+        from ..models import resolve
 
         return resolve(self.spec.model, local_files_only=self.model_options.get("local_files_only", False),
                        trust_remote_code=self.model_options.get("trust_remote_code", False))
@@ -98,7 +98,7 @@ class LocalWorker:
     def prepare(self) -> dict:
         """Build the checkpoint and the backend's cached artifacts if missing. Failures are left
         to load(), which reports them; `built` says whether one-time work happened here."""
-        from .backends import get_backend
+        from ..backends import get_backend
 
         try:
             backend = get_backend(self.spec.backend)
@@ -123,8 +123,8 @@ class LocalWorker:
         return out
 
     def load(self) -> dict:
-        from .backends import get_backend
-        from .scenarios import scenario_for
+        from ..backends import get_backend
+        from ..scenarios import scenario_for
 
         spec = self.spec
         backend = get_backend(spec.backend)
@@ -138,7 +138,7 @@ class LocalWorker:
             torch.cuda.init()
             self._pin(self.model_options.get("pin_cpu", True))
         try:
-            from .models import ensure_available
+            from ..models import ensure_available
 
             source = self._source()
             ensure_available(source)
@@ -154,7 +154,7 @@ class LocalWorker:
                         "identity": identity}
             if isinstance(exc, ImportError):
                 return {"status": "unavailable", "reason": f"{spec.backend}: {exc}", "identity": identity}
-            from .models import describe_load_error
+            from ..models import describe_load_error
 
             said = describe_load_error(exc, spec.model) or f"load failed: {type(exc).__name__}: {exc}"
             return {"status": "error", "reason": f"{spec.backend}: {' '.join(said.split())}", "identity": identity}
@@ -241,7 +241,7 @@ class LocalWorker:
 
     def quality(self, params: dict) -> dict:
         """One pass of the quality scenario (params: role, file, context, max_windows, corpus)."""
-        from .scenarios.quality import QualityScenario
+        from ..scenarios.quality import QualityScenario
 
         return QualityScenario(self.spec, self.loaded, params).round()
 
@@ -264,7 +264,7 @@ EXIT_TIMEOUT_S = 20  # the worker exits without teardown; longer means it hangs:
 
 
 class ProcessWorker:
-    """The same interface as LocalWorker, in a fresh `python -m quantperf.worker` process.
+    """The same interface as LocalWorker, in a fresh `python -m quantperf.workers` process.
 
     `python`: the interpreter (default: this one); `env`: variables added to this process's
     environment for the child (e.g. a PYTHONPATH overlay with other library versions)."""
@@ -282,7 +282,7 @@ class ProcessWorker:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (child_env.get("PYTHONPATH"), root) if p)
         self.proc = subprocess.Popen(
-            [python or sys.executable, "-m", "quantperf.worker"],
+            [python or sys.executable, "-m", "quantperf.workers"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=child_env, text=True,
         )
         self.info = self._request("init", {"spec": spec.to_dict(), "model_options": model_options or {},
@@ -297,7 +297,7 @@ class ProcessWorker:
 
     def _dump_stacks(self, wait_s: float = 5.0) -> None:
         """Ask a silent worker for every thread's Python stack (faulthandler, registered by
-        quantperf.worker on SIGUSR1; it answers even from inside a blocking C call) and give it
+        quantperf.workers on SIGUSR1; it answers even from inside a blocking C call) and give it
         `wait_s` to write it to its stderr log, which the error then quotes."""
         sig = getattr(signal, STACK_SIGNAL, None)
         if sig is None or self.proc.poll() is not None:

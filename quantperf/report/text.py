@@ -4,22 +4,17 @@ summary."""
 
 from __future__ import annotations
 
-from .results import RunResult
-from .summary import SessionSummary
-
-
-def _fmt(v, digits=1):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
+from ..results import RunResult
+from ..summary import SessionSummary
+from .table import fmt as _fmt
+from .table import format_table
 
 
 def results_table(results: list[RunResult], markdown: bool = False) -> str:
     """One row per configuration: decode tok/s (median, CV), prefill ms, weight/peak MiB, roofline %.
     Kernel-mode results get their own tables (`kernel_tables`) after it."""
-    header = ["config", "status", "decode tok/s", "CV %", "prefill ms", "e2e tok/s", "weight MiB", "peak MiB", "roofline %"]
+    header = ["config", "status", "decode tok/s", "CV %", "prefill ms", "e2e tok/s", "weight MiB", "peak MiB",
+              "roofline %"]
     rows = []
     kernel = [r for r in results if r.ok and "kernel_decode_us_per_layer" in r.metrics]
     for r in results:
@@ -40,7 +35,7 @@ def results_table(results: list[RunResult], markdown: bool = False) -> str:
         ])
     out = format_table(header, rows, markdown) if rows else ""
     if kernel:
-        from .scenarios.kernel import decomposition_lines
+        from ..scenarios.kernel import decomposition_lines
 
         out = (out + "\n\n" if out else "") + kernel_tables(kernel, markdown)
         lines = decomposition_lines(results)
@@ -71,7 +66,8 @@ def kernel_tables(results: list[RunResult], markdown: bool = False) -> str:
             pct = lambda v: "-" if v is None else f"{v * 100:.0f}%"  # noqa: E731
             detail.append([r.spec.backend, r.spec.model_label, shape, name, _fmt(t["us_per_call"], 2),
                            _fmt(t["cv"] * 100, 2), "L2-hot" if t.get("l2_hot") else _fmt(t.get("gbps")),
-                           pct(t.get("pct_peak")), pct(t.get("pct_copy")), _fmt(t.get("tflops"), 1), t.get("method", "")]
+                           pct(t.get("pct_peak")), pct(t.get("pct_copy")), _fmt(t.get("tflops"), 1),
+                           t.get("method", "")]
                           + ([_fmt(t.get("host_enqueue_us"), 2)] if host else []))
     dh = ["backend", "model", "shape", "module", "us/call", "CV %", "GB/s", "% peak", "% copy", "TFLOP/s", "method"]
     dh += ["host us/call"] if host else []
@@ -79,7 +75,7 @@ def kernel_tables(results: list[RunResult], markdown: bool = False) -> str:
 
 
 def noise_table(rows: list[dict], markdown: bool = False) -> str:
-    """Rows of quantperf.noise.noise_rows (optionally with a `target` CV) as a table."""
+    """Rows of quantperf.experiments.noise.noise_rows (optionally with a `target` CV) as a table."""
     def pct(v):
         return "-" if v is None else f"{v * 100:.2f}%"
 
@@ -88,17 +84,6 @@ def noise_table(rows: list[dict], markdown: bool = False) -> str:
     body = [[r["config"], r["metric"], r["runs"], r["rounds"], pct(r["cv_within"]), pct(r["cv_between"]),
              pct(r["min_detectable"])] + ([pct(r.get("target"))] if with_target else []) for r in rows]
     return format_table(header + (["target CV within"] if with_target else []), body, markdown)
-
-
-def format_table(header: list[str], rows: list[list], markdown: bool = False) -> str:
-    rows = [[str(c) for c in row] for row in rows]
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
 
 
 def evaluation_table(ev, markdown: bool = False) -> str:
@@ -112,7 +97,8 @@ def evaluation_table(ev, markdown: bool = False) -> str:
         g, pr = ev.detection(s.side, "gate"), ev.detection(s.side, "paired")
         rows.append([s.side, f"{s.median:.4g}", pct(s.cv_within), pct(s.cv_between), pct(s.min_detectable),
                      f"{g.flagged}/{g.trials}" if g else "-", f"{pr.flagged}/{pr.trials}" if pr else "-"])
-    head = (f"{ev.config} ({ev.metric}): {ev.processes} processes x {ev.rounds} rounds per side, tolerance {ev.tolerance * 100:g}%, "
+    head = (f"{ev.config} ({ev.metric}): {ev.processes} processes x {ev.rounds} rounds per side, tolerance "
+            f"{ev.tolerance * 100:g}%, "
             f"alpha {ev.alpha:g} ('flagged' on clean-b = A/A false alarms; on slow-N% = detections)")
     return "\n".join([head, format_table(header, rows, markdown), *ev.notes])
 
@@ -141,26 +127,29 @@ def summary_sections(summary: SessionSummary, markdown: bool = False) -> list[tu
             rows.append([o.key, v.metric, f"{v.current:.4g}", "-" if v.baseline is None else f"{v.baseline:.4g}", delta,
                          v.status, note])
         if o.version_changes:
-            rows.append([o.key, "versions", "", "", "", "", ", ".join(f"{k} {a}->{b}" for k, (a, b) in o.version_changes.items())])
+            rows.append([o.key, "versions", "", "", "", "",
+                         ", ".join(f"{k} {a}->{b}" for k, (a, b) in o.version_changes.items())])
     if rows:
         sections.append(("gate", format_table(["config", "metric", "current", "baseline", "delta", "verdict", "note"],
                                               rows, markdown)))
     if summary.claims:
         crow = [[c.id, c.profile, "-" if c.ratio is None else f"{c.ratio:.3g} [{c.ci[0]:.3g}, {c.ci[1]:.3g}]",
                  c.claimed, c.expected, c.verdict] for c in summary.claims]
-        sections.append(("takeaways", format_table(["claim", "profile", "ratio B/A [CI]", "claimed", "expected", "verdict"],
+        sections.append(("takeaways",
+                         format_table(["claim", "profile", "ratio B/A [CI]", "claimed", "expected", "verdict"],
                                                    crow, markdown)))
     if summary.noise:
         nrows = [[n.config_id, f"{n.median:.4g}", _pct(n.cv), n.rounds, _pct(n.min_detectable),
                   n.adaptive_extra_rounds or "", n.validity] for n in summary.noise]
         sections.append(("noise (decode tok/s): within-run CV and the smallest slowdown this many rounds detects "
                          "(alpha 0.05, power 0.8)",
-                         format_table(["config", "median", "CV", "rounds", "min detectable", "adaptive +rounds", "validity"],
+                         format_table(["config", "median", "CV", "rounds", "min detectable", "adaptive +rounds",
+                                       "validity"],
                                       nrows, markdown)))
     if summary.repeatability:
         sections.append(("repeatability (fresh process per run)", noise_table(summary.repeatability, markdown)))
     for exp in summary.sensitivity:
-        from .sensitivity import Evaluation
+        from ..experiments.sensitivity import Evaluation
 
         sections.append(("noise experiment", evaluation_table(Evaluation.from_dict(exp["evaluation"]), markdown)))
     if summary.recorded:

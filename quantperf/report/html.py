@@ -9,19 +9,22 @@ HTML keeps every table and says how to get the plots."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
-from .results import RunResult, atomic_write_text
-from .summary import SessionSummary
+from ..errors import ConfigError
+from ..results import RunResult, atomic_write_text
+from ..status import Status, from_word
+from ..summary import SessionSummary
+from .plots import _plt, plot_kernel, plot_memory, plot_quality, plot_speed, plot_tradeoff, plot_upgrade
+from .table import fmt as _fmt
+from .table import markdown_table as _md_table
 
-VERDICT_COLOURS = {"holds": "#c8e6c9", "flipped": "#ffcdd2", "inconclusive": "#ffe0b2", "not measured": "#eeeeee"}
+VERDICT_COLOURS = {Status.HOLDS: "#c8e6c9", Status.FLIPPED: "#ffcdd2", Status.INCONCLUSIVE: "#ffe0b2",
+                   "not measured": "#eeeeee"}
 SECTIONS = ("Summary", "Cross-hardware matrix", "Decode speed", "Kernel time", "Memory", "Speed against memory",
             "Quality against bits", "Takeaways", "Upgrade check", "Noise")
 
@@ -108,7 +111,8 @@ def _upgrade_versions(doc: dict) -> str:
     if doc["kind"] == "aa":
         return "A/A calibration (the same environment on both sides)"
     if doc["kind"] == "compare":
-        return ", ".join(f"{k} {a} -> {b}" for k, (a, b) in (doc.get("versions") or {}).items()) or "no library version differs"
+        versions = (doc.get("versions") or {}).items()
+        return ", ".join(f"{k} {a} -> {b}" for k, (a, b) in versions) or "no library version differs"
     overlay = doc.get("overlay") or {}
     a, b = overlay.get("versions_a") or {}, overlay.get("versions_b") or {}
     return (", ".join(f"{k} {a.get(k, 'absent')} -> {v}" for k, v in b.items() if a.get(k) != v)
@@ -123,13 +127,13 @@ def upgrade_rows(doc: dict) -> list[dict]:
         for r in doc.get("rows", []):
             rows.append({"config": r.get("config"), "mode": "-", "metric": r.get("metric"), "ratio": r.get("ratio"),
                          "ci": [r["low"], r["high"]] if r.get("low") is not None else None,
-                         "decision": r.get("status"), "tolerance": r.get("tolerance")})
+                         "decision": from_word(r.get("status")), "tolerance": r.get("tolerance")})
         return rows
     for c in doc.get("configs", []):
         rows.append({"config": c.get("config_id"), "mode": (c.get("spec") or {}).get("mode", "-"),
                      "metric": "time per token" if (c.get("spec") or {}).get("mode") != "kernel" else "us per layer",
                      "ratio": c.get("ratio"), "ci": [c["low"], c["high"]] if c.get("low") is not None else None,
-                     "decision": c.get("verdict") or c.get("status"), "tolerance": c.get("tolerance")})
+                     "decision": from_word(c.get("verdict") or c.get("status")), "tolerance": c.get("tolerance")})
     return rows
 
 
@@ -162,7 +166,8 @@ def _backend(result: RunResult) -> str:
     if spec.mode != "kernel" or not spec.backend.startswith("ort-") or not result.ok:
         return spec.backend
     ident = result.backend_identity or {}
-    how = ([ident.get("kernel_timing", "wall")] if spec.device == "cuda" else []) + (["walk"] if ident.get("kernel_walk") else [])
+    how = ([ident.get("kernel_timing",
+                      "wall")] if spec.device == "cuda" else []) + (["walk"] if ident.get("kernel_walk") else [])
     return f"{spec.backend} ({', '.join(how)})" if how else spec.backend
 
 
@@ -237,7 +242,8 @@ def memory_rows(results: list[RunResult]) -> list[dict]:
             continue
         seen.add(key)
         get = lambda k: r.metrics[k].value if k in r.metrics else None  # noqa: E731
-        rows.append({"profile": r.profile or "?", "model": _model(r.spec), "backend": r.spec.backend, "mode": r.spec.mode,
+        rows.append({"profile": r.profile or "?", "model": _model(r.spec), "backend": r.spec.backend,
+                     "mode": r.spec.mode,
                      "weight_mib": get("weight_mib"), "peak_mib": get("peak_allocated_mib") or get("host_peak_rss_mib"),
                      "peak_kind": "allocator peak" if "peak_allocated_mib" in r.metrics else "host RSS peak",
                      "nvml_mib": get("nvml_process_mib")})
@@ -245,14 +251,15 @@ def memory_rows(results: list[RunResult]) -> list[dict]:
 
 
 def quality_rows(results: list[RunResult]) -> list[dict]:
-    from .backends import BACKENDS
+    from ..backends import BACKENDS
 
     def med(runs: list[RunResult], name: str) -> float | None:
         vals = [r.metrics[name].value for r in runs if name in r.metrics]
         return statistics.median(vals) if vals else None
 
     rows = []
-    for (profile, _model, backend, _mode), runs in _by_config(results, lambda r: r.ok and "mean_kld" in r.metrics).items():
+    for (profile, _model, backend, _mode), runs in _by_config(results,
+                                                              lambda r: r.ok and "mean_kld" in r.metrics).items():
         bits = BACKENDS[backend].bits if backend in BACKENDS else None
         rows.append({"profile": profile, "backend": backend, "bits": bits, "runs": len(runs),
                      "mean_kld": med(runs, "mean_kld"), "top1": med(runs, "top1_agreement"), "ppl": med(runs, "ppl"),
@@ -306,199 +313,6 @@ def cross_matrix(results: list[RunResult]) -> tuple[list[str], list[str], dict]:
 
 # -- plots ---------------------------------------------------------------------------------
 
-def _plt():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.tight_layout(w_pad=3)
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # keeps legends placed outside the axes
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _groups(rows: list[dict], key) -> dict:
-    out: dict = {}
-    for r in rows:
-        out.setdefault(key(r), []).append(r)
-    return out
-
-
-def plot_speed(rows: list[dict]) -> list[tuple[str, str]]:
-    plt = _plt()
-    if plt is None or not rows:
-        return []
-    out = []
-    for (profile, model), group in _groups(rows, lambda r: (r["profile"], r["model"])).items():
-        modes = sorted({r["mode"] for r in group})
-        backends = sorted({r["backend"] for r in group})
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(backends) + 2), 4))
-        width = 0.8 / len(modes)
-        for i, mode in enumerate(modes):
-            xs, ys, lo, hi = [], [], [], []
-            for j, b in enumerate(backends):
-                r = next((r for r in group if r["backend"] == b and r["mode"] == mode), None)
-                if r:
-                    xs.append(j + i * width)
-                    ys.append(r["median"])
-                    lo.append(r["median"] - r["q1"])
-                    hi.append(r["q3"] - r["median"])
-            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=mode)
-        ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(backends))])
-        ax.set_xticklabels(backends, rotation=30, ha="right")
-        ax.set_ylabel("decode tokens/s (median; bars: IQR or range of runs)")
-        ax.set_title(f"Decode speed, {model} on {profile}")
-        ax.legend(title="mode")
-        out.append((f"Decode speed, {model} on {profile}", _png(fig)))
-    return out
-
-
-def plot_kernel(rows: list[dict]) -> list[tuple[str, str]]:
-    plt = _plt()
-    if plt is None or not rows:
-        return []
-    out = []
-    for (profile, model), group in _groups(rows, lambda r: (r["profile"], r["model"])).items():
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, max(3, 0.45 * len(group) + 1.5)))
-        names = [r["backend"] + (" (eager-timed)" if "eager-timed" in r["methods"] else "") for r in group]
-        y = list(range(len(group)))
-        ax1.barh([v - 0.2 for v in y], [r["decode_us"] for r in group], 0.4, label="decode (1 token)")
-        ax1.barh([v + 0.2 for v in y], [r["prefill_us"] for r in group], 0.4, label="prefill (prompt)")
-        ax1.set_yticks(y)
-        ax1.set_yticklabels(names)
-        ax1.set_xlabel("µs per decoder layer (its linear modules)")
-        ax1.set_title(f"Kernel time per layer\n{model} on {profile}")
-        ax1.legend(loc="lower right")
-        types = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
-        colors = plt.get_cmap("tab20").colors  # more backends than tab10's 10 colours: no two lines alike
-        for i, r in enumerate(group):
-            vals = [r["pct_copy"][t] * 100 if r["pct_copy"].get(t) is not None else float("nan") for t in types]  # a gap where not timed
-            ax2.plot(types, vals, marker="o", color=colors[i % len(colors)], label=names[i])
-        ax2.set_ylabel("% of measured copy bandwidth")
-        ax2.set_ylim(0, 110)
-        ax2.set_title("Achieved bandwidth per module type\ndecode (1 token)")
-        ax2.tick_params(axis="x", rotation=30)
-        ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        out.append((f"Kernel time, {model} on {profile}", _png(fig)))
-    return out
-
-
-def plot_memory(rows: list[dict]) -> list[tuple[str, str]]:
-    plt = _plt()
-    if plt is None or not rows:
-        return []
-    out = []
-    for (profile, model), group in _groups(rows, lambda r: (r["profile"], r["model"])).items():
-        group = [r for r in group if r["mode"] != "kernel"] or group
-        labels = [f"{r['backend']}" + ("" if r["mode"] == "eager" else f" ({r['mode']})") for r in group]
-        x = list(range(len(group)))
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(group) + 2), 4))
-        series = [("weights", "weight_mib"), (group[0]["peak_kind"], "peak_mib"), ("NVML process", "nvml_mib")]
-        series = [(n, k) for n, k in series if any(r[k] for r in group)]
-        width = 0.8 / max(len(series), 1)
-        for i, (name, k) in enumerate(series):
-            ax.bar([v + i * width for v in x], [r[k] or 0 for r in group], width, label=name)
-        ax.set_xticks([v + width * (len(series) - 1) / 2 for v in x])
-        ax.set_xticklabels(labels, rotation=30, ha="right")
-        ax.set_ylabel("MiB")
-        ax.set_title(f"Memory, {model} on {profile}")
-        ax.legend()
-        out.append((f"Memory, {model} on {profile}", _png(fig)))
-    return out
-
-
-def plot_tradeoff(speed: list[dict], memory: list[dict]) -> list[tuple[str, str]]:
-    plt = _plt()
-    if plt is None:
-        return []
-    out = []
-    mem = {(r["profile"], r["model"], r["backend"]): r["weight_mib"] for r in memory}
-    for (profile, model), group in _groups([r for r in speed if r["mode"] == "eager"],
-                                           lambda r: (r["profile"], r["model"])).items():
-        pts = [(mem.get((profile, model, r["backend"])), r["median"], r["backend"]) for r in group]
-        pts = [p for p in pts if p[0]]
-        if len(pts) < 2:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        markers = "os^vD<>pPX*h"
-        for i, (w, s, b) in enumerate(pts):
-            ax.scatter([w], [s], marker=markers[i % len(markers)], s=60, label=b)
-        ax.set_xlabel("weight footprint (MiB)")
-        ax.set_ylabel("decode tokens/s (eager, median)")
-        ax.set_title(f"Speed against memory, {model} on {profile}")
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        ax.grid(alpha=0.3)
-        out.append((f"Speed against memory, {model} on {profile}", _png(fig)))
-    return out
-
-
-def plot_quality(rows: list[dict]) -> list[tuple[str, str]]:
-    plt = _plt()
-    if plt is None or not rows:
-        return []
-    out = []
-    for profile, group in _groups(rows, lambda r: r["profile"]).items():
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-        markers = "os^vD<>pPX*h"
-        group = [r for r in group if r["backend"] != r["reference"] and r["bits"]]  # the reference is 0 by definition
-        for i, r in enumerate(group):
-            x = r["bits"] + (i - (len(group) - 1) / 2) * 0.25  # spread backends of one width apart
-            ax1.scatter([x], [max(r["mean_kld"], 1e-9)], marker=markers[i % len(markers)], s=55, label=r["backend"])
-            if r["top1"] is not None:
-                ax2.scatter([x], [r["top1"]], marker=markers[i % len(markers)], s=55, label=r["backend"])
-        ax1.set_yscale("log")
-        ax1.set_xlabel("bits per weight")
-        ax1.set_ylabel("mean KL divergence to the reference (nats, log)")
-        ax1.set_title(f"Quality against bits on {profile}")
-        ax2.set_xlabel("bits per weight")
-        ax2.set_ylabel("top-1 agreement with the reference")
-        ax2.set_title("Top-1 agreement")
-        ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        out.append((f"Quality against bits on {profile}", _png(fig)))
-    return out
-
-
-def plot_upgrade(upgrades: list[dict]) -> list[tuple[str, str]]:
-    plt = _plt()
-    if plt is None:
-        return []
-    out = []
-    for u in upgrades:
-        rows = [r for r in u.get("rows", []) if r.get("ratio") is not None]
-        if not rows:
-            continue
-        fig, ax = plt.subplots(figsize=(8, max(2.5, 0.5 * len(rows) + 1.5)))
-        y = list(range(len(rows)))
-        ratios = [r["ratio"] for r in rows]
-        lo = [r["ratio"] - (r.get("ci") or [r["ratio"]] * 2)[0] for r in rows]
-        hi = [(r.get("ci") or [r["ratio"]] * 2)[1] - r["ratio"] for r in rows]
-        ax.errorbar(ratios, y, xerr=[lo, hi], fmt="o", capsize=4)
-        labelled = False
-        for i, r in enumerate(rows):  # each configuration's own tolerance (modes differ: kernel 1%, eager 5%)
-            tol = r.get("tolerance")
-            if tol:
-                ax.fill_betweenx([i - 0.3, i + 0.3], 1 - tol, 1 + tol, color="#c8e6c9", alpha=0.8,
-                                 label=None if labelled else "tolerance of each configuration")
-                labelled = True
-        ax.axvline(1.0, color="grey", lw=0.8)
-        ax.set_yticks(y)
-        ax.set_yticklabels([f"{r['config']} {r['metric']}" for r in rows], fontsize=8)
-        ax.set_xlabel("new / old (ratio with its interval)")
-        ax.set_title(f"Upgrade check: {u.get('versions') or 'new against old'}")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: never over a point
-        out.append(("Upgrade check", _png(fig)))
-    return out
-
 
 # -- rendering -------------------------------------------------------------------------------
 
@@ -512,19 +326,6 @@ def _table(header: list[str], rows: list[list], cell_styles: list[list[str]] | N
             cells.append(f"<td{f' style={chr(34)}{style}{chr(34)}' if style else ''}>{html.escape(str(c))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _md_table(header: list[str], rows: list[list]) -> str:
-    def esc(v):
-        return str(v).replace("|", "\\|")
-    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows])
-
-
-def _fmt(v, digits=1) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
 def _cell(c: dict | None) -> str:
@@ -546,8 +347,8 @@ def sections(data: ReportData) -> dict[str, dict]:
     for i, s in enumerate(data.summaries):
         regs = len(s.regressions)
         flips = len(s.flips)
-        inconc = sum(1 for c in s.configs if c.status == "inconclusive")
-        inconc += sum(1 for c in s.claims if c.verdict == "inconclusive")
+        inconc = sum(1 for c in s.configs if c.status == Status.INCONCLUSIVE)
+        inconc += sum(1 for c in s.claims if c.verdict == Status.INCONCLUSIVE)
         shown = sorted(p for p in set(s.profiles.values()) if not measured or p in measured)
         source = data.summary_sources[i] if i < len(data.summary_sources) else "-"
         summary_rows.append([source, ", ".join(shown), len(s.configs), regs, len(s.claims), flips, inconc,
@@ -560,17 +361,21 @@ def sections(data: ReportData) -> dict[str, dict]:
     configs, profiles, cells = cross_matrix(data.results)
     if len(profiles) > 1 or configs:
         out["Cross-hardware matrix"] = {"tables": [(["configuration", *profiles],
-                                                    [[c, *[cells.get((c, p), "-") for p in profiles]] for c in configs])]}
+                                                    [[c,
+                                                      *[cells.get((c, p), "-") for p in profiles]] for c in configs])]}
     out["Decode speed"] = {
         "text": ["One run: its median and the interquartile range and CV of its rounds. Several runs of a "
                  "configuration: the median of the run medians, their range and the CV between runs."],
-        "tables": [(["profile", "model", "backend", "mode", "runs", "decode tok/s", "IQR / range", "CV %", "prefill ms"],
+        "tables": [(["profile", "model", "backend", "mode", "runs", "decode tok/s", "IQR / range", "CV %",
+                     "prefill ms"],
                     [[r["profile"], r["model"], r["backend"], r["mode"], r["runs"], _fmt(r["median"]),
-                      f"{r['q1']:.1f}-{r['q3']:.1f}", _fmt(r["cv"] * 100, 2), _fmt(r["prefill_ms"], 2)] for r in speed])],
+                      f"{r['q1']:.1f}-{r['q3']:.1f}", _fmt(r["cv"] * 100, 2), _fmt(r["prefill_ms"], 2)]
+                     for r in speed])],
         "plots": plot_speed(speed)}
     out["Kernel time"] = {
         "tables": [(["profile", "model", "backend", "runs", "decode us/layer", "CV %", "prefill us/layer", "method"],
-                    [[r["profile"], r["model"], r["backend"], r["runs"], _fmt(r["decode_us"], 2), _fmt(r["decode_cv"] * 100, 2),
+                    [[r["profile"], r["model"], r["backend"], r["runs"], _fmt(r["decode_us"], 2),
+                      _fmt(r["decode_cv"] * 100, 2),
                       _fmt(r["prefill_us"], 2), ", ".join(r["methods"])] for r in kern])],
         "plots": plot_kernel(kern)}
     out["Memory"] = {
@@ -581,7 +386,8 @@ def sections(data: ReportData) -> dict[str, dict]:
     out["Speed against memory"] = {"plots": plot_tradeoff(speed, mem), "tables": []}
     out["Quality against bits"] = {
         "tables": [(["profile", "backend", "bits", "mean KLD", "top-1 agreement", "PPL", "reference", "runs"],
-                    [[r["profile"], r["backend"], r["bits"], f"{r['mean_kld']:.2e}", _fmt(r["top1"], 3), _fmt(r["ppl"], 2),
+                    [[r["profile"], r["backend"], r["bits"], f"{r['mean_kld']:.2e}", _fmt(r["top1"], 3),
+                      _fmt(r["ppl"], 2),
                       r["reference"] or "-", r["runs"]] for r in qual])],
         "plots": plot_quality(qual)}
     claims, tprofiles, tcells = takeaway_matrix(data)
@@ -601,7 +407,8 @@ def sections(data: ReportData) -> dict[str, dict]:
                           "-" if tol is None else f"+/-{tol * 100:.1f}%", r.get("decision") or "-"])
     if data.upgrades:
         out["Upgrade check"] = {
-            "tables": [(["change", "configuration", "mode", "metric", "new/old", "interval", "tolerance", "decision"], urows)],
+            "tables": [(["change", "configuration", "mode", "metric", "new/old", "interval", "tolerance", "decision"],
+                        urows)],
             "plots": plot_upgrade(data.upgrades),
             "text": [f"{u.get('versions') or u['kind']} on {u.get('profile') or '?'} ({u.get('source') or '-'})"
                      for u in data.upgrades]}
@@ -612,9 +419,12 @@ def sections(data: ReportData) -> dict[str, dict]:
     return out
 
 
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
-th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}h2{border-bottom:1px solid #ddd;padding-bottom:3px}
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
+color:#222}
+table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;
+text-align:left}
+th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}h2{border-bottom:1px solid #ddd;
+padding-bottom:3px}
 .note{color:#666;font-size:0.9em}"""
 
 

@@ -31,14 +31,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ClaimsModel, validate
-from .errors import ConfigError, read_toml
-from .results import METRICS, RunResult
-from .spec import MODES, RunSpec, Workload
-from .stats import paired_ratio, ratio_of_medians
+from ..config import ClaimsModel, validate
+from ..errors import ConfigError, read_toml
+from ..results import METRICS, RunResult
+from ..spec import MODES, RunSpec, Workload
+from ..stats import paired_ratio, ratio_of_medians
+from ..status import Status
 
 RELATIONS = {"lower": (0.0, 1.0), "higher": (1.0, math.inf)}
-VERDICTS = ("holds", "flipped", "inconclusive")
+VERDICTS = (Status.HOLDS, Status.FLIPPED, Status.INCONCLUSIVE)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class ClaimResult:
         if self.expected is None:
             label = self.verdict.upper()
         else:
-            label = "FLIPPED" if self.verdict not in (self.expected, "inconclusive") else self.verdict.upper()
+            label = "FLIPPED" if self.verdict not in (self.expected, Status.INCONCLUSIVE) else self.verdict.upper()
         expectation = ("no verdict recorded for this profile yet" if self.expected is None
                        else f"expected {self.expected}, got {self.verdict}")
         unit = c.metric.replace("_per_s", "/s").replace("_", " ").replace("tokens", "tok")
@@ -166,10 +167,10 @@ def classify(bounds: tuple[float, float], low: float, high: float) -> str:
     """`holds` when the CI [low, high] lies inside the bounds, `flipped` when wholly outside."""
     lo, hi = bounds
     if lo <= low and high <= hi:
-        return "holds"
+        return Status.HOLDS
     if high < lo or low > hi:
-        return "flipped"
-    return "inconclusive"
+        return Status.FLIPPED
+    return Status.INCONCLUSIVE
 
 
 def _quality_ratio(a: RunResult, b: RunResult, z: float):
@@ -187,14 +188,15 @@ def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence:
     expected = claim.expected(profile) if expected == "file" else expected
     for side in (a, b):
         if not side.ok:
-            return ClaimResult(claim, profile, "inconclusive", expected, None, None, None, confidence,
+            return ClaimResult(claim, profile, Status.INCONCLUSIVE, expected, None, None, None, confidence,
                                notes=[f"{side.spec.id} not measured: {side.reason}"])
     from scipy.stats import norm
 
     methods = [r.timing_methods for r in (a, b)]
     if all(methods) and methods[0] != methods[1]:
-        return ClaimResult(claim, profile, "inconclusive", expected, None, None, None, confidence,
-                           notes=[f"timing methods differ ({a.spec.backend}: {', '.join(methods[0])}; {b.spec.backend}: "
+        return ClaimResult(claim, profile, Status.INCONCLUSIVE, expected, None, None, None, confidence,
+                           notes=[f"timing methods differ ({a.spec.backend}: {', '.join(methods[0])}; "
+                                  f"{b.spec.backend}: "
                                   f"{', '.join(methods[1])}): kernel figures are never compared across methods"])
     p = None
     if claim.metric in ("ppl",) and a.quality and b.quality:
@@ -202,7 +204,7 @@ def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence:
     else:
         ma, mb = a.metrics.get(claim.metric), b.metrics.get(claim.metric)
         if ma is None or mb is None:
-            return ClaimResult(claim, profile, "inconclusive", expected, None, None, None, confidence,
+            return ClaimResult(claim, profile, Status.INCONCLUSIVE, expected, None, None, None, confidence,
                                notes=[f"metric {claim.metric} missing from a result"])
         paired = (b.spec.id in (a.timings.get("interleaved_with") or [])
                   and len(ma.samples) == len(mb.samples) >= 2)
@@ -216,7 +218,8 @@ def evaluate(claim: Claim, a: RunResult, b: RunResult, profile: str, confidence:
             ratio = mb.value / ma.value
             low = high = ratio
     verdict = classify(claim.bounds, low, high)
-    n = min(len(a.metrics[claim.metric].samples), len(b.metrics[claim.metric].samples)) if claim.metric in a.metrics else 0
+    n = min(len(a.metrics[claim.metric].samples),
+            len(b.metrics[claim.metric].samples)) if claim.metric in a.metrics else 0
     return ClaimResult(claim, profile, verdict, expected, ratio, low, high, confidence, p, n)
 
 
@@ -224,5 +227,29 @@ def is_inconclusive(claim: Claim, a_samples: list[float], b_samples: list[float]
     """For adaptive rounds: does the CI of B/A still straddle a bound?"""
     if len(a_samples) < 2 or len(b_samples) < 2:
         return True
-    est = (paired_ratio if len(a_samples) == len(b_samples) else ratio_of_medians)(a_samples, b_samples, confidence=confidence)
-    return classify(claim.bounds, est.low, est.high) == "inconclusive"
+    est = (paired_ratio if len(a_samples) == len(b_samples) else ratio_of_medians)(a_samples, b_samples,
+                                                                                   confidence=confidence)
+    return classify(claim.bounds, est.low, est.high) == Status.INCONCLUSIVE
+
+
+def check_claim(claim: Claim, a: RunResult, b: RunResult, profile: str, store, *, confidence: float = 0.95,
+                record: bool = False) -> tuple[ClaimResult, str | None]:
+    """Evaluate a claim on both sides' results against the verdict it is expected to give: the
+    claim's own for this profile, else the one the profile's baseline `store` recorded (a
+    verdict taken from published figures says so in a note). With `record`, a conclusive verdict
+    is written into the store. Returns the result and the store's line about what it recorded."""
+    recorded = store.takeaway(claim.id)
+    expected = claim.expected(profile) or (recorded or {}).get("verdict")
+    result = evaluate(claim, a, b, profile, confidence, expected=expected)
+    published = (recorded or {}).get("published") if recorded and not recorded.get("recorded_at") else None
+    if published and not claim.expected(profile):
+        result.notes.append(f"expected verdict from published figures ({published.get('source')}: "
+                            f"{published.get('figures')})"
+                            + (f"; disagreeing source: {published['disagrees']}" if published.get("disagrees") else ""))
+    line = None
+    if record and result.verdict != Status.INCONCLUSIVE:
+        packages = {k: v for k, v in (b.environment or {}).get("packages", {}).items() if v}
+        line = store.record_takeaway(claim.id, result.verdict, result.ratio, [result.low, result.high], packages,
+                                     b.timestamp)
+        store.save()
+    return result, line

@@ -22,6 +22,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .errors import ConfigError, NonFiniteLogits
+from .results import METRICS
+
+# the quality scenario's metrics, in results.METRICS' order: the one list, derived from the kinds there
+QUALITY_METRICS = tuple(name for name, (_, _, kind) in METRICS.items() if kind == "quality")
 
 
 @dataclass(frozen=True)

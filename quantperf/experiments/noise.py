@@ -17,11 +17,11 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .results import ResultLog, RunResult
-from .stats import Summary, min_detectable_change
+from ..results import ResultLog, RunResult
+from ..stats import Summary, min_detectable_change
 
 SPEED = ("decode_tokens_per_s", "prefill_ms", "e2e_tokens_per_s")
-# The noise experiment's ablations (quantperf.sensitivity): each a setting changed between
+# The noise experiment's ablations (quantperf.experiments.sensitivity): each a setting changed between
 # rounds of one loaded model, interleaved with the clean side.
 VARIANTS = {
     "gc-on": {"gc_off": False},
@@ -58,13 +58,14 @@ def noise_rows(runs: list[list[RunResult]], metrics=SPEED) -> list[dict]:
             if not ms:
                 continue
             fig = run_noise([m.samples for m in ms])
-            rows.append({"config": cid, "mode": mode, "metric": name, **{k: v for k, v in fig.items() if k != "median"}})
+            rows.append({"config": cid, "mode": mode, "metric": name,
+                         **{k: v for k, v in fig.items() if k != "median"}})
     return rows
 
 
 def gate_counts(summaries: list[dict]) -> dict:
     """Regressions and flips in suite summary.json files (A/A: both should be zero)."""
-    from .summary import SessionSummary
+    from ..summary import SessionSummary
 
     parsed = [SessionSummary.from_dict(s) for s in summaries]
     return {"runs": len(parsed), "regressions": sum(len(s.regressions) for s in parsed),

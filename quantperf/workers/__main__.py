@@ -18,7 +18,7 @@ def main() -> None:
     reply_fd = os.dup(1)
     os.dup2(2, 1)  # library chatter on stdout must not corrupt the protocol
     sys.stdout = sys.stderr
-    from .workers import STACK_SIGNAL
+    from . import STACK_SIGNAL
 
     if hasattr(signal, STACK_SIGNAL):  # the parent asks for every thread's stack before it kills a silent worker
         faulthandler.register(getattr(signal, STACK_SIGNAL), file=sys.stderr, all_threads=True)
@@ -31,12 +31,13 @@ def main() -> None:
             break
         try:
             if method == "init":
-                from .spec import RunSpec
-                from .workers import PROTOCOL, LocalWorker
+                from ..spec import RunSpec
+                from . import PROTOCOL, LocalWorker
 
                 if kwargs.get("protocol") != PROTOCOL:
                     raise RuntimeError(f"worker protocol mismatch: the parent speaks {kwargs.get('protocol')}, this "
-                                       f"quantperf ({__file__}) speaks {PROTOCOL}: install the same quantperf on both sides")
+                                       f"quantperf ({__file__}) speaks {PROTOCOL}: install the same quantperf on both "
+                                       "sides")
                 worker = LocalWorker(RunSpec.from_dict(kwargs["spec"]), kwargs.get("model_options"))
                 result = worker.hello()
             else:

@@ -46,7 +46,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # The libraries whose versions every upgrade check reports on both sides.
 TRACKED = ("torch", "transformers", "bitsandbytes", "onnxruntime", "torchao")
@@ -79,8 +79,8 @@ def exact_pins(text: str, name: str = "") -> dict[str, str]:
             project = tomllib.loads(text).get("project", {})
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{name}: not TOML ({exc})") from None
-        lines = list(project.get("dependencies", [])) + [d for group in project.get("optional-dependencies", {}).values()
-                                                        for d in group]
+        optional = project.get("optional-dependencies", {}).values()
+        lines = list(project.get("dependencies", [])) + [d for group in optional for d in group]
     else:
         lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     pins = {}

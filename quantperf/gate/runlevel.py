@@ -29,7 +29,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..status import Status
 
 # Asymptotic standard error of a median relative to a mean, for normal data: sqrt(pi/2).
 MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
@@ -49,7 +50,8 @@ class RunRecord:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.value, (int, float)) and math.isfinite(self.value) and self.value > 0):
-            raise ConfigError(f"run {self.run_id} of {self.config_id}: field 'value' ({self.metric}) must be a positive "
+            raise ConfigError(f"run {self.run_id} of {self.config_id}: field 'value' ({self.metric}) must be a "
+                              "positive "
                               f"finite number, got {self.value!r}")
 
 
@@ -107,7 +109,8 @@ def fit_noise(records: list[RunRecord]) -> NoiseModel:
                 within.append((sum((v - m) ** 2 for v in vals), len(vals) - 1))
     sigma_within = math.sqrt(sum(a for a, _ in within) / sum(b for _, b in within)) if within else None
     sigma_session = statistics.stdev(shifts.values()) if separable and len(sessions) >= 2 else None
-    return NoiseModel(sigma, float(df), shifts, sigma_session, sigma_within, len(records), len(logs), len(sessions), notes)
+    return NoiseModel(sigma, float(df), shifts, sigma_session, sigma_within, len(records), len(logs), len(sessions),
+                      notes)
 
 
 @dataclass
@@ -173,19 +176,21 @@ class GateVerdict:
 
     @property
     def failed(self) -> bool:
-        return self.status == "regressed"
+        return self.status == Status.REGRESSED
 
     def line(self) -> str:
         floor = "unknown" if self.noise_floor is None else f"{self.noise_floor * 100:.0f}%"
         return (f"{self.metric}: {self.current:.4g} vs {self.baseline:.4g} (raw x{self.raw_ratio:.3f}; "
                 f"x{self.ratio:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}] after the session shift x{self.shift:.3f}; "
-                f"tolerance {self.tolerance * 100:g}%, noise floor {floor}, {self.runs} baseline runs) -> {self.status}")
+                f"tolerance {self.tolerance * 100:g}%, noise floor {floor}, {self.runs} baseline runs) "
+                f"-> {self.status}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def noise_floor(se: float, df: float, tolerance: float, alpha: float, family_size: int = 1, power: float = 0.8) -> float:
+def noise_floor(se: float, df: float, tolerance: float, alpha: float, family_size: int = 1,
+                power: float = 0.8) -> float:
     """The smallest true worsening (fraction) the gate flags as regressed with `power`:
     exp(log(1 + tol) + (t_{1-alpha/m, df} + t_{power, df}) * se) - 1."""
     from scipy.stats import t as student_t
@@ -204,7 +209,8 @@ def gate(current_value: float, baseline: list[RunRecord], model: NoiseModel, shi
     if not baseline:
         raise ConfigError("gate needs at least one recorded run of the configuration")
     if not (math.isfinite(current_value) and current_value > 0):
-        raise ConfigError(f"current value of {baseline[0].config_id} must be a positive finite number, got {current_value!r}")
+        raise ConfigError(f"current value of {baseline[0].config_id} must be a positive finite number, got "
+                          f"{current_value!r}")
     metric = baseline[0].metric
     mu = statistics.fmean(math.log(r.value) for r in baseline)
     d = math.log(current_value) - mu - shift.log_shift
@@ -215,18 +221,19 @@ def gate(current_value: float, baseline: list[RunRecord], model: NoiseModel, shi
     base = dict(metric=metric, current=current_value, baseline=math.exp(mu), raw_ratio=math.exp(d + shift.log_shift),
                 ratio=math.exp(d), shift=shift.factor, tolerance=tolerance, level=level, runs=len(baseline))
     if model.sigma is None:
-        return GateVerdict(status="inconclusive", ci=(float("nan"), float("nan")), noise_floor=None, notes=notes, **base)
+        return GateVerdict(status=Status.INCONCLUSIVE, ci=(float("nan"), float("nan")), noise_floor=None, notes=notes,
+                           **base)
     se = math.sqrt(model.sigma ** 2 * (1 + 1 / len(baseline)) + shift.se ** 2)
     half = student_t.ppf(1 - level, model.df) * se
     lo, hi = worse - half, worse + half
     if lo > tol:
-        status = "regressed"
+        status = Status.REGRESSED
     elif hi < -tol:
-        status = "improved"
+        status = Status.IMPROVED
     elif hi <= tol:
-        status = "ok"
+        status = Status.OK
     else:
-        status = "inconclusive"
+        status = Status.INCONCLUSIVE
     ci = (math.exp(d - half), math.exp(d + half))
     return GateVerdict(status=status, ci=ci, noise_floor=noise_floor(se, model.df, tolerance, alpha, family_size),
                        notes=notes, **base)
@@ -235,37 +242,9 @@ def gate(current_value: float, baseline: list[RunRecord], model: NoiseModel, shi
 def confirm(first: GateVerdict, second: GateVerdict) -> GateVerdict:
     """A configuration flagged regressed is re-measured once in a fresh process: it is regressed
     only if both runs are; otherwise the second verdict stands, noted."""
-    if first.status == "regressed" and second.status != "regressed":
+    if first.status == Status.REGRESSED and second.status != Status.REGRESSED:
         second.notes.append(f"flagged once (x{first.ratio:.3f}), not confirmed by a fresh process")
     return second
-
-
-def look_alpha(alpha: float, planned_looks: int) -> float:
-    """The level of each of `planned_looks` pre-planned looks at a growing sample (Bonferroni
-    alpha spending: conservative, and free of optional-stopping bias whatever look stops)."""
-    if planned_looks < 1:
-        raise ValueError(f"planned_looks must be >= 1, got {planned_looks}")
-    return alpha / planned_looks
-
-
-def looks_schedule(base_rounds: int, max_rounds: int, block: int = 2) -> list[int]:
-    """Rounds per side at each pre-planned look: the base, then every `block` up to `max_rounds`."""
-    if base_rounds < 1 or block < 1:
-        raise ValueError(f"base_rounds and block must be >= 1, got {base_rounds} and {block}")
-    looks = [base_rounds]
-    while looks[-1] + block <= max_rounds:
-        looks.append(looks[-1] + block)
-    return looks
-
-
-def clopper_pearson_upper(k: int, n: int, confidence: float = 0.95) -> float:
-    """One-sided upper confidence bound of a rate from k events in n trials (exact, beta
-    quantile): 0 of 16 A/A trials bound the false-alarm rate at 17% (95%)."""
-    from scipy.stats import beta
-
-    if not 0 <= k <= n or n < 1:
-        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    return 1.0 if k == n else float(beta.ppf(confidence, k + 1, n - k))
 
 
 def assign_sessions(runs: list[dict], gap_minutes: float = 30) -> list[str]:

@@ -1,9 +1,11 @@
-"""The regression gate (pure): a metric regresses only when it is worse than its baseline
+"""The per-metric gate (pure): a metric regresses only when it is worse than its baseline
 beyond tolerance AND the difference is statistically significant.
 
-Tolerances are fractions per metric kind, with defaults, overridable per test and per
-profile. Speed samples are per-round values compared with Mann-Whitney U (scipy); memory
-and quality figures are deterministic single values, so for them the tolerance alone decides.
+Tolerances (quantperf.gate.tolerances) are fractions per metric kind, with defaults,
+overridable per test and per profile. Speed samples are per-round values compared with
+Mann-Whitney U (scipy); memory and quality figures are deterministic single values, so for them
+the tolerance alone decides. The run-level speed gate over a session's configurations
+(`gate_runs`) is here too; its statistics are quantperf.gate.runlevel's.
 """
 
 from __future__ import annotations
@@ -11,64 +13,13 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass, field
 
-from .errors import ConfigError
-from .spec import MODES
-from .stats import ratio_of_medians
+from ..stats import ratio_of_medians
+from ..status import Status
 
-# A key `KIND.MODE` applies to one runtime mode. Graph mode is steady enough within a run to
-# gate a 3% slowdown; eager-mode HF generate is host-bound and wanders more.
-DEFAULT_TOLERANCES = {"speed": 0.05, "speed.graph": 0.03, "speed.kernel": 0.01, "memory": 0.05, "quality": 0.02}
-KINDS = ("speed", "memory", "quality")
 DEFAULT_ALPHA = 0.01
 # One-sided level for the run-to-run test. With a handful of recorded runs the t prediction
 # interval is wide (3 runs: 2 degrees of freedom); 0.05 keeps a gross regression detectable.
 BETWEEN_RUN_ALPHA = 0.05
-
-
-def parse_tolerances(text: str) -> dict[str, float]:
-    """`"speed:5%,speed.graph:2%,memory:1%"` -> {"speed": 0.05, "speed.graph": 0.02, "memory": 0.01}
-    (pytest-benchmark style strings; `KIND.MODE` applies to one runtime mode)."""
-    out: dict[str, float] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        kind, sep, value = item.partition(":")
-        base, dot, mode = kind.partition(".")
-        if not sep or base not in KINDS or (dot and mode not in MODES):
-            raise ConfigError(f"tolerance {item!r}: expected KIND:N% or KIND.MODE:N% with KIND one of "
-                              f"{', '.join(KINDS)} and MODE one of {', '.join(MODES)}")
-        try:
-            number = float(value.strip().rstrip("%")) / 100
-        except ValueError:
-            raise ConfigError(f"tolerance {item!r}: {value!r} is not a number or percentage") from None
-        if not value.strip().endswith("%"):
-            raise ConfigError(f"tolerance {item!r}: write the value as a percentage ({kind}:{value.strip()}% or "
-                              f"{kind}:{_as_pct(value)}); a bare number is ambiguous")
-        if not 0 <= number < 10:
-            raise ConfigError(f"tolerance {item!r}: must be between 0 and 1000%, got {value}")
-        out[kind] = number
-    return out
-
-
-def _as_pct(value: str) -> str:
-    try:
-        return f"{float(value) * 100:g}%"
-    except ValueError:
-        return "N%"
-
-
-def resolve_tolerance(layers: list[dict], kind: str, mode: str) -> float:
-    """The tolerance for a metric kind in a mode from layered settings (defaults first, then
-    session, profile, test). In each layer `KIND.MODE` beats `KIND`; a later layer that sets
-    either replaces what earlier layers said, so `speed:10%` on the command line covers graph
-    mode too unless `speed.graph` is given with it."""
-    value = None
-    for layer in layers:
-        for key in (f"{kind}.{mode}", kind):
-            if key in layer:
-                value = layer[key]
-                break
-    if value is None:
-        raise ConfigError(f"no tolerance for metric kind {kind!r}")
-    return float(value)
 
 
 @dataclass
@@ -86,7 +37,7 @@ class Verdict:
 
     @property
     def failed(self) -> bool:
-        return self.status == "regressed"
+        return self.status == Status.REGRESSED
 
     def line(self) -> str:
         if self.baseline is None:
@@ -127,12 +78,13 @@ def between_run_p(run_medians: list[float], current: float, higher_is_better: bo
 
 
 def compare_metric(name: str, baseline_samples: list[float], current_samples: list[float], higher_is_better: bool,
-                   tolerance: float, alpha: float = DEFAULT_ALPHA, baseline_run_medians: list[float] | None = None) -> Verdict:
+                   tolerance: float, alpha: float = DEFAULT_ALPHA,
+                   baseline_run_medians: list[float] | None = None) -> Verdict:
     """Gate one metric. With >= 3 recorded baseline runs, a change must also stand out from the
     run-to-run spread (between_run_p < BETWEEN_RUN_ALPHA); with fewer, only the within-run test applies and
     the verdict says so."""
     if not baseline_samples:
-        return Verdict(name, "new", None, float(current_samples[0]), None, None, tolerance, None)
+        return Verdict(name, Status.NEW, None, float(current_samples[0]), None, None, tolerance, None)
     deterministic = len(baseline_samples) < 2 or len(current_samples) < 2
     if deterministic:
         base, cur = float(baseline_samples[0]), float(current_samples[0])
@@ -162,11 +114,11 @@ def compare_metric(name: str, baseline_samples: list[float], current_samples: li
         worse_by = 0.0
         notes.append(f"within the absolute floor {floor:g}")
     if worse_by > tolerance:
-        status = "regressed" if significant else "changed-insignificant"
+        status = Status.REGRESSED if significant else Status.CHANGED_INSIGNIFICANT
     elif -worse_by > tolerance:
-        status = "improved" if significant else "changed-insignificant"
+        status = Status.IMPROVED if significant else Status.CHANGED_INSIGNIFICANT
     else:
-        status = "ok"
+        status = Status.OK
     return Verdict(name, status, base, cur, ratio, worse_by, tolerance, p, ci, notes)
 
 
@@ -186,7 +138,7 @@ def gate_metrics(metrics: dict, entry: dict, tolerance_for, alpha: float = DEFAU
 # -- the run-level gate (speed) ------------------------------------------------------------
 # Rounds of one run share the machine's state: they estimate the run's median, they are not
 # independent samples. The gate therefore works on run medians (log scale): the noise of a run
-# is pooled over every configuration of the profile, mode and metric (quantperf.runstats), the
+# is pooled over every configuration of the profile, mode and metric (quantperf.gate.runlevel), the
 # common shift of this session against the baseline is estimated over configurations and
 # removed, and each configuration is gated on its residual with a Bonferroni correction over
 # the configurations and metrics gated in the session.

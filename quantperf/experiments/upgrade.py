@@ -1,0 +1,525 @@
+"""The upgrade check: does upgrading library X change speed, quality or the takeaways, on this
+machine? Answered by measuring both versions side by side, in one session, on one device,
+round by round -- stored baselines cannot answer it on a noisy machine (sessions differ by
+5-45%). Environment B is `quantperf.experiments.environments`' overlay; everything is opened and interleaved
+by `quantperf.scheduler` (open_side, interleave_rounds, build_result).
+
+Design, per configuration (model x backend x mode):
+
+- P >= 3 fresh process *pairs* (side A: this environment; side B: the overlay), one after the
+  other; even pairs load A first and run ABBA blocks, odd pairs load B first and run BAAB.
+- In each pair, K blocks of 2 rounds per side (scheduler.interleave_rounds). Per block
+  d = log((B1 + B2) / (A1 + A2)) of the per-token decode time (1 / decode tok/s of each round,
+  from the scenario's own metrics; kernel mode: its microseconds per layer at decode shape).
+- Pair mean = mean of its blocks' d; across pairs a Student-t interval with P - 1 degrees of
+  freedom: the pair (two fresh processes) is the unit, so process-level effects (placement,
+  allocator state, clocks at load) are inside the interval, not hidden by many rounds.
+- Decision against the mode's tolerance tau (eager 5%, graph 3%, kernel 1%; `--tolerance`),
+  on the log scale, symmetric (quantperf.gate.ab.decide): REGRESSED (slower) if the whole
+  interval of the ratio B/A lies above 1+tau, IMPROVED (faster) if it lies below 1/(1+tau), OK
+  if it lies inside [1/(1+tau), 1+tau] (equivalence shown), else INCONCLUSIVE.
+- Optional stopping, pre-planned: `max_blocks` caps the blocks (over all pairs) of a
+  configuration; an inconclusive result adds one more pair of K blocks, up to the cap. The
+  number of looks L = 1 + (max_blocks - P*K) // K is fixed before measuring and every look uses
+  confidence 1 - alpha / L (Bonferroni), so stopping when a look decides does not bias it.
+
+A/A calibration (`same_environment()`): both sides the same environment; the pooled standard
+deviation s of the pair means per mode is stored in a calibration file, and a later run sets
+each mode's tolerance to max(configured, exp(k * s) - 1) (k = 3 by default): a machine whose
+A/A pairs wander by s cannot certify differences smaller than a few s.
+
+Quality: side A's backend writes reference log-probabilities over the fixture corpus, side B's
+same backend compares against them (KLD, top-1 agreement, PPL ratio of new against old). Any
+change is reported; a change beyond the backend class's limits (quantperf.divergence) fails.
+
+Takeaways: each claim whose both configurations were measured is evaluated in A and in B; a
+verdict that differs between A and B (both conclusive) is FLIPPED.
+
+This module measures and keeps the figures; quantperf.gate.ab decides, quantperf.report.upgrade
+renders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError, QuantperfError
+from ..gate.ab import (
+    CALIBRATION_K,
+    block_log_ratio,
+    calibrated_tolerance,
+    decide,
+    look_confidence,
+    pair_interval,
+    pair_mean,
+    planned_looks,
+    pooled_sd,
+    quality_verdict,
+    takeaway_status,
+)
+from ..spec import RunSpec
+from ..status import Status
+
+DEFAULT_PAIRS = 3
+DEFAULT_BLOCKS = 2
+DEFAULT_ALPHA = 0.05
+CALIBRATION_KIND = "quantperf-upgrade-calibration"
+REPORT_SCHEMA = 1
+ROUNDS_PER_BLOCK = 2  # per side: ABBA
+
+
+# -- the statistic ------------------------------------------------------------------------------
+
+def unit_times(spec: RunSpec, rounds: list[dict]) -> list[float]:
+    """Per round, the time one decode step takes: 1e3 / decode tok/s (ms per token, from the
+    scenario's metrics) in the generate modes, microseconds per layer at decode shape in kernel
+    mode. Lower is faster; ratios B/A of these are the slowdown."""
+    from ..scenarios import scenario_for
+
+    metrics = scenario_for(spec.mode).metrics(spec, rounds)
+    if "decode_tokens_per_s" in metrics:
+        return [1e3 / x for x in metrics["decode_tokens_per_s"].samples]
+    if "kernel_decode_us_per_layer" in metrics:
+        return list(metrics["kernel_decode_us_per_layer"].samples)
+    raise ConfigError(f"mode {spec.mode}: its scenario has no decode time to compare")
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+SIDE_NAMES = ("A", "B")
+
+
+@dataclass
+class PairRecord:
+    index: int
+    first: str  # which side loaded first (and ran first in each block)
+    blocks: list[dict] = field(default_factory=list)  # {"a": [t1, t2], "b": [t1, t2], "log_ratio": d}
+    complete: bool = True  # False: a side failed before the pair's last block (kept, never counted)
+
+    @property
+    def mean(self) -> float | None:
+        return pair_mean([b["log_ratio"] for b in self.blocks]) if self.blocks else None
+
+
+@dataclass
+class ConfigCheck:
+    """One configuration's speed comparison B vs A."""
+
+    config_id: str
+    spec: dict
+    status: str = Status.OK  # ok | skipped | error
+    verdict: str | None = None  # regressed | improved | ok | inconclusive
+    ratio: float | None = None  # per-token time B/A
+    low: float | None = None
+    high: float | None = None
+    confidence: float | None = None
+    tolerance: float | None = None
+    tolerance_source: str = "configured"
+    looks_planned: int = 1
+    looks_used: int = 0
+    pairs: list[PairRecord] = field(default_factory=list)
+    tokens_match: bool | None = None
+    identity: dict = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def complete_pair_means(self) -> list[float]:
+        return [p.mean for p in self.pairs if p.complete and p.mean is not None]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pairs"] = [asdict(p) | {"mean_log_ratio": p.mean} for p in self.pairs]
+        return d
+
+
+class SideFailed(QuantperfError):
+    def __init__(self, side: str, reason: str):
+        super().__init__(reason)
+        self.side, self.reason = side, reason
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "") or "no message"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _failure(exc: BaseException) -> str:
+    from ..workers import is_oom
+
+    if is_oom(exc):
+        return "out of memory"
+    return _first_line(f"{type(exc).__name__}: {exc}" if not isinstance(exc, QuantperfError) else str(exc))
+
+
+def identity_core(identity: dict) -> dict:
+    """A backend identity without library versions (those are what an upgrade changes)."""
+    return {k: v for k, v in (identity or {}).items() if "version" not in k.lower()}
+
+
+@dataclass
+class Sides:
+    """How to start each side's worker."""
+
+    python_b: str | None = None
+    env_b: dict | None = None
+    label_a: str = "A"
+    label_b: str = "B"
+
+    def kwargs(self, name: str) -> dict:
+        return {} if name == "A" else {"python": self.python_b, "env": self.env_b or None}
+
+
+def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environment: dict, profile: str,
+              model_options: dict, record: PairRecord, keep: dict) -> None:
+    """One pair of fresh processes: load and warm both (the first side first), then `blocks`
+    ABBA blocks. Fills `record` as blocks complete; raises SideFailed naming the side."""
+    from ..scheduler import interleave_rounds, open_side
+
+    order = list(SIDE_NAMES) if record.first == "A" else list(reversed(SIDE_NAMES))
+    opened: dict = {}
+    try:
+        for name in order:
+            side = open_side(spec, environment=environment, profile=profile, model_options=model_options,
+                             **sides.kwargs(name))
+            if not side.ok:
+                raise SideFailed(name, f"{side.failed.status}: {_first_line(side.failed.reason or '')}")
+            opened[name] = side
+        ia, ib = (identity_core(opened[n].info.get("identity")) for n in SIDE_NAMES)
+        if ia != ib:
+            raise SideFailed("both", f"backend identity differs between A {ia} and B {ib}: not the same "
+                                     "configuration, refusing to compare")
+        keep.setdefault("identity", opened["A"].info.get("identity"))
+
+        def runner(name):
+            def call():
+                try:
+                    return opened[name].worker.rounds(n=1)[0]
+                except Exception as exc:
+                    raise SideFailed(name, f"crashed during pair {index + 1}: {_failure(exc)}") from None
+            return call
+
+        runners = {name: runner(name) for name in order}
+        for _ in range(blocks):
+            got = interleave_rounds(runners, ROUNDS_PER_BLOCK)
+            ta, tb = unit_times(spec, got["A"]), unit_times(spec, got["B"])
+            tokens = {n: [r.get("first_tokens") for r in got[n]] for n in SIDE_NAMES}
+            record.blocks.append({"a": ta, "b": tb, "log_ratio": block_log_ratio(ta, tb),
+                                  "tokens_match": None if None in tokens["A"] + tokens["B"]
+                                  else all(t == tokens["A"][0] for t in tokens["A"] + tokens["B"])})
+            for n in SIDE_NAMES:
+                keep.setdefault(f"rounds_{n}", []).extend(got[n])
+        for n in SIDE_NAMES:
+            try:
+                keep[f"memory_{n}"] = opened[n].worker.memory()
+            except Exception as exc:
+                raise SideFailed(n, f"crashed after pair {index + 1}: {_failure(exc)}") from None
+            keep[f"side_{n}"] = opened[n]
+    finally:
+        _close_all(list(opened.values()))
+
+
+def _close_all(sides: list) -> None:
+    """Close the pair's workers together (each waits for its interpreter to exit); nothing is
+    measured any more, so overlapping the two shutdowns costs no accuracy."""
+    if len(sides) < 2:
+        for side in sides:
+            side.close()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(sides)) as pool:
+        list(pool.map(lambda s: s.close(), sides))
+
+
+def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blocks: int = DEFAULT_BLOCKS,
+                 max_blocks: int | None = None, alpha: float = DEFAULT_ALPHA, tolerance: float = 0.05,
+                 tolerance_source: str = "configured", environment: dict | None = None, profile: str | None = None,
+                 model_options: dict | None = None, progress: Callable[[str], None] | None = None
+                 ) -> tuple[ConfigCheck, dict]:
+    """Compare one configuration in A and B (see the module docstring). Returns the check and
+    what was kept for takeaways ({"side_A", "rounds_A", "memory_A", ... of the last pair})."""
+    say = progress or (lambda line: None)
+    looks = planned_looks(pairs, blocks, max_blocks)
+    confidence = look_confidence(alpha, looks)
+    check = ConfigCheck(spec.id, spec.to_dict(), tolerance=tolerance, tolerance_source=tolerance_source,
+                        confidence=confidence, looks_planned=looks)
+    keep: dict = {}
+    target, i = pairs, 0
+    while i < target:
+        record = PairRecord(i, "A" if i % 2 == 0 else "B")
+        check.pairs.append(record)
+        try:
+            _run_pair(spec, sides, i, blocks, environment=environment, profile=profile,
+                      model_options=dict(model_options or {}), record=record, keep=keep)
+        except SideFailed as exc:
+            record.complete = False  # a pair cut short is kept in the report, never counted
+            unavailable = exc.reason.startswith((Status.UNAVAILABLE, Status.MODE_UNSUPPORTED))
+            if exc.side == "A" and unavailable:
+                check.status, check.message = Status.SKIPPED, f"not measurable in A: {exc.reason}"
+            else:
+                label = {"A": f"side A ({sides.label_a})", "B": f"side B ({sides.label_b})"}.get(exc.side, "sides")
+                check.status, check.message = Status.ERROR, f"{spec.id}: {label}: {exc.reason}"
+            say(f"{spec.id}: {check.status}: {check.message}")
+            break
+        except Exception as exc:  # anything else is this configuration's failure, never the session's
+            check.status, check.message = Status.ERROR, f"{spec.id}: {_failure(exc)}"
+            say(f"{spec.id}: error: {check.message}")
+            break
+        i += 1
+        say(f"{spec.id}: pair {i}/{target} ({record.first} first): B/A per-token time "
+            f"{math.exp(record.mean):.4f} over {len(record.blocks)} block(s)")
+        if i == target:
+            est = pair_interval([p.mean for p in check.pairs], confidence)
+            check.looks_used += 1
+            check.ratio, check.low, check.high = est.ratio, est.low, est.high
+            check.verdict = decide(est.low, est.high, tolerance)
+            if check.verdict == Status.INCONCLUSIVE and check.looks_used < looks:
+                target += 1
+    matches = [b["tokens_match"] for p in check.pairs for b in p.blocks if b.get("tokens_match") is not None]
+    check.tokens_match = all(matches) if matches else None
+    check.identity = keep.get("identity") or {}
+    if check.status != Status.OK:
+        check.verdict = None
+    return check, keep
+
+
+def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dict | None = None,
+                  profile: str | None = None, model_options: dict | None = None) -> dict:
+    """Outputs of B against A for one backend: A's pass writes the reference log-probabilities,
+    B's same backend compares against them (scheduler.measure_quality's two passes, with a side
+    per environment). Returns the figures and a verdict: identical | changed | beyond-limits."""
+    from ..backends import entry
+    from ..scheduler import open_side
+
+    out = {"config_id": "quality-" + spec.id, "backend": spec.backend, "model": spec.model, "status": Status.OK}
+    fd, ref_file = tempfile.mkstemp(prefix="quantperf-upgrade-ref-", suffix=".npy")
+    os.close(fd)
+    stats_by_side = {}
+    try:
+        for name, role in (("A", "reference"), ("B", "compare")):
+            side = open_side(spec, environment=environment, profile=profile, model_options=dict(model_options or {}),
+                             warm=False, **sides.kwargs(name))
+            if not side.ok:
+                label = sides.label_a if name == "A" else sides.label_b
+                return out | {"status": Status.SKIPPED if name == "A" and side.failed.status == Status.UNAVAILABLE
+                              else Status.ERROR,
+                              "message": f"quality {spec.id}: side {name} ({label}): {side.failed.status}: "
+                                         f"{_first_line(side.failed.reason or '')}"}
+            try:
+                stats_by_side[name] = side.worker.quality(params=dict(params) | {
+                    "role": role, "file": ref_file, "reference_backend": f"{spec.backend} in A"})
+                out[f"identity_{name}"] = side.info.get("identity")
+            except Exception as exc:
+                return out | {"status": Status.ERROR, "message": f"quality {spec.id}: side {name}: {_failure(exc)}"}
+            finally:
+                side.close()
+    finally:
+        with contextlib.suppress(OSError):  # the reference logits' temp file
+            os.unlink(ref_file)
+    if identity_core(out.get("identity_A")) != identity_core(out.get("identity_B")):
+        return out | {"status": Status.ERROR, "message": f"quality {spec.id}: backend identity differs between A and B"}
+    b = stats_by_side["B"]
+    stats = {k: v for k, v in b.items() if k != "generations"}
+    gen_a, gen_b = stats_by_side["A"].get("generations", []), b.get("generations", [])
+    verdict, violations = quality_verdict(b, entry(spec.backend).quality_class)
+    return out | {"stats": stats, "generations_match": gen_a == gen_b, "verdict": verdict, "violations": violations,
+                  "quality_class": entry(spec.backend).quality_class,
+                  "generations": {"A": gen_a, "B": gen_b} if gen_a != gen_b else {}}
+
+
+def takeaway_checks(claims, measured: dict, profile: str, device: str) -> list[dict]:
+    """Each claim whose both sides were measured, evaluated in A and in B (no expected verdict);
+    their row's status is quantperf.gate.ab.takeaway_status."""
+    from ..gate import evaluate
+
+    out = []
+    for claim in claims:
+        if claim.device != device or not claim.applies_to(profile):
+            continue
+        any_result = next(iter(measured.get("A", {}).values()), None)
+        if any_result is None:
+            break
+        a_spec, b_spec = claim.specs(any_result.spec.workload)
+        row = {"id": claim.id, "sentence": claim.sentence, "claimed": claim.describe_bounds()}
+        for env in SIDE_NAMES:
+            ra, rb = measured.get(env, {}).get(a_spec.id), measured.get(env, {}).get(b_spec.id)
+            if ra is None or rb is None:
+                break
+            res = evaluate(claim, ra, rb, profile, expected=None)
+            row[env] = {"verdict": res.verdict, "ratio": res.ratio, "low": res.low, "high": res.high}
+        else:
+            va, vb = row["A"]["verdict"], row["B"]["verdict"]
+            row["status"] = takeaway_status(va, vb)
+            out.append(row)
+    return out
+
+
+@dataclass
+class UpgradeReport:
+    kind: str  # upgrade | aa
+    profile: str
+    device: str
+    overlay: dict
+    describe: str
+    settings: dict
+    configs: list[ConfigCheck] = field(default_factory=list)
+    quality: list[dict] = field(default_factory=list)
+    takeaways: list[dict] = field(default_factory=list)
+    calibration: dict | None = None  # the calibration used (a normal run) or written (--aa)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[str]:
+        out = [f"{c.config_id}: slower x{ci_text(c.ratio, c.low, c.high)}" for c in self.configs
+               if c.verdict == Status.REGRESSED]
+        out += [f"{q['config_id']}: {'; '.join(q['violations'])}" for q in self.quality
+                if q.get("verdict") == Status.BEYOND_LIMITS]
+        out += [f"takeaway {t['id']}: FLIPPED" for t in self.takeaways if t.get("status") == Status.FLIPPED]
+        return out
+
+    @property
+    def errors(self) -> list[str]:
+        return [c.message for c in self.configs if c.status == Status.ERROR] + \
+               [q["message"] for q in self.quality if q.get("status") == Status.ERROR]
+
+    @property
+    def inconclusive(self) -> list[str]:
+        return [c.config_id for c in self.configs if c.verdict == Status.INCONCLUSIVE]
+
+    @property
+    def improvements(self) -> list[str]:
+        return [f"{c.config_id} x{ci_text(c.ratio, c.low, c.high)}" for c in self.configs
+                if c.verdict == Status.IMPROVED]
+
+    @property
+    def changed_outputs(self) -> list[str]:
+        """Configurations whose outputs changed, within the class limits (beyond them is a regression)."""
+        return [q["config_id"] for q in self.quality if q.get("verdict") == Status.CHANGED]
+
+    def exit_code(self, strict: bool = False) -> int:
+        """1: regressed (slower, quality beyond limits, flipped claim; with `strict` also
+        inconclusive); else 2 when a configuration could not be compared; else 0."""
+        if self.regressions or (strict and self.inconclusive):
+            return 1
+        if self.errors:
+            return 2
+        if (not any(c.status == Status.OK for c in self.configs)
+                and not any(q.get("status") == Status.OK for q in self.quality)):
+            return 2
+        return 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["configs"] = [c.to_dict() for c in self.configs]
+        return {"schema": REPORT_SCHEMA, **d, "regressions": self.regressions, "errors": self.errors}
+
+
+def calibration_from(report: UpgradeReport, k: float = CALIBRATION_K) -> dict:
+    """What an A/A run leaves for later runs: per mode, the pooled sd of the pair means."""
+    by_mode: dict[str, list] = {}
+    for c in report.configs:
+        if c.status == Status.OK:
+            by_mode.setdefault(c.spec["mode"], []).append(c)
+    modes = {}
+    for mode, checks in by_mode.items():
+        sd, df = pooled_sd([c.complete_pair_means for c in checks])
+        ends = [max(abs(math.log(c.low)), abs(math.log(c.high))) for c in checks if c.low and c.high]
+        modes[mode] = {"spread": sd, "df": df, "configs": [c.config_id for c in checks],
+                       "max_abs_log_end": max(ends) if ends else None,
+                       "tolerance_floor": calibrated_tolerance(0.0, sd, k)}
+    from ..scheduler import now
+
+    return {"kind": CALIBRATION_KIND, "schema": 1, "profile": report.profile, "device": report.device,
+            "created": now(), "k": k, "pairs": report.settings.get("pairs"), "blocks": report.settings.get("blocks"),
+            "modes": modes}
+
+
+def read_calibration(path: str | Path, profile: str) -> dict:
+    """A calibration file written by `upgrade-check --aa --calibration FILE`, for this profile."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--calibration {path}: no such file (write one with `quantperf upgrade-check --aa "
+                          f"--calibration {path}`)") from None
+    except ValueError as exc:
+        raise ConfigError(f"--calibration {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("kind") != CALIBRATION_KIND or not isinstance(data.get("modes"), dict):
+        raise ConfigError(f"--calibration {path}: not an upgrade-check calibration (kind {CALIBRATION_KIND!r})")
+    if data.get("profile") != profile:
+        raise ConfigError(f"--calibration {path}: recorded on profile {data.get('profile')!r}, this machine is "
+                          f"{profile!r}; an A/A spread does not carry across machines")
+    return data
+
+
+def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs: int = DEFAULT_PAIRS,
+                      blocks: int = DEFAULT_BLOCKS, max_blocks: int | None = None, alpha: float = DEFAULT_ALPHA,
+                      tolerances: list[dict] | None = None, calibration: dict | None = None,
+                      quality_specs: list[RunSpec] = (), quality_params: dict | None = None, claims=(),
+                      model_options: dict | None = None, environment: dict | None = None, profile: str | None = None,
+                      progress: Callable[[str], None] | None = None) -> UpgradeReport:
+    """The upgrade check over configurations (speed), quality specs and claims; B is `overlay`."""
+    from ..envinfo import environment as env_fn
+    from ..envinfo import profile_id
+    from ..gate import DEFAULT_TOLERANCES, resolve_tolerance
+    from ..scheduler import build_result
+
+    say = progress or (lambda line: None)
+    planned_looks(pairs, blocks, max_blocks)  # bad settings fail before anything runs
+    look_confidence(alpha, 1)
+    device = (specs or list(quality_specs) or [RunSpec("x", "x")])[0].device
+    environment = environment or env_fn()
+    profile = profile or profile_id(device)
+    layers = [DEFAULT_TOLERANCES] + list(tolerances or [])
+    sides = Sides(python_b=overlay.python, env_b=overlay.env(), label_a=_versions_label(overlay, "a"),
+                  label_b=_versions_label(overlay, "b"))
+    report = UpgradeReport(kind="aa" if aa else "upgrade", profile=profile, device=device, overlay=overlay.to_dict(),
+                           describe=overlay.describe(),
+                           settings={"pairs": pairs, "blocks": blocks, "max_blocks": max_blocks, "alpha": alpha,
+                                     "statistic": "per block log((B1+B2)/(A1+A2)) of per-token decode time; mean per "
+                                                  "pair; Student-t over pairs (df P-1); Bonferroni over planned looks"},
+                           calibration=None if aa else calibration)
+    measured: dict = {"A": {}, "B": {}}
+    for spec in specs:
+        configured = resolve_tolerance(layers, "speed", spec.mode)
+        spread = ((calibration or {}).get("modes", {}).get(spec.mode) or {}).get("spread") if not aa else None
+        k = (calibration or {}).get("k", CALIBRATION_K)
+        tol = calibrated_tolerance(configured, spread, k)
+        source = "calibration" if tol > configured else "configured"
+        check, keep = check_config(spec, sides, pairs=pairs, blocks=blocks, max_blocks=max_blocks, alpha=alpha,
+                                   tolerance=tol, tolerance_source=source, environment=environment, profile=profile,
+                                   model_options=model_options, progress=say)
+        report.configs.append(check)
+        if check.status == Status.OK and claims:
+            for n in SIDE_NAMES:
+                measured[n][spec.id] = build_result(keep[f"side_{n}"], keep[f"rounds_{n}"], keep[f"memory_{n}"],
+                                                    profile)
+    for spec in quality_specs:
+        say(f"quality {spec.id}: A writes the reference, B compares")
+        report.quality.append(quality_check(spec, sides, quality_params or {}, environment=environment,
+                                            profile=profile, model_options=model_options))
+    if claims:
+        report.takeaways = takeaway_checks(claims, measured, profile, device)
+    if aa:
+        report.calibration = calibration_from(report)
+    return report
+
+
+def _versions_label(overlay, side: str) -> str:
+    versions = overlay.versions_a if side == "a" else overlay.versions_b
+    names = overlay.names or []
+    return ", ".join(f"{n} {versions.get(n) or '-'}" for n in names) or "this environment"
+
+
+def ci_text(ratio, low, high) -> str:
+    """A ratio with its interval, as the report and the regression lines print it."""
+    if ratio is None:
+        return "-"
+    return f"{ratio:.3f} [{low:.3f}, {high:.3f}]"

@@ -1,0 +1,121 @@
+"""Rendering of the upgrade check's report and of `compare`'s result: terminal text or markdown,
+through the one table writer."""
+
+from __future__ import annotations
+
+import math
+
+from ..experiments.upgrade import CALIBRATION_K, UpgradeReport, ci_text
+from ..status import Status
+from .table import format_table
+
+
+def upgrade_sections(rep: UpgradeReport, markdown: bool = False) -> list[tuple[str, str]]:
+    sections = []
+    rows = []
+    for c in rep.configs:
+        blocks = sum(len(p.blocks) for p in c.pairs)
+        tol = "-" if c.tolerance is None else f"{c.tolerance * 100:.1f}%" + (
+            " (A/A)" if c.tolerance_source == "calibration" else "")
+        tokens = {True: "same", False: "DIFFER", None: "-"}[c.tokens_match]
+        # as the other gates print theirs: a decided change in capitals, ok and inconclusive as they are
+        verdict = c.status.upper() if c.status != Status.OK else c.verdict.upper() \
+            if c.verdict in (Status.REGRESSED, Status.IMPROVED) else c.verdict
+        conf = "-" if c.confidence is None else f"{c.confidence * 100:.1f}%"
+        rows.append([c.config_id, ci_text(c.ratio, c.low, c.high), conf, tol, verdict,
+                     f"{len(c.pairs)}x{blocks // max(len(c.pairs), 1)}", tokens, c.message])
+    if rows:
+        sections.append(("speed: per-token decode time B/A [interval over process pairs]",
+                         format_table(["config", "time B/A [CI]", "conf.", "tolerance", "verdict", "pairs x blocks",
+                              "greedy tokens", "note"], rows, markdown)))
+    if rep.quality:
+        qrows = []
+        for q in rep.quality:
+            s = q.get("stats") or {}
+            qrows.append([q["config_id"], "-" if not s else f"{s['mean_kld']:.3g}",
+                          "-" if not s else f"{s['top1_agreement']:.4f}",
+                          "-" if not s else f"{math.exp(s['ln_ppl_ratio']):.4f}",
+                          (q.get("verdict") or q["status"]).upper() if q.get("verdict") != Status.IDENTICAL
+                          else Status.IDENTICAL,
+                          "; ".join(q.get("violations") or []) or q.get("message", "")])
+        sections.append(("quality: B against A on the corpus", format_table(
+            ["config", "mean KLD", "top-1 agree", "PPL B/A", "verdict", "note"], qrows, markdown)))
+    if rep.takeaways:
+        trows = [[t["id"], t["claimed"],
+                  f"{t['A']['verdict']} {ci_text(t['A']['ratio'], t['A']['low'], t['A']['high'])}",
+                  f"{t['B']['verdict']} {ci_text(t['B']['ratio'], t['B']['low'], t['B']['high'])}",
+                  t["status"].upper() if t["status"] != Status.OK else Status.OK] for t in rep.takeaways]
+        sections.append(("takeaways: verdict in A and in B",
+                         format_table(["claim", "claimed", "A", "B", "status"], trows, markdown)))
+    return sections
+
+
+def _calibration_line(rep: UpgradeReport) -> str:
+    cal = rep.calibration
+    if not cal:
+        return "A/A calibration: none (tolerances as configured)"
+    parts = [f"{mode} spread {m['spread'] * 100:.2f}% -> tolerance floor {m['tolerance_floor'] * 100:.1f}%"
+             for mode, m in cal.get("modes", {}).items() if m.get("spread") is not None and math.isfinite(m["spread"])]
+    head = "A/A calibration measured" if rep.kind == "aa" else f"A/A calibration used ({cal.get('created', '?')})"
+    return f"{head}, k = {cal.get('k', CALIBRATION_K):g}: " + ("; ".join(parts) or "no spread")
+
+
+def summary_line(rep: UpgradeReport, strict: bool = False) -> str:
+    code = rep.exit_code(strict)
+    if code == 1:
+        undecided = [f"{c}: inconclusive" for c in rep.inconclusive] if strict else []
+        return "REGRESSED: " + "; ".join(rep.regressions + undecided)
+    if code == 2:
+        return "COULD NOT RUN: " + ("; ".join(rep.errors) or "nothing was compared")
+    # what a reviewer needs in one line: faster and inconclusive configurations, changed outputs
+    parts = [f"{len(rep.improvements)} FASTER: {'; '.join(rep.improvements)}"] if rep.improvements else []
+    parts += [f"outputs changed within limits: {', '.join(rep.changed_outputs)}"] if rep.changed_outputs else []
+    parts += [f"{len(rep.inconclusive)} inconclusive: {', '.join(rep.inconclusive)}"] if rep.inconclusive else []
+    skipped = [c.config_id for c in rep.configs if c.status == Status.SKIPPED]
+    parts += [f"{len(skipped)} skipped: {', '.join(skipped)}"] if skipped else []
+    if not parts:
+        return "no change beyond tolerance"
+    head = "no regression; " if rep.improvements or rep.changed_outputs else "no change beyond tolerance; "
+    return head + "; ".join(parts)
+
+
+def render_upgrade(rep: UpgradeReport, markdown: bool = False, strict: bool = False) -> str:
+    title = "A/A calibration" if rep.kind == "aa" else "upgrade check"
+    if markdown:
+        lines = [f"# quantperf {title}", "", (f"Profile `{rep.profile}` ({rep.device}); "
+                 f"{rep.settings['pairs']} process pairs x {rep.settings['blocks']} ABBA blocks per configuration, "
+                 f"alpha {rep.settings['alpha']:g}."), "", "**Versions**", "", "```", rep.describe, "```", "",
+                 _calibration_line(rep), "", f"**{summary_line(rep, strict)}**", ""]
+        for head, body in upgrade_sections(rep, markdown=True):
+            lines += [f"## {head}", "", body, ""]
+        lines += [f"- {n}" for n in rep.notes]
+        return "\n".join(lines).rstrip() + "\n"
+    out = [f"quantperf {title} on {rep.profile}", rep.describe, _calibration_line(rep)]
+    out += [f"{head}:\n{body}" for head, body in upgrade_sections(rep)]
+    out += rep.notes + [summary_line(rep, strict)]
+    return "\n\n".join(out)
+
+
+def render_compare(result: dict, markdown: bool = False) -> str:
+    rows = []
+    for r in result["rows"]:
+        if r.get("ratio") is None:
+            rows.append([r["config"], r["metric"], "-", "-", "-", r["status"], r.get("note", "")])
+            continue
+        rows.append([r["config"], r["metric"], f"{r['old']:.4g}", f"{r['new']:.4g}",
+                     ci_text(r["ratio"], r["low"], r["high"]),
+                     r["status"].upper() if r["status"] in (Status.REGRESSED, Status.IMPROVED) else r["status"],
+                     f"{r['method']}, tol {r['tolerance'] * 100:g}%"])
+    versions = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in result["versions"].items()) or "none differ"
+    verdict = (f"REGRESSED: {'; '.join(result['regressions'])}" if result["regressions"]
+               else "no change beyond tolerance")
+    table = format_table(["config", "metric", "old", "new", "new/old [CI]", "verdict", "how"], rows, markdown)
+    extra = ([f"only in old: {', '.join(result['only_old'])}"] if result["only_old"] else []) + \
+            ([f"only in new: {', '.join(result['only_new'])}"] if result["only_new"] else [])
+    if markdown:
+        lines = ["# quantperf compare", "", f"- old: {result['old']}", f"- new: {result['new']}",
+                 f"- library versions: {versions}", "", f"**{verdict}**", "", table, ""]
+        lines += [f"- note: {n}" for n in result["notes"]] + [f"- {e}" for e in extra]
+        return "\n".join(lines).rstrip() + "\n"
+    return "\n".join([f"old: {result['old']}", f"new: {result['new']}", f"library versions: {versions}", "", table, ""]
+                     + [f"note: {n}" for n in result["notes"]] + extra + [verdict])
