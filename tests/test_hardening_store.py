@@ -336,7 +336,8 @@ def test_arbitrary_json_into_the_baseline_loader(tmp_path, doc):
 
 
 @SETTINGS
-@given(doc=_near(_result("r1").to_dict()) | _near(_result("r1").to_dict()) | JSON | st.dictionaries(KEYS, JSON, max_size=5),
+@given(doc=_near(_result("r1").to_dict()) | _near(_result("r1").to_dict()) | JSON
+           | st.dictionaries(KEYS, JSON, max_size=5),
        text=st.text(max_size=30))
 def test_arbitrary_json_into_the_results_loader(tmp_path, doc, text):
     import warnings

@@ -121,7 +121,7 @@ def test_the_lock_pins_the_gpu_stack_exactly():
             assert dep.specifier.contains(pins[key][1], prereleases=True), \
                 f"constraints-gpu.txt pins {key}=={pins[key][1]}, outside pyproject.toml's {dep}"
     # What the project's own tooling reads from the file is every line.
-    from quantperf.upgrade_env import exact_pins
+    from quantperf.experiments.environments import exact_pins
 
     assert set(exact_pins(LOCK.read_text())) == set(pins)
 
