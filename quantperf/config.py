@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .status import CLAIM_VERDICTS, EXPECTABLE_VERDICTS
 
 
 class Strict(BaseModel):
@@ -163,7 +164,7 @@ class ClaimModel(Strict):
     a: SideModel
     b: SideModel
     batch_size: int | None = Field(None, ge=1, le=1024)  # None: the tier's workload's
-    expect: dict[str, Literal["holds", "flipped"]] = {}
+    expect: dict[str, Literal[EXPECTABLE_VERDICTS]] = {}
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)  # TOML ints may stand for floats
 
@@ -237,7 +238,7 @@ class BaselineTakeaway(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    verdict: Literal["holds", "flipped", "inconclusive"]
+    verdict: Literal[CLAIM_VERDICTS]
     ratio: float | None = None
     ci: list[float | None] = Field([], max_length=2)
     packages: dict[str, str | None] = {}

@@ -12,6 +12,7 @@ from typing import Any
 
 from .spec import RunSpec
 from .stats import Summary
+from .status import Status
 
 RESULT_SCHEMA = 1
 
@@ -72,7 +73,7 @@ class RunResult:
     """Everything measured for one configuration, or why it was not measured."""
 
     spec: RunSpec
-    status: str = "ok"  # ok | unavailable | mode-unsupported | error
+    status: str = Status.OK  # ok | unavailable | mode-unsupported | error
     reason: str | None = None
     profile: str | None = None
     backend_identity: dict = field(default_factory=dict)
@@ -92,7 +93,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == Status.OK
 
     @property
     def timing_methods(self) -> list[str]:

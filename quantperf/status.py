@@ -39,6 +39,11 @@ class Status(StrEnum):
     PARTIAL = "partial"  # an experiment stopped before its planned end
 
 
+# The verdicts a claim can have, and those a takeaways file may expect (the config models' literals)
+CLAIM_VERDICTS = (Status.HOLDS.value, Status.FLIPPED.value, Status.INCONCLUSIVE.value)
+EXPECTABLE_VERDICTS = CLAIM_VERDICTS[:2]
+
+
 # Words that upgrade reports and calibrations written before the vocabulary was unified used;
 # readers of stored files map them here, nowhere else.
 LEGACY_WORDS = {"slower": Status.REGRESSED, "faster": Status.IMPROVED, "same": Status.OK,

@@ -5,6 +5,7 @@ summary."""
 from __future__ import annotations
 
 from ..results import RunResult
+from ..status import Status
 from ..summary import SessionSummary
 from .table import fmt as _fmt
 from .table import format_table
@@ -28,7 +29,7 @@ def results_table(results: list[RunResult], markdown: bool = False) -> str:
         peak = m.get("peak_allocated_mib") or m.get("host_peak_rss_mib")
         frac = r.roofline.get("fraction_of_peak")
         rows.append([
-            r.spec.id, "ok" if r.validity.get("valid", True) else "ok (throttled)",
+            r.spec.id, Status.OK if r.validity.get("valid", True) else f"{Status.OK} (throttled)",
             _fmt(dec.median), _fmt(dec.cv * 100), _fmt(m["prefill_ms"].summary.median, 2),
             _fmt(m["e2e_tokens_per_s"].summary.median), _fmt(m["weight_mib"].value),
             _fmt(peak.value if peak else None), _fmt(None if frac is None else frac * 100, 2),

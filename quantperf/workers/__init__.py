@@ -23,6 +23,7 @@ from typing import Any
 from .. import trackers as M
 from ..errors import BackendUnavailable, ConfigError, ModeUnsupported, QuantperfError
 from ..spec import RunSpec
+from ..status import Status
 
 PROTOCOL = 3  # bump when a request or reply changes shape
 WORKER_TIMEOUT_ENV = "QUANTPERF_WORKER_TIMEOUT_S"
@@ -131,7 +132,7 @@ class LocalWorker:
         identity = backend.identity(spec.device, spec.mode)
         reason = backend.unavailable_reason(spec.device)
         if reason:
-            return {"status": "unavailable", "reason": f"{spec.backend}: {reason}", "identity": identity}
+            return {"status": Status.UNAVAILABLE, "reason": f"{spec.backend}: {reason}", "identity": identity}
         if spec.device == "cuda":
             import torch
 
@@ -145,28 +146,28 @@ class LocalWorker:
             M.reset_peak(spec.device)
             load_ms, self.loaded = M.wall_ms(lambda: backend.load(source, spec.device, spec.mode), spec.device)
         except BackendUnavailable as exc:
-            return {"status": "unavailable", "reason": str(exc), "identity": identity}
+            return {"status": Status.UNAVAILABLE, "reason": str(exc), "identity": identity}
         except QuantperfError as exc:
-            return {"status": "error", "reason": str(exc), "identity": identity}
+            return {"status": Status.ERROR, "reason": str(exc), "identity": identity}
         except Exception as exc:  # a failing load is one clear line, not a traceback
             if is_oom(exc):
-                return {"status": "error", "reason": f"{spec.backend}: out of memory loading {spec.model} on {spec.device}",
+                return {"status": Status.ERROR, "reason": f"{spec.backend}: out of memory loading {spec.model} on {spec.device}",
                         "identity": identity}
             if isinstance(exc, ImportError):
-                return {"status": "unavailable", "reason": f"{spec.backend}: {exc}", "identity": identity}
+                return {"status": Status.UNAVAILABLE, "reason": f"{spec.backend}: {exc}", "identity": identity}
             from ..models import describe_load_error
 
             said = describe_load_error(exc, spec.model) or f"load failed: {type(exc).__name__}: {exc}"
-            return {"status": "error", "reason": f"{spec.backend}: {' '.join(said.split())}", "identity": identity}
+            return {"status": Status.ERROR, "reason": f"{spec.backend}: {' '.join(said.split())}", "identity": identity}
         if spec.device == "cpu" and self.loaded.options.get("intra_op_num_threads") == 1:
             # a single-threaded runtime (ORT here) gets one core of its own for the whole run
             self._pin(self.model_options.get("pin_cpu", True))
         self.scenario = scenario_for(spec.mode)(spec, self.loaded, self.settings)
         mode_reason = self.scenario.unsupported()
         if mode_reason:
-            return {"status": "mode-unsupported", "reason": mode_reason, "identity": identity}
+            return {"status": Status.MODE_UNSUPPORTED, "reason": mode_reason, "identity": identity}
         return {
-            "status": "ok",
+            "status": Status.OK,
             "identity": identity,
             "arch": asdict(self.loaded.arch) | {"size_class": self.loaded.arch.size_class},
             "source_meta": source.meta,
@@ -219,7 +220,7 @@ class LocalWorker:
         n = self.spec.workload.warmup_rounds if rounds is None else rounds
         t0 = time.perf_counter()
         M.reset_peak(self.spec.device)
-        out = {"status": "ok"} | self.scenario.warmup(n)
+        out = {"status": Status.OK} | self.scenario.warmup(n)
         return out | {"warmup_s": round(time.perf_counter() - t0, 2)}
 
     def rounds(self, n: int) -> list[dict]:
