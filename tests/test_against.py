@@ -127,6 +127,61 @@ def test_items_are_ordered_kernel_graph_eager_memory_quality_takeaway():
         ("test_quality", None), ("test_takeaway", None), ("test_other", None)]
 
 
+def _session(monkeypatch, tmp_path):
+    """A SuiteSession whose A/B session counts side A as built (no overlay, nothing measured)."""
+    from quantperf.experiments.against import Against, AgainstSession
+    from quantperf.experiments.upgrade import Sides
+    from quantperf.suite import SuiteSession
+
+    suite = SuiteSession(baselines_dir=tmp_path / "baselines", profiles={"cpu": "cpu-test"})
+    suite.against = AgainstSession(Against("qp_slowlib==1.0", "pins", pins=["qp_slowlib==1.0"]),
+                                   profiles={"cpu": "cpu-test"})
+    suite.against.sides = Sides()
+    return suite
+
+
+def test_quality_beyond_limits_fails_and_a_change_within_limits_passes(monkeypatch, tmp_path):
+    from quantperf.experiments import upgrade
+    from quantperf.spec import RunSpec
+    from quantperf.suite import Fail
+
+    suite = _session(monkeypatch, tmp_path)
+    stats = {"mean_kld": 0.004, "top1_agreement": 0.97, "ln_ppl_ratio": 0.01}
+    rows = iter([{"status": "ok", "stats": stats, "verdict": Status.BEYOND_LIMITS,
+                  "violations": ["mean KLD 0.00400 > 0.002"]},
+                 {"status": "ok", "stats": stats | {"mean_kld": 3e-4}, "verdict": Status.CHANGED, "violations": []}])
+    monkeypatch.setattr(upgrade, "quality_check", lambda *a, **k: next(rows))
+    with pytest.raises(Fail, match=r"QUALITY quality-fixture-bnb-int8-cpu.*beyond-limits.*mean KLD 0\.00400 > 0\.002"):
+        suite.check_quality(RunSpec("fixture", "bnb-int8", "cpu"))
+    assert suite.check_quality(RunSpec("fixture", "torch-fp32", "cpu")).status == Status.OK
+    assert suite.against.counts()["regressed"] == 1 and suite.against.counts()["same"] == 1
+    assert [q["verdict"] for q in suite.against.report().quality] == [Status.BEYOND_LIMITS, Status.CHANGED]
+
+
+def test_a_side_that_crashes_is_one_line_and_its_own_exit_code_unless_something_regressed(monkeypatch, tmp_path):
+    from quantperf.experiments import upgrade
+    from quantperf.experiments.upgrade import ConfigCheck
+    from quantperf.spec import RunSpec
+    from quantperf.suite import Fail
+
+    suite = _session(monkeypatch, tmp_path)
+    crash = "small-fake-lib-cpu-bs1-eager: side A (qp_slowlib 1.0): crashed during pair 2: WorkerCrashed: code 3"
+    checks = {"fake-lib": ConfigCheck("lib", {"device": "cpu"}, status=Status.ERROR, message=crash),
+              "fake-int8": ConfigCheck("int8", {"device": "cpu"}, verdict=Status.REGRESSED, ratio=1.5, low=1.4,
+                                       high=1.6, confidence=0.95, tolerance=0.05)}
+    monkeypatch.setattr(upgrade, "check_config", lambda spec, *a, **k: (checks[spec.backend], {}))
+    with pytest.raises(Fail) as err:
+        suite.check(RunSpec("fake:small", "fake-lib", "cpu"), ("speed",))
+    assert str(err.value) == crash
+    ab = suite.against
+    assert ab.exit_status(1, tests_failed=1) == EXIT_SIDE_FAILED
+    assert ab.exit_status(1, tests_failed=2) == 1  # another test failed for its own reason
+    with pytest.raises(Fail, match=r"REGRESSED small-fake-int8-cpu-bs1-eager: per-token time B/A x1\.500 \[1\.4"):
+        suite.check(RunSpec("fake:small", "fake-int8", "cpu"), ("speed",))
+    assert ab.exit_status(1, tests_failed=2) == 1  # a regression keeps pytest's 1
+    assert ab.report().errors == [crash]
+
+
 # -- end to end through pytester ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
