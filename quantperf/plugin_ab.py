@@ -61,6 +61,9 @@ def pytest_configure(config):
             return
         if config.getoption("--qp-record"):
             raise ConfigError(f"--qp-record with {AGAINST}: an A/B session reads and writes no baseline")
+        if getattr(config.option, "numprocesses", None):
+            raise ConfigError(f"{AGAINST} runs in one process (each configuration's pairs are already fresh "
+                              "processes): drop -n")
         opts = _ab_options(config)
         planned_looks(opts["pairs"], opts["blocks"], opts["max_blocks"])
         links = config.getoption(FIND_LINKS) or []
