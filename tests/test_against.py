@@ -100,6 +100,18 @@ def test_an_interpreter_is_side_a(tmp_path):
         parse_against(f"python:{tmp_path / 'nothing'}")
 
 
+def test_sides_either_way_round():
+    """upgrade-check keeps A here and B in the overlay; --qp-against puts A in the overlay (or another
+    interpreter) and B here; the ratio is B/A either way."""
+    from quantperf.experiments.upgrade import Sides
+
+    up = Sides(python_b="/py", env_b={"PYTHONPATH": "/ov"})
+    assert up.kwargs("A") == {} and up.kwargs("B") == {"python": "/py", "env": {"PYTHONPATH": "/ov"}}
+    ab = Sides(python_a="/py", env_a={"PYTHONPATH": "/ov"})
+    assert ab.kwargs("A") == {"python": "/py", "env": {"PYTHONPATH": "/ov"}} and ab.kwargs("B") == {}
+    assert Sides(python_a="/other/python").kwargs("A") == {"python": "/other/python", "env": None}
+
+
 # -- decisions and order ---------------------------------------------------------------------------
 
 def test_memory_verdicts_and_test_outcomes():
