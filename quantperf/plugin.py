@@ -13,6 +13,9 @@ import pytest
 
 from .shards import assign_shards, item_shard, shard_of
 
+# `--qp-against SPEC` (an interleaved A/B instead of the baselines) is wired in its own module
+pytest_plugins = ["quantperf.plugin_ab"]
+
 # option names (module constants, as hypothesis does)
 RECORD = "--qp-record"
 STRICT = "--qp-strict"

@@ -122,6 +122,9 @@ class SuiteSession:
         return self._stores[profile]
 
     progress = None  # called with one line per configuration as it is measured (the plugin prints it)
+    # `pytest --qp-against SPEC`: an experiments.against.AgainstSession; check, check_quality and
+    # check_claim then delegate to its interleaved A/B and no baseline is read
+    against = None
 
     # -- measurement ---------------------------------------------------------------------
     def _partners(self, spec: RunSpec) -> list[RunSpec]:
@@ -345,7 +348,7 @@ class SuiteSession:
         """An outcome as a test outcome: Skip, Fail, or return."""
         if outcome.status == Status.SKIPPED:
             raise Skip(outcome.message)
-        if outcome.status in (Status.ERROR, Status.REGRESSED):
+        if outcome.status in (Status.ERROR, Status.REGRESSED, Status.FLIPPED):
             raise Fail(outcome.message)
         if outcome.status == Status.NO_BASELINE:
             raise (Fail if self.strict else Skip)(outcome.message)
@@ -358,6 +361,8 @@ class SuiteSession:
         """Measure (once) and gate `spec` on metric kinds. Raises Skip/Fail/Warn with a one-line reason.
         The baseline is read (and validated) before anything is measured: a corrupt file or a
         missing configuration costs no measuring time."""
+        if self.against is not None:
+            return self.raise_for(self.against.check(spec, ("quality",) if quality else kinds))
         store = self.store(spec.device)
         if not self.record and not self.has_baseline(spec, quality):
             key = f"{'quality:' if quality else ''}{spec.id}:{','.join(kinds)}"
@@ -373,6 +378,8 @@ class SuiteSession:
 
     def check_quality(self, spec: RunSpec) -> ConfigOutcome:
         """Quality figures within the backend class's limits, and not regressed against the baseline."""
+        if self.against is not None:
+            return self.raise_for(self.against.quality(spec))
         res = self.measure(spec, quality=True)
         if res.ok:
             broken = limit_violations(backend_entry(spec.backend).quality_class, res.quality)
@@ -443,6 +450,8 @@ class SuiteSession:
         """Measure both sides (interleaved) and evaluate the claim; Skip when it does not apply,
         Fail when the verdict differs from the expected one, Warn when inconclusive (Fail under
         strict)."""
+        if self.against is not None:
+            return self.raise_for(self.against.claim(claim, workload))
         a_spec, b_spec = claim.specs(workload)
         profile = self.profiles[claim.device]
         if not claim.applies_to(profile):

@@ -165,15 +165,20 @@ def identity_core(identity: dict) -> dict:
 
 @dataclass
 class Sides:
-    """How to start each side's worker."""
+    """How to start each side's worker. Either side may be the other environment: upgrade-check
+    runs A here and B in the overlay, `pytest --qp-against` runs A in the overlay (or another
+    interpreter) and B here; the ratio is always B/A."""
 
     python_b: str | None = None
     env_b: dict | None = None
     label_a: str = "A"
     label_b: str = "B"
+    python_a: str | None = None
+    env_a: dict | None = None
 
     def kwargs(self, name: str) -> dict:
-        return {} if name == "A" else {"python": self.python_b, "env": self.env_b or None}
+        python, env = (self.python_a, self.env_a) if name == "A" else (self.python_b, self.env_b)
+        return {"python": python, "env": env} if (python or env) else {}
 
 
 def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environment: dict, profile: str,
@@ -221,6 +226,9 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
             except Exception as exc:
                 raise SideFailed(n, f"crashed after pair {index + 1}: {_failure(exc)}") from None
             keep[f"side_{n}"] = opened[n]
+        for n in SIDE_NAMES:  # each pair's memory, for `pytest --qp-against`'s memory comparison
+            keep.setdefault(f"memories_{n}", []).append(
+                dict(keep[f"memory_{n}"], weight_bytes=opened[n].info.get("weight_bytes")))
     finally:
         _close_all(list(opened.values()))
 
@@ -363,7 +371,7 @@ def takeaway_checks(claims, measured: dict, profile: str, device: str) -> list[d
 
 @dataclass
 class UpgradeReport:
-    kind: str  # upgrade | aa
+    kind: str  # upgrade | aa | against (pytest --qp-against: A = the SPEC, B = the running environment)
     profile: str
     device: str
     overlay: dict
@@ -374,6 +382,7 @@ class UpgradeReport:
     takeaways: list[dict] = field(default_factory=list)
     calibration: dict | None = None  # the calibration used (a normal run) or written (--aa)
     notes: list[str] = field(default_factory=list)
+    memory: list[dict] = field(default_factory=list)  # per configuration and figure (pytest --qp-against)
 
     @property
     def regressions(self) -> list[str]:
@@ -382,6 +391,8 @@ class UpgradeReport:
         out += [f"{q['config_id']}: {'; '.join(q['violations'])}" for q in self.quality
                 if q.get("verdict") == Status.BEYOND_LIMITS]
         out += [f"takeaway {t['id']}: FLIPPED" for t in self.takeaways if t.get("status") == Status.FLIPPED]
+        out += [f"{m['config_id']} {m['metric']}: more memory x{ci_text(m['ratio'], m['low'], m['high'])}"
+                for m in self.memory if m.get("verdict") == Status.REGRESSED]
         return out
 
     @property

@@ -12,12 +12,14 @@ recorded runs, a claim, an A/B interval) becomes a `Status` here and nowhere els
 from .ab import (
     CALIBRATION_K,
     Interval,
+    ab_test_status,
     block_log_ratio,
     calibrated_tolerance,
     compare_verdict,
     decide,
     equality_status,
     look_confidence,
+    memory_verdict,
     pair_interval,
     pair_mean,
     planned_looks,
@@ -43,10 +45,12 @@ from .tolerances import DEFAULT_TOLERANCES, KINDS, parse_tolerances, resolve_tol
 
 __all__ = [
     "ABSOLUTE_FLOOR", "BETWEEN_RUN_ALPHA", "CALIBRATION_K", "DEFAULT_ALPHA", "DEFAULT_TOLERANCES", "FAILING", "KINDS",
-    "MIN_BASELINE_RUNS", "NOT_GATED", "Claim", "ClaimResult", "Interval", "Verdict", "between_run_p",
+    "MIN_BASELINE_RUNS", "NOT_GATED", "Claim", "ClaimResult", "Interval", "Verdict", "ab_test_status",
+    "between_run_p",
     "block_log_ratio", "calibrated_tolerance", "check_claim", "classify", "compare_metric", "compare_verdict",
     "decide", "equality_status", "evaluate", "gate_metrics", "gate_runs", "is_inconclusive", "label",
-    "load_claims", "look_confidence", "metrics_status", "pair_interval", "pair_mean", "parse_tolerances",
+    "load_claims", "look_confidence", "memory_verdict", "metrics_status", "pair_interval", "pair_mean",
+    "parse_tolerances",
     "planned_looks", "pooled_sd", "quality_verdict", "resolve_tolerance", "run_failure", "session_ids",
     "speed_status", "takeaway_status", "timed_otherwise",
 ]

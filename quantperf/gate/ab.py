@@ -157,3 +157,35 @@ def takeaway_status(verdict_a: str, verdict_b: str) -> Status:
     if verdict_a == verdict_b:
         return Status.OK
     return Status.INCONCLUSIVE if Status.INCONCLUSIVE in (verdict_a, verdict_b) else Status.FLIPPED
+
+
+def memory_verdict(a: Sequence[float | None], b: Sequence[float | None], tolerance: float,
+                   confidence: float) -> tuple[Status, float | None, float | None, float | None]:
+    """One memory figure of a configuration in A and in B, one value per process pair: the ratio
+    B/A with a Student-t interval over the pairs, decided as a time ratio is (more memory is
+    worse). A figure that does not vary between pairs (the weights) is a point: any change
+    beyond the tolerance is decided. Zero on a side: only equality (no ratio). Returns
+    (verdict, ratio, low, high)."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    if not pairs:
+        return Status.INCONCLUSIVE, None, None, None
+    if any(x <= 0 or y <= 0 for x, y in pairs):
+        return equality_status(all(x == y for x, y in pairs)), None, None, None
+    logs = [math.log(y / x) for x, y in pairs]
+    if len(logs) < 2 or max(logs) - min(logs) < 1e-12:
+        r = math.exp(statistics.fmean(logs))
+        return decide(r, r, tolerance), r, r, r
+    est = pair_interval(logs, confidence)
+    return decide(est.low, est.high, tolerance), est.ratio, est.low, est.high
+
+
+def ab_test_status(verdict: str | None) -> Status | str | None:
+    """The test outcome of an A/B verdict under `pytest --qp-against`: quality beyond the class
+    limits fails as a regression; outputs identical or changed within limits, a figure only
+    compared for equality, and a claim that holds in both pass; every other verdict is its own
+    outcome (regressed, flipped and error fail; inconclusive warns)."""
+    if verdict == Status.BEYOND_LIMITS:
+        return Status.REGRESSED
+    if verdict in (Status.IDENTICAL, Status.CHANGED, Status.HOLDS):
+        return Status.OK
+    return verdict

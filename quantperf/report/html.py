@@ -88,7 +88,7 @@ def load(paths: list[str | Path], baselines: str | Path | None = None) -> Report
                 raise ConfigError(f"{path}: a session summary this quantperf cannot read (schema "
                                   f"{doc.get('schema', 1)}, {type(exc).__name__}: {exc}); give its results.jsonl "
                                   "instead") from None
-        elif isinstance(doc, dict) and doc.get("kind") in ("upgrade", "aa", "compare"):
+        elif isinstance(doc, dict) and doc.get("kind") in ("upgrade", "aa", "compare", "against"):
             data.upgrades.append({"kind": doc["kind"], "rows": upgrade_rows(doc), "profile": doc.get("profile"),
                                   "versions": _upgrade_versions(doc), "source": _shown(path)})
         else:
@@ -110,6 +110,8 @@ def _upgrade_versions(doc: dict) -> str:
     from its overlay), the library versions that differ (compare), or 'A/A'."""
     if doc["kind"] == "aa":
         return "A/A calibration (the same environment on both sides)"
+    if doc["kind"] == "against":  # pytest --qp-against: A is the SPEC, B the environment that ran
+        return (doc.get("describe") or "").split("\n")[0]
     if doc["kind"] == "compare":
         versions = (doc.get("versions") or {}).items()
         return ", ".join(f"{k} {a} -> {b}" for k, (a, b) in versions) or "no library version differs"

@@ -40,6 +40,12 @@ def upgrade_sections(rep: UpgradeReport, markdown: bool = False) -> list[tuple[s
                           "; ".join(q.get("violations") or []) or q.get("message", "")])
         sections.append(("quality: B against A on the corpus", format_table(
             ["config", "mean KLD", "top-1 agree", "PPL B/A", "verdict", "note"], qrows, markdown)))
+    if rep.memory:
+        mrows = [[m["config_id"], m["metric"], _median(m["a"]), _median(m["b"]),
+                  ci_text(m["ratio"], m["low"], m["high"]), f"{m['tolerance'] * 100:.1f}%", _word(m["verdict"])]
+                 for m in rep.memory]
+        sections.append(("memory: B/A per figure [interval over process pairs]", format_table(
+            ["config", "figure", "A (MiB)", "B (MiB)", "B/A [CI]", "tolerance", "verdict"], mrows, markdown)))
     if rep.takeaways:
         trows = [[t["id"], t["claimed"],
                   f"{t['A']['verdict']} {ci_text(t['A']['ratio'], t['A']['low'], t['A']['high'])}",
@@ -48,6 +54,16 @@ def upgrade_sections(rep: UpgradeReport, markdown: bool = False) -> list[tuple[s
         sections.append(("takeaways: verdict in A and in B",
                          format_table(["claim", "claimed", "A", "B", "status"], trows, markdown)))
     return sections
+
+
+def _median(values) -> str:
+    values = sorted(v for v in values if v is not None)
+    return f"{values[len(values) // 2]:.4g}" if values else "-"
+
+
+def _word(verdict) -> str:
+    """A decided change in capitals, ok and inconclusive as they are."""
+    return str(verdict).upper() if verdict in (Status.REGRESSED, Status.IMPROVED, Status.CHANGED) else str(verdict)
 
 
 def _calibration_line(rep: UpgradeReport) -> str:
@@ -80,7 +96,7 @@ def summary_line(rep: UpgradeReport, strict: bool = False) -> str:
 
 
 def render_upgrade(rep: UpgradeReport, markdown: bool = False, strict: bool = False) -> str:
-    title = "A/A calibration" if rep.kind == "aa" else "upgrade check"
+    title = {"aa": "A/A calibration", "against": "A/B (pytest --qp-against)"}.get(rep.kind, "upgrade check")
     if markdown:
         lines = [f"# quantperf {title}", "", (f"Profile `{rep.profile}` ({rep.device}); "
                  f"{rep.settings['pairs']} process pairs x {rep.settings['blocks']} ABBA blocks per configuration, "
@@ -119,3 +135,30 @@ def render_compare(result: dict, markdown: bool = False) -> str:
         return "\n".join(lines).rstrip() + "\n"
     return "\n".join([f"old: {result['old']}", f"new: {result['new']}", f"library versions: {versions}", "", table, ""]
                      + [f"note: {n}" for n in result["notes"]] + extra + [verdict])
+
+
+def against_line(rep: UpgradeReport, counts: dict[str, int]) -> str:
+    """The one line of `pytest --qp-against`: what A and B are, and how the comparisons came out."""
+    a = rep.describe.split("\n")[0].removeprefix("A: ").split(" (--qp-against)")[0]
+    parts = [f"{counts.get('same', 0)} same", f"{counts.get('regressed', 0)} regressed",
+             f"{counts.get('improved', 0)} improved", f"{counts.get('inconclusive', 0)} inconclusive",
+             f"{counts.get('flipped', 0)} takeaways flipped"]
+    parts += [f"{counts[k]} {w}" for k, w in (("error", "not compared (a side failed)"), ("skipped", "skipped"))
+              if counts.get(k)]
+    return f"quantperf A/B: A = {a} | B = this environment: " + ", ".join(parts)
+
+
+def write_against(rep: UpgradeReport, directory, data: dict, strict: bool = False) -> list[str]:
+    """`--qp-report DIR` of an A/B session: DIR/report.md (as upgrade-check's markdown), DIR/report.json
+    (`data`: the report as JSON) and DIR/report.html (the HTML report of that JSON)."""
+    from pathlib import Path
+
+    from ..results import atomic_write_text, dump_json
+    from .html import load, write
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(d / "report.json", dump_json(data))
+    atomic_write_text(d / "report.md", render_upgrade(rep, markdown=True, strict=strict))
+    written = write(load([d / "report.json"]), d / "report.html", None, "quantperf A/B (--qp-against)")
+    return written + [str(d / "report.md"), str(d / "report.json")]
