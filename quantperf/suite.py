@@ -387,7 +387,7 @@ class SuiteSession:
         """Quality figures within the backend class's limits, and not regressed against the baseline.
         The limits need no baseline: a profile without one gets them checked (Fail on a violation)
         and passes with a note, or fails under strict as the speed tests do."""
-        baseline = self.record or self.has_baseline(spec, quality=True)  # read (and validated) before measuring
+        baseline = self.has_baseline(spec, quality=True) or self.record  # read (and validated) before measuring
         res = self.measure(spec, quality=True)
         if res.ok:
             broken = limit_violations(backend_entry(spec.backend).quality_class, res.quality)

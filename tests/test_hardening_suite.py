@@ -108,6 +108,51 @@ def test_a_takeaway_reads_a_corrupt_baseline_before_measuring(tmp_path, monkeypa
     assert measured == []
 
 
+def _corrupt_baseline_and_no_measuring(tmp_path, monkeypatch) -> list:
+    from quantperf import scheduler
+
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / "baselines" / "cpu-test.json").write_text('{"schema": 2, "profile": "cpu-test", "configs": []}')
+    measured = []
+    monkeypatch.setattr(scheduler, "measure_many", lambda specs, **kw: measured.append(specs) or [])
+    monkeypatch.setattr(scheduler, "measure_quality", lambda specs, **kw: measured.append(specs) or [])
+    return measured
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_speed_memory_and_quality_read_a_corrupt_baseline_before_measuring(tmp_path, monkeypatch, record):
+    from quantperf.errors import BaselineError
+
+    measured = _corrupt_baseline_and_no_measuring(tmp_path, monkeypatch)
+    session = _session(tmp_path, record=record)
+    for check in (lambda: session.check(FP16, ("speed",)), lambda: session.check(FP16, ("memory",)),
+                  lambda: session.check_quality(INT8)):
+        with pytest.raises(BaselineError, match="cpu-test.json: configs"):
+            check()
+    assert measured == []
+
+
+# -- nothing is downloaded at run time ----------------------------------------------------------
+def test_the_default_models_and_corpus_need_no_network(monkeypatch, model_cache):
+    """The synthetic shapes are built here and the fixture model and corpus ship in the package:
+    with every socket connection refused they load and measure."""
+    import socket
+
+    from quantperf import corpus, measure_many, models
+
+    def refused(*args, **kwargs):
+        raise OSError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refused)
+    monkeypatch.setattr(socket, "create_connection", refused)
+    assert corpus.load_text()
+    assert models.resolve("fixture") is not None
+    tiny = Workload(batch_size=1, prompt_tokens=4, new_tokens=2, warmup_rounds=0, rounds=1)
+    res = measure_many([RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "eager", tiny)], isolation="inprocess",
+                       profile="cpu-test")[0]
+    assert res.ok, res.reason
+
+
 # -- 12. quality on a profile without a baseline ------------------------------------------------
 def _quality(monkeypatch, kld: float):
     from quantperf import scheduler
