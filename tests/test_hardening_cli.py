@@ -106,8 +106,11 @@ def test_takeaways_default_is_used_when_present_and_silent_when_absent(tmp_path,
 
 
 # -- 11. an unknown synthetic shape ------------------------------------------------------------------
-def test_run_with_an_unknown_synthetic_shape_is_one_line(tmp_path):
-    out = _cli(["run", "--model", "synthetic:nope", "--backend", "fake-fp16", "--device", "cpu"], tmp_path)
+# `quantperf run` reports each bad name in one line and runs the rest (tests/test_cli.py::
+# test_bad_names_give_one_line_each_and_the_run_continues); the upgrade check stops before building B.
+def test_upgrade_check_with_an_unknown_synthetic_shape_is_one_line(tmp_path):
+    out = _cli(["upgrade-check", "--aa", "--device", "cpu", "--model", "synthetic:nope", "--backend", "fake-fp16"],
+               tmp_path)
     _one_line_exit_2(out, "--model", "unknown synthetic shape 'nope'", "llama-tiny")
 
 

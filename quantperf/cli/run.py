@@ -9,14 +9,12 @@ from ._common import device_of, workload_args, workload_of
 
 def _cmd_run(args) -> int:
     from ..backends import BACKENDS
-    from ..models import check_synthetic
     from ..report import results_table
     from ..results import ResultLog
     from ..scheduler import measure_many
     from ..spec import RunSpec
     from ..status import Status
 
-    check_synthetic(args.model, "--model")  # a misspelt shape is one line, before anything is measured
     device = device_of(args.device)
     backends = list(BACKENDS) if args.backend == ["all"] else [b for item in args.backend for b in item.split(",")]
     workload = workload_of(args, device)
