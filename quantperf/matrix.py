@@ -84,6 +84,7 @@ def load_matrix(path: str | Path, overrides: dict | None = None,
     --qp-models) replace every tier's lists, and a bad value in them is blamed on
     `override_source`, not on the file."""
     from .backends import BACKENDS
+    from .models import check_synthetic
 
     path = Path(path)
     matrix = validate(MatrixModel, read_toml(path, "matrix file", " (set --qp-matrix or the qp_matrix ini option)"),
@@ -93,14 +94,18 @@ def load_matrix(path: str | Path, overrides: dict | None = None,
         known = BACKENDS if key == "backends" else MODES if key == "modes" else None
         if known is not None:
             _check_names(values, known, f"{override_source}: --qp-{key}", key[:-1])
+        if key == "models":
+            check_synthetic(values, f"{override_source}: --qp-models")
     tiers: dict[str, Tier] = {}
     for name, raw in matrix.tier.items():
         where = f"{path}: tier.{name}"
         _check_names(raw.backends, BACKENDS, f"{where}.backends", "backend")
         _check_names(raw.modes, MODES, f"{where}.modes", "mode")
+        check_synthetic(raw.models, f"{where}.models")
         for i, e in enumerate(raw.extra):
             _check_names([e.backend], BACKENDS, f"{where}.extra[{i}].backend", "backend")
             _check_names([e.mode], MODES, f"{where}.extra[{i}].mode", "mode")
+            check_synthetic([e.model], f"{where}.extra[{i}].model")
         workload = Workload(**raw.workload.model_dump())
         models = overrides.get("models", raw.models)
         backends = overrides.get("backends", raw.backends)
@@ -114,6 +119,7 @@ def load_matrix(path: str | Path, overrides: dict | None = None,
             q = raw.quality
             qbackends = overrides.get("quality_backends", q.backends)
             _check_names(qbackends, BACKENDS, f"{where}.quality.backends", "backend")
+            check_synthetic([q.model], f"{where}.quality.model")
             quality = [RunSpec(q.model, b, raw.device, "eager", workload) for b in qbackends]
             qparams = {"context": q.context, "max_windows": q.max_windows} | ({"corpus": q.corpus} if q.corpus else {})
         noise = raw.noise or NoiseModel()

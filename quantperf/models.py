@@ -216,6 +216,15 @@ class ModelSource:
         return AutoConfig.from_pretrained(self.path_or_id, **kw)
 
 
+def check_synthetic(refs, where: str) -> None:
+    """A `synthetic:<shape>` reference naming no known shape is one ConfigError naming `where`
+    (the option or matrix field), before anything is collected or measured."""
+    for ref in refs:
+        if ref.startswith("synthetic:") and ref.split(":", 1)[1] not in SHAPES:
+            raise ConfigError(f"{where}: unknown synthetic shape {ref.split(':', 1)[1]!r} in {ref!r}; known: "
+                              f"{', '.join(SHAPES)} (e.g. synthetic:{next(iter(SHAPES))})")
+
+
 def synthetic_config(shape: str):
     if shape not in SHAPES:
         raise ConfigError(f"unknown synthetic shape {shape!r}; known: {', '.join(SHAPES)}")

@@ -170,6 +170,8 @@ def _validate_options(config) -> None:
                 parse_tolerances(tol)
             except ConfigError as exc:
                 raise ConfigError(f"{TOLERANCE}: {exc}") from None
+        if config.getoption(PROFILE) is not None:
+            _parse_profile(config.getoption(PROFILE))
         alpha = config.getoption(ALPHA)
         if alpha is not None and not 0 < alpha < 1:
             raise ConfigError(f"{ALPHA} {alpha!r}: the significance level must lie strictly between 0 and 1")
@@ -185,6 +187,29 @@ def _validate_options(config) -> None:
             _claims(config)
     except ConfigError as exc:
         raise pytest.UsageError(f"quantperf: {exc}") from None
+
+
+def _parse_profile(value: str) -> dict[str, str]:
+    """--qp-profile: one profile id for both devices, or DEVICE=PROFILE[,DEVICE=PROFILE]; a
+    malformed value is one ConfigError naming the option, the bad part and the accepted form."""
+    import re
+
+    from .errors import ConfigError
+
+    form = "the accepted form is PROFILE (both devices) or DEVICE=PROFILE[,DEVICE=PROFILE], DEVICE cpu or cuda"
+    parts = value.split(",") if "=" in value else [f"cpu={value}", f"cuda={value}"]
+    given: dict[str, str] = {}
+    for part in parts:
+        device, sep, profile = (x.strip() for x in part.partition("="))
+        bad = ("not DEVICE=PROFILE" if not sep else f"device {device!r} is not cpu or cuda"
+               if device not in ("cpu", "cuda") else f"device {device} given twice" if device in given
+               else "the profile id is empty" if not profile else None)
+        if bad is None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", profile):
+            bad = f"profile id {profile!r} is not lower-case letters, digits, '.', '_', '-'"
+        if bad:
+            raise ConfigError(f"{PROFILE} {value!r}: {part.strip() if '=' in value else value!r}: {bad}; {form}")
+        given[device] = profile
+    return given
 
 
 def _opt(config, option: str, ini: str | None = None):
@@ -288,14 +313,10 @@ def pytest_collection_modifyitems(config, items):
 
 def _profiles(config) -> dict[str, str]:
     from .envinfo import profile_id
+    from .errors import DeviceUnavailable
 
     override = config.getoption(PROFILE)
-    given: dict[str, str] = {}
-    if override:
-        if "=" in override:
-            given = dict(part.split("=", 1) for part in override.split(","))
-        else:
-            given = {"cuda": override, "cpu": override}
+    given = _parse_profile(override) if override else {}
     profiles = {}
     for device in ("cpu", "cuda"):
         if device in given:
@@ -303,7 +324,7 @@ def _profiles(config) -> dict[str, str]:
             continue
         try:
             detected = profile_id(device)
-        except RuntimeError:
+        except DeviceUnavailable:
             continue
         hooked = config.hook.pytest_quantperf_profile(config=config, device=device, detected=detected)
         profiles[device] = hooked or detected
@@ -428,6 +449,20 @@ def run_check(fn, *args, **kwargs):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    """Write the summary (merge the xdist workers' files) and the report. A write that fails
+    (read-only or full disk: StoreWriteError) is one line in the terminal summary and a failing
+    exit status, never a traceback."""
+    from .errors import StoreWriteError
+
+    try:
+        _finish(session)
+    except StoreWriteError as exc:
+        session.config._qp_write_error = str(exc)
+        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _finish(session) -> None:
     config = session.config
     qp = getattr(config, "_qp_session", None)
     if qp is not None and qp.log is not None:
@@ -491,6 +526,8 @@ def _skip_groups(terminalreporter) -> list[tuple[int, str]]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if getattr(config, "_qp_write_error", None):
+        terminalreporter.write_line(f"quantperf: {config._qp_write_error}", red=True)
     session = getattr(config, "_qp_session", None)
     skips = _skip_groups(terminalreporter)
     if skips:  # one line per group, shown without -rs

@@ -13,6 +13,7 @@ from pathlib import Path
 from .backends import entry as backend_entry
 from .baselines import BaselineStore, git_revision
 from .divergence import QUALITY_METRICS, limit_violations
+from .errors import StoreWriteError
 from .gate import (
     DEFAULT_ALPHA,
     DEFAULT_TOLERANCES,
@@ -103,6 +104,7 @@ class SuiteSession:
         self.results: dict[str, RunResult] = {}
         self.outcomes: dict[str, ConfigOutcome] = {}
         self.claim_results: list[ClaimResult] = []
+        self.unlogged: dict[str, str] = {}  # config id -> the results-file write error: measured, not logged
         self.recorded: list[str] = []
         self._stores: dict[str, BaselineStore] = {}
         self.quality_params: dict[str, dict] = {}  # device -> quality parameters (context, max_windows, corpus)
@@ -176,9 +178,15 @@ class SuiteSession:
         return self.results[key]
 
     def _keep(self, key: str, res: RunResult) -> None:
-        self.results[key] = res
         if self.log:
-            self.log.append(res)
+            try:
+                self.log.append(res)
+            except StoreWriteError as exc:  # measured but not logged: the configuration fails with the line
+                from dataclasses import replace
+
+                res = replace(res, status=Status.ERROR, reason=str(exc))
+                self.unlogged[res.spec.id] = str(exc)
+        self.results[key] = res
         if self.progress:
             self.progress("measured " + measured_line(res, key))
 
@@ -207,7 +215,11 @@ class SuiteSession:
                 outcome.status, outcome.message = Status.RECORDED, "recorded with the configuration's other metrics"
                 return outcome
             lines = store.update(res, git_revision(self.root), config_id=cid)
-            store.save()  # atomic, after every config: an interrupted run keeps what it recorded
+            try:
+                store.save()  # atomic, after every config: an interrupted run keeps what it recorded
+            except StoreWriteError as exc:  # not recorded: an error, never `recorded` or ok
+                outcome.status, outcome.message = Status.ERROR, str(exc)
+                return outcome
             self._recorded_runs.add(cid)
             self.recorded.extend(lines)
             outcome.status, outcome.message = Status.RECORDED, "; ".join(lines) or "unchanged"
@@ -377,16 +389,36 @@ class SuiteSession:
         return self.raise_for(self.gate_result(self.measure(spec, quality=quality), kinds, quality, tolerances))
 
     def check_quality(self, spec: RunSpec) -> ConfigOutcome:
-        """Quality figures within the backend class's limits, and not regressed against the baseline."""
+        """Quality figures within the backend class's limits, and not regressed against the baseline.
+        The limits need no baseline: a profile without one gets them checked (Fail on a violation)
+        and passes with a note, or fails under strict as the speed tests do."""
         if self.against is not None:
             return self.raise_for(self.against.quality(spec))
+        baseline = self.has_baseline(spec, quality=True) or self.record  # read (and validated) before measuring
         res = self.measure(spec, quality=True)
         if res.ok:
             broken = limit_violations(backend_entry(spec.backend).quality_class, res.quality)
             if broken:
                 raise Fail(f"QUALITY {spec.backend} on {spec.device}: " + "; ".join(broken)
                            + f" (reference {res.quality['reference_backend']})")
+        if not baseline:
+            return self._quality_without_baseline(spec, res)
         return self.check(spec, ("quality",), quality=True)
+
+    def _quality_without_baseline(self, spec: RunSpec, res: RunResult) -> ConfigOutcome:
+        key, cid = f"quality:{spec.id}:quality", f"quality-{spec.id}"
+        outcome = ConfigOutcome(key, cid, ["quality"], Status.OK)
+        self.outcomes[key] = outcome
+        if failure := run_failure(res.status):
+            outcome.status, outcome.message = failure, res.reason or ""
+            return self.raise_for(outcome)
+        self._no_baseline(outcome, spec, self.store(spec.device))
+        if self.strict:
+            raise Fail(outcome.message)
+        limits = backend_entry(spec.backend).quality_class
+        outcome.message = (f"{cid}: within the {limits} quality limits; no baseline: limits checked, regression "
+                           f"against a baseline not ({outcome.message})")
+        raise Warn(outcome.message)
 
     # -- repeatability -------------------------------------------------------------------
     def repeatability(self, spec: RunSpec, runs: int, target_cv: float | None, settings: dict | None = None):
@@ -457,13 +489,19 @@ class SuiteSession:
         if not claim.applies_to(profile):
             raise Skip(f"claim {claim.id} does not apply to profile {profile} (profiles: {', '.join(claim.profiles)})")
         quality = claim.metric in QUALITY_METRICS
+        store = self.store(claim.device)
+        store.takeaway(claim.id)  # the baseline is read (and validated) before anything is measured
         a = self.measure(a_spec, quality=quality)
         b = self.measure(b_spec, quality=quality)
         for side in (a, b):
             if side.status in (Status.UNAVAILABLE, Status.MODE_UNSUPPORTED):
                 raise Skip(f"claim {claim.id}: {side.reason}")
-        result, recorded = check_claim(claim, a, b, profile, self.store(claim.device), confidence=confidence,
-                                       record=self.record)
+            if side.spec.id in self.unlogged:
+                raise Fail(f"claim {claim.id}: {self.unlogged[side.spec.id]}")
+        try:
+            result, recorded = check_claim(claim, a, b, profile, store, confidence=confidence, record=self.record)
+        except StoreWriteError as exc:
+            raise Fail(str(exc)) from None
         self.claim_results.append(result)
         if recorded is not None:
             self.recorded.append(recorded)

@@ -100,7 +100,23 @@ class SessionSummary:
 
     @classmethod
     def read(cls, path: str | Path) -> "SessionSummary":
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """A summary.json; anything else (not JSON, another document) is one ResultsError naming
+        the file and what is wrong."""
+        from .errors import ResultsError
+
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ResultsError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ResultsError(f"{path}: not a quantperf summary.json (not valid JSON: {exc})") from None
+        try:
+            if not isinstance(data, dict):
+                raise TypeError(f"the top level is {type(data).__name__}, not an object")
+            return cls.from_dict(data)
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise ResultsError(f"{path}: not a quantperf summary.json ({type(exc).__name__}: {reason})") from None
 
     @classmethod
     def merge(cls, parts: list["SessionSummary"], results_path: str | None = None) -> "SessionSummary":

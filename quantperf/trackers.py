@@ -22,17 +22,27 @@ INJECT_ENV = "QUANTPERF_INJECT_DELAY_MS"
 
 
 def injected_delay_ms(backend: str) -> float:
+    """The milliseconds QUANTPERF_INJECT_DELAY_MS adds per token to `backend` (0 when unnamed).
+    A malformed value is one ConfigError naming the variable, the value and the accepted form."""
+    import math
+
+    from .errors import ConfigError
+
     spec = os.environ.get(INJECT_ENV, "").strip()
     if not spec:
         return 0.0
+    delays = {}
     for item in spec.split(","):
-        name, _, value = item.partition("=")
-        if name.strip() == backend:
-            try:
-                return float(value)
-            except ValueError:
-                raise ValueError(f"{INJECT_ENV}: {item!r} is not NAME=MILLISECONDS") from None
-    return 0.0
+        name, sep, value = item.partition("=")
+        try:
+            ms = float(value) if sep and name.strip() else math.nan
+        except ValueError:
+            ms = math.nan
+        if not (math.isfinite(ms) and ms >= 0):
+            raise ConfigError(f"{INJECT_ENV}={spec!r}: {item.strip()!r} is not BACKEND=MS; the accepted form is "
+                              "BACKEND=MS[,BACKEND=MS] with MS a non-negative number of milliseconds per token")
+        delays[name.strip()] = ms
+    return delays.get(backend, 0.0)
 
 
 @dataclass

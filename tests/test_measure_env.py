@@ -33,7 +33,9 @@ def test_injected_delay_is_per_backend(monkeypatch):
     assert M.injected_delay_ms("bnb-int8") == 0.5 and M.injected_delay_ms("ort-int8") == 2.0
     assert M.injected_delay_ms("torch-fp16") == 0.0
     monkeypatch.setenv(M.INJECT_ENV, "bnb-int8=fast")
-    with pytest.raises(ValueError, match="NAME=MILLISECONDS"):
+    from quantperf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"BACKEND=MS\[,BACKEND=MS\]"):
         M.injected_delay_ms("bnb-int8")
 
 

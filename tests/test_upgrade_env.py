@@ -243,3 +243,11 @@ def test_changed_pins_are_the_heads_new_or_changed_exact_pins():
     assert changed_pins(toml_base, toml_head, "pyproject.toml") == ["bitsandbytes==0.50.2"]
     with pytest.raises(ConfigError, match="pyproject.toml: not TOML"):
         changed_pins("[project", toml_head, "pyproject.toml")
+
+
+def test_the_project_root_holds_the_package():
+    # side B's PYTHONPATH ends with the directory that holds `quantperf`, never the package itself
+    # (which would make its modules importable by bare name: `config`, `stats`, ...)
+    from pathlib import Path
+
+    assert (Path(PROJECT_ROOT) / "quantperf" / "__init__.py").is_file()

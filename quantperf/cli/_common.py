@@ -46,6 +46,7 @@ def device_of(name: str) -> str:
 
 def write_outputs(outputs: list[tuple[str | None, str]]) -> int:
     """Write report files atomically (a reader never sees half a file); 2 with one line on failure."""
+    from ..errors import StoreWriteError
     from ..results import atomic_write_text
 
     for path, text in outputs:
@@ -53,10 +54,29 @@ def write_outputs(outputs: list[tuple[str | None, str]]) -> int:
             continue
         try:
             atomic_write_text(path, text)
-        except OSError as exc:
-            print(f"quantperf: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        except StoreWriteError as exc:  # names the file, the OS error and what to do
+            print(f"quantperf: {exc}", file=sys.stderr)
             return 2
     return 0
+
+
+DEFAULT_TAKEAWAYS = "baselines/takeaways.toml"
+
+
+def takeaways_path(given: str | None, option: str = "--takeaways") -> str | None:
+    """The takeaway claims file of a command: the one given (which must exist: a misspelt path is
+    one ConfigError naming the option and the path), else baselines/takeaways.toml when it
+    exists, else none (silently: the user asked for nothing)."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+
+    if given is None:
+        return DEFAULT_TAKEAWAYS if Path(DEFAULT_TAKEAWAYS).is_file() else None
+    if not Path(given).is_file():
+        raise ConfigError(f"{option} {given}: does not exist (the takeaway claims TOML); fix the path, or leave "
+                          f"{option} out to use {DEFAULT_TAKEAWAYS} when it exists")
+    return given
 
 
 def run_command(args) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ._common import DEFAULT_TAKEAWAYS, takeaways_path
+
 
 def _cmd_gate(args) -> int:
     """Gate (or record) stored results against a profile's baselines, without measuring: speed
@@ -17,7 +19,8 @@ def _cmd_gate(args) -> int:
     from ..status import Status
     from ..suite import SuiteSession
 
-    claims = load_claims(args.takeaways) if args.takeaways and Path(args.takeaways).is_file() else []
+    takeaways = takeaways_path(args.takeaways)  # a given path must exist: checked before anything is read
+    claims = load_claims(takeaways) if takeaways else []
     failed = gated = 0
 
     def show(outcome, where):
@@ -83,5 +86,6 @@ def add_parser(sub) -> None:
     p.add_argument("--baselines", default="baselines")
     p.add_argument("--profile", help="profile id (default: the one recorded in the results)")
     p.add_argument("--record", action="store_true", help="write the results into the baselines (explicit, atomic)")
-    p.add_argument("--takeaways", default="baselines/takeaways.toml", help="claims evaluated on the stored results")
+    p.add_argument("--takeaways", default=None,
+                   help=f"claims evaluated on the stored results (default: {DEFAULT_TAKEAWAYS} if it exists)")
     p.set_defaults(fn=_cmd_gate)

@@ -10,10 +10,11 @@ from ._common import device_of
 
 def _cmd_profile(args) -> int:
     from ..envinfo import environment, profile_id
+    from ..errors import DeviceUnavailable
 
     try:
         print(f"profile: {profile_id(args.device)}")
-    except RuntimeError as exc:
+    except DeviceUnavailable as exc:
         print(f"quantperf: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(environment(), indent=2, sort_keys=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from ._common import device_of, workload_args, workload_of, write_outputs
+from ._common import DEFAULT_TAKEAWAYS, device_of, takeaways_path, workload_args, workload_of, write_outputs
 
 
 def _upgrade_configs(args, device: str):
@@ -18,8 +18,10 @@ def _upgrade_configs(args, device: str):
     from ..backends import entry
     from ..errors import ConfigError
     from ..matrix import load_matrix
+    from ..models import check_synthetic
     from ..spec import RunSpec
 
+    check_synthetic(list(args.model or []) + [args.quality_model or ""], "--model/--quality-model")
     tier = None
     if Path(args.matrix).is_file():
         tier = next((t for t in load_matrix(args.matrix).values() if t.device == device), None)
@@ -57,7 +59,6 @@ def _cmd_upgrade_check(args) -> int:
     """Measure this environment (A) against it with other versions of named packages (B), side by
     side: speed per configuration, optionally quality and the takeaways. Exit 0: no change beyond
     tolerance; 1: regressed (slower, quality beyond limits, a flipped claim); 2: could not run."""
-    from pathlib import Path
 
     from ..envinfo import environment, profile_id
     from ..errors import ConfigError
@@ -74,19 +75,21 @@ def _cmd_upgrade_check(args) -> int:
         print("quantperf: --aa without --calibration FILE: the A/A spread is reported, not stored", file=sys.stderr)
     if not args.aa:
         parse_requirements(args.packages, find_links=args.find_links or ())  # a bad spec fails before anything runs
+    takeaways = takeaways_path(args.takeaways)  # a given path must exist
     tolerances = [parse_tolerances(args.tolerance or "")]
     planned_looks(args.pairs, args.blocks, args.max_blocks)
     look_confidence(args.alpha, 1)
     device = device_of(args.device)
     specs, quality_specs, qparams = _upgrade_configs(args, device)
-    claims = load_claims(args.takeaways) if args.takeaways and Path(args.takeaways).is_file() else []
+    claims = load_claims(takeaways) if takeaways else []
     profile = profile_id(device)
     calibration = read_calibration(args.calibration, profile) if args.calibration and not args.aa else None
     if args.aa and args.packages:
         print(f"quantperf: --aa: B is this environment; ignoring {' '.join(args.packages)}", file=sys.stderr)
     print("quantperf: building environment B", file=sys.stderr, flush=True)
     overlay = same_environment() if args.aa else build_overlay(
-        args.packages, find_links=args.find_links or (), no_index=args.no_index, allow_changes=args.allow_changes)
+        args.packages, find_links=args.find_links or (), no_index=args.no_index, allow_changes=args.allow_changes,
+        allow_sdist=args.allow_sdist)
     with overlay:
         print(overlay.describe(), file=sys.stderr, flush=True)
         report = run_upgrade_check(
@@ -150,6 +153,9 @@ def add_parser(sub) -> None:
     p.add_argument("--find-links", action="append", metavar="DIR", help="look for the packages in DIR (repeatable)")
     p.add_argument("--no-index", action="store_true", help="only the --find-links directories")
     p.add_argument("--allow-changes", action="store_true", help="also install the dependencies the new versions need")
+    p.add_argument("--allow-sdist", action="store_true",
+                   help="also install source distributions (built here: that runs their build code on this machine); "
+                        "default: wheels only")
     p.add_argument("--aa", action="store_true", help="A/A calibration: B is this same environment; with "
                                                       "--calibration FILE the observed spread is stored there")
     p.add_argument("--calibration", metavar="FILE",
@@ -169,7 +175,8 @@ def add_parser(sub) -> None:
                    "extra pair at a time; the confidence is split over the planned looks (default: no extension)")
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence of each interval (before the split)")
     p.add_argument("--tolerance", help="e.g. 'speed:5%%,speed.graph:2%%' (defaults: eager 5%%, graph 3%%, kernel 1%%)")
-    p.add_argument("--takeaways", default="baselines/takeaways.toml", help="claims evaluated in A and in B")
+    p.add_argument("--takeaways", default=None,
+                   help=f"claims evaluated in A and in B (default: {DEFAULT_TAKEAWAYS} if it exists)")
     p.add_argument("--strict", action="store_true", help="an inconclusive configuration fails (exit 1)")
     p.add_argument("--markdown", metavar="FILE", help="write a markdown report (a PR comment, $GITHUB_STEP_SUMMARY)")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")

@@ -47,11 +47,21 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from ..errors import ConfigError
+from .installers import (  # noqa: F401  (sources_label and _install_args: the report's and the tests' names)
+    _binary_args,
+    _failure_reason,
+    _install_args,
+    _install_cmd,
+    _pick_installer,
+    _source_args,
+    _sources,
+    sources_label,
+)
 
 # The libraries whose versions every upgrade check reports on both sides.
 TRACKED = ("torch", "transformers", "bitsandbytes", "onnxruntime", "torchao")
 # The directory that holds the `quantperf` package: side B's children must import it too.
-PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 INSTALL_TIMEOUT_S = 3600
 PROBE_TIMEOUT_S = 900  # an import check may import torch on a slow, busy machine
 EXAMPLE = "bitsandbytes==0.49.0"
@@ -257,64 +267,11 @@ def child_versions(env: dict | None, names, *, python: str = sys.executable) -> 
     return _run_child(python, _VERSIONS, names, env, "reading package versions")
 
 
-# -- installers --------------------------------------------------------------------------------
-
-def _pick_installer(installer: str, python: str) -> str:
-    if installer == "auto":
-        return "uv" if shutil.which("uv") else "pip"
-    if installer == "uv" and not shutil.which("uv"):
-        raise ConfigError("installer 'uv' was asked for, but uv is not on PATH")
-    if installer not in ("pip", "uv"):
-        raise ConfigError(f"installer must be 'auto', 'pip' or 'uv', got {installer!r}")
-    return installer
-
-
-def _source_args(find_links, no_index: bool) -> list[str]:
-    args = []
-    for link in find_links:
-        args += ["--find-links", str(link)]
-    return args + (["--no-index"] if no_index else [])
-
-
-def _sources(find_links, no_index: bool) -> str:
-    where = [str(link) for link in find_links] + ([] if no_index else ["the package index"])
-    return " or ".join(where)
-
-
-def _install_cmd(installer: str, python: str) -> list[str]:
-    if installer == "uv":
-        return ["uv", "pip", "install", "--python", python]
-    return [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
-
-
-def _failure_reason(stderr: str, find_links, no_index: bool) -> str:
-    """pip's or uv's complaint, in a few words."""
-    where = _sources(find_links, no_index)
-    m = re.search(r"satisfies the requirement (\S+)(?: \(from ([^)]*)\))? \(from versions: ([^)]*)\)", stderr)
-    if m:
-        req, needed_by, versions = m.groups()
-        by = f" (needed by {needed_by})" if needed_by else ""
-        return f"{req}{by} is not in {where} (available: {versions.strip() or 'none'})"
-    m = re.search(r"Because (.+?)(?: and you require [^,]*)?, we can conclude", stderr.replace("\n", " "))
-    if m:  # uv
-        return f"{' '.join(m.group(1).split())} (looked in {where})"
-    m = re.search(r"The conflict is caused by:\n((?:[ \t]+\S.*\n?)+)", stderr)
-    if m:
-        return "conflict: " + "; ".join(line.strip() for line in m.group(1).splitlines())
-    if "No module named pip" in stderr:
-        return "this interpreter has no pip (install pip there, or put uv on PATH)"
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(("ERROR:", "error:"))]
-    line = (errors or lines or ["no message"])[0]
-    return re.sub(r"^(ERROR|error):\s*", "", line)
-
+# -- installers (quantperf.experiments.installers builds the commands) ---------------------------
 
 def _install(installer: str, python: str, target: Path, pins: list[str], find_links, no_index: bool,
-             cwd: Path) -> None:
-    cmd = _install_cmd(installer, python) + ["--target", str(target), "--no-deps"]
-    if installer == "uv":
-        cmd.append("--compile-bytecode")  # as pip does: B must not pay bytecode compilation on first import
-    cmd += _source_args(find_links, no_index) + pins
+             cwd: Path, allow_sdist: bool = False) -> None:
+    cmd = _install_args(installer, python, target, pins, find_links, no_index, allow_sdist)
     try:
         proc = subprocess.run(cmd, env=_environ({}), capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
                               cwd=str(cwd))
@@ -323,25 +280,25 @@ def _install(installer: str, python: str, target: Path, pins: list[str], find_li
     except subprocess.TimeoutExpired:
         raise OverlayError(f"environment B: installing {' '.join(pins)} took over {INSTALL_TIMEOUT_S} s") from None
     if proc.returncode != 0:
-        reason = _failure_reason(proc.stderr + proc.stdout, find_links, no_index)
+        reason = _failure_reason(proc.stderr + proc.stdout, find_links, no_index, pins, allow_sdist)
         raise OverlayError(_one_line(f"environment B: cannot install {' '.join(pins)}: {reason}"))
 
 
 def _resolver_changes(installer: str, python: str, pins: list[str], find_links, no_index: bool,
-                      cwd: Path) -> dict[str, str]:
+                      cwd: Path, allow_sdist: bool = False) -> dict[str, str]:
     """What the resolver would install into the *base* environment for `pins`: {name: version}."""
     if installer == "uv":
         cmd = _install_cmd("uv", python) + ["--dry-run"]
     else:
         cmd = _install_cmd("pip", python) + ["--dry-run", "--quiet", "--report", "-"]
-    cmd += _source_args(find_links, no_index) + pins
+    cmd += _binary_args(installer, allow_sdist) + _source_args(find_links, no_index) + pins
     try:
         proc = subprocess.run(cmd, env=_environ({}), capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
                               cwd=str(cwd))
     except subprocess.TimeoutExpired:
         raise OverlayError(f"environment B: resolving {' '.join(pins)} took over {INSTALL_TIMEOUT_S} s") from None
     if proc.returncode != 0:
-        reason = _failure_reason(proc.stderr + proc.stdout, find_links, no_index)
+        reason = _failure_reason(proc.stderr + proc.stdout, find_links, no_index, pins, allow_sdist)
         raise OverlayError(_one_line(f"environment B (--allow-changes): cannot resolve {' '.join(pins)} "
                                      f"against the base environment: {reason}"))
     if installer == "uv":
@@ -469,7 +426,14 @@ class Overlay:
     changed: dict = field(default_factory=dict)  # packages added by allow_changes: name -> version in B
     warnings: list = field(default_factory=list)
     installer: str | None = None
+    find_links: tuple = ()  # where B's packages came from (with no_index: only there)
+    no_index: bool = False
+    allow_sdist: bool = False  # source distributions allowed (built here); default: wheels only
     _tmp: Path | None = field(default=None, repr=False)
+
+    @property
+    def sources(self) -> str:
+        return sources_label(self.find_links, self.no_index)
 
     @property
     def names(self) -> list[str]:
@@ -509,13 +473,16 @@ class Overlay:
         if differ:
             lines.append("UNEXPECTEDLY different: " + ", ".join(differ))
         lines += [f"warning: {w}" for w in self.warnings]
+        lines.append(f"A: this environment | B from: {self.sources} ("
+                     + ("source distributions allowed: --allow-sdist" if self.allow_sdist else "wheels only") + ")")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"overlay": str(self.path) if self.path else None, "python": self.python,
                 "requirements": [str(r) for r in self.requirements], "changed": dict(self.changed),
                 "versions_a": dict(self.versions_a), "versions_b": dict(self.versions_b),
-                "warnings": list(self.warnings), "installer": self.installer}
+                "warnings": list(self.warnings), "installer": self.installer,
+                "sources": None if self.path is None else self.sources, "allow_sdist": self.allow_sdist}
 
     def cleanup(self) -> None:
         if self._tmp is not None:
@@ -536,7 +503,8 @@ def same_environment(*, base_python: str = sys.executable, names=TRACKED) -> Ove
 
 
 def build_overlay(requirements, *, base_python: str = sys.executable, find_links=(), no_index: bool = False,
-                  workdir=None, allow_changes: bool = False, installer: str = "auto") -> Overlay:
+                  workdir=None, allow_changes: bool = False, installer: str = "auto",
+                  allow_sdist: bool = False) -> Overlay:
     """Build environment B: `requirements` (specs or Requirements) installed into a fresh overlay
     over `base_python`'s environment, verified in child processes. Raises ConfigError/OverlayError
     with one line; nothing is left on disk then. `installer`: 'auto' (uv when on PATH), 'pip', 'uv'."""
@@ -552,9 +520,10 @@ def build_overlay(requirements, *, base_python: str = sys.executable, find_links
     tool = _pick_installer(installer, base_python)
     tmp = Path(tempfile.mkdtemp(prefix="quantperf-overlay-", dir=workdir)).resolve()
     site = tmp / "site"
-    ov = Overlay(path=site, python=base_python, requirements=tuple(reqs.values()), installer=tool, _tmp=tmp)
+    ov = Overlay(path=site, python=base_python, requirements=tuple(reqs.values()), installer=tool, _tmp=tmp,
+                 find_links=tuple(find_links), no_index=no_index, allow_sdist=allow_sdist)
     try:
-        _install(tool, base_python, site, [str(r) for r in reqs.values()], find_links, no_index, tmp)
+        _install(tool, base_python, site, [str(r) for r in reqs.values()], find_links, no_index, tmp, allow_sdist)
         probe = _run_child(base_python, _PROBE, list(reqs), ov.env(), "inspecting environment B", cwd=str(tmp))
         _check_named(probe, reqs, site)
         # a bare name is now pinned to what was installed
@@ -564,12 +533,13 @@ def build_overlay(requirements, *, base_python: str = sys.executable, find_links
         if missing and not allow_changes:
             raise OverlayError(_changes_message(missing))
         if missing:
-            extra = {n: v for n, v in _resolver_changes(tool, base_python, pins, find_links, no_index, tmp).items()
-                     if canonicalize_name(n) not in reqs}
+            extra = {n: v for n, v in _resolver_changes(tool, base_python, pins, find_links, no_index, tmp,
+                                                        allow_sdist).items() if canonicalize_name(n) not in reqs}
             if not extra:
                 raise OverlayError(_changes_message(missing).split(": resolving")[0]
                                    + ": the resolver proposes no change that would satisfy this")
-            _install(tool, base_python, site, [f"{n}=={v}" for n, v in extra.items()], find_links, no_index, tmp)
+            _install(tool, base_python, site, [f"{n}=={v}" for n, v in extra.items()], find_links, no_index, tmp,
+                     allow_sdist)
             keys += [canonicalize_name(n) for n in extra]
             probe = _run_child(base_python, _PROBE, keys, ov.env(), "inspecting environment B", cwd=str(tmp))
             _check_named(probe, {canonicalize_name(n): Requirement(f"{n}=={v}") for n, v in extra.items()}, site)
