@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch  # imported before pytester snapshots sys.modules: torch cannot be imported twice  # noqa: F401
+from test_plugin import TAKEAWAYS
 
 from quantperf import RunSpec, Workload
 from quantperf.errors import ConfigError
@@ -22,17 +23,7 @@ W7 = Workload(batch_size=1, prompt_tokens=8, new_tokens=12, warmup_rounds=1, rou
 FP16 = RunSpec("fake:small", "fake-fp16", "cpu", "eager", W)
 INT8 = RunSpec("fake:small", "fake-int8", "cpu", "eager", W)
 
-CLAIM = """
-[[claim]]
-id = "fake-int8-slower-than-fp16"
-sentence = "INT8 decodes slower than FP16."
-metric = "decode_tokens_per_s"
-relation = "lower"
-device = "cpu"
-profiles = ["cpu-*"]
-a = { model = "fake:small", backend = "fake-fp16" }
-b = { model = "fake:small", backend = "fake-int8" }
-"""
+CLAIM = TAKEAWAYS  # the plugin tests' claim: fake-int8 decodes slower than fake-fp16
 
 
 def _session(tmp_path, **kw):
