@@ -15,7 +15,8 @@ are read as runs of one unknown session.
 
 Files are written only by `record()` (the suite's explicit record flag), atomically, with
 stable key order, under an exclusive lock (`<profile>.json.lock`): the file is read again inside
-the lock and this process's new runs are added to it, so concurrent recorders lose no run. A corrupt file, a file for another profile or a config recorded with other
+the lock and this process's new runs are added to it, so concurrent recorders lose no run.
+A corrupt file, a file for another profile or a config recorded with other
 backend options fails loudly with the file, field and value.
 """
 
@@ -36,7 +37,9 @@ MAX_RUNS = 20  # recorded runs kept per metric
 
 def git_revision(cwd: str | Path | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -44,7 +47,9 @@ def git_revision(cwd: str | Path | None = None) -> str | None:
 
 def profile_file(directory: Path, profile: str) -> Path:
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", profile):
-        raise BaselineError(f"profile id {profile!r} is not a safe file name (lower-case letters, digits, '.', '_', '-')")
+        raise BaselineError(
+            f"profile id {profile!r} is not a safe file name (lower-case letters, digits, '.', '_', '-')"
+        )
     return Path(directory) / f"{profile}.json"
 
 
@@ -69,11 +74,13 @@ class BaselineStore:
         if not isinstance(data, dict):
             raise BaselineError(f"{self.path}: top level must be an object, got {type(data).__name__}")
         if data.get("schema") not in (1, SCHEMA):
-            raise BaselineError(f"{self.path}: field 'schema' is {data.get('schema')!r}, this quantperf reads schemas 1 "
-                                f"and {SCHEMA}")
+            raise BaselineError(
+                f"{self.path}: field 'schema' is {data.get('schema')!r}, this quantperf reads schemas 1 and {SCHEMA}"
+            )
         if data.get("profile") != self.profile:
             raise BaselineError(
-                f"{self.path}: field 'profile' is {data.get('profile')!r} but this file is for profile {self.profile!r}; "
+                f"{self.path}: field 'profile' is {data.get('profile')!r} "
+                f"but this file is for profile {self.profile!r}; "
                 "baselines never cross profiles: fix the field or re-record on the right hardware"
             )
         try:
@@ -199,7 +206,9 @@ class BaselineStore:
             "verdict": verdict, "ratio": ratio, "ci": ci, "packages": packages, "recorded_at": recorded_at}
         if published:  # a published profile's verdict is replaced by the measured one, its source kept
             takeaways[claim_id]["published"] = published
-        return f"takeaway {claim_id}: {verdict}" + ("" if ratio is None else f" ({ratio:.3g} [{ci[0]:.3g}, {ci[1]:.3g}])")
+        return f"takeaway {claim_id}: {verdict}" + (
+            "" if ratio is None else f" ({ratio:.3g} [{ci[0]:.3g}, {ci[1]:.3g}])"
+        )
 
     def save(self) -> None:
         """Write what this store recorded into the file as it is now, under an exclusive lock

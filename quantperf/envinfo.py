@@ -13,7 +13,10 @@ LIBRARIES = (
     "torchao", "optimum", "optimum-onnx", "accelerate", "safetensors", "numpy", "scipy", "nvidia-ml-py",
 )
 # ISA features that change which kernels CPU backends pick.
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+CPU_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+    "amx_tile", "amx_bf16", "amx_int8", "avx_vnni",
+)
 
 
 def package_versions(names=LIBRARIES) -> dict[str, str | None]:

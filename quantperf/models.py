@@ -203,7 +203,9 @@ class ModelSource:
     built: bool = False  # resolve() built the checkpoint just now (a one-time cost)
 
     def load_kwargs(self) -> dict:
-        kw = dict(local_files_only=self.local_files_only, trust_remote_code=self.trust_remote_code, use_safetensors=True)
+        kw = dict(
+            local_files_only=self.local_files_only, trust_remote_code=self.trust_remote_code, use_safetensors=True
+        )
         if self.revision:
             kw["revision"] = self.revision
         return kw
@@ -380,7 +382,8 @@ def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool
             require_disk(target.parent, int(params * 2 * 1.02), f"the synthetic {shape} checkpoint")
             build = _build_synthetic_streamed if params > STREAMED_BUILD_PARAMETERS else _build_synthetic
             try:
-                if target.is_dir():  # weights deleted by hand (a build in progress is never here: it is renamed in whole)
+                # weights deleted by hand (a build in progress is never here: it is renamed in whole)
+                if target.is_dir():
                     shutil.rmtree(target)
                 build(shape, target, build_device, seed)
             except OSError as exc:
@@ -405,7 +408,9 @@ def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool
             )
         return ModelSource(ref, str(FIXTURE_DIR), local_files_only=True, tokenizer=True, meta={"fixture": True})
     if ref.startswith("hf:"):
-        return ModelSource(ref, ref[3:], local_files_only=local_files_only, trust_remote_code=trust_remote_code, tokenizer=True)
+        return ModelSource(
+            ref, ref[3:], local_files_only=local_files_only, trust_remote_code=trust_remote_code, tokenizer=True
+        )
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():

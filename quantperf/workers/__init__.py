@@ -58,7 +58,10 @@ def request_timeout_s() -> float:
 
 # a silent worker is sent this before it is killed; quantperf.workers (its __main__) answers with every thread's stack
 STACK_SIGNAL = "SIGUSR1"
-METHODS = {"hello", "environment", "prepare", "prepare_for", "load", "warmup", "rounds", "configure", "memory", "quality", "close"}
+METHODS = {
+    "hello", "environment", "prepare", "prepare_for", "load", "warmup",
+    "rounds", "configure", "memory", "quality", "close",
+}
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -116,7 +119,9 @@ class LocalWorker:
         """prepare() for another configuration: one long-lived preparing process serves many
         (quantperf.scheduler.prepare_in_process). Never called on a measuring worker."""
         if self.loaded is not None:
-            raise RuntimeError("prepare_for on a worker that has loaded a model: preparing and measuring never share a process")
+            raise RuntimeError(
+                "prepare_for on a worker that has loaded a model: preparing and measuring never share a process"
+            )
         self.spec = RunSpec.from_dict(spec)
         out = self.prepare()
         torch = sys.modules.get("torch")  # a CUDA context held by an idle preparer would sit beside every measurement
@@ -151,7 +156,8 @@ class LocalWorker:
             return {"status": Status.ERROR, "reason": str(exc), "identity": identity}
         except Exception as exc:  # a failing load is one clear line, not a traceback
             if is_oom(exc):
-                return {"status": Status.ERROR, "reason": f"{spec.backend}: out of memory loading {spec.model} on {spec.device}",
+                return {"status": Status.ERROR,
+                        "reason": f"{spec.backend}: out of memory loading {spec.model} on {spec.device}",
                         "identity": identity}
             if isinstance(exc, ImportError):
                 return {"status": Status.UNAVAILABLE, "reason": f"{spec.backend}: {exc}", "identity": identity}
@@ -318,7 +324,9 @@ class ProcessWorker:
 
     def _request(self, method: str, kwargs: dict) -> Any:
         if self.proc.poll() is not None:
-            raise WorkerCrashed(f"worker for {self.spec.id} exited with code {self.proc.returncode}: {self._stderr_tail()}")
+            raise WorkerCrashed(
+                f"worker for {self.spec.id} exited with code {self.proc.returncode}: {self._stderr_tail()}"
+            )
         timeout = request_timeout_s()
         self.proc.stdin.write(json.dumps({"method": method, "kwargs": kwargs}) + "\n")
         self.proc.stdin.flush()
@@ -330,7 +338,8 @@ class ProcessWorker:
             self.proc.kill()
             raise WorkerCrashed(
                 f"worker for {self.spec.id} gave no answer to {method!r} within {timeout:.0f} s "
-                f"(set {WORKER_TIMEOUT_ENV} to allow more); where it was, and its stderr tail:\n{self._stderr_tail(6000)}"
+                f"(set {WORKER_TIMEOUT_ENV} to allow more); "
+                f"where it was, and its stderr tail:\n{self._stderr_tail(6000)}"
             )
         line = self.proc.stdout.readline()
         if not line:
@@ -338,7 +347,8 @@ class ProcessWorker:
             code = self.proc.returncode
             hint = " (killed: out of host memory?)" if code in (-9, 137) else ""
             raise WorkerCrashed(
-                f"worker for {self.spec.id} died during {method!r} with code {code}{hint}; stderr tail:\n{self._stderr_tail()}"
+                f"worker for {self.spec.id} died during {method!r} with code {code}{hint}; "
+                f"stderr tail:\n{self._stderr_tail()}"
             )
         reply = json.loads(line)
         if "error" in reply:
