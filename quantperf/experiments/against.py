@@ -34,7 +34,17 @@ from ..errors import ConfigError
 from ..spec import RunSpec
 from ..status import Status
 from ..summary import ConfigOutcome
-from .upgrade import DEFAULT_ALPHA, DEFAULT_BLOCKS, DEFAULT_PAIRS, ConfigCheck, Sides, UpgradeReport, ci_text
+from .upgrade import (
+    DEFAULT_ALPHA,
+    DEFAULT_BLOCKS,
+    DEFAULT_PAIRS,
+    STATISTIC,
+    ConfigCheck,
+    Sides,
+    UpgradeReport,
+    ci_text,
+    mode_tolerance,
+)
 
 # pytest's own exit codes are 0-5; a session in which a side could not be measured (and nothing
 # regressed) ends with this one, so CI tells "could not compare" from "regressed" (1)
@@ -249,15 +259,6 @@ class AgainstSession:
         self.sides = Sides(python_a=python, label_a=self.describe_a, label_b=f"python {sys.executable}")
 
     # -- speed and memory ----------------------------------------------------------------------
-    def _tolerance(self, spec: RunSpec) -> tuple[float, str]:
-        from ..gate import CALIBRATION_K, calibrated_tolerance, resolve_tolerance
-
-        configured = resolve_tolerance(self.layers, "speed", spec.mode)
-        cal = self.calibration or {}
-        spread = (cal.get("modes", {}).get(spec.mode) or {}).get("spread")
-        tol = calibrated_tolerance(configured, spread, cal.get("k", CALIBRATION_K))
-        return tol, "calibration" if tol > configured else "configured"
-
     def _measure(self, spec: RunSpec) -> ConfigCheck | None:
         """check_config once per configuration (both sides, fresh process pairs); None when side
         A could not be built."""
@@ -266,7 +267,7 @@ class AgainstSession:
         if not self.start():
             return None
         if spec.id not in self.checks:
-            tol, source = self._tolerance(spec)
+            tol, source = mode_tolerance(self.layers, spec.mode, self.calibration)
             self.say(f"A/B {spec.id}: {self.pairs} process pairs x {self.blocks} ABBA blocks")
             self.checks[spec.id] = check_config(
                 spec, self.sides, pairs=self.pairs, blocks=self.blocks, max_blocks=self.max_blocks, alpha=self.alpha,
@@ -441,9 +442,7 @@ class AgainstSession:
                             describe=f"A: {self.describe_a} (--qp-against) | B: {self.describe_b}\n"
                                      f"packages that differ: {self.differ}",
                             settings={"pairs": self.pairs, "blocks": self.blocks, "max_blocks": self.max_blocks,
-                                      "alpha": self.alpha, "statistic": "per block log((B1+B2)/(A1+A2)) of per-token "
-                                      "decode time; mean per pair; Student-t over pairs (df P-1); Bonferroni over "
-                                      "planned looks"},
+                                      "alpha": self.alpha, "statistic": STATISTIC},
                             configs=checks, quality=list(self.quality_rows.values()),
                             takeaways=list(self.takeaways.values()), calibration=self.calibration,
                             notes=list(dict.fromkeys(self.notes + ([self.failure] if self.failure else []))))

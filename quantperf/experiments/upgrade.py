@@ -470,6 +470,23 @@ def read_calibration(path: str | Path, profile: str) -> dict:
     return data
 
 
+# how a configuration's A/B is computed, as every report states it
+STATISTIC = ("per block log((B1+B2)/(A1+A2)) of per-token decode time; mean per pair; Student-t over pairs "
+             "(df P-1); Bonferroni over planned looks")
+
+
+def mode_tolerance(layers: list[dict], mode: str, calibration: dict | None) -> tuple[float, str]:
+    """A mode's speed tolerance and where it came from: the configured one (tolerance layers), or
+    max(configured, exp(k x A/A spread) - 1) when a calibration holds a spread for the mode."""
+    from ..gate import resolve_tolerance
+
+    configured = resolve_tolerance(layers, "speed", mode)
+    cal = calibration or {}
+    spread = (cal.get("modes", {}).get(mode) or {}).get("spread")
+    tol = calibrated_tolerance(configured, spread, cal.get("k", CALIBRATION_K))
+    return tol, "calibration" if tol > configured else "configured"
+
+
 def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs: int = DEFAULT_PAIRS,
                       blocks: int = DEFAULT_BLOCKS, max_blocks: int | None = None, alpha: float = DEFAULT_ALPHA,
                       tolerances: list[dict] | None = None, calibration: dict | None = None,
@@ -479,7 +496,7 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
     """The upgrade check over configurations (speed), quality specs and claims; B is `overlay`."""
     from ..envinfo import environment as env_fn
     from ..envinfo import profile_id
-    from ..gate import DEFAULT_TOLERANCES, resolve_tolerance
+    from ..gate import DEFAULT_TOLERANCES
     from ..scheduler import build_result
 
     say = progress or (lambda line: None)
@@ -494,16 +511,11 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
     report = UpgradeReport(kind="aa" if aa else "upgrade", profile=profile, device=device, overlay=overlay.to_dict(),
                            describe=overlay.describe(),
                            settings={"pairs": pairs, "blocks": blocks, "max_blocks": max_blocks, "alpha": alpha,
-                                     "statistic": "per block log((B1+B2)/(A1+A2)) of per-token decode time; mean per "
-                                                  "pair; Student-t over pairs (df P-1); Bonferroni over planned looks"},
+                                     "statistic": STATISTIC},
                            calibration=None if aa else calibration)
     measured: dict = {"A": {}, "B": {}}
     for spec in specs:
-        configured = resolve_tolerance(layers, "speed", spec.mode)
-        spread = ((calibration or {}).get("modes", {}).get(spec.mode) or {}).get("spread") if not aa else None
-        k = (calibration or {}).get("k", CALIBRATION_K)
-        tol = calibrated_tolerance(configured, spread, k)
-        source = "calibration" if tol > configured else "configured"
+        tol, source = mode_tolerance(layers, spec.mode, None if aa else calibration)
         check, keep = check_config(spec, sides, pairs=pairs, blocks=blocks, max_blocks=max_blocks, alpha=alpha,
                                    tolerance=tol, tolerance_source=source, environment=environment, profile=profile,
                                    model_options=model_options, progress=say)
