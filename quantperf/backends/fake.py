@@ -18,9 +18,10 @@ FAKE_PARAMS = {"fake:small": 100_000_000, "fake:medium": 2_000_000_000}
 
 
 def _spin(ms: float) -> None:
-    end = time.perf_counter() + ms / 1e3
-    while time.perf_counter() < end:
-        pass
+    # sleeps, does not spin: on a 2-core runner with two measuring workers (pytest -n 2) a spinning
+    # double lost whole time slices and ran 2 and 3 ms per token both at ~3.8 ms, hiding the very
+    # difference the tests measure; a sleep keeps its wall time on a busy machine
+    time.sleep(ms / 1e3)
 
 
 class FakeLoaded(LoadedModel):
