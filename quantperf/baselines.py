@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .config import BaselineFileModel, validate
 from .errors import BaselineError, ConfigError
+from .fidelity import setting_changes
 from .results import RunResult, atomic_write_text, dump_json
 
 SCHEMA = 2
@@ -131,6 +132,11 @@ class BaselineStore:
         new = {k: v for k, v in (result.environment or {}).get("packages", {}).items() if v}
         return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
+    def runtime(self, config_id: str) -> dict | None:
+        """The runtime identity the configuration's baseline was recorded with (quantperf.fidelity);
+        None for a baseline recorded before it was kept."""
+        return (self.entry(config_id) or {}).get("runtime") or None
+
     def runs(self, config_id: str, metric: str) -> list[dict]:
         """The recorded runs of one metric of one configuration (oldest first)."""
         return list(((self.entry(config_id) or {}).get("metrics", {}).get(metric) or {}).get("runs", []))
@@ -165,7 +171,8 @@ class BaselineStore:
         recorded = (old or {}).get("packages", {})
         same_setup = bool(old) and old.get("backend_identity") == json.loads(json.dumps(result.backend_identity)) \
             and all(recorded[k] == packages[k] for k in recorded.keys() & packages.keys()) \
-            and old.get("kernel_methods", result.timing_methods) == result.timing_methods
+            and old.get("kernel_methods", result.timing_methods) == result.timing_methods \
+            and not setting_changes(old.get("runtime") or {}, result.runtime)
         run = (result.environment or {}).get("run") or {}
         who = {"run_id": run.get("run_id"), "host": run.get("host"), "boot_id": run.get("boot_id"),
                "started_at": run.get("started_at") or result.timestamp}
@@ -188,6 +195,7 @@ class BaselineStore:
             "gpu": ((result.environment or {}).get("gpu") or {}).get("name"),
             "backend_identity": result.backend_identity,
             **({"kernel_methods": result.timing_methods} if result.timing_methods else {}),
+            **({"runtime": json.loads(json.dumps(result.runtime))} if result.runtime else {}),
             "spec": result.spec.to_dict(),
             "metrics": metrics,
         }

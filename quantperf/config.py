@@ -129,7 +129,8 @@ class NoiseModel(Strict):
 class TierModel(Strict):
     device: Literal["cpu", "cuda"]
     models: list[str] = []
-    backends: list[str] = []
+    # a name, or a table with the name and runtime options: { name = "torch-fp16", hub_kernels = "hub" }
+    backends: list[str | dict[str, str]] = []
     modes: list[str] = ["eager"]
     extra: list[ExtraConfig] = []
     workload: WorkloadModel = WorkloadModel()
@@ -227,6 +228,7 @@ class BaselineConfig(BaseModel):
     gpu: str | None = None
     backend_identity: dict = {}
     kernel_methods: list[str] = []  # kernel mode: how the figures were timed (RunResult.timing_methods)
+    runtime: dict = {}  # what really ran (quantperf.fidelity); absent in baselines recorded before it was kept
     spec: dict = {}
     metrics: dict[str, BaselineMetric]
     takeaways: dict = {}

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 LIBRARIES = (
     "torch", "transformers", "bitsandbytes", "onnxruntime", "onnxruntime-gpu", "onnx", "onnxscript",
-    "torchao", "optimum", "optimum-onnx", "accelerate", "safetensors", "numpy", "scipy", "nvidia-ml-py",
+    "torchao", "optimum", "optimum-onnx", "accelerate", "safetensors", "numpy", "scipy", "nvidia-ml-py", "kernels",
 )
 # ISA features that change which kernels CPU backends pick.
 CPU_FLAGS = (

@@ -78,6 +78,34 @@ def _list(value, where: str) -> list[str]:
     return value
 
 
+def _backend_choices(values: list, where: str) -> list[tuple[str, tuple]]:
+    """A tier's backends as (name, runtime options): a name, or a table `{ name = "torch-fp16",
+    hub_kernels = "hub", attn_implementation = "eager" }` (quantperf.fidelity.RUNTIME_OPTIONS), its
+    options validated; an option at its default is dropped (the same configuration as the bare name)."""
+    from .backends import BACKENDS, RUNTIME_OPTION_MODULES
+    from .fidelity import check_options
+
+    out = []
+    for i, value in enumerate(values):
+        if isinstance(value, str):
+            _check_names([value], BACKENDS, f"{where}.backends", "backend")
+            out.append((value, ()))
+            continue
+        here = f"{where}.backends[{i}]"
+        options = dict(value)
+        name = options.pop("name", None)
+        if name is None:
+            raise ConfigError(f"{here}: a backend table needs its name (name = \"torch-fp16\"), got {value!r}")
+        _check_names([name], BACKENDS, f"{here}.name", "backend")
+        options = check_options(options, here)
+        if options and BACKENDS[name].module not in RUNTIME_OPTION_MODULES:
+            raise ConfigError(f"{here}: {name} does not load through transformers: the options "
+                              f"{', '.join(options)} apply only to the backends of "
+                              f"{', '.join(b for b, e in BACKENDS.items() if e.module in RUNTIME_OPTION_MODULES)}")
+        out.append((name, tuple(sorted(options.items()))))
+    return out
+
+
 def load_matrix(path: str | Path, overrides: dict | None = None,
                 override_source: str = "the command line") -> dict[str, Tier]:
     """Parse and validate the matrix; `overrides` (models/backends/modes lists, e.g. from
@@ -99,7 +127,7 @@ def load_matrix(path: str | Path, overrides: dict | None = None,
     tiers: dict[str, Tier] = {}
     for name, raw in matrix.tier.items():
         where = f"{path}: tier.{name}"
-        _check_names(raw.backends, BACKENDS, f"{where}.backends", "backend")
+        choices = _backend_choices(raw.backends, where)
         _check_names(raw.modes, MODES, f"{where}.modes", "mode")
         check_synthetic(raw.models, f"{where}.models")
         for i, e in enumerate(raw.extra):
@@ -108,9 +136,10 @@ def load_matrix(path: str | Path, overrides: dict | None = None,
             check_synthetic([e.model], f"{where}.extra[{i}].model")
         workload = Workload(**raw.workload.model_dump())
         models = overrides.get("models", raw.models)
-        backends = overrides.get("backends", raw.backends)
+        backends = [(b, ()) for b in overrides["backends"]] if "backends" in overrides else choices
         modes = overrides.get("modes", raw.modes)
-        configs = [RunSpec(m, b, raw.device, mode, workload) for m in models for b in backends for mode in modes]
+        configs = [RunSpec(m, b, raw.device, mode, workload, opts) for m in models for b, opts in backends
+                   for mode in modes]
         if not overrides:
             configs += [RunSpec(e.model, e.backend, raw.device, e.mode, workload) for e in raw.extra]
         unique = list({c.id: c for c in configs}.values())

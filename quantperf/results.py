@@ -88,6 +88,9 @@ class RunResult:
     generations: list = field(default_factory=list)
     environment: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    # what really ran (quantperf.fidelity): {"settings": {...}, "versions": {...}}; {} in results written
+    # before it was recorded
+    runtime: dict = field(default_factory=dict)
     injected_delay_ms: float = 0.0
     timestamp: str | None = None
 

@@ -167,7 +167,8 @@ def interleave_rounds(runners: dict[str, Callable[[], dict]], rounds: int) -> di
     return collected
 
 
-def build_result(side: Side, rounds: list[dict], memory: dict, profile: str | None) -> RunResult:
+def build_result(side: Side, rounds: list[dict], memory: dict, profile: str | None,
+                 runtime: dict | None = None) -> RunResult:
     """Turn one side's raw rounds and memory into a RunResult: the scenario's metrics and
     figures, memory metrics, validity (throttled and contended rounds)."""
     from .scenarios import scenario_for
@@ -203,7 +204,7 @@ def build_result(side: Side, rounds: list[dict], memory: dict, profile: str | No
         validity=validity, arch=loaded["arch"] | {"source": loaded.get("source_meta", {})},
         execution=loaded.get("execution", {}), environment=side.environment,
         timings={"load_ms": loaded["load_ms"], **side.timings, "per_round_decode_ms_median": per_round},
-        injected_delay_ms=loaded.get("injected_delay_ms", 0.0), timestamp=now(),
+        injected_delay_ms=loaded.get("injected_delay_ms", 0.0), timestamp=now(), runtime=runtime or {},
     )
 
 
@@ -229,7 +230,7 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
 
     def finish(side: Side, rounds: list[dict]) -> None:
         memory = side.worker.memory()
-        results[side.spec.id] = build_result(side, rounds, memory, profile)
+        results[side.spec.id] = build_result(side, rounds, memory, profile, side.worker.runtime())
         side.close()
 
     try:
@@ -311,11 +312,12 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
         gens = stats.pop("generations", [])
         return RunResult(spec=side.spec, status=Status.OK, profile=prof, backend_identity=side.info["identity"],
                          metrics=QualityScenario.metrics(side.spec, [stats]), quality=stats, generations=gens,
-                         arch=side.info["arch"], environment=side.environment, timestamp=now())
+                         arch=side.info["arch"], environment=side.environment, timestamp=now(),
+                         runtime=side.worker.runtime() if side.worker is not None else {})
 
     for (model, device), group in by_ref.items():
         prof = profile or profile_id(device)
-        ref_spec = replace(group[0], backend=REFERENCE_BACKEND[device], mode="eager")
+        ref_spec = replace(group[0], backend=REFERENCE_BACKEND[device], mode="eager", backend_options=())
         fd, ref_file = tempfile.mkstemp(prefix="quantperf-ref-", suffix=".npy")
         os.close(fd)
         try:

@@ -75,12 +75,21 @@ class RunSpec:
         return label.replace("/", "_")
 
     @property
+    def backend_label(self) -> str:
+        """The backend with its runtime options: `torch-fp16`, `torch-fp16+hubkernels`,
+        `torch-fp16+attn-eager` (a configuration of its own for each)."""
+        opts = dict(self.backend_options)
+        parts = [self.backend] + (["hubkernels"] if opts.get("hub_kernels") == "hub" else [])
+        parts += [f"{k.split('_')[0]}-{v}" for k, v in sorted(opts.items()) if k != "hub_kernels"]
+        return "+".join(parts)
+
+    @property
     def id(self) -> str:
         """Reads like `llama-1b-bnb-int8-bs1-eager`; the config's stable key in baselines."""
         label = self.model_label
         w = self.workload
         wl = f"bs{w.batch_size}" if (w.prompt_tokens, w.new_tokens) == (128, 64) else w.id
-        return f"{label}-{self.backend}-{self.device}-{wl}-{self.mode}"
+        return f"{label}-{self.backend_label}-{self.device}-{wl}-{self.mode}"
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -17,10 +17,12 @@ from .errors import StoreWriteError
 from .gate import (
     DEFAULT_ALPHA,
     DEFAULT_TOLERANCES,
+    SKIPPED_UNLESS_STRICT,
     Claim,
     ClaimResult,
     Verdict,
     check_claim,
+    check_runtime,
     gate_metrics,
     is_inconclusive,
     metrics_status,
@@ -114,6 +116,7 @@ class SuiteSession:
         self.selected: list[RunSpec] = []  # the speed/memory configurations of this run (gated together)
         self.notes: list[str] = []  # session-wide lines: the session shift, the noise floor
         self._speed: dict[str, ConfigOutcome] = {}  # config id -> speed outcome, once the device is gated
+        self._runtime_noted: set[str] = set()  # speed outcomes whose runtime notes are in their message
         self._recorded_runs: set[str] = set()  # config ids recorded in this session (one unit each)
 
     # -- baselines -----------------------------------------------------------------------
@@ -228,6 +231,11 @@ class SuiteSession:
         if entry is None:
             return self._no_baseline(outcome, spec, store)
         store.check_identity(res, cid)
+        runtime = check_runtime(store.runtime(cid), res.runtime)
+        outcome.runtime_changes = runtime.changes
+        if runtime.status is not None:  # other code ran: not the same configuration
+            outcome.status, outcome.message = runtime.status, runtime.message(cid)
+            return outcome
         if "speed" in kinds and (changed := store.method_change(res, cid)):
             outcome.status = timed_otherwise()
             outcome.message = f"{outcome.status.upper()} {cid}: {changed}"
@@ -244,6 +252,7 @@ class SuiteSession:
             outcome.message = (f"REGRESSED {cid} [{store.profile}]: "
                                + "; ".join(v.line() for v in verdicts if v.failed)
                                + vers)
+        outcome.message = " | ".join(m for m in (outcome.message, *runtime.notes) if m)
         return outcome
 
     def _no_baseline(self, outcome: ConfigOutcome, spec: RunSpec, store: BaselineStore) -> ConfigOutcome:
@@ -269,10 +278,20 @@ class SuiteSession:
         from .scenarios import scenario_for
 
         by_mode: dict[str, list[RunResult]] = {}
-        for r in results:
-            if r.ok:
-                by_mode.setdefault(r.spec.mode, []).append(r)
         outcomes: dict[str, ConfigOutcome] = {}
+        left_out: set[str] = set()  # runtime settings differ from the baseline's: out of the pooled gate
+        for r in results:
+            if not r.ok:
+                continue
+            runtime = check_runtime(self.store(r.spec.device).runtime(r.spec.id), r.runtime)
+            if runtime.status is not None:
+                head = r.metrics.get("decode_tokens_per_s")
+                outcomes[r.spec.id] = ConfigOutcome(
+                    f"{r.spec.id}:speed", r.spec.id, ["speed"], runtime.status, runtime.message(r.spec.id),
+                    decode_tokens_per_s=head.value if head else None, runtime_changes=runtime.changes)
+                left_out.add(r.spec.id)
+                continue
+            by_mode.setdefault(r.spec.mode, []).append(r)
         for mode, group in sorted(by_mode.items()):
             store = self.store(group[0].spec.device)
             gated = scenario_for(mode).gated
@@ -281,7 +300,8 @@ class SuiteSession:
                 hib = METRICS[metric][1]
                 current = {r.spec.id: r.metrics[metric].value for r in group if metric in r.metrics}
                 baselines = {cid: store.runs(cid, metric) for cid, e in store.data["configs"].items()
-                             if (e.get("spec") or {}).get("mode", mode) == mode and store.runs(cid, metric)}
+                             if (e.get("spec") or {}).get("mode", mode) == mode and store.runs(cid, metric)
+                             and cid not in left_out}
                 verdicts, shift, model = gate_runs(current, baselines, metric, hib, self.tolerance("speed", mode=mode),
                                                    self.alpha, family)
                 if shift is not None:
@@ -304,6 +324,8 @@ class SuiteSession:
                         noise_floor=v.noise_floor, line=v.line(), notes=list(v.notes)))
         by_id = {r.spec.id: r for r in results}
         for cid, o in outcomes.items():
+            if cid in left_out:
+                continue
             o.status = speed_status(v.status for v in o.verdicts)
             if changed := self.store(by_id[cid].spec.device).method_change(by_id[cid], cid):
                 o.status = timed_otherwise()
@@ -346,6 +368,11 @@ class SuiteSession:
         if outcome.status == Status.REGRESSED and changes:
             outcome.message += " | library versions differ from the baseline: " + ", ".join(
                 f"{k} {a} -> {b}" for k, (a, b) in changes.items())
+        if outcome.status != Status.INCOMPARABLE and spec.id not in self._runtime_noted:
+            self._runtime_noted.add(spec.id)  # an outcome is read again by each of its tests: noted once
+            runtime = check_runtime(store.runtime(spec.id), self.results[spec.id].runtime)
+            outcome.runtime_changes = runtime.changes
+            outcome.message = " | ".join(m for m in (outcome.message, *runtime.notes) if m)
         return outcome
 
     def _remeasure(self, spec: RunSpec) -> RunResult:
@@ -362,7 +389,7 @@ class SuiteSession:
             raise Skip(outcome.message)
         if outcome.status in (Status.ERROR, Status.REGRESSED, Status.FLIPPED):
             raise Fail(outcome.message)
-        if outcome.status == Status.NO_BASELINE:
+        if outcome.status in SKIPPED_UNLESS_STRICT:  # no baseline, or one of other runtime settings
             raise (Fail if self.strict else Skip)(outcome.message)
         if outcome.status == Status.INCONCLUSIVE:
             raise (Fail if self.strict else Warn)(outcome.message)

@@ -39,6 +39,8 @@ class ConfigOutcome:
     verdicts: list[MetricVerdict] = field(default_factory=list)
     version_changes: dict = field(default_factory=dict)
     decode_tokens_per_s: float | None = None  # the headline figure, for tables
+    # runtime settings and versions that differ from the baseline: {field: [baseline, now]} (quantperf.fidelity)
+    runtime_changes: dict = field(default_factory=dict)
 
 
 @dataclass

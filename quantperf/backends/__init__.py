@@ -107,8 +107,18 @@ def entry(name: str) -> BackendEntry:
         raise ConfigError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
 
 
-def get_backend(name: str):
-    """Instantiate a backend by name; imports its module (never its heavy library) now."""
+# the backend families that load through transformers' from_pretrained: the runtime options
+# (quantperf.fidelity.RUNTIME_OPTIONS: hub_kernels, attn_implementation) apply to them
+RUNTIME_OPTION_MODULES = ("hf", "bnb", "torchao")
+
+
+def get_backend(name: str, options: dict | None = None):
+    """Instantiate a backend by name; imports its module (never its heavy library) now. `options`:
+    a configuration's runtime options (hub_kernels, attn_implementation), part of its identity."""
     e = entry(name)
+    if options:
+        from dataclasses import replace
+
+        e = replace(e, options={**e.options, **options})
     module = importlib.import_module(f".{e.module}", __name__)
     return getattr(module, e.cls)(e)

@@ -88,6 +88,13 @@ class LoadedModel:
         """float32 torch tensor [T, vocab] on the CPU for one sequence of ids (a 1-D list/array)."""
         raise NotImplementedError
 
+    def runtime(self) -> dict:
+        """The runtime identity read back from what was loaded (quantperf.fidelity.runtime_identity):
+        for a backend without a transformers model, the process's Hub-kernels setting and versions."""
+        from ..fidelity import runtime_identity
+
+        return runtime_identity()
+
     def execution_report(self) -> dict:
         """Where the work ran (e.g. ONNX Runtime node placement); empty when trivial."""
         return {}

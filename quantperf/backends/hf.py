@@ -118,6 +118,7 @@ class HFLoaded(LoadedModel):
         self.arch = arch_info(model.config)
         self._kv_bytes = kv_bytes
         self._compiled_checked = False
+        self._cache_class: dict[str, str] = {}  # mode -> the KV-cache class generate built (read back once)
 
     def weight_bytes(self) -> int:
         return module_weight_bytes(self.model)
@@ -177,12 +178,24 @@ class HFLoaded(LoadedModel):
         kwargs: dict[str, Any] = {}
         if mode == "graph":
             kwargs["cache_implementation"] = "static"
+        # the first call (a warm-up round) returns its cache too: the KV-cache class generate really
+        # built is read back from it (quantperf.fidelity), no later round pays for it
+        read_cache = mode not in self._cache_class
         with torch.inference_mode():
             out = self.model.generate(
                 ids, attention_mask=torch.ones_like(ids), generation_config=gen,
-                logits_processor=LogitsProcessorList(processors), **kwargs,
+                logits_processor=LogitsProcessorList(processors), return_dict_in_generate=read_cache, **kwargs,
             )
+        if read_cache:
+            self._cache_class[mode] = type(getattr(out, "past_key_values", None)).__name__
+            out = out.sequences
         return out[:, ids.shape[1]:].tolist()
+
+    def runtime(self) -> dict:
+        from ..fidelity import runtime_identity
+
+        cache = ",".join(sorted(set(self._cache_class.values()))) or None  # a worker runs one mode
+        return runtime_identity(self.model, cache)
 
     def run_round(self, input_ids, new_tokens: int, mode: str, clock) -> list[list[int]]:
         clock.start()
@@ -226,10 +239,12 @@ class HFBackend(Backend):
     requires: tuple[tuple[str, str], ...] = ()  # (import name, pip hint)
 
     def library_reason(self, device: str) -> str | None:
+        from ..fidelity import hub_kernels_reason
+
         for mod, hint in (("torch", "pip install torch"), ("transformers", "pip install transformers")) + self.requires:
             if importlib.util.find_spec(mod) is None:
                 return f"{mod} is not installed: {hint}"
-        return None
+        return hub_kernels_reason(self.entry.options)
 
     def compute_dtype(self, device: str) -> str:
         return "float16" if device == "cuda" else "float32"
@@ -241,8 +256,11 @@ class HFBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM
 
+        from ..fidelity import load_kwargs
+
         self.check(device)
-        kwargs = self.from_pretrained_kwargs(device)
+        # Hub kernels off unless the configuration asked (USE_HUB_KERNELS and use_kernels), and its attention
+        kwargs = self.from_pretrained_kwargs(device) | load_kwargs(self.entry.options)
         dtype = kwargs.get("dtype")
         if isinstance(dtype, str):
             kwargs["dtype"] = getattr(torch, dtype)

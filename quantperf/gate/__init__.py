@@ -6,6 +6,7 @@ recorded runs, a claim, an A/B interval) becomes a `Status` here and nowhere els
 - runlevel: run-level statistics (noise model, session shift, a configuration's verdict)
 - outcomes: a configuration's outcome from its gated metrics
 - takeaways: claims, their verdicts and the one claim check of the suite and `quantperf gate`
+- runtime: whether two runs' runtime identities let one gate the other
 - ab: the A/B decisions of the upgrade check and of `compare`
 """
 
@@ -39,13 +40,25 @@ from .metric import (
     gate_runs,
     session_ids,
 )
-from .outcomes import FAILING, NOT_GATED, label, metrics_status, run_failure, speed_status, timed_otherwise
+from .outcomes import (
+    FAILING,
+    NOT_GATED,
+    SKIPPED_UNLESS_STRICT,
+    incomparable,
+    label,
+    metrics_status,
+    run_failure,
+    speed_status,
+    timed_otherwise,
+)
+from .runtime import NO_RUNTIME_NOTE, RuntimeCheck, check_runtime, sides_note
 from .takeaways import Claim, ClaimResult, check_claim, classify, evaluate, is_inconclusive, load_claims
 from .tolerances import DEFAULT_TOLERANCES, KINDS, parse_tolerances, resolve_tolerance
 
 __all__ = [
     "ABSOLUTE_FLOOR", "BETWEEN_RUN_ALPHA", "CALIBRATION_K", "DEFAULT_ALPHA", "DEFAULT_TOLERANCES", "FAILING", "KINDS",
-    "MIN_BASELINE_RUNS", "NOT_GATED", "Claim", "ClaimResult", "Interval", "Verdict", "ab_test_status",
+    "MIN_BASELINE_RUNS", "NOT_GATED", "NO_RUNTIME_NOTE", "SKIPPED_UNLESS_STRICT", "RuntimeCheck", "check_runtime",
+    "sides_note", "incomparable", "Claim", "ClaimResult", "Interval", "Verdict", "ab_test_status",
     "between_run_p",
     "block_log_ratio", "calibrated_tolerance", "check_claim", "classify", "compare_metric", "compare_verdict",
     "decide", "equality_status", "evaluate", "gate_metrics", "gate_runs", "is_inconclusive", "label",

@@ -10,7 +10,10 @@ from ..status import Status
 
 # outcomes that fail a gate run, and outcomes that were not gated at all (they count neither way)
 FAILING = frozenset({Status.REGRESSED, Status.ERROR})
-NOT_GATED = frozenset({Status.NO_BASELINE, Status.SKIPPED})
+NOT_GATED = frozenset({Status.NO_BASELINE, Status.SKIPPED, Status.INCOMPARABLE})
+# outcomes with nothing to gate against: a test fails under --qp-strict and is skipped otherwise
+# (no baseline; a baseline of other runtime settings, quantperf.gate.runtime)
+SKIPPED_UNLESS_STRICT = frozenset({Status.NO_BASELINE, Status.INCOMPARABLE})
 
 
 def run_failure(run_status: str) -> Status | None:
@@ -37,6 +40,12 @@ def speed_status(statuses: Iterable[str]) -> Status:
     REGRESSED, INCONCLUSIVE, IMPROVED, in that order, else OK."""
     present = set(statuses)
     return next((s for s in (Status.REGRESSED, Status.INCONCLUSIVE, Status.IMPROVED) if s in present), Status.OK)
+
+
+def incomparable() -> Status:
+    """A run whose runtime settings differ from its baseline's (quantperf.gate.runtime): other code
+    ran, so no verdict either way."""
+    return Status.INCOMPARABLE
 
 
 def timed_otherwise() -> Status:

@@ -22,10 +22,11 @@ from typing import Any
 
 from .. import trackers as M
 from ..errors import BackendUnavailable, ConfigError, ModeUnsupported, QuantperfError
+from ..fidelity import HUB_KERNELS_ENV
 from ..spec import RunSpec
 from ..status import Status
 
-PROTOCOL = 3  # bump when a request or reply changes shape
+PROTOCOL = 4  # bump when a request or reply changes shape
 WORKER_TIMEOUT_ENV = "QUANTPERF_WORKER_TIMEOUT_S"
 # A hung worker (a wedged GPU, a deadlocked library) must not hang the suite: one request
 # (a load, a set of rounds, a quality pass) gets this long.
@@ -60,7 +61,7 @@ def request_timeout_s() -> float:
 STACK_SIGNAL = "SIGUSR1"
 METHODS = {
     "hello", "environment", "prepare", "prepare_for", "load", "warmup",
-    "rounds", "configure", "memory", "quality", "close",
+    "rounds", "configure", "memory", "runtime", "quality", "close",
 }
 
 
@@ -105,7 +106,7 @@ class LocalWorker:
         from ..backends import get_backend
 
         try:
-            backend = get_backend(self.spec.backend)
+            backend = get_backend(self.spec.backend, dict(self.spec.backend_options))
             if backend.unavailable_reason(self.spec.device):
                 return {"built": False}
             t0 = time.perf_counter()
@@ -133,7 +134,7 @@ class LocalWorker:
         from ..scenarios import scenario_for
 
         spec = self.spec
-        backend = get_backend(spec.backend)
+        backend = get_backend(spec.backend, dict(spec.backend_options))
         identity = backend.identity(spec.device, spec.mode)
         reason = backend.unavailable_reason(spec.device)
         if reason:
@@ -246,6 +247,13 @@ class LocalWorker:
     def memory(self) -> dict:
         return M.memory_snapshot(self.spec.device)
 
+    def runtime(self) -> dict:
+        """The runtime identity of what this worker loaded and ran (quantperf.fidelity), read back
+        after its rounds: the KV-cache class is known once generate has run."""
+        from ..fidelity import runtime_identity
+
+        return self.loaded.runtime() if self.loaded is not None else runtime_identity()
+
     def quality(self, params: dict) -> dict:
         """One pass of the quality scenario (params: role, file, context, max_windows, corpus)."""
         from ..scenarios.quality import QualityScenario
@@ -285,6 +293,9 @@ class ProcessWorker:
         child_env.setdefault("PYTHONUNBUFFERED", "1")
         child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
         child_env.update(env or {})
+        # quantperf decides whether Hub kernels load, not the caller's environment: off in every worker
+        # (a configuration that asks for them turns them on in its own worker, quantperf.fidelity)
+        child_env[HUB_KERNELS_ENV] = "NO"
         # The project root must stay importable in the child when quantperf is not installed.
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (child_env.get("PYTHONPATH"), root) if p)

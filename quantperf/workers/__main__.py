@@ -18,7 +18,10 @@ def main() -> None:
     reply_fd = os.dup(1)
     os.dup2(2, 1)  # library chatter on stdout must not corrupt the protocol
     sys.stdout = sys.stderr
+    from ..fidelity import apply_hub_kernels
     from . import STACK_SIGNAL
+
+    apply_hub_kernels("off")  # whatever the parent's environment says; a configuration may opt in at its load
 
     if hasattr(signal, STACK_SIGNAL):  # the parent asks for every thread's stack before it kills a silent worker
         faulthandler.register(getattr(signal, STACK_SIGNAL), file=sys.stderr, all_threads=True)

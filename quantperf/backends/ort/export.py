@@ -114,13 +114,16 @@ def export_fp32(source: ModelSource, layers: int | None = None) -> tuple[Path, d
         import torch
         from transformers import AutoModelForCausalLM
 
+        from ...fidelity import load_kwargs
+
         t0 = time.perf_counter()
         config, cut = source.config(), {}
         whole = arch_info(config)
         if layers:
             cut = {"config": truncated_config(config, layers)}
         model = AutoModelForCausalLM.from_pretrained(
-            source.path_or_id, dtype=torch.float32, attn_implementation="eager", **cut, **source.load_kwargs()
+            source.path_or_id, dtype=torch.float32, attn_implementation="eager", **cut, **source.load_kwargs(),
+            **load_kwargs({}),  # the export's model is the built-in code: Hub kernels off
         ).eval()
         arch = arch_info(model.config)
         wrapper = _KVWrapper.build(model, arch.num_layers).eval()
