@@ -376,7 +376,7 @@ class AgainstSession:
             keep = self.checks[spec.id][1]
             profile = self.profiles.get(spec.device)
             self._results[spec.id] = {n: build_result(keep[f"side_{n}"], keep[f"rounds_{n}"], keep[f"memory_{n}"],
-                                                      profile) for n in ("A", "B")}
+                                                      profile, keep.get(f"runtime_{n}")) for n in ("A", "B")}
         return self._results[spec.id][side]
 
     def claim(self, claim, workload) -> ConfigOutcome:

@@ -9,11 +9,13 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..fidelity import changes_text
 from ..gate.ab import compare_verdict, equality_status, look_confidence
+from ..gate.runtime import check_runtime
 from ..status import Status
 from .upgrade import DEFAULT_ALPHA, REPORT_SCHEMA, identity_core
 
@@ -25,6 +27,7 @@ class StoredConfig:
     identity: dict
     packages: dict
     metrics: dict  # name -> {"runs": [medians], "samples": [last run], "higher_is_better", "kind", "unit"}
+    runtime: dict = field(default_factory=dict)  # what really ran (quantperf.fidelity); {} in older files
 
 
 def _mode_of(key: str, spec: dict | None) -> str:
@@ -67,7 +70,7 @@ def load_stored(arg: str, baselines_dir: str | Path = "baselines") -> tuple[str,
                                  "higher_is_better": m.get("higher_is_better", True), "kind": m.get("kind", "speed"),
                                  "unit": m.get("unit", "")}
             out[key] = StoredConfig(key, _mode_of(key, e.get("spec")), e.get("backend_identity") or {},
-                                    dict(e.get("packages") or {}), metrics)
+                                    dict(e.get("packages") or {}), metrics, dict(e.get("runtime") or {}))
         return f"baseline {store.profile} ({path})", out
     results = ResultLog(path).read()
     if not results:
@@ -80,6 +83,7 @@ def load_stored(arg: str, baselines_dir: str | Path = "baselines") -> tuple[str,
         if cfg is None:
             cfg = out[key] = StoredConfig(key, r.spec.mode, r.backend_identity, {}, {})
         cfg.identity = r.backend_identity
+        cfg.runtime = dict(r.runtime or {})
         cfg.packages = {k: v for k, v in (r.environment or {}).get("packages", {}).items() if v}
         for name, m in r.metrics.items():
             slot = cfg.metrics.setdefault(name, {"runs": [], "samples": [], "higher_is_better": m.higher_is_better,
@@ -139,7 +143,7 @@ def compare(old: str, new: str, *, baselines_dir: str | Path = "baselines", tole
     old_label, olds = load_stored(old, baselines_dir)
     new_label, news = load_stored(new, baselines_dir)
     layers = [DEFAULT_TOLERANCES] + list(tolerances or [])
-    rows, notes, versions = [], [], {}
+    rows, notes, versions, runtime = [], [], {}, {}
     common = [k for k in news if k in olds]
     if not common:
         raise ConfigError(f"{old} and {new} have no configuration in common (old: "
@@ -153,6 +157,14 @@ def compare(old: str, new: str, *, baselines_dir: str | Path = "baselines", tole
         if identity_core(o.identity) != identity_core(n.identity):
             rows.append({"config": key, "metric": "-", "status": Status.INCOMPARABLE,
                          "note": f"backend identity differs: {o.identity} vs {n.identity}"})
+            continue
+        if o.runtime or n.runtime:
+            runtime[key] = {"old": o.runtime, "new": n.runtime}
+        checked = check_runtime(o.runtime or None, n.runtime)
+        notes += [f"{key}: {note}" for note in checked.notes]
+        if checked.status is not None:  # other code ran on one side: not the same configuration
+            rows.append({"config": key, "metric": "-", "status": checked.status,
+                         "note": "runtime settings differ: " + changes_text(checked.settings)})
             continue
         for metric in sorted(set(o.metrics) & set(n.metrics)):
             mo, mn = o.metrics[metric], n.metrics[metric]
@@ -171,7 +183,7 @@ def compare(old: str, new: str, *, baselines_dir: str | Path = "baselines", tole
                 notes.append(est["note"])
             rows.append(row)
     return {"kind": "compare", "schema": REPORT_SCHEMA, "old": old_label, "new": new_label, "alpha": alpha,
-            "rows": rows, "versions": versions, "notes": list(dict.fromkeys(notes)),
+            "rows": rows, "versions": versions, "notes": list(dict.fromkeys(notes)), "runtime": runtime,
             "only_old": [k for k in olds if k not in news], "only_new": [k for k in news if k not in olds],
             "regressions": [f"{r['config']} {r['metric']}" for r in rows if r["status"] == Status.REGRESSED]}
 

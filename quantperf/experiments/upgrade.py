@@ -64,6 +64,7 @@ from ..gate.ab import (
     quality_verdict,
     takeaway_status,
 )
+from ..gate.runtime import sides_note
 from ..spec import RunSpec
 from ..status import Status
 
@@ -128,6 +129,8 @@ class ConfigCheck:
     tokens_match: bool | None = None
     identity: dict = field(default_factory=dict)
     message: str = ""
+    # what each side really ran (quantperf.fidelity), read back from its first pair: {"A": {...}, "B": {...}}
+    runtime: dict = field(default_factory=dict)
 
     @property
     def complete_pair_means(self) -> list[float]:
@@ -223,6 +226,7 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
         for n in SIDE_NAMES:
             try:
                 keep[f"memory_{n}"] = opened[n].worker.memory()
+                keep.setdefault(f"runtime_{n}", opened[n].worker.runtime())
             except Exception as exc:
                 raise SideFailed(n, f"crashed after pair {index + 1}: {_failure(exc)}") from None
             keep[f"side_{n}"] = opened[n]
@@ -293,8 +297,11 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
     matches = [b["tokens_match"] for p in check.pairs for b in p.blocks if b.get("tokens_match") is not None]
     check.tokens_match = all(matches) if matches else None
     check.identity = keep.get("identity") or {}
+    check.runtime = {n: keep.get(f"runtime_{n}") or {} for n in SIDE_NAMES}
     if check.status != Status.OK:
         check.verdict = None
+    elif note := sides_note(check.runtime["A"], check.runtime["B"]):  # measured: that is what B changed
+        check.message = "; ".join(m for m in (check.message, note) if m)
     return check, keep
 
 
@@ -324,6 +331,7 @@ def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dic
                 stats_by_side[name] = side.worker.quality(params=dict(params) | {
                     "role": role, "file": ref_file, "reference_backend": f"{spec.backend} in A"})
                 out[f"identity_{name}"] = side.info.get("identity")
+                out.setdefault("runtime", {})[name] = side.worker.runtime()
             except Exception as exc:
                 return out | {"status": Status.ERROR, "message": f"quality {spec.id}: side {name}: {_failure(exc)}"}
             finally:

@@ -28,6 +28,10 @@ def upgrade_sections(rep: UpgradeReport, markdown: bool = False) -> list[tuple[s
         sections.append(("speed: per-token decode time B/A [interval over process pairs]",
                          format_table(["config", "time B/A [CI]", "conf.", "tolerance", "verdict", "pairs x blocks",
                               "greedy tokens", "note"], rows, markdown)))
+    if runtime := runtime_rows(rep.configs):
+        sections.append(("runtime: what each side ran (read back from the loaded model)", format_table(
+            ["config", "attention A", "attention B", "KV cache A", "KV cache B", "Hub kernels A", "Hub kernels B"],
+            runtime, markdown)))
     if rep.quality:
         qrows = []
         for q in rep.quality:
@@ -54,6 +58,32 @@ def upgrade_sections(rep: UpgradeReport, markdown: bool = False) -> list[tuple[s
         sections.append(("takeaways: verdict in A and in B",
                          format_table(["claim", "claimed", "A", "B", "status"], trows, markdown)))
     return sections
+
+
+RUNTIME_COLUMNS = ("attn_implementation", "cache_implementation", "hub_kernels")
+
+
+def _setting(runtime: dict | None, name: str) -> str:
+    settings = (runtime or {}).get("settings") or {}
+    value = settings.get(name)
+    if name == "hub_kernels" and value == "hub":  # which repositories the loaded model used
+        used = settings.get("kernelized") or {}
+        value += f" ({', '.join(used)})" if used else " (none kernelized)"
+    return "-" if value is None else str(value)
+
+
+def runtime_rows(configs) -> list[list[str]]:
+    """Per configuration, side A's and side B's attention implementation, KV-cache class and Hub-kernels
+    setting (ConfigCheck.runtime); none for checks that recorded no runtime."""
+    rows = []
+    for c in configs:
+        if not any((c.runtime or {}).values()):
+            continue
+        row = [c.config_id]
+        for name in RUNTIME_COLUMNS:
+            row += [_setting(c.runtime.get("A"), name), _setting(c.runtime.get("B"), name)]
+        rows.append(row)
+    return rows
 
 
 def _median(values) -> str:
@@ -126,6 +156,11 @@ def render_compare(result: dict, markdown: bool = False) -> str:
     verdict = (f"REGRESSED: {'; '.join(result['regressions'])}" if result["regressions"]
                else "no change beyond tolerance")
     table = format_table(["config", "metric", "old", "new", "new/old [CI]", "verdict", "how"], rows, markdown)
+    ran = [[key, *(_setting(sides.get(s), n) for n in RUNTIME_COLUMNS for s in ("old", "new"))]
+           for key, sides in (result.get("runtime") or {}).items()]
+    if ran:
+        table += "\n\n" + format_table(["config", "attention old", "attention new", "KV cache old", "KV cache new",
+                                         "Hub kernels old", "Hub kernels new"], ran, markdown)
     extra = ([f"only in old: {', '.join(result['only_old'])}"] if result["only_old"] else []) + \
             ([f"only in new: {', '.join(result['only_new'])}"] if result["only_new"] else [])
     if markdown:
