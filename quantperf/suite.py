@@ -205,7 +205,8 @@ class SuiteSession:
         key = f"{'quality:' if quality else ''}{spec.id}:{','.join(kinds)}"
         cid = ("quality-" if quality else "") + spec.id
         decode = res.metrics.get("decode_tokens_per_s")
-        outcome = ConfigOutcome(key, cid, list(kinds), Status.OK, decode_tokens_per_s=decode.value if decode else None)
+        outcome = ConfigOutcome(key, cid, list(kinds), Status.OK, decode_tokens_per_s=decode.value if decode else None,
+                                runtime=res.runtime)
         self.outcomes[key] = outcome
         if failure := run_failure(res.status):
             outcome.status, outcome.message = failure, res.reason or ""
@@ -288,7 +289,8 @@ class SuiteSession:
                 head = r.metrics.get("decode_tokens_per_s")
                 outcomes[r.spec.id] = ConfigOutcome(
                     f"{r.spec.id}:speed", r.spec.id, ["speed"], runtime.status, runtime.message(r.spec.id),
-                    decode_tokens_per_s=head.value if head else None, runtime_changes=runtime.changes)
+                    decode_tokens_per_s=head.value if head else None, runtime_changes=runtime.changes,
+                    runtime=r.runtime)
                 left_out.add(r.spec.id)
                 continue
             by_mode.setdefault(r.spec.mode, []).append(r)
@@ -314,7 +316,8 @@ class SuiteSession:
                     key = f"{r.spec.id}:speed"
                     head = r.metrics.get("decode_tokens_per_s")
                     o = outcomes.setdefault(r.spec.id, ConfigOutcome(
-                        key, r.spec.id, ["speed"], Status.OK, decode_tokens_per_s=head.value if head else None))
+                        key, r.spec.id, ["speed"], Status.OK, decode_tokens_per_s=head.value if head else None,
+                        runtime=r.runtime))
                     v = verdicts.get(r.spec.id)
                     if v is None:
                         continue

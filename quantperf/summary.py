@@ -41,6 +41,7 @@ class ConfigOutcome:
     decode_tokens_per_s: float | None = None  # the headline figure, for tables
     # runtime settings and versions that differ from the baseline: {field: [baseline, now]} (quantperf.fidelity)
     runtime_changes: dict = field(default_factory=dict)
+    runtime: dict = field(default_factory=dict)  # what the gated run really ran (RunResult.runtime)
 
 
 @dataclass

@@ -93,6 +93,7 @@ def test_another_attention_implementation_is_incomparable_naming_the_field(tmp_p
     assert outcome.status == Status.INCOMPARABLE
     assert "attn_implementation sdpa -> eager" in outcome.message
     assert outcome.runtime_changes == {"attn_implementation": ["sdpa", "eager"]}
+    assert outcome.runtime["settings"]["attn_implementation"] == "eager"  # the summary keeps what ran
     with pytest.raises(Skip, match="attn_implementation sdpa -> eager"):
         session.raise_for(outcome)
     strict = _session(tmp_path, _runtime(attn_implementation="sdpa"), strict=True)
