@@ -106,6 +106,8 @@ class ExtraConfig(Strict):
     model: str
     backend: str
     mode: str = "eager"
+    hub_kernels: str | None = None  # runtime options, as in a backend table (quantperf.fidelity)
+    attn_implementation: str | None = None
 
 
 class QualityModel(Strict):

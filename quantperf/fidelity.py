@@ -137,8 +137,10 @@ def hub_kernels_reason(options: dict, probe=None) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1)
 def hub_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """A TCP connection to the Hub endpoint huggingface_hub is configured with, within `timeout_s`."""
+    """A TCP connection to the Hub endpoint huggingface_hub is configured with, within `timeout_s`
+    (asked once per process: a configuration's prepare and load ask the same question)."""
     import socket
     from urllib.parse import urlparse
 

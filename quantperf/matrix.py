@@ -78,31 +78,35 @@ def _list(value, where: str) -> list[str]:
     return value
 
 
-def _backend_choices(values: list, where: str) -> list[tuple[str, tuple]]:
-    """A tier's backends as (name, runtime options): a name, or a table `{ name = "torch-fp16",
-    hub_kernels = "hub", attn_implementation = "eager" }` (quantperf.fidelity.RUNTIME_OPTIONS), its
-    options validated; an option at its default is dropped (the same configuration as the bare name)."""
+def _choice(name: str, options: dict, here: str, name_where: str) -> tuple[str, tuple]:
+    """One backend with its runtime options (quantperf.fidelity.RUNTIME_OPTIONS), validated; an
+    option at its default is dropped (the same configuration as the bare name)."""
     from .backends import BACKENDS, RUNTIME_OPTION_MODULES
     from .fidelity import check_options
 
+    _check_names([name], BACKENDS, name_where, "backend")
+    options = check_options(options, here)
+    if options and BACKENDS[name].module not in RUNTIME_OPTION_MODULES:
+        raise ConfigError(f"{here}: {name} does not load through transformers: the options "
+                          f"{', '.join(options)} apply only to the backends of "
+                          f"{', '.join(b for b, e in BACKENDS.items() if e.module in RUNTIME_OPTION_MODULES)}")
+    return name, tuple(sorted(options.items()))
+
+
+def _backend_choices(values: list, where: str) -> list[tuple[str, tuple]]:
+    """A tier's backends as (name, runtime options): a name, or a table `{ name = "torch-fp16",
+    hub_kernels = "hub", attn_implementation = "eager" }`."""
     out = []
     for i, value in enumerate(values):
         if isinstance(value, str):
-            _check_names([value], BACKENDS, f"{where}.backends", "backend")
-            out.append((value, ()))
+            out.append(_choice(value, {}, f"{where}.backends", f"{where}.backends"))
             continue
         here = f"{where}.backends[{i}]"
         options = dict(value)
         name = options.pop("name", None)
         if name is None:
             raise ConfigError(f"{here}: a backend table needs its name (name = \"torch-fp16\"), got {value!r}")
-        _check_names([name], BACKENDS, f"{here}.name", "backend")
-        options = check_options(options, here)
-        if options and BACKENDS[name].module not in RUNTIME_OPTION_MODULES:
-            raise ConfigError(f"{here}: {name} does not load through transformers: the options "
-                              f"{', '.join(options)} apply only to the backends of "
-                              f"{', '.join(b for b, e in BACKENDS.items() if e.module in RUNTIME_OPTION_MODULES)}")
-        out.append((name, tuple(sorted(options.items()))))
+        out.append(_choice(name, options, here, f"{here}.name"))
     return out
 
 
@@ -130,8 +134,11 @@ def load_matrix(path: str | Path, overrides: dict | None = None,
         choices = _backend_choices(raw.backends, where)
         _check_names(raw.modes, MODES, f"{where}.modes", "mode")
         check_synthetic(raw.models, f"{where}.models")
+        extra_options = []
         for i, e in enumerate(raw.extra):
-            _check_names([e.backend], BACKENDS, f"{where}.extra[{i}].backend", "backend")
+            options = {k: v for k, v in (("hub_kernels", e.hub_kernels), ("attn_implementation", e.attn_implementation))
+                       if v is not None}
+            extra_options.append(_choice(e.backend, options, f"{where}.extra[{i}]", f"{where}.extra[{i}].backend")[1])
             _check_names([e.mode], MODES, f"{where}.extra[{i}].mode", "mode")
             check_synthetic([e.model], f"{where}.extra[{i}].model")
         workload = Workload(**raw.workload.model_dump())
@@ -141,7 +148,8 @@ def load_matrix(path: str | Path, overrides: dict | None = None,
         configs = [RunSpec(m, b, raw.device, mode, workload, opts) for m in models for b, opts in backends
                    for mode in modes]
         if not overrides:
-            configs += [RunSpec(e.model, e.backend, raw.device, e.mode, workload) for e in raw.extra]
+            configs += [RunSpec(e.model, e.backend, raw.device, e.mode, workload, opts)
+                        for e, opts in zip(raw.extra, extra_options)]
         unique = list({c.id: c for c in configs}.values())
         quality, qparams = [], {}
         if raw.quality is not None:

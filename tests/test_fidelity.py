@@ -285,7 +285,20 @@ def test_options_make_configurations_of_their_own_and_a_default_is_no_option(tmp
     path = tmp_path / "matrix.toml"
     path.write_text('[tier.cpu]\ndevice = "cpu"\nmodels = ["fixture"]\nbackends = ["torch-fp32", '
                     '{ name = "torch-fp32", hub_kernels = "hub" }, { name = "torch-fp32", hub_kernels = "off" }, '
-                    '{ name = "torch-fp32", attn_implementation = "eager" }]\n')
-    ids = [c.id for c in load_matrix(path)["cpu"].configs]
-    assert ids == ["fixture-torch-fp32-cpu-bs1-eager", "fixture-torch-fp32+hubkernels-cpu-bs1-eager",
-                   "fixture-torch-fp32+attn-eager-cpu-bs1-eager"]
+                    '{ name = "torch-fp32", attn_implementation = "eager" }]\n'
+                    'extra = [{ model = "fixture", backend = "torch-bf16", attn_implementation = "eager" }]\n')
+    configs = load_matrix(path)["cpu"].configs
+    assert [c.id for c in configs] == [
+        "fixture-torch-fp32-cpu-bs1-eager", "fixture-torch-fp32+hubkernels-cpu-bs1-eager",
+        "fixture-torch-fp32+attn-eager-cpu-bs1-eager", "fixture-torch-bf16+attn-eager-cpu-bs1-eager"]
+    assert configs[1].backend_options == (("hub_kernels", "hub"),)
+
+
+def test_an_extra_configuration_takes_the_options_too(tmp_path):
+    from quantperf.matrix import load_matrix
+
+    path = tmp_path / "matrix.toml"
+    path.write_text('[tier.cpu]\ndevice = "cpu"\nmodels = ["fixture"]\n'
+                    'extra = [{ model = "fixture", backend = "torch-fp32", hub_kernels = "on" }]\n')
+    with pytest.raises(ConfigError, match=r"tier.cpu.extra\[0\].hub_kernels: unknown value 'on'; allowed: off, hub"):
+        load_matrix(path)

@@ -115,7 +115,10 @@ RUNTIME_OPTION_MODULES = ("hf", "bnb", "torchao")
 def get_backend(name: str, options: dict | None = None):
     """Instantiate a backend by name; imports its module (never its heavy library) now. `options`:
     a configuration's runtime options (hub_kernels, attn_implementation), part of its identity."""
+    from ..fidelity import DEFAULT_OPTIONS
+
     e = entry(name)
+    options = {k: v for k, v in (options or {}).items() if DEFAULT_OPTIONS.get(k) != v}  # a default is no option
     if options:
         from dataclasses import replace
 
