@@ -177,11 +177,11 @@ def headline(rows: list[LibraryRow]) -> str:
     """One sentence: how many libraries have a newer release, and how their checks came out."""
     newer = [r for r in rows if r.newer]
     failing = [r.library for r in newer if r.exit_code == 1 and not r.problem]
-    uncompared = [r.library for r in newer if r.exit_code != 1 and (r.problem or r.exit_code != 0)]
+    uncompared = [r.library for r in newer if r.problem or r.exit_code not in (0, 1)]
     unknown = [r.library for r in rows if r.newer is None]
     parts = [f"{len(newer)} of {len(rows)} libraries have a release newer than the lock"]
     parts += [f"regression or flipped claim: {', '.join(failing)}"] if failing else []
-    parts += [f"not compared: {', '.join(uncompared)}"] if uncompared else []
+    parts += [f"could not compare: {', '.join(uncompared)}"] if uncompared else []
     parts += [f"newest release unknown: {', '.join(unknown)}"] if unknown else []
     return "; ".join(parts) + "."
 
