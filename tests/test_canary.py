@@ -105,8 +105,8 @@ def test_a_row_per_library_with_its_counts_claims_and_failures(canary_run):
 def test_a_job_that_stopped_before_its_report_gets_a_row_naming_the_missing_file(canary_run):
     rows = _rows(canary_run)
     ort = rows["onnxruntime-gpu"]
-    assert ort.problem == ("no `canary-onnxruntime-gpu/report.json` (upgrade-check exit 2; quantperf: environment B: "
-                           "onnxruntime-gpu==1.32.0: resolving would change numpy; pass --allow-changes)")
+    assert ort.problem == ("no `canary-onnxruntime-gpu/report.json` (upgrade-check exit 2; `quantperf: environment B: "
+                           "onnxruntime-gpu==1.32.0: resolving would change numpy; pass --allow-changes`)")
     assert rows["torchao"].problem == "no `canary-torchao/canary.txt`: the job stopped before it looked up the " \
                                       "newest release"
     text = render_canary(list(rows.values()))
@@ -130,7 +130,7 @@ def test_a_corrupt_report_and_a_failed_lookup_are_named(tmp_path):
     assert rows["torchao"].problem == "`canary-torchao/report.json` unreadable: not an upgrade-check report " \
                                       "(no configs list)"
     assert rows["transformers"].problem.startswith("`canary-transformers/canary.txt` names no newest release: "
-                                                   "`quantperf newest` failed (quantperf: newest transformers: pip")
+                                                   "`quantperf newest` failed (`quantperf: newest transformers: pip")
     assert "newest release unknown: transformers" in render_canary(list(rows.values()))
 
 

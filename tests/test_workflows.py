@@ -563,5 +563,5 @@ def test_canary_steps_find_the_newest_release_through_the_runners_pip_settings(t
 
     shutil.copytree(work / "canary", tmp_path / "reports" / "canary-torchao")
     row = read_library(tmp_path / "reports", "torchao")
-    assert row.problem == ("no `canary-torchao/report.json` (upgrade-check exit 2; quantperf: environment B: "
-                           "torchao==99.0: no wheel)")
+    assert row.problem == ("no `canary-torchao/report.json` (upgrade-check exit 2; `quantperf: environment B: "
+                           "torchao==99.0: no wheel`)")

@@ -60,13 +60,15 @@ def _key_values(path: Path) -> dict[str, str]:
 
 def _last_said(path: Path, limit: int = 300) -> str:
     """The last `quantperf:` line of a log (the one-line error of a command that stopped), else
-    its last non-empty line; empty without a log."""
+    its last non-empty line, as inline code; empty without a log."""
     if not path.is_file():
         return ""
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     said = [ln for ln in lines if ln.startswith("quantperf:")] or lines
     line = said[-1] if said else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    line = line if len(line) <= limit else line[: limit - 3] + "..."
+    # quoted as code: a log line's markdown, links or @mentions never act in the issue
+    return f"`{line.replace('`', chr(39))}`" if line else ""
 
 
 def _counts(words) -> dict:
