@@ -91,6 +91,7 @@ def test_a_row_per_library_with_its_counts_claims_and_failures(canary_run):
     assert "| 2.11.0 | 2.13.0 | exit 1: **regression or flipped claim** | 1 / 0 / 1 / 1 |" in lines["torch"]
     assert "small-int8-slower-than-fp16" in lines["torch"] and "| 1 identical |" in lines["torch"]
     assert "the lock pins the newest release: nothing to compare" in lines["transformers"]
+    assert lines["torch"].endswith("| [canary-torch](https://example.invalid/run/1) |")  # the run holds the artifact
     assert "exit 0: no regression | 0 / 1 / 1 / 0 |" in lines["bitsandbytes"]
     assert ("**3 of 5 libraries have a release newer than the lock; regression or flipped claim: torch; "
             "could not compare: onnxruntime-gpu; newest release unknown: torchao.**") in text

@@ -494,6 +494,13 @@ def test_canary_report_reads_the_folders_the_libraries_upload():
     assert download["with"]["pattern"] == "canary-*" and download.get("continue-on-error") is True
     (argv,) = _quantperf_commands(_run_text(report))
     assert argv[:2] == ["canary-report", download["with"]["path"]]
+    # the issue's markdown travels to the issue job under a name the library pattern never matches
+    import fnmatch
+
+    (upload,) = [s for s in report["steps"] if "upload-artifact" in s.get("uses", "")]
+    (fetch,) = [s for s in wf["jobs"]["issue"]["steps"] if "download-artifact" in s.get("uses", "")]
+    assert fetch["with"]["name"] == upload["with"]["name"]
+    assert not fnmatch.fnmatch(upload["with"]["name"], download["with"]["pattern"])
     # the report job installs numpy and pydantic only (tests/test_canary.py: they are enough)
     installs = [line.strip() for line in _run_text(report).splitlines() if "pip install" in line]
     assert installs == ["python -m pip install -c constraints-gpu.txt numpy pydantic"]

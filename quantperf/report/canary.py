@@ -202,7 +202,7 @@ def render_canary(rows: list[LibraryRow], *, run_url: str | None = None, updated
               "quality", "flipped claims", "side failures", "artifact"]
     table = [[r.library, r.pinned or "-", r.newest or "-", _outcome(r), _speed_cell(r), _quality_cell(r),
               ", ".join(r.flipped) or "-", str(len(r.failures)) if r.newer and not r.problem else "-",
-              f"`{r.folder}`"] for r in rows]
+              f"[{r.folder}]({run_url})" if run_url else f"`{r.folder}`"] for r in rows]
     lines += [markdown_table(header, table), ""]
     details = [r for r in rows if r.regressions or r.failures]
     for r in details:
