@@ -213,6 +213,10 @@ def test_newest_is_the_release_pip_would_install(wheels, capsys):
     code, out, err = _newest(capsys, "no-such-pkg", *local)
     assert code == 2 and out == ""
     assert err.startswith("quantperf: newest no-such-pkg: pip found no release to install (") and err.count("\n") == 1
+    # a name, never a spec or a pip option
+    code, out, err = _newest(capsys, "demo-pkg==1.0.0", *local)
+    assert (code, out) == (2, "") and err == "quantperf: newest: 'demo-pkg==1.0.0' is not a package name (a name " \
+                                             "such as transformers, no version)\n"
 
 
 def test_newest_against_the_lock_prints_github_output_lines(wheels, tmp_path, capsys):

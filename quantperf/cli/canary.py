@@ -6,8 +6,11 @@ pin; `canary-report` merges the per-library reports of a canary run into the iss
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+
+PACKAGE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")  # PEP 508's name, nothing more
 
 
 def _pip_error(stderr: str) -> str:
@@ -31,6 +34,8 @@ def newest_release(package: str, *, pre: bool = False, allow_sdist: bool = False
 
     from ..errors import ConfigError
 
+    if not PACKAGE_NAME.fullmatch(package):
+        raise ConfigError(f"newest: {package!r} is not a package name (a name such as transformers, no version)")
     fd, report = tempfile.mkstemp(prefix="quantperf-newest-", suffix=".json")
     os.close(fd)
     cmd = [python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps", "--quiet",
@@ -39,11 +44,12 @@ def newest_release(package: str, *, pre: bool = False, allow_sdist: bool = False
     cmd += [] if allow_sdist else ["--only-binary", ":all:"]
     cmd += [arg for d in find_links for arg in ("--find-links", str(d))] + (["--no-index"] if no_index else [])
     try:
-        out = subprocess.run(cmd + [package], capture_output=True, text=True, timeout=900)
+        out = subprocess.run(cmd + ["--", package], capture_output=True, text=True, timeout=900)
         if out.returncode != 0:
             raise ConfigError(f"newest {package}: pip found no release to install ({_pip_error(out.stderr)})")
         with open(report, encoding="utf-8") as f:
-            installs = json.load(f).get("install") or []
+            data = json.load(f)
+        installs = (data.get("install") if isinstance(data, dict) else None) or []
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         raise ConfigError(f"newest {package}: pip did not answer ({exc})") from None
     finally:
