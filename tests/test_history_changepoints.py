@@ -118,3 +118,24 @@ def test_the_trend_report_marks_the_change_points_in_one_self_contained_file():
     assert 'class="change-point"' in page and "torch 2.11.0 -&gt; 2.12.0" in page
     assert "regressed" in page and "skipped: x.json" in page
     assert "<script" not in page and "src=\"http" not in page and "<link" not in page
+
+
+def test_a_metric_that_can_be_negative_is_searched_on_its_values_and_charted():
+    from quantperf.report.trends import charts, render_chart
+
+    history = synthetic_history(n=12)
+    for i, s in enumerate(history):
+        s.configs[CONFIG]["metrics"]["ln_ppl_ratio"] = {"median": (-0.001 if i < 6 else 0.05) + 1e-4 * (i % 3),
+                                                        "unit": "", "higher_is_better": False, "kind": "quality"}
+    found = locate(history, CONFIG, "ln_ppl_ratio")
+    assert [history.index(p.sitting) for p in found] == [6]
+    chart = next(c for c in charts(history) if c.metric == "ln_ppl_ratio")
+    assert "regressed" in render_chart(chart)  # +0.05 in a log ratio, beyond quality's 2% tolerance
+
+
+def test_the_html_report_includes_the_trends_when_given_a_history():
+    from quantperf.report.html import ReportData, render_html
+
+    page = render_html(ReportData(history=synthetic_history(n=8)))
+    assert '<section id="trends">' in page and page.count("<svg") == len(BACKENDS) * 2
+    assert '<section id="trends">' not in render_html(ReportData())

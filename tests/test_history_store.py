@@ -7,7 +7,7 @@ import subprocess
 import threading
 
 import pytest
-from test_history_changepoints import CONFIG, WORKLOAD, synthetic_history
+from test_history_changepoints import CONFIG, WORKLOAD, synthetic_history, synthetic_results
 
 from quantperf.config import BaselineFileModel, validate
 from quantperf.errors import StoreWriteError
@@ -74,7 +74,7 @@ def test_sittings_are_stored_per_profile_and_host_and_read_in_time_order(tmp_pat
     assert store.hosts("cpu-test") == ["aaaa", "bbbb"]
     assert [s.run_id for s in store.read("cpu-test", host="aaaa").sittings] == ["run000", "run001", "run002"]
     assert len(store.read("cpu-test").sittings) == 5
-    assert (tmp_path / "cpu-test" / "aaaa" / "20261101T020000Z-run000.json").is_file()
+    assert (tmp_path / "cpu-test" / "aaaa" / f"20261101T020000Z-run000-{a[0].part}.json").is_file()
     store.append(a[0])  # the same sitting again: a no-op
     changed = Sitting.from_dict({**a[0].to_dict(), "git_revision": "other"})
     with pytest.raises(HistoryError, match="append-only"):
@@ -235,3 +235,21 @@ def test_a_derived_baseline_starts_anew_on_other_backend_options_and_leaves_regr
     assert [r["run_id"] for r in entry["metrics"]["decode_tokens_per_s"]["runs"]] == ["run004", "run005"]
     other = derive_baseline(history, "cpu-test")["configs"]
     assert len(other[CONFIG.replace("int8", "fp16")]["metrics"]["decode_tokens_per_s"]["runs"]) == 6
+
+
+def test_the_results_files_of_one_run_are_parts_of_one_sitting(tmp_path):
+    (results,) = synthetic_results(n=1)
+    store = DirectoryStore(tmp_path)
+    first, second = from_results(results[:1]), from_results(results[1:])
+    paths = {store.append(first[0]), store.append(second[0])}
+    assert len(paths) == 2  # stored side by side, nothing overwritten
+    (sitting,) = store.read("cpu-test").sittings
+    assert sorted(sitting.configs) == sorted(r.spec.id for r in results)
+
+
+def test_the_host_key_can_be_given(tmp_path):
+    (results,) = synthetic_results(n=1)
+    (s,) = from_results(results, host="gpu0a1b2c3")
+    assert s.host == "gpu0a1b2c3" and s.relpath.startswith("cpu-test/gpu0a1b2c3/")
+    with pytest.raises(HistoryError, match="safe name"):
+        from_results(results, host="../up")

@@ -40,11 +40,17 @@ def gate_runs_on_host(current: dict[str, float], baselines: dict[str, list[dict]
 
 def change_status(before: float, after: float, higher_is_better: bool, tolerance: float = 0.0) -> Status:
     """The verdict of a change point (a significant level shift from `before` to `after`):
-    regressed when the level moved to the worse side by more than `tolerance` (a fraction),
-    improved to the better side, ok within it."""
-    good = after / before if higher_is_better else before / after  # > 1: the new level is better
-    if 1 / good - 1 > tolerance:
+    regressed when the level moved to the worse side by more than `tolerance` (a fraction of the
+    level; an absolute amount for a metric that can be zero or negative), improved when it moved
+    to the better side by more, ok within it."""
+    if before > 0 and after > 0:
+        good = after / before if higher_is_better else before / after  # > 1: the new level is better
+        worse, better = 1 / good - 1, good - 1
+    else:  # a metric that can be zero or negative (a log ratio): the tolerance is absolute
+        worse = (before - after) if higher_is_better else (after - before)
+        better = -worse
+    if worse > tolerance:
         return Status.REGRESSED
-    if good - 1 > tolerance:
+    if better > tolerance:
         return Status.IMPROVED
     return Status.OK

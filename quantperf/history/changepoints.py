@@ -47,7 +47,7 @@ class ChangePoint:
 
     @property
     def ratio(self) -> float:
-        return self.after / self.before if self.before else math.inf
+        return self.after / self.before if self.before > 0 and self.after > 0 else math.nan
 
     def to_dict(self) -> dict:
         return asdict(self) | {"ratio": self.ratio}
@@ -209,7 +209,7 @@ def series(sittings: list, config: str, metric: str) -> tuple[list, list[float]]
     used, values = [], []
     for s in sittings:
         m = ((s.configs.get(config) or {}).get("metrics") or {}).get(metric)
-        if m is not None and m.get("median") and m["median"] > 0:
+        if m is not None and math.isfinite(m.get("median", math.nan)):
             used.append(s)
             values.append(float(m["median"]))
     return used, values
@@ -217,10 +217,14 @@ def series(sittings: list, config: str, metric: str) -> tuple[list, list[float]]
 
 def locate(sittings: list, config: str, metric: str, host: str | None = None, **kwargs) -> list[Located]:
     """E-divisive change points of one configuration's metric over `sittings` (one host's, or
-    all pooled when host is None), each with the environment diff at its sitting."""
+    all pooled when host is None), each with the environment diff at its sitting. A positive
+    metric is searched on its logarithm (a shift is relative); one that can be zero or negative
+    (a log ratio) on its values."""
     chosen = [s for s in sittings if host is None or s.host == host]
     used, values = series(chosen, config, metric)
+    if len(values) < 2 * kwargs.get("min_size", DEFAULT_MIN_SIZE) or len(set(values)) == 1:
+        return []
+    search = log_change_points if min(values) > 0 else e_divisive
     return [Located(config, metric, host, c, used[c.index], used[c.index - 1],
                     environment_diff(used[c.index - 1], used[c.index], config))
-            for c in log_change_points(values, **kwargs)] if len(values) >= 2 * kwargs.get(
-                "min_size", DEFAULT_MIN_SIZE) else []
+            for c in search(values, **kwargs)]

@@ -1,7 +1,10 @@
 """The results store: every sitting's run medians and identities, kept append-only, one JSON file
 per sitting, keyed by profile and host:
 
-    <root>/<profile>/<host>/<YYYYmmddTHHMMSSZ>-<run_id>.json
+    <root>/<profile>/<host>/<YYYYmmddTHHMMSSZ>-<run_id>-<part>.json
+
+(`part` tells apart the results files one run wrote for different configurations; the parts of
+a run are merged into one sitting when read).
 
 A sitting is one run of the suite on one machine: its run id, start time, profile, host hash, boot
 id, git revision, environment (packages, driver, GPU, CPU) and, per configuration, its spec, mode,
@@ -69,9 +72,18 @@ class Sitting:
         return _when(self.started_at, "started_at")
 
     @property
+    def part(self) -> str:
+        """Which part of its run this is: a digest of its configuration keys. One run can write
+        several results files (one per group of configurations); each is a part of one sitting,
+        stored beside the others and merged when read."""
+        import hashlib
+
+        return hashlib.sha256("\n".join(sorted(self.configs)).encode()).hexdigest()[:8]
+
+    @property
     def relpath(self) -> str:
         """Where the sitting lives under a store's root."""
-        return f"{self.profile}/{self.host}/{self.when.strftime('%Y%m%dT%H%M%SZ')}-{self.run_id}.json"
+        return f"{self.profile}/{self.host}/{self.when.strftime('%Y%m%dT%H%M%SZ')}-{self.run_id}-{self.part}.json"
 
     @property
     def packages(self) -> dict:
@@ -150,11 +162,14 @@ def config_key(result: dict) -> str:
 
 
 def from_results(results, summary: dict | None = None, source_branch: str | None = None,
-                 git_revision: str | None = None) -> list["Sitting"]:
+                 git_revision: str | None = None, host: str | None = None) -> list["Sitting"]:
     """Sittings from what quantperf writes: a results.jsonl path, or RunResults or their dicts.
     One sitting per profile in the results (a machine's CPU and GPU tiers are separate
     histories); a configuration measured twice (a confirmation re-run) keeps its last result.
-    `summary` (a summary.json's dict) adds each configuration's gate outcome as `outcome`."""
+    `summary` (a summary.json's dict) adds each configuration's gate outcome as `outcome`.
+    `host` replaces the results' host hash as the sitting's host key (a leased machine's host
+    name can be the same on every lease: key such hosts by something that tells them apart,
+    e.g. a hash of the GPU's UUID, and gate with the same key)."""
     from ..results import ResultLog
 
     if isinstance(results, (str, os.PathLike)):
@@ -199,7 +214,7 @@ def from_results(results, summary: dict | None = None, source_branch: str | None
             configs[config_key(d)] = rec
         sittings.append(Sitting(
             run_id=first.get("run_id") or "unknown", started_at=first.get("started_at") or group[0]["timestamp"],
-            profile=profile, host=first.get("host") or "unknown", boot_id=first.get("boot_id"),
+            profile=profile, host=host or first.get("host") or "unknown", boot_id=first.get("boot_id"),
             git_revision=git_revision, source_branch=source_branch,
             environment={"python": env.get("python"), "platform": env.get("platform"),
                          "packages": env.get("packages") or {}, "driver": gpu.get("driver"),
@@ -228,7 +243,18 @@ class Loaded:
 
 
 def sort_sittings(sittings: list[Sitting]) -> list[Sitting]:
-    return sorted(sittings, key=lambda s: (s.when, s.run_id))
+    """Oldest first, the parts of one run (same profile, host, run id and start) merged into one
+    sitting: the union of their configurations (a later part's record of a key wins)."""
+    merged: dict[tuple, Sitting] = {}
+    for s in sorted(sittings, key=lambda s: (s.when, s.run_id, s.relpath)):
+        key = (s.profile, s.host, s.run_id, s.when)
+        if key not in merged:
+            merged[key] = Sitting.from_dict(json.loads(json.dumps(s.to_dict())))
+            continue
+        into = merged[key]
+        into.configs.update(s.configs)
+        into.run_ids = sorted(set(into.run_ids) | set(s.run_ids))
+    return list(merged.values())
 
 
 class DirectoryStore:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..gate.history import change_status
 from ..gate.runlevel import HOST_POOLED_MODES
+from ..gate.tolerances import DEFAULT_TOLERANCES, resolve_tolerance
 from ..history.changepoints import Located, locate, series
 
 WIDTH, HEIGHT, PAD = 640, 200, 44
@@ -28,13 +29,15 @@ class Chart:
     metric: str
     unit: str
     higher_is_better: bool
-    sittings: list  # every sitting of the profile, oldest first (the x axis)
+    sittings: list  # the sittings that measured it, oldest first (the x axis)
+    tolerance: float = 0.0  # a change point within it is named ok
     points: list = field(default_factory=list)  # Located change points
 
 
-def charts(sittings: list, **kwargs) -> list[Chart]:
+def charts(sittings: list, tolerances: dict | None = None, **kwargs) -> list[Chart]:
     """One chart per profile, configuration and metric in `sittings`, with its change points
-    (`kwargs` go to the E-divisive search: p_value, permutations, min_size, seed)."""
+    (`kwargs` go to the E-divisive search: p_value, permutations, min_size, seed). A change point
+    is worded by the gate with the metric's tolerance (`tolerances` over the defaults)."""
     out = []
     for profile in sorted({s.profile for s in sittings}):
         mine = sorted((s for s in sittings if s.profile == profile), key=lambda s: (s.when, s.run_id))
@@ -43,7 +46,10 @@ def charts(sittings: list, **kwargs) -> list[Chart]:
             last = next(s.configs[config] for s in reversed(mine) if metric in (s.configs.get(config) or {}).get(
                 "metrics", {}))
             m = last["metrics"][metric]
-            chart = Chart(profile, config, metric, m.get("unit", ""), m.get("higher_is_better", True), mine)
+            measured = [s for s in mine if metric in ((s.configs.get(config) or {}).get("metrics") or {})]
+            tol = resolve_tolerance([DEFAULT_TOLERANCES, tolerances or {}], m.get("kind", "speed"),
+                                    last.get("mode") or "eager")
+            chart = Chart(profile, config, metric, m.get("unit", ""), m.get("higher_is_better", True), measured, tol)
             hosts = [None] if last.get("mode") in HOST_POOLED_MODES else sorted({s.host for s in mine})
             for host in hosts:
                 chart.points += locate(mine, config, metric, host, **kwargs)
@@ -59,12 +65,13 @@ def _tooltip(s, value: float, unit: str) -> str:
             + f"\n{value:.4g} {unit}" + (f"\n{versions}" if versions else ""))
 
 
-def _describe(p: Located, higher_is_better: bool) -> str:
-    word = change_status(p.point.before, p.point.after, higher_is_better)
+def _describe(p: Located, higher_is_better: bool, tolerance: float) -> str:
+    word = change_status(p.point.before, p.point.after, higher_is_better, tolerance)
     where = f" on host {p.host}" if p.host else ""
     diff = "; ".join(p.diff.lines()) or "no environment change recorded between these sittings"
+    ratio = f"x{p.point.ratio:.3f}, " if p.point.ratio == p.point.ratio else ""
     return (f"{p.sitting.started_at[:16]}{where}: {p.point.before:.4g} -> {p.point.after:.4g} "
-            f"(x{p.point.ratio:.3f}, {word}, p={p.point.p_value:.3f}); {diff}")
+            f"({ratio}{word}, p={p.point.p_value:.3f}); {diff}")
 
 
 def render_svg(chart: Chart) -> str:
@@ -92,7 +99,7 @@ def render_svg(chart: Chart) -> str:
              f'<text x="4" y="{HEIGHT - 4}" font-size="10" fill="#444">{lo:.4g}</text>']
     for p in chart.points:
         px = x(p.sitting)
-        tip = html.escape(_describe(p, chart.higher_is_better))
+        tip = html.escape(_describe(p, chart.higher_is_better, chart.tolerance))
         parts.append(f'<g class="change-point"><line x1="{px:.1f}" x2="{px:.1f}" y1="4" y2="{HEIGHT - 4}" '
                      f'stroke="#d62728" stroke-dasharray="4 3"><title>{tip}</title></line></g>')
     for i, h in enumerate(hosts):
@@ -111,7 +118,8 @@ def render_svg(chart: Chart) -> str:
 
 def render_chart(chart: Chart) -> str:
     """The chart's SVG with the list of its change points beside it."""
-    items = "".join(f"<li>{html.escape(_describe(p, chart.higher_is_better))}</li>" for p in chart.points)
+    items = "".join(f"<li>{html.escape(_describe(p, chart.higher_is_better, chart.tolerance))}</li>"
+                    for p in chart.points)
     listing = f"<ul>{items}</ul>" if items else '<p class="note">no change point</p>'
     return (f'<div class="trend" style="display:flex;gap:1em;align-items:flex-start;margin:0.6em 0">'
             f"{render_svg(chart)}<div><b>{html.escape(chart.config)}</b> {html.escape(chart.metric)}"
