@@ -253,3 +253,47 @@ def test_the_host_key_can_be_given(tmp_path):
     assert s.host == "gpu0a1b2c3" and s.relpath.startswith("cpu-test/gpu0a1b2c3/")
     with pytest.raises(HistoryError, match="safe name"):
         from_results(results, host="../up")
+
+
+def test_two_runners_pushing_to_one_remote_branch_keep_every_sitting(tmp_path):
+    remote = _bare(tmp_path)
+    history = synthetic_history(n=3)
+    runners = []
+    for name in ("runner-a.git", "runner-b.git"):
+        subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(tmp_path / name)], check=True)
+        runners.append(GitBranchStore(tmp_path / name, "quantperf-history"))
+    a, b = runners
+    a.append(history[0])
+    a.push(str(remote))
+    b.append(history[1])
+    b.push(str(remote))  # rejected first (the remote moved): fetched, b's sitting added on top, pushed
+    a.append(history[2])
+    a.push(str(remote))
+    on_remote = GitBranchStore(remote, "quantperf-history").read("cpu-test").sittings
+    assert [s.run_id for s in on_remote] == ["run000", "run001", "run002"]
+    assert [s.run_id for s in a.read("cpu-test").sittings] == ["run000", "run001", "run002"]
+
+
+def test_a_checked_out_branch_is_refused(tmp_path):
+    work = tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "-b", "quantperf-history", str(work)], check=True)
+    with pytest.raises(HistoryError, match="checked out"):
+        GitBranchStore(work, "quantperf-history")
+
+
+def _write_every_other(root, start):
+    for s in synthetic_history(n=8)[start::2]:
+        DirectoryStore(root).append(s)
+
+
+def test_two_writer_processes_keep_both_sittings_intact(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_every_other, args=(tmp_path, i)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert [s.run_id for s in DirectoryStore(tmp_path).read("cpu-test").sittings] == [f"run{i:03d}" for i in range(8)]

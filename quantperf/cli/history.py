@@ -24,6 +24,12 @@ def _cmd_add(args) -> int:
                                 git_revision=args.git_revision):
         where = store.append(sitting)
         print(f"stored {sitting.profile}/{sitting.host} sitting {sitting.run_id}: {where}")
+    if args.push:
+        if not args.branch:
+            from ..errors import ConfigError
+
+            raise ConfigError("--push needs --branch (a directory store is not pushed)")
+        print(f"pushed {args.branch} to {args.push}: {store.push(args.push)}")
     return 0
 
 
@@ -81,6 +87,8 @@ def add_parser(sub) -> None:
     a.add_argument("--summary", help="its summary.json (adds each configuration's gate outcome)")
     a.add_argument("--source-branch", help="the code's branch the run measured (baselines derive from the default's)")
     a.add_argument("--git-revision", help="the code's revision the run measured")
+    a.add_argument("--push", metavar="REMOTE", help="with --branch: push the branch to REMOTE (never forced; when "
+                                                    "another runner pushed first, its sittings are kept)")
     a.set_defaults(fn=_cmd_add)
     b = hs.add_parser("baseline", help="a baselines file derived from the last sittings of each host")
     store_args(b)

@@ -10,6 +10,10 @@ reading the tip and the swap is detected by git; the sitting is added again on t
 few times), else a BranchMovedError says so. The ref never moves to a commit that lacks any
 sitting it had: nothing another writer stored is lost, and a sitting is in the branch whole or
 not at all.
+
+`push(remote)` pushes the branch without force; when another runner pushed first, the remote's
+branch is fetched, this branch's sittings it lacks are committed on top of it, and the push is
+tried again.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from .store import HistoryError, Loaded, Sitting, parse_sitting, sort_sittings
 
 PROTECTED = ("main", "master")
 ZERO = "0" * 40
+IDENTITY = {"GIT_AUTHOR_NAME": "quantperf", "GIT_AUTHOR_EMAIL": "quantperf@localhost",
+            "GIT_COMMITTER_NAME": "quantperf", "GIT_COMMITTER_EMAIL": "quantperf@localhost"}
 
 
 class BranchMovedError(HistoryError):
@@ -43,6 +49,10 @@ class GitBranchStore:
                                f"or one of {', '.join(PROTECTED)}; name a branch of its own (e.g. quantperf-history)")
         if self._git("check-ref-format", self.ref, check=False).returncode != 0:
             raise HistoryError(f"{branch!r} is not a valid git branch name")
+        bare = self._git("rev-parse", "--is-bare-repository", check=False).stdout.strip() == "true"
+        if not bare and self._git("symbolic-ref", "--quiet", "HEAD", check=False).stdout.strip() == self.ref:
+            raise HistoryError(f"refusing to keep the results store on branch {branch!r}: it is checked out in "
+                               f"{self.repo}, whose work tree would fall behind; use a branch that is not checked out")
 
     def _git(self, *args: str, input: str | None = None, env: dict | None = None, check: bool = True):
         try:
@@ -57,10 +67,9 @@ class GitBranchStore:
     def _default_branch(self) -> str | None:
         """The repository's default branch: origin's HEAD, else a bare repository's HEAD, else
         init.defaultBranch."""
-        for args in (("symbolic-ref", "--quiet", "refs/remotes/origin/HEAD"),):
-            out = self._git(*args, check=False)
-            if out.returncode == 0 and out.stdout.strip():
-                return out.stdout.strip().rsplit("/", 1)[-1]
+        out = self._git("symbolic-ref", "--quiet", "refs/remotes/origin/HEAD", check=False)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().rsplit("/", 1)[-1]
         if self._git("rev-parse", "--is-bare-repository", check=False).stdout.strip() == "true":
             out = self._git("symbolic-ref", "--quiet", "HEAD", check=False)
             if out.returncode == 0:
@@ -71,6 +80,23 @@ class GitBranchStore:
     def tip(self) -> str | None:
         out = self._git("rev-parse", "--verify", "--quiet", self.ref + "^{commit}", check=False)
         return out.stdout.strip() or None if out.returncode == 0 else None
+
+    def _commit_onto(self, old: str | None, files: list[tuple[str, str]], message: str) -> str:
+        """A commit on `old` (None: a root commit) that adds `files` ((path, blob id)), the ref unmoved."""
+        with tempfile.TemporaryDirectory(prefix="quantperf-history-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            if old is not None:
+                self._git("read-tree", old, env=env)
+            for path, blob in files:
+                self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+            tree = self._git("write-tree", env=env).stdout.strip()
+        parents = ["-p", old] if old else []
+        return self._git("commit-tree", tree, *parents, "-m", message, env=IDENTITY).stdout.strip()
+
+    def _swap(self, new: str, old: str | None) -> bool:
+        """Move the branch from `old` to `new` only if it is still at `old` (git's compare-and-swap)."""
+        return self._git("update-ref", "-m", "quantperf: add sittings", self.ref, new, old or ZERO,
+                         check=False).returncode == 0
 
     def append(self, sitting: Sitting, retries: int = 3, _before_swap=None) -> str:
         """Commit one sitting to the branch; returns the new commit. `_before_swap(store)` is a
@@ -87,26 +113,55 @@ class GitBranchStore:
                     raise HistoryError(f"{self.branch}:{path}: a different sitting with this run id and time is "
                                        "already stored; the store is append-only: nothing was written")
             blob = self._git("hash-object", "-w", "--stdin", input=text).stdout.strip()
-            with tempfile.TemporaryDirectory(prefix="quantperf-history-") as tmp:
-                env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-                if old is not None:
-                    self._git("read-tree", old, env=env)
-                self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
-                tree = self._git("write-tree", env=env).stdout.strip()
-            ident = {"GIT_AUTHOR_NAME": "quantperf", "GIT_AUTHOR_EMAIL": "quantperf@localhost",
-                     "GIT_COMMITTER_NAME": "quantperf", "GIT_COMMITTER_EMAIL": "quantperf@localhost"}
-            parents = ["-p", old] if old else []
-            commit = self._git("commit-tree", tree, *parents, "-m", f"quantperf sitting {path}",
-                               env=ident).stdout.strip()
+            commit = self._commit_onto(old, [(path, blob)], f"quantperf sitting {path}")
             if _before_swap is not None:
                 _before_swap(self)
-            swapped = self._git("update-ref", "-m", "quantperf: add a sitting", self.ref, commit, old or ZERO,
-                                check=False)
-            if swapped.returncode == 0:
+            if self._swap(commit, old):
                 return commit
         raise BranchMovedError(f"{self.branch}: the branch moved under this writer {retries + 1} times (another "
                                "writer is adding sittings); this sitting was not added and nothing stored was lost: "
                                "run again")
+
+    def _files(self, commit: str) -> dict[str, str]:
+        """path -> blob id of every file in `commit`."""
+        out = {}
+        for line in self._git("ls-tree", "-r", commit).stdout.splitlines():
+            meta, _, path = line.partition("\t")
+            out[path] = meta.split()[2]
+        return out
+
+    def push(self, remote: str, retries: int = 3) -> str:
+        """Push the branch to `remote` (a remote's name or URL), never forced. When the remote's
+        branch moved (another runner pushed first), it is fetched, the sittings this branch holds
+        and it lacks are committed on top of it, this branch moves there (compare-and-swap), and
+        the push is tried again. Returns the pushed commit."""
+        for _attempt in range(retries + 1):
+            ours = self.tip()
+            if ours is None:
+                raise HistoryError(f"{self.branch}: no sitting to push (the branch does not exist in {self.repo})")
+            pushed = self._git("push", "--quiet", remote, f"{self.ref}:{self.ref}", check=False)
+            if pushed.returncode == 0:
+                return ours
+            tracking = f"refs/quantperf-remote/{self.branch}"
+            fetched = self._git("fetch", "--quiet", remote, f"+{self.ref}:{tracking}", check=False)
+            if fetched.returncode != 0:
+                raise HistoryError(f"git push {remote} {self.branch} failed and its branch cannot be fetched: "
+                                   f"{(pushed.stderr or fetched.stderr).strip()[:300]}")
+            theirs = self._git("rev-parse", tracking).stdout.strip()
+            if self._git("merge-base", "--is-ancestor", theirs, ours, check=False).returncode == 0:
+                raise HistoryError(f"git push {remote} {self.branch} failed: {pushed.stderr.strip()[:300]}")
+            mine, there = self._files(ours), self._files(theirs)
+            clash = sorted(p for p in mine.keys() & there.keys() if mine[p] != there[p])
+            if clash:
+                raise HistoryError(f"{remote} {self.branch}: {clash[0]} holds another sitting than this branch's; the "
+                                   "store is append-only: resolve it by hand, nothing was pushed")
+            missing = sorted((p, b) for p, b in mine.items() if p not in there)
+            rebased = self._commit_onto(theirs, missing, f"quantperf: {len(missing)} sitting(s) added on {remote}'s "
+                                                         "branch") if missing else theirs
+            if not self._swap(rebased, ours):
+                continue  # a local writer added a sitting meanwhile: start again
+        raise BranchMovedError(f"{remote} {self.branch}: the remote branch moved under this writer {retries + 1} "
+                               "times; this branch keeps its sittings: push again")
 
     def read(self, profile: str, host: str | None = None, strict: bool = True) -> Loaded:
         """The sittings of a profile on the branch (all hosts, or one), oldest first."""

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..errors import QuantperfError
 from ..results import RunResult, dump_json, write_error
+from ..status import Status
 
 SCHEMA_VERSION = 1
 KIND = "quantperf-sitting"
@@ -180,12 +181,14 @@ def from_results(results, summary: dict | None = None, source_branch: str | None
         if "config_id" not in d:
             d["config_id"] = RunResult.from_dict(d).spec.id
         dicts.append(d)
-    outcomes: dict[str, str] = {}
+    statuses: dict[str, list[str]] = {}
     for c in (summary or {}).get("configs", []):
-        key = c.get("config_id", "") if not str(c.get("key", "")).startswith("quality:") else \
-            "quality-" + c.get("config_id", "")
-        if "speed" in c.get("kinds", []) or c.get("status") != "ok":  # a non-ok outcome of any kind is kept
-            outcomes.setdefault(key, c.get("status"))
+        cid = c.get("config_id", "")
+        if str(c.get("key", "")).startswith("quality:") and not cid.startswith("quality-"):
+            cid = "quality-" + cid
+        statuses.setdefault(cid, []).append(c.get("status"))
+    # a configuration's outcome: regressed if any of its kinds (speed, memory, quality) is, else its first
+    outcomes = {cid: next((w for w in words if w == Status.REGRESSED), words[0]) for cid, words in statuses.items()}
     by_profile: dict[str, list[dict]] = {}
     for d in dicts:
         if not d.get("profile"):
