@@ -109,3 +109,21 @@ def test_the_history_commands_store_derive_and_report(tmp_path, capsys):
     assert text.count("<svg") == 6 and "torch 2.11.0 -&gt; 2.12.0" in text and "<script" not in text
     assert main(["history", "add", str(tmp_path / "git-store"), str(log.path), "--branch", "main"]) == 2
     assert "refusing" in capsys.readouterr().err
+
+
+def test_the_history_commands_work_on_a_git_branch_and_push_it(tmp_path, capsys):
+    import subprocess
+
+    local, remote = tmp_path / "local.git", tmp_path / "remote.git"
+    for repo in (local, remote):
+        subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(repo)], check=True)
+    for i, results in enumerate(synthetic_results(n=6)):
+        log = ResultLog(tmp_path / f"night{i}" / "results.jsonl")
+        for r in results:
+            log.append(r)
+        assert main(["history", "add", str(local), str(log.path), "--branch", "qp-history", "--push",
+                     str(remote)]) == 0
+    assert main(["history", "report", str(remote), "--branch", "qp-history", "--html", str(tmp_path / "t.html")]) == 0
+    assert (tmp_path / "t.html").read_text().count("<svg") == 6
+    assert main(["history", "add", str(tmp_path / "d"), str(log.path), "--push", "origin"]) == 2
+    assert "--push needs --branch" in capsys.readouterr().err and not (tmp_path / "d").exists()

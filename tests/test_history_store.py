@@ -169,6 +169,7 @@ def test_a_git_branch_store_appends_sittings_and_reads_them_back(tmp_path):
     commits = [store.append(s) for s in history]
     assert len(set(commits)) == 3
     assert [s.run_id for s in store.read("cpu-test").sittings] == ["run000", "run001", "run002"]
+    assert store.profiles() == ["cpu-test"]
     log = subprocess.run(["git", "-C", str(repo), "log", "--format=%s", "quantperf-history"], capture_output=True,
                          text=True, check=True).stdout.splitlines()
     assert len(log) == 3

@@ -3,8 +3,8 @@ render its trend charts."""
 
 from __future__ import annotations
 
-import json
 import sys
+from pathlib import Path
 
 
 def _store(args):
@@ -16,31 +16,31 @@ def _store(args):
 
 
 def _cmd_add(args) -> int:
+    from ..errors import ConfigError
     from ..history import from_results
+    from ..summary import SessionSummary
 
-    summary = json.loads(open(args.summary, encoding="utf-8").read()) if args.summary else None
+    if args.push and not args.branch:
+        raise ConfigError("--push needs --branch (a directory store is not pushed); nothing was stored")
+    if not Path(args.results).is_file():
+        raise ConfigError(f"{args.results}: no such results file (a results.jsonl written by the suite or "
+                          "`quantperf run --out`)")
+    summary = SessionSummary.read(args.summary).to_dict() if args.summary else None
     store = _store(args)
-    for sitting in from_results(args.results, summary, source_branch=args.source_branch,
-                                git_revision=args.git_revision):
+    sittings = from_results(args.results, summary, source_branch=args.source_branch, git_revision=args.git_revision)
+    if not sittings:
+        print(f"quantperf: {args.results}: holds no results (nothing stored)", file=sys.stderr)
+        return 2
+    for sitting in sittings:
         where = store.append(sitting)
         print(f"stored {sitting.profile}/{sitting.host} sitting {sitting.run_id}: {where}")
     if args.push:
-        if not args.branch:
-            from ..errors import ConfigError
-
-            raise ConfigError("--push needs --branch (a directory store is not pushed)")
         print(f"pushed {args.branch} to {args.push}: {store.push(args.push)}")
     return 0
 
 
 def _profiles(args, store) -> list[str]:
-    if args.profile:
-        return [args.profile]
-    if hasattr(store, "profiles"):
-        return store.profiles()
-    from ..errors import ConfigError
-
-    raise ConfigError("--branch: give --profile (a branch store is read one profile at a time)")
+    return [args.profile] if args.profile else store.profiles()
 
 
 def _cmd_baseline(args) -> int:
@@ -51,7 +51,10 @@ def _cmd_baseline(args) -> int:
     store = _store(args)
     loaded = store.read(args.profile, strict=True)
     data = derive_baseline(loaded.sittings, args.profile, args.window, args.source_branch)
-    return write_outputs([(args.out, dump_json(data))]) if args.out else (sys.stdout.write(dump_json(data)) and 0)
+    if args.out:
+        return write_outputs([(args.out, dump_json(data))])
+    sys.stdout.write(dump_json(data))
+    return 0
 
 
 def _cmd_report(args) -> int:
@@ -101,6 +104,6 @@ def add_parser(sub) -> None:
                                      "self-contained HTML file")
     store_args(r)
     r.add_argument("--html", metavar="FILE", default="quantperf-history.html")
-    r.add_argument("--profile", help="one profile (default: every profile in a directory store)")
+    r.add_argument("--profile", help="one profile (default: every profile in the store)")
     r.add_argument("--title", default="quantperf history")
     r.set_defaults(fn=_cmd_report)

@@ -163,6 +163,14 @@ class GitBranchStore:
         raise BranchMovedError(f"{remote} {self.branch}: the remote branch moved under this writer {retries + 1} "
                                "times; this branch keeps its sittings: push again")
 
+    def profiles(self) -> list[str]:
+        """The profiles with sittings on the branch."""
+        tip = self.tip()
+        if tip is None:
+            return []
+        return sorted(line.split("\t", 1)[1] for line in self._git("ls-tree", tip).stdout.splitlines()
+                      if line.split()[1] == "tree")
+
     def read(self, profile: str, host: str | None = None, strict: bool = True) -> Loaded:
         """The sittings of a profile on the branch (all hosts, or one), oldest first."""
         tip = self.tip()

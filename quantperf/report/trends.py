@@ -107,6 +107,8 @@ def render_svg(chart: Chart) -> str:
         if not used:
             continue
         colour = HOST_COLOURS[i % len(HOST_COLOURS)]
+        parts.append(f'<text x="{WIDTH - PAD - 90 * (len(hosts) - i - 1)}" y="12" font-size="10" fill="{colour}" '
+                     f'text-anchor="end">host {html.escape(h)}</text>')
         pts = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in zip(used, vs))
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.2"/>')
         for s, v in zip(used, vs):
