@@ -19,15 +19,15 @@ BACKENDS = {"fake-fp16": 470.0, "fake-int8": 310.0, "fake-nf4": 260.0}
 START = datetime(2026, 11, 1, 2, 0, tzinfo=timezone.utc)
 
 
-def synthetic_results(n=30, shifts=None, torch_change_at=None, seed=0, noise=0.01, host="a1b2c3d4e5",
-                      mode="eager") -> list[list[RunResult]]:
-    """The results of `n` nightly sittings of the fake backends on one host: per-round noise
-    ~`noise`, each level multiplied by shifts[i] from sitting i on, torch 2.11.0 -> 2.12.0 from
-    sitting `torch_change_at`."""
+def synthetic_results(n=30, shifts=None, torch_change_at=None, seed=0, noise=0.01, run_noise=0.01,
+                      host="a1b2c3d4e5", mode="eager") -> list[list[RunResult]]:
+    """The results of `n` nightly sittings of the fake backends on one host: each sitting's level
+    off by ~`run_noise` (log sd), each round by ~`noise`, every level multiplied by shifts[i] from
+    sitting i on, torch 2.11.0 -> 2.12.0 from sitting `torch_change_at`."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        factor = np.prod([f for at, f in (shifts or {}).items() if i >= at])
+        factor = np.prod([f for at, f in (shifts or {}).items() if i >= at]) * np.exp(rng.normal(0, run_noise))
         when = (START + timedelta(days=i)).isoformat(timespec="seconds")
         torch = "2.12.0" if torch_change_at is not None and i >= torch_change_at else "2.11.0"
         env = {"python": "3.11.7", "packages": {"torch": torch, "numpy": "2.4.6"}, "gpu": None,

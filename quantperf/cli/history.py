@@ -8,11 +8,9 @@ from pathlib import Path
 
 
 def _store(args):
-    from ..history import DirectoryStore, GitBranchStore
+    from ..history import open_store
 
-    if args.branch:
-        return GitBranchStore(args.store, args.branch)
-    return DirectoryStore(args.store)
+    return open_store(args.store, args.branch)
 
 
 def _cmd_add(args) -> int:

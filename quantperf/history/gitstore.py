@@ -190,3 +190,12 @@ class GitBranchStore:
                     raise
                 skipped.append(str(exc))
         return Loaded(sort_sittings(out), skipped)
+
+
+def open_store(location: str | Path, branch: str | None = None):
+    """The results store at `location`: a directory, or with `branch` that branch of the git
+    repository at `location` (never its default branch). Both have append(sitting),
+    read(profile, host=None, strict=True) and profiles()."""
+    from .store import DirectoryStore
+
+    return GitBranchStore(location, branch) if branch else DirectoryStore(location)
