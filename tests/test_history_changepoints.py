@@ -139,3 +139,21 @@ def test_the_html_report_includes_the_trends_when_given_a_history():
     page = render_html(ReportData(history=synthetic_history(n=8)))
     assert '<section id="trends">' in page and page.count("<svg") == len(BACKENDS) * 2
     assert '<section id="trends">' not in render_html(ReportData())
+
+
+def test_the_divergence_is_matteson_and_james_q_statistic():
+    """The prefix-sum Q(tau) equals the definition, term by term (alpha = 1)."""
+    from itertools import combinations
+
+    from quantperf.history.changepoints import _q_all
+
+    x = np.random.default_rng(4).normal(0, 1, 13)
+    q = _q_all(x, 2)
+    for tau in range(2, 12):
+        left, right = x[:tau], x[tau:]
+        m, k = len(left), len(right)
+        between = 2 / (m * k) * sum(abs(a - b) for a in left for b in right)
+        within_l = sum(abs(a - b) for a, b in combinations(left, 2)) / (m * (m - 1) / 2)
+        within_r = sum(abs(a - b) for a, b in combinations(right, 2)) / (k * (k - 1) / 2)
+        assert q[tau] == pytest.approx(m * k / (m + k) * (between - within_l - within_r))
+    assert np.isneginf(q[1]) and np.isneginf(q[12])
