@@ -1,6 +1,6 @@
 """`quantperf` command line: `profile`, `backends`, `run`, `gate`, `noise`, `sensitivity`,
-`upgrade-check`, `compare`, `changed-pins`, `report`, `merge`, `export`, `history`. Each command group's module holds
-its handlers and `add_parser(subparsers)`, which registers them."""
+`upgrade-check`, `compare`, `changed-pins`, `report`, `merge`, `export`, `history`. Each command
+group's module holds its handlers and `add_parser(subparsers)`, which registers them."""
 
 from __future__ import annotations
 

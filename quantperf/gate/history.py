@@ -28,9 +28,9 @@ def gate_runs_on_host(current: dict[str, float], baselines: dict[str, list[dict]
     """`gate.metric.gate_runs` on the runs `runlevel.host_scope` picks for this host and mode:
     eager and graph against this host's runs when it has `min_sessions` sessions, else no verdict
     and the scope's NO_BASELINE message; kernel mode against every host's runs."""
-    from .metric import gate_runs
+    from .metric import SESSION_GAP_MINUTES, gate_runs
 
-    scope = host_scope(baselines, host, mode, min_sessions)
+    scope = host_scope(baselines, host, mode, min_sessions, SESSION_GAP_MINUTES)
     if scope.status is not None:
         return HostGate({}, None, None, scope, [scope.message])
     verdicts, shift, model = gate_runs(current, scope.runs, metric, higher_is_better, tolerance, alpha, family_size)
