@@ -157,3 +157,14 @@ def test_the_divergence_is_matteson_and_james_q_statistic():
         within_r = sum(abs(a - b) for a, b in combinations(right, 2)) / (k * (k - 1) / 2)
         assert q[tau] == pytest.approx(m * k / (m + k) * (between - within_l - within_r))
     assert np.isneginf(q[1]) and np.isneginf(q[12])
+
+
+def test_a_change_point_next_to_the_upgrade_still_names_it():
+    from quantperf.report.trends import charts, render_chart
+
+    history = synthetic_history(shifts={10: 0.90}, torch_change_at=9)  # the upgrade one sitting before the shift
+    (found,) = locate(history, CONFIG, "decode_tokens_per_s")
+    assert history.index(found.sitting) == 10 and not found.diff.packages
+    assert [(off, d.packages) for off, d in found.nearby] == [(-1, {"torch": ("2.11.0", "2.12.0")})]
+    chart = next(c for c in charts(history) if c.config == CONFIG and c.metric == "decode_tokens_per_s")
+    assert "1 sitting(s) earlier: torch 2.11.0 -&gt; 2.12.0" in render_chart(chart)

@@ -151,6 +151,11 @@ class EnvironmentDiff:
     def __bool__(self) -> bool:
         return any(asdict(self).values())
 
+    @property
+    def environment_changed(self) -> bool:
+        """Anything beyond the git revision changed (the suite's own code changes every night)."""
+        return any(v for k, v in asdict(self).items() if k != "git_revision")
+
     def lines(self) -> list[str]:
         """Human lines, one per change: 'torch 2.11.0 -> 2.12.0', 'driver 550.54 -> 560.28'."""
         out = [f"{k} {a or 'absent'} -> {b or 'absent'}" for k, (a, b) in sorted(self.packages.items())]
@@ -202,6 +207,12 @@ class Located:
     sitting: object  # history.store.Sitting where the new level begins
     previous: object  # the sitting before it
     diff: EnvironmentDiff
+    # environment changes a few sittings either side (offset, diff): a change point found one
+    # sitting late or early in noise still points at the upgrade next to it
+    nearby: list[tuple[int, EnvironmentDiff]] = field(default_factory=list)
+
+
+NEARBY = 2  # sittings either side of a change point searched for an environment change
 
 
 def series(sittings: list, config: str, metric: str) -> tuple[list, list[float]]:
@@ -225,6 +236,10 @@ def locate(sittings: list, config: str, metric: str, host: str | None = None, **
     if len(values) < 2 * kwargs.get("min_size", DEFAULT_MIN_SIZE) or len(set(values)) == 1:
         return []
     search = log_change_points if min(values) > 0 else e_divisive
-    return [Located(config, metric, host, c, used[c.index], used[c.index - 1],
-                    environment_diff(used[c.index - 1], used[c.index], config))
-            for c in search(values, **kwargs)]
+    out = []
+    for c in search(values, **kwargs):
+        near = [(off, d) for off in range(-NEARBY, NEARBY + 1) if off and 1 <= c.index + off < len(used)
+                and (d := environment_diff(used[c.index + off - 1], used[c.index + off], config)).environment_changed]
+        out.append(Located(config, metric, host, c, used[c.index], used[c.index - 1],
+                           environment_diff(used[c.index - 1], used[c.index], config), near))
+    return out

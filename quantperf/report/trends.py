@@ -68,7 +68,12 @@ def _tooltip(s, value: float, unit: str) -> str:
 def _describe(p: Located, higher_is_better: bool, tolerance: float) -> str:
     word = change_status(p.point.before, p.point.after, higher_is_better, tolerance)
     where = f" on host {p.host}" if p.host else ""
-    diff = "; ".join(p.diff.lines()) or "no environment change recorded between these sittings"
+    diff = "; ".join(p.diff.lines())
+    if not p.diff.environment_changed and p.nearby:
+        near = [f"{abs(off)} sitting(s) {'earlier' if off < 0 else 'later'}: {'; '.join(d.lines())}"
+                for off, d in p.nearby]
+        diff = (diff + "; " if diff else "") + f"no environment change at this sitting (nearby, {' | '.join(near)})"
+    diff = diff or "no environment change recorded between these sittings"
     ratio = f"x{p.point.ratio:.3f}, " if p.point.ratio == p.point.ratio else ""
     return (f"{p.sitting.started_at[:16]}{where}: {p.point.before:.4g} -> {p.point.after:.4g} "
             f"({ratio}{word}, p={p.point.p_value:.3f}); {diff}")
