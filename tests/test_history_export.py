@@ -127,3 +127,17 @@ def test_the_history_commands_work_on_a_git_branch_and_push_it(tmp_path, capsys)
     assert (tmp_path / "t.html").read_text().count("<svg") == 6
     assert main(["history", "add", str(tmp_path / "d"), str(log.path), "--push", "origin"]) == 2
     assert "--push needs --branch" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_a_schema_1_summary_exports_too(tmp_path):
+    """Summaries written before schema 2 keep configurations in an object keyed `<config id>:<kinds>`."""
+    doc = {"profiles": {"cuda": "nvidia-h100-80gb-hbm3"}, "configs": {
+        "llama-125m-bnb-int8-cuda-bs1-eager:speed": {"status": "ok", "message": "", "verdicts": [
+            {"metric": "decode_tokens_per_s", "status": "ok", "current": 50.0, "ratio": 1.01, "ci": [0.97, 1.05]}]},
+        "quality:llama-125m-bnb-int8-cuda-bs1-eager:quality": {"status": "ok", "verdicts": [
+            {"metric": "mean_kld", "status": "ok", "current": 0.002, "ratio": None, "ci": None}]}}}
+    (tmp_path / "summary.json").write_text(json.dumps(doc))
+    names = {f.benchmark for f in load_figures(tmp_path / "summary.json")}
+    assert names == {"nvidia-h100-80gb-hbm3/llama-125m-bnb-int8-cuda-bs1-eager",
+                     "nvidia-h100-80gb-hbm3/quality-llama-125m-bnb-int8-cuda-bs1-eager"}
+    jsonschema.validate(to_bencher(load_figures(tmp_path / "summary.json")), BMF)

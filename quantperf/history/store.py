@@ -162,6 +162,24 @@ def config_key(result: dict) -> str:
     return ("quality-" if result.get("quality") else "") + result.get("config_id", "")
 
 
+def summary_configs(summary: dict | None) -> list[dict]:
+    """A summary.json's configuration outcomes as a list of dicts with `key` and `config_id` (a
+    quality configuration's prefixed `quality-`, as the store and baselines key it): a schema-2
+    summary's list, or a schema-1 summary's object keyed by `<config id>:<kinds>`."""
+    configs = (summary or {}).get("configs") or []
+    if isinstance(configs, dict):
+        configs = [{**(v or {}), "key": k, "config_id": k.removeprefix("quality:").rsplit(":", 1)[0]}
+                   for k, v in configs.items() if isinstance(v, dict)]
+    out = []
+    for c in configs:
+        if isinstance(c, dict):
+            cid = str(c.get("config_id", ""))
+            if str(c.get("key", "")).startswith("quality:") and not cid.startswith("quality-"):
+                cid = "quality-" + cid
+            out.append({**c, "config_id": cid})
+    return out
+
+
 def from_results(results, summary: dict | None = None, source_branch: str | None = None,
                  git_revision: str | None = None, host: str | None = None) -> list["Sitting"]:
     """Sittings from what quantperf writes: a results.jsonl path, or RunResults or their dicts.
@@ -182,11 +200,8 @@ def from_results(results, summary: dict | None = None, source_branch: str | None
             d["config_id"] = RunResult.from_dict(d).spec.id
         dicts.append(d)
     statuses: dict[str, list[str]] = {}
-    for c in (summary or {}).get("configs", []):
-        cid = c.get("config_id", "")
-        if str(c.get("key", "")).startswith("quality:") and not cid.startswith("quality-"):
-            cid = "quality-" + cid
-        statuses.setdefault(cid, []).append(c.get("status"))
+    for c in summary_configs(summary):
+        statuses.setdefault(c["config_id"], []).append(c.get("status"))
     # a configuration's outcome: regressed if any of its kinds (speed, memory, quality) is, else its first
     outcomes = {cid: next((w for w in words if w == Status.REGRESSED), words[0]) for cid, words in statuses.items()}
     by_profile: dict[str, list[dict]] = {}

@@ -63,11 +63,13 @@ def figures_from_results(results: list[dict]) -> list[Figure]:
 
 
 def figures_from_summary(summary: dict) -> list[Figure]:
+    from ..history.store import summary_configs
+
     profiles = sorted(set((summary.get("profiles") or {}).values()))
     prefix = f"{profiles[0]}/" if len(profiles) == 1 else ""
     out = []
-    for c in summary.get("configs", []):
-        key = ("quality-" if str(c.get("key", "")).startswith("quality:") else "") + c["config_id"]
+    for c in summary_configs(summary):
+        key = c["config_id"]
         for v in c.get("verdicts", []):
             fact = METRICS.get(v["metric"])
             if fact is None:
@@ -99,7 +101,7 @@ def load_figures(path: str | Path) -> list[Figure]:
                           "a summary.json")
     try:
         return figures_from_summary(doc)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"{path}: a session summary this quantperf cannot export ({type(exc).__name__}: {exc})"
                           ) from None
 
