@@ -298,3 +298,16 @@ def test_two_writer_processes_keep_both_sittings_intact(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
     assert [s.run_id for s in DirectoryStore(tmp_path).read("cpu-test").sittings] == [f"run{i:03d}" for i in range(8)]
+
+
+def test_a_corrupt_sitting_on_the_branch_names_it_and_a_tolerant_read_skips_it(tmp_path):
+    store = GitBranchStore(_bare(tmp_path), "quantperf-history")
+    good, bad = synthetic_history(n=2)
+    store.append(good)
+    blob = store._git("hash-object", "-w", "--stdin", input="{ torn").stdout.strip()
+    tip = store.tip()
+    assert store._swap(store._commit_onto(tip, [(bad.relpath, blob)], "a torn sitting"), tip)
+    with pytest.raises(HistoryError, match=f"quantperf-history:{bad.relpath}: a corrupt sitting"):
+        store.read("cpu-test")
+    loaded = store.read("cpu-test", strict=False)
+    assert [s.run_id for s in loaded.sittings] == ["run000"] and bad.relpath in loaded.skipped[0]

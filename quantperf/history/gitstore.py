@@ -163,6 +163,25 @@ class GitBranchStore:
         raise BranchMovedError(f"{remote} {self.branch}: the remote branch moved under this writer {retries + 1} "
                                "times; this branch keeps its sittings: push again")
 
+    def _blobs(self, objects: list[str]) -> list[str]:
+        """The contents of many blobs in one `git cat-file --batch` (one process, not one per sitting)."""
+        if not objects:
+            return []
+        try:
+            out = subprocess.run(["git", "-C", str(self.repo), "cat-file", "--batch"],
+                                 input=("\n".join(objects) + "\n").encode(),
+                                 capture_output=True, timeout=300, check=True).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise HistoryError(f"git cat-file in {self.repo} failed: {exc}") from None
+        texts, at = [], 0
+        for _ in objects:
+            end = out.index(b"\n", at)
+            header = out[at:end].split()
+            size = int(header[2])
+            texts.append(out[end + 1:end + 1 + size].decode("utf-8", errors="replace"))
+            at = end + 1 + size + 1
+        return texts
+
     def profiles(self) -> list[str]:
         """The profiles with sittings on the branch."""
         tip = self.tip()
@@ -177,14 +196,13 @@ class GitBranchStore:
         if tip is None:
             return Loaded([])
         prefix = f"{profile}/{host}/" if host else f"{profile}/"
-        names = self._git("ls-tree", "-r", "--name-only", tip, "--", prefix).stdout.split("\n")
+        names = [n for n in self._git("ls-tree", "-r", "--name-only", tip, "--", prefix).stdout.split("\n")
+                 if n.endswith(".json")]
         out, skipped = [], []
-        for name in filter(None, names):
-            if not name.endswith(".json"):
-                continue
+        for name, text in zip(names, self._blobs([f"{tip}:{n}" for n in names])):
             where = f"{self.branch}:{name}"
             try:
-                out.append(parse_sitting(self._git("cat-file", "-p", f"{tip}:{name}").stdout, where))
+                out.append(parse_sitting(text, where))
             except HistoryError as exc:
                 if strict:
                     raise
