@@ -44,7 +44,7 @@ def derive_baseline(sittings: list[Sitting], profile: str, size: int = DEFAULT_W
     recorded_at, git_revision, packages, gpu, backend_identity, kernel_methods, spec and
     metrics.<name> = {samples, median, cv, unit, higher_is_better, kind, runs: [{value, run_id, host,
     boot_id, started_at}]} (samples: the rounds of the latest sitting, as `update()` keeps them)."""
-    chosen = [s for s in window([s for s in sittings if s.profile == profile], size, source_branch)]
+    chosen = window([s for s in sittings if s.profile == profile], size, source_branch)
     configs: dict[str, dict] = {}
     for s in chosen:
         for key, cfg in s.configs.items():
