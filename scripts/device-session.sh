@@ -7,6 +7,7 @@
 #        ortpart DIR   copy one carried part of the onnxruntime-gpu wheel to /tmp/ortparts (the
 #                      wheel is larger than one call may carry: it travels in parts, one a call)
 #        ortsetup      join the parts (sha256 checked against .whl-ort.sha256), install into /tmp/site
+#        tfwheels      copy the carried .whltf/*.whl (a newer transformers and what it needs) to /tmp/whtf
 #        extra DIR     install the wheels in DIR into /tmp/site too (a wheel too large to ride with the
 #                      others in one call, e.g. mslk-cuda for torchao-int4wo)
 #        oldpart DIR   the same for the parts of an older bitsandbytes wheel (the upgrade check's side A)
@@ -32,7 +33,8 @@
 #        tests (pytest -k, default 125m); layout (`pytest benchmarks -m gpu -k 125m`, the README's GPU
 #        command, with --qp-report); upgrade-aa / upgrade (`quantperf upgrade-check` A/A calibration,
 #        then the installed bitsandbytes against the old one of oldsetup: A = old, B = /tmp/wh's wheel;
-#        QP_UP_BACKENDS, QP_UP_MODES); warm (the one-time builds alone: checkpoints, ONNX exports),
+#        QP_UP_BACKENDS, QP_UP_MODES); tfcheck (`quantperf upgrade-check transformers==5.25.0` against the image's
+#        transformers, side B from tfwheels; QP_TF_SPEC, QP_TF_BACKENDS, QP_TF_MODES); warm (the one-time builds alone: checkpoints, ONNX exports),
 #        matrix (`pytest benchmarks -m gpu -n QP_N`: the whole matrix on QP_N GPUs, default 1, its wall
 #        time in STATUS; after `warm` it is the warm-cache figure); QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b;
 #        QP_KERNEL_WORKER_TIMEOUT / QP_LARGE_WORKER_TIMEOUT: seconds a worker of kernel-* / large may stay
@@ -70,6 +72,11 @@ x = torch.randn(1, 256, dtype=torch.bfloat16, device='cuda')
 print('extra ok: torchao', torchao.__version__, type(lin.weight).__name__, float(lin(x).float().abs().mean()))
 " || { echo "extra: check failed, not installed"; exit 6; }
     cp -r /tmp/site-extra/. /tmp/site/ && touch /tmp/site/.extra-ready
+    exit $?
+    ;;
+tfwheels)
+    # side B's wheels of the transformers check (transformers and the dependencies it needs that the image lacks)
+    mkdir -p /tmp/whtf && cp .whltf/*.whl /tmp/whtf/ && ls /tmp/whtf | wc -l
     exit $?
     ;;
 ortpart)
@@ -223,6 +230,15 @@ for s in "$@"; do
             --device cuda --model synthetic:llama-1b --backend ${QP_UP_BACKENDS:-bnb-nf4 bnb-int8-nodecomp} \
             --mode ${QP_UP_MODES:-kernel graph eager} --markdown "$Q/$s/report.md" --json "$Q/$s/report.json" \
             > "$Q/$s/run.log" 2>&1
+        ;;
+    tfcheck)  # the transformers upgrade check: A = the image's transformers, B = the newest carried in .whltf
+        # (copied to /tmp/whtf by the tfwheels phase); nothing set by hand: quantperf decides Hub kernels itself
+        mkdir -p "$Q/tfcheck"
+        # shellcheck disable=SC2086
+        step tfcheck timeout -k 10 900 python3 -m quantperf upgrade-check ${QP_TF_SPEC:-transformers==5.25.0} \
+            --find-links /tmp/whtf --no-index --allow-changes --device cuda --model synthetic:llama-1b \
+            --backend ${QP_TF_BACKENDS:-torch-fp16} --mode ${QP_TF_MODES:-eager graph} --quality \
+            --markdown "$Q/tfcheck/report.md" --json "$Q/tfcheck/report.json" > "$Q/tfcheck/run.log" 2>&1
         ;;
     inject)
         QUANTPERF_INJECT_DELAY_MS="${QP_INJECT:-torch-fp16=10}" step inject gpu_job "$Q/inject" 900 -m "gpu and not quality and not slow" \

@@ -2,7 +2,8 @@
 pinned actions), and the GPU side is checked for what it promises: every GPU job installs the
 lock (constraints-gpu.txt), a pull request that changes one pin is measured against exactly that
 pin's base version, forks never reach the self-hosted runner, only the commenting job may write,
-comments and job summaries fit GitHub's caps, and Renovate proposes bumps of the lock."""
+comments and job summaries fit GitHub's caps, Renovate proposes bumps of the lock, and the weekly
+canary compares each library's newest release against the lock and keeps one issue up to date."""
 
 import json
 import os
@@ -84,7 +85,7 @@ def _pins(text: str) -> dict:
 
 def test_there_is_a_cpu_and_a_gpu_workflow():
     names = {p.stem for p in WORKFLOWS}
-    assert {"cpu", "gpu", "ab", "upgrade"} <= names
+    assert {"cpu", "gpu", "ab", "upgrade", "canary"} <= names
     gpu = (WORKFLOWS[0].parent / "gpu.yml").read_text()
     assert "self-hosted" in gpu and "gpu" in gpu and "scripts/gpu-job.sh" in gpu
 
@@ -197,7 +198,7 @@ def test_every_gpu_workflow_installs_from_the_lock():
                     if "QUANTPERF_SKIP_INSTALL" in (step.get("env") or {}):
                         # a later step of a job whose earlier step installed through the script
                         assert "scripts/gpu-job.sh" in text.split(step["run"])[0], f"{where} never installs"
-    assert seen >= 3  # gpu, ab, upgrade
+    assert seen >= 4  # gpu, ab, upgrade, canary
 
 
 # -- (3) done when: one changed pin is environment A's only difference ----------------------------
@@ -376,3 +377,198 @@ def test_renovate_config_is_valid_and_bumps_the_lock_one_library_at_a_time():
         if "pip_requirements" in rule.get("matchManagers", []) or not rule.get("matchManagers"):
             assert "groupName" not in rule, "the lock's bumps must stay one library per pull request"
     assert config.get("groupName") is None
+
+
+# -- (7) the canary: each library's newest release against the lock, one issue ---------------------
+
+CANARY = "canary.yml"
+QUANTPERF_LINE = re.compile(r"(?:^|\s)(?:python3? -m )?quantperf ([a-z][a-z-]+\b.*)")
+SAMPLE_ENV = {"LIBRARY": "torch", "NEWEST": "2.13.0", "MODES": "kernel graph eager",
+              "RUN_URL": "https://example.invalid/runs/1"}
+
+
+def _cli_parser():
+    """`quantperf`'s argument parser as main() builds it, to parse a workflow's command lines
+    without running them; an abbreviated option is refused (a renamed option must not still match)."""
+    import argparse
+
+    from quantperf.cli import GROUPS
+
+    ap = argparse.ArgumentParser(prog="quantperf")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for group in GROUPS:
+        group.add_parser(sub)
+    for parser in sub.choices.values():
+        parser.allow_abbrev = False
+    return ap
+
+
+def _quantperf_commands(run: str) -> list[list[str]]:
+    """The argv of every `quantperf ...` (or `python -m quantperf ...`) a run script executes, with
+    the step's variables given sample values and redirections cut off."""
+    from string import Template
+
+    found = []
+    for line in re.sub(r"\\\n\s*", " ", run).splitlines():
+        if line.strip().startswith(("echo", "printf", "#")):
+            continue
+        m = QUANTPERF_LINE.search(line)
+        if m:
+            rest = re.split(r"\s(?:\|\|?|2?>>?|<|2>&1)\s", " " + m.group(1) + " ")[0]
+            found.append(shlex.split(Template(rest).safe_substitute(SAMPLE_ENV)))
+    return found
+
+
+def test_every_quantperf_command_a_workflow_runs_exists_with_its_options():
+    parser, seen = _cli_parser(), set()
+    for path in WORKFLOWS:
+        for name, job in _workflow(path.name)["jobs"].items():
+            for argv in _quantperf_commands(_run_text(job)):
+                try:
+                    parser.parse_args(argv)
+                except SystemExit:
+                    pytest.fail(f"{path.name}:{name}: `quantperf {shlex.join(argv)}` does not parse")
+                seen.add((path.name, argv[0]))
+    assert {(CANARY, "newest"), (CANARY, "upgrade-check"), (CANARY, "canary-report"), ("ab.yml", "changed-pins"),
+            ("upgrade.yml", "upgrade-check")} <= seen
+
+
+def test_canary_runs_weekly_over_the_five_libraries_one_at_a_time():
+    from quantperf.report.canary import LIBRARIES
+
+    wf = _workflow(CANARY)
+    assert "schedule" in wf["on"] and "workflow_dispatch" in wf["on"] and "pull_request" not in wf["on"]
+    assert wf["concurrency"]["cancel-in-progress"] is False  # a later run waits, never kills a measurement
+    check = wf["jobs"]["check"]
+    assert _runs_on(check) == ["self-hosted", "gpu"]
+    assert check["strategy"]["fail-fast"] is False and check["strategy"]["max-parallel"] == 1
+    assert check["strategy"]["matrix"] == {"library": list(MEASURED)}
+    assert tuple(LIBRARIES) == MEASURED  # canary-report's default rows are the matrix
+    assert set(MEASURED) <= set(_pins(LOCK.read_text()))
+    # upgrade-check compares the newest release only when there is one, with every mode and quality
+    (step,) = [s for s in check["steps"] if "quantperf upgrade-check" in s.get("run", "")]
+    assert step["if"] == "steps.newest.outputs.newer == 'true'"
+    (argv,) = _quantperf_commands(step["run"])
+    assert argv[:3] == ["upgrade-check", "torch==2.13.0", "--allow-changes"]
+    assert {"--device", "cuda", "--quality", "kernel", "graph", "eager", "--json", "--markdown"} <= set(argv)
+    # its exit status is recorded before the job fails with it; the artifact is uploaded anyway
+    assert "PIPESTATUS[0]" in step["run"] and 'exit "$code"' in step["run"]
+    (upload,) = [s for s in check["steps"] if "upload-artifact" in s.get("uses", "")]
+    assert upload["if"] == "always()" and upload["with"]["name"] == "canary-${{ matrix.library }}"
+    assert isinstance(upload["with"]["retention-days"], int)
+
+
+def test_canary_only_the_issue_job_writes_and_it_runs_no_project_code():
+    wf = _workflow(CANARY)
+    assert wf["permissions"] == {"contents": "read"}
+    writers = []
+    for name, job in wf["jobs"].items():
+        assert "permissions" in job, f"{CANARY}:{name} inherits its permissions"
+        if _writes(job["permissions"]):
+            writers.append(name)
+    assert writers == ["issue"]
+    issue = wf["jobs"]["issue"]
+    assert _writes(issue["permissions"]) == ["issues"] and set(issue["permissions"]) == {"issues"}
+    assert "self-hosted" not in _runs_on(issue)
+    assert not any("actions/checkout" in u for u in _uses(issue)), "the issue job checks out code"
+    text = _run_text(issue)
+    assert "gh issue list --label \"$LABEL\"" in text and "gh issue edit" in text and "gh issue create" in text
+    assert issue["env"]["LABEL"] == "quantperf-canary"
+    # the issue is written also when libraries failed: a regression is what it must report
+    assert wf["jobs"]["report"]["needs"] == "check" and wf["jobs"]["report"]["if"] == "always()"
+    assert issue["needs"] == "report" and issue["if"].startswith("always()")
+
+
+def test_every_action_is_pinned_by_commit_with_its_version():
+    for path in WORKFLOWS:
+        for line in path.read_text().splitlines():
+            if re.match(r"\s*(-\s+)?uses:", line):
+                assert re.search(r"uses: [\w.-]+/[\w./-]+@[0-9a-f]{40}\s+#\s+v\d+(\.\d+)*\s*$", line), \
+                    f"{path.name}: not pinned by commit with a version comment: {line.strip()}"
+
+
+def test_canary_report_reads_the_folders_the_libraries_upload():
+    wf = _workflow(CANARY)
+    report = wf["jobs"]["report"]
+    (download,) = [s for s in report["steps"] if "download-artifact" in s.get("uses", "")]
+    assert download["with"]["pattern"] == "canary-*" and download.get("continue-on-error") is True
+    (argv,) = _quantperf_commands(_run_text(report))
+    assert argv[:2] == ["canary-report", download["with"]["path"]]
+    # the issue's markdown travels to the issue job under a name the library pattern never matches
+    import fnmatch
+
+    (upload,) = [s for s in report["steps"] if "upload-artifact" in s.get("uses", "")]
+    (fetch,) = [s for s in wf["jobs"]["issue"]["steps"] if "download-artifact" in s.get("uses", "")]
+    assert fetch["with"]["name"] == upload["with"]["name"]
+    assert not fnmatch.fnmatch(upload["with"]["name"], download["with"]["pattern"])
+    # the report job installs numpy and pydantic only (tests/test_canary.py: they are enough)
+    installs = [line.strip() for line in _run_text(report).splitlines() if "pip install" in line]
+    assert installs == ["python -m pip install -c constraints-gpu.txt numpy pydantic"]
+    assert "self-hosted" not in _runs_on(report) and not _writes(report["permissions"])
+    # the issue body fits GitHub's 65,536-character cap
+    assert re.search(r"trim-markdown\.py 65000 .*> canary-issue/issue\.md", _run_text(report))
+
+
+def _fake_checkout(tmp_path, quantperf_script: str) -> Path:
+    """A checkout with the lock and a .venv-gpu whose activate puts a `quantperf` on PATH."""
+    work = tmp_path / "checkout"
+    shim = work / ".venv-gpu" / "bin"
+    shim.mkdir(parents=True)
+    shutil.copy(LOCK, work / "constraints-gpu.txt")
+    (shim / "activate").write_text(f'PATH="{shim}:$PATH"\n')
+    (shim / "quantperf").write_text("#!/bin/sh\n" + quantperf_script)
+    (shim / "quantperf").chmod(0o755)
+    return work
+
+
+def _run_step(step, work, **env):
+    full = {**os.environ, **env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    return subprocess.run(["bash", "-e", "-c", step["run"]], cwd=work, env=full, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_canary_steps_find_the_newest_release_through_the_runners_pip_settings(tmp_path):
+    """The workflow's own newest step, as written, with pip told by PIP_* variables (as a runner's
+    configuration would) to look in a folder holding the lock's torchao and a newer one."""
+    import zipfile
+
+    if not shutil.which("bash"):
+        pytest.skip("needs bash")
+    job = _workflow(CANARY)["jobs"]["check"]
+    (step,) = [s for s in job["steps"] if "quantperf newest" in s.get("run", "")]
+    assert step["env"] == {"LIBRARY": "${{ matrix.library }}"} and step["id"] == "newest"
+    pinned = _pins(LOCK.read_text())["torchao"][1]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for version in (pinned, "99.0", "100.0rc1"):
+        with zipfile.ZipFile(wheels / f"torchao-{version}-py3-none-any.whl", "w") as z:
+            info = f"torchao-{version}.dist-info"
+            z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: torchao\nVersion: {version}\n")
+            z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+            z.writestr(f"{info}/RECORD", "")
+    work = _fake_checkout(tmp_path, f'exec "{sys.executable}" -m quantperf "$@"\n')
+    output = tmp_path / "github-output"
+    out = _run_step(step, work, LIBRARY="torchao", GITHUB_OUTPUT=str(output), PIP_NO_INDEX="1",
+                    PIP_FIND_LINKS=str(wheels))
+    assert out.returncode == 0, out.stdout + out.stderr
+    outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
+    assert outputs == {"library": "torchao", "pinned": pinned, "newest": "99.0", "newer": "true"}
+    used = set(re.findall(r"steps\.newest\.outputs\.(\w+)", (ROOT / ".github/workflows" / CANARY).read_text()))
+    assert used <= set(outputs)
+
+    # the upgrade-check step records upgrade-check's exit status, then fails with it
+    (check,) = [s for s in job["steps"] if "quantperf upgrade-check" in s.get("run", "")]
+    work = _fake_checkout(tmp_path / "b", 'echo "quantperf: environment B: torchao==99.0: no wheel" >&2\nexit 2\n')
+    (work / "canary").mkdir()
+    shutil.copy(tmp_path / "checkout" / "canary" / "canary.txt", work / "canary" / "canary.txt")
+    out = _run_step(check, work, LIBRARY="torchao", NEWEST="99.0")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert (work / "canary" / "canary.txt").read_text().endswith("newer=true\nexit_code=2\n")
+    # what the issue then says about it, from the artifact canary-torchao
+    from quantperf.report.canary import read_library
+
+    shutil.copytree(work / "canary", tmp_path / "reports" / "canary-torchao")
+    row = read_library(tmp_path / "reports", "torchao")
+    assert row.problem == ("no `canary-torchao/report.json` (upgrade-check exit 2; `quantperf: environment B: "
+                           "torchao==99.0: no wheel`)")

@@ -1,15 +1,16 @@
 """`quantperf` command line: `profile`, `backends`, `run`, `gate`, `noise`, `sensitivity`,
-`upgrade-check`, `compare`, `changed-pins`, `report`, `merge`. Each command group's module holds
-its handlers and `add_parser(subparsers)`, which registers them."""
+`upgrade-check`, `compare`, `changed-pins`, `newest`, `canary-report`, `report`, `merge`, `export`,
+`history`. Each command group's module holds its handlers and `add_parser(subparsers)`, which
+registers them."""
 
 from __future__ import annotations
 
 import argparse
 
-from . import gate, machine, noise, report, run, upgrade
+from . import canary, export, gate, history, machine, noise, report, run, upgrade
 from ._common import run_command
 
-GROUPS = (machine, run, noise, gate, upgrade, report)  # the order of `quantperf --help`
+GROUPS = (machine, run, noise, gate, upgrade, canary, report, export, history)  # the order of `quantperf --help`
 
 
 def main(argv: list[str] | None = None) -> int:

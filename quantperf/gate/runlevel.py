@@ -271,3 +271,50 @@ def assign_sessions(runs: list[dict], gap_minutes: float = 30) -> list[str]:
             if not ids[i]:
                 ids[i] = f"{host}-{boot}"
     return ids
+
+
+# -- host-aware gating ---------------------------------------------------------------------
+# Across hosts of one GPU model eager and graph figures shift by a third (x1.307 on the H100),
+# and not by the same factor for every configuration, so a baseline pooled over hosts has a
+# noise floor no change can pass; within one host the spread is ~2%. Kernel mode's cross-lease
+# spread is 0.1-0.3%: it keeps pooling over the hosts of a profile.
+HOST_POOLED_MODES = ("kernel",)
+MIN_HOST_SESSIONS = 3  # sessions (sittings) from this host before eager and graph are gated on them
+
+
+@dataclass
+class HostScope:
+    """Which recorded runs a mode is gated against on this host: `runs` (config id -> run dicts),
+    or none, with `status` NO_BASELINE and a message saying what it would take."""
+
+    host: str | None
+    mode: str
+    pooled: bool  # every host's runs (kernel mode)
+    sessions_here: int
+    needed: int
+    other_hosts: int
+    runs: dict[str, list[dict]]
+    status: str | None = None  # NO_BASELINE when this host has too few sessions
+    message: str = ""
+
+
+def host_scope(baselines: dict[str, list[dict]], host: str | None, mode: str,
+               min_sessions: int = MIN_HOST_SESSIONS, gap_minutes: float = 30) -> HostScope:
+    """The runs of `baselines` (config id -> recorded run dicts with host, boot_id, started_at)
+    that gate `mode` on `host`: every host's in kernel mode; in other modes this host's, if they
+    come from at least `min_sessions` sessions, else none and a 'no runs from this host' outcome."""
+    hosts = {r.get("host") for runs in baselines.values() for r in runs}
+    if mode in HOST_POOLED_MODES:
+        return HostScope(host, mode, True, 0, 0, len(hosts - {host}), dict(baselines))
+    mine = {cid: [r for r in runs if host is not None and r.get("host") == host] for cid, runs in baselines.items()}
+    mine = {cid: runs for cid, runs in mine.items() if runs}
+    flat = [r for runs in mine.values() for r in runs]
+    sessions = len(set(assign_sessions(flat, gap_minutes))) if flat else 0
+    others = len(hosts - {host})
+    if sessions >= min_sessions:
+        return HostScope(host, mode, False, sessions, min_sessions, others, mine)
+    message = (f"no runs from this host: {sessions} sitting(s) of host {host or 'unknown'} recorded for {mode} mode, "
+               f"{min_sessions} needed to gate {mode} figures on it ({min_sessions - sessions} more sitting(s) "
+               f"here; the baseline's runs from {others} other host(s) are not used: hosts of one GPU model differ "
+               "by more than a change to be caught)")
+    return HostScope(host, mode, False, sessions, min_sessions, others, {}, Status.NO_BASELINE, message)

@@ -37,6 +37,8 @@ class ReportData:
     takeaways: dict[str, dict] = field(default_factory=dict)  # profile -> claim id -> recorded verdict entry
     upgrades: list[dict] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    history: list = field(default_factory=list)  # history.store.Sitting: the trend charts' sittings
+    history_skipped: list[str] = field(default_factory=list)  # store files that could not be read
 
     @property
     def profiles(self) -> list[str]:
@@ -456,6 +458,10 @@ def render_html(data: ReportData, title: str = "quantperf report") -> str:
             parts.append(f"<figure><img alt=\"{html.escape(caption)}\" src=\"{uri}\"><figcaption class=\"note\">"
                          f"{html.escape(caption)}</figcaption></figure>")
         parts.append("</section>")
+    if data.history:
+        from .trends import trends_section
+
+        parts.append(trends_section(data.history, data.history_skipped))
     parts.append("</body></html>")
     return "\n".join(parts)
 
