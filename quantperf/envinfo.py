@@ -227,21 +227,29 @@ def _boot_id() -> str | None:
 @lru_cache(maxsize=1)
 def run_info() -> dict:
     """Who measured, when: one id per measuring process (a pytest session, a `quantperf run`),
-    the machine's boot id and a hash of its host name. Baselines keep these per recorded run, so
+    the machine's boot id and its host key (`host_key`). Baselines keep these per recorded run, so
     the gate can tell runs of one sitting from runs of different sessions (the unit of
     replication is the run, and the session it ran in)."""
-    import hashlib
     import uuid
     from datetime import datetime, timezone
 
-    host = platform.node() or "unknown"
     boot = _boot_id()
     return {
         "run_id": uuid.uuid4().hex[:12],
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "boot_id": boot,
-        "host": hashlib.sha256(host.encode()).hexdigest()[:10],
+        "host": host_key(platform.node() or "unknown", gpu_uuids()),
     }
+
+
+def host_key(name: str, uuids: list[str]) -> str:
+    """The host a run measured on, as the history and the host-aware gate key it: a hash of the
+    host name and, on a GPU machine, of its GPUs' UUIDs (leased machines can all carry one host
+    name; their GPUs tell them apart). A machine without GPUs keeps the hash of its name alone."""
+    import hashlib
+
+    text = name if not uuids else name + "|" + ",".join(sorted(uuids))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def environment() -> dict:

@@ -14,7 +14,7 @@ import pytest
 from .shards import assign_shards, item_shard, shard_of
 
 # `--qp-against SPEC` (an interleaved A/B instead of the baselines) is wired in its own module
-pytest_plugins = ["quantperf.plugin_ab"]
+pytest_plugins = ["quantperf.plugin_ab", "quantperf.plugin_history"]
 
 # option names (module constants, as hypothesis does)
 RECORD = "--qp-record"
@@ -469,8 +469,14 @@ def _finish(session) -> None:
         qp.summary().write(_worker_path(qp.log.path.with_name("summary.json"), _worker_id(config)))
     if _shard_count(config):
         _merge_shards(config)
+    if not _worker_id(config) and (qp is not None or getattr(config, "_qp_merged", None) is not None):
+        from .plugin_history import store_sitting
+
+        summary, results = (qp.summary(), list(qp.results.values())) if qp is not None else config._qp_merged
+        (qp.notes if qp is not None else summary.notes).extend(store_sitting(config, results, summary))
     report_dir = config.getoption(REPORT)
     if report_dir and not _worker_id(config) and (qp is not None or getattr(config, "_qp_merged", None) is not None):
+        from .plugin_history import report_history
         from .report.html import ReportData, write
 
         if qp is not None:
@@ -480,6 +486,7 @@ def _finish(session) -> None:
             summary, results = config._qp_merged
             data = ReportData(results=[r for r in results if not r.timings.get("confirmation")], summaries=[summary],
                               sources=[summary.results_path] if summary.results_path else [])
+        data.history, data.history_skipped = report_history(config)
         line = "report: " + ", ".join(write(data, Path(report_dir) / "report.html", Path(report_dir) / "report.md"))
         (qp.notes if qp is not None else config._qp_merged[0].notes).append(line)
 

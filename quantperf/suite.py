@@ -123,8 +123,20 @@ class SuiteSession:
     def store(self, device: str) -> BaselineStore:
         profile = self.profiles[device]
         if profile not in self._stores:
-            self._stores[profile] = BaselineStore(self.baselines_dir, profile)
+            store = BaselineStore(self.baselines_dir, profile)
+            if self.history is not None and not self.record:
+                from .history import apply_derived
+
+                note = apply_derived(store, self.history, self.history_window, self.history_of_record)
+                if note:
+                    self.notes.append(note)
+            self._stores[profile] = store
         return self._stores[profile]
+
+    # the results store (quantperf.history) baselines are derived from: None, the file alone
+    history = None
+    history_window = 20  # sittings per host
+    history_of_record = "main"  # the code branch whose sittings baselines derive from
 
     progress = None  # called with one line per configuration as it is measured (the plugin prints it)
     # `pytest --qp-against SPEC`: an experiments.against.AgainstSession; check, check_quality and
@@ -274,7 +286,8 @@ class SuiteSession:
         """The run-level speed gate over one run's results of one device (quantperf.gate.gate_runs):
         per mode and gated metric, the noise pooled over the profile's configurations, the common
         session shift removed, a Bonferroni family of every configuration and metric gated here."""
-        from .gate import gate_runs
+        from .envinfo import run_info
+        from .gate.history import gate_runs_on_host
         from .results import METRICS
         from .scenarios import scenario_for
 
@@ -304,8 +317,18 @@ class SuiteSession:
                 baselines = {cid: store.runs(cid, metric) for cid, e in store.data["configs"].items()
                              if (e.get("spec") or {}).get("mode", mode) == mode and store.runs(cid, metric)
                              and cid not in left_out}
-                verdicts, shift, model = gate_runs(current, baselines, metric, hib, self.tolerance("speed", mode=mode),
-                                                   self.alpha, family)
+                hosted = gate_runs_on_host(current, baselines, metric, hib, self.tolerance("speed", mode=mode),
+                                           self.alpha, family, run_info()["host"], mode)
+                verdicts, shift, model = hosted.verdicts, hosted.shift, hosted.model
+                if hosted.scope.status is not None:  # no runs from this host: no verdict, what it would take
+                    for r in group:
+                        head = r.metrics.get("decode_tokens_per_s")
+                        outcomes.setdefault(r.spec.id, ConfigOutcome(
+                            f"{r.spec.id}:speed", r.spec.id, ["speed"], hosted.scope.status,
+                            f"{r.spec.id}: {hosted.scope.message}", decode_tokens_per_s=head.value if head else None,
+                            runtime=r.runtime))
+                        left_out.add(r.spec.id)
+                    continue
                 if shift is not None:
                     noise = ("unknown (one run per configuration)" if model.sigma is None else
                              f"{model.sigma * 100:.1f}% (pooled over {model.n_configs} configurations, "

@@ -84,6 +84,16 @@ def test_with_fewer_sessions_from_this_host_it_is_no_runs_from_this_host_with_th
     assert _gate(_current(rng), baselines, min_sessions=2).scope.status is None
 
 
+def test_a_baseline_of_this_host_alone_gates_with_however_many_sessions_it_has():
+    rng = np.random.default_rng(7)
+    everyone = _baseline(rng, here_sessions=1)
+    baselines = {cid: [r for r in runs if r.get("host") == HERE] for cid, runs in everyone.items()}
+    scope = host_scope(baselines, HERE, "eager")
+    assert scope.status is None and scope.sessions_here == 1 and scope.runs == baselines
+    # the same runs seen from another host: none of them are its
+    assert host_scope(baselines, "ffffffffff", "eager").status == Status.NO_BASELINE
+
+
 def test_graph_mode_is_host_aware_too_and_kernel_mode_pools_every_host():
     rng = np.random.default_rng(5)
     baselines = _baseline(rng, here_sessions=1)

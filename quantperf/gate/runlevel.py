@@ -302,7 +302,8 @@ def host_scope(baselines: dict[str, list[dict]], host: str | None, mode: str,
                min_sessions: int = MIN_HOST_SESSIONS, gap_minutes: float = 30) -> HostScope:
     """The runs of `baselines` (config id -> recorded run dicts with host, boot_id, started_at)
     that gate `mode` on `host`: every host's in kernel mode; in other modes this host's, if they
-    come from at least `min_sessions` sessions, else none and a 'no runs from this host' outcome."""
+    come from at least `min_sessions` sessions (or if every run is this host's: a baseline of one
+    host has no other host to keep out), else none and a 'no runs from this host' outcome."""
     hosts = {r.get("host") for runs in baselines.values() for r in runs}
     if mode in HOST_POOLED_MODES:
         return HostScope(host, mode, True, 0, 0, len(hosts - {host}), dict(baselines))
@@ -311,6 +312,8 @@ def host_scope(baselines: dict[str, list[dict]], host: str | None, mode: str,
     flat = [r for runs in mine.values() for r in runs]
     sessions = len(set(assign_sessions(flat, gap_minutes))) if flat else 0
     others = len(hosts - {host})
+    if flat and not others:  # every run is this host's: nothing from another host to keep out
+        return HostScope(host, mode, False, sessions, 0, 0, mine)
     if sessions >= min_sessions:
         return HostScope(host, mode, False, sessions, min_sessions, others, mine)
     message = (f"no runs from this host: {sessions} sitting(s) of host {host or 'unknown'} recorded for {mode} mode, "

@@ -7,11 +7,11 @@ a rolling window of it, and change points over each metric's history.
 - changepoints: E-divisive means with its permutation test, and the environment diff at a point
 """
 
-from .baseline import DEFAULT_WINDOW, derive_baseline
+from .baseline import DEFAULT_WINDOW, apply_derived, derive_baseline
 from .changepoints import ChangePoint, EnvironmentDiff, e_divisive, environment_diff, locate, log_change_points
 from .gitstore import BranchMovedError, GitBranchStore, open_store
 from .store import SCHEMA_VERSION, DirectoryStore, HistoryError, Loaded, Sitting, from_results
 
 __all__ = ["DEFAULT_WINDOW", "SCHEMA_VERSION", "BranchMovedError", "ChangePoint", "DirectoryStore",
-           "EnvironmentDiff", "GitBranchStore", "HistoryError", "Loaded", "Sitting", "derive_baseline",
+           "EnvironmentDiff", "GitBranchStore", "HistoryError", "Loaded", "Sitting", "apply_derived", "derive_baseline",
            "e_divisive", "environment_diff", "from_results", "locate", "log_change_points", "open_store"]

@@ -6,7 +6,8 @@ Per configuration and metric the runs are the window's run medians, each with wh
 and when (value, run_id, host, boot_id, started_at), oldest first: the run-level gate separates
 sessions by them, and the host-aware rule (`quantperf.gate.runlevel.host_scope`) picks this
 host's. As with `--qp-record`, a configuration whose backend identity or kernel timing methods
-changed starts anew from the sitting that changed them (figures timed otherwise are not
+changed, or whose runtime settings changed (quantperf.fidelity: attention, KV cache, Hub kernels,
+matmul precision), starts anew from the sitting that changed them (figures timed otherwise are not
 comparable); a package upgrade does not (that is what the gate is for). A configuration whose
 gate outcome in its sitting was `regressed` is left out, so a regression does not become the
 baseline by being stored.
@@ -14,6 +15,7 @@ baseline by being stored.
 
 from __future__ import annotations
 
+from ..fidelity import setting_changes
 from ..status import Status
 from .store import Sitting, sort_sittings
 
@@ -51,8 +53,9 @@ def derive_baseline(sittings: list[Sitting], profile: str, size: int = DEFAULT_W
             if cfg.get("status") != Status.OK or cfg.get("outcome") == Status.REGRESSED or not cfg.get("metrics"):
                 continue
             entry = configs.get(key)
-            if entry is not None and entry["_setup"] != _setup(cfg):
-                entry = None  # other backend options or timing methods: the record starts anew
+            if entry is not None and (entry["_setup"] != _setup(cfg)
+                                      or setting_changes(entry.get("runtime") or {}, cfg.get("runtime") or {})):
+                entry = None  # other backend options, timing methods or runtime settings: the record starts anew
             who = {"run_id": cfg.get("run_id") or s.run_id, "host": s.host, "boot_id": s.boot_id,
                    "started_at": cfg.get("started_at") or s.started_at}
             metrics = dict(entry["metrics"]) if entry else {}
@@ -68,7 +71,8 @@ def derive_baseline(sittings: list[Sitting], profile: str, size: int = DEFAULT_W
                 "packages": s.packages, "gpu": ((s.environment or {}).get("gpu") or {}).get("name"),
                 "backend_identity": cfg.get("backend_identity") or {},
                 **({"kernel_methods": cfg["timing_methods"]} if cfg.get("timing_methods") else {}),
-                "spec": cfg.get("spec"), "metrics": metrics}
+                "spec": cfg.get("spec"), "metrics": metrics,
+                **({"runtime": cfg["runtime"]} if cfg.get("runtime") else {})}
     for entry in configs.values():
         del entry["_setup"]
     return {"schema": BASELINE_SCHEMA, "profile": profile, "configs": configs,
@@ -76,3 +80,24 @@ def derive_baseline(sittings: list[Sitting], profile: str, size: int = DEFAULT_W
                              "window_per_host": size, "source_branch": source_branch,
                              "first": chosen[0].started_at if chosen else None,
                              "last": chosen[-1].started_at if chosen else None}}
+
+
+def apply_derived(store, history, size: int = DEFAULT_WINDOW, of_record: str | None = "main") -> str | None:
+    """Put the baseline derived from the results store `history` into `store` (a
+    baselines.BaselineStore, in memory only: the file is never written here): the configurations
+    the store's window holds replace the file's; the file's others (a first sitting recorded with
+    --qp-record) stay. Sittings of the branch `of_record` count, and those that name no branch.
+    A corrupt or newer-schema sitting is a HistoryError naming its file. Returns the session note
+    (None when the store holds no sitting of the profile)."""
+    sittings = [s for s in history.read(store.profile, strict=True).sittings
+                if of_record is None or s.source_branch in (of_record, None)]
+    if not sittings:
+        return None
+    derived = derive_baseline(sittings, store.profile, size)
+    store.data["configs"].update(derived["configs"])
+    prov = derived["provenance"]
+    store.derived = prov
+    return (f"baseline of {store.profile}: {len(derived['configs'])} configuration(s) derived from "
+            f"{prov['derived_from_sittings']} sitting(s) of the results store ({len(prov['hosts'])} host(s), the last "
+            f"{size} of each{f', branch {of_record}' if of_record else ''}); the baselines file's other "
+            "configurations kept")
