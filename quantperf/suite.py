@@ -433,7 +433,15 @@ class SuiteSession:
             key = f"{'quality:' if quality else ''}{spec.id}:{','.join(kinds)}"
             outcome = ConfigOutcome(key, ("quality-" if quality else "") + spec.id, list(kinds), Status.OK)
             self.outcomes[key] = outcome
-            return self.raise_for(self._no_baseline(outcome, spec, store))
+            if self.history is not None:  # measured all the same: the store keeps it, the next sitting gates on it
+                res = self.measure(spec, quality=quality)
+                if failure := run_failure(res.status):
+                    outcome.status, outcome.message = failure, res.reason or ""
+                    return self.raise_for(outcome)
+            self._no_baseline(outcome, spec, store)
+            if self.history is not None:
+                outcome.message += "; measured and kept in the results store: the next sitting is gated against it"
+            return self.raise_for(outcome)
         if kinds == ("speed",) and not quality and not self.record and tolerances is None:
             res = self.measure(spec)
             if not res.ok:

@@ -1,0 +1,92 @@
+"""The results store inside the suite (`pytest benchmarks --qp-history STORE`): every sitting kept,
+the baselines derived from the store's sittings of the branch of record, trends in the report."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch  # noqa: F401  (imported before pytester snapshots sys.modules: torch cannot be imported twice)
+
+pytest_plugins = ["pytester"]
+
+MATRIX = """
+[tier.cpu]
+device = "cpu"
+models = ["fake:small"]
+backends = ["fake-fp16", "fake-int8"]
+modes = ["eager"]
+workload = { batch_size = 1, prompt_tokens = 8, new_tokens = 6, warmup_rounds = 1, rounds = 5 }
+"""
+
+SHIPPED_TESTS = (Path(__file__).resolve().parents[1] / "benchmarks" / "test_regression.py").read_text()
+ARGS = ["--qp-matrix=matrix.toml", "--qp-takeaways=takeaways.toml", "--qp-baselines=baselines",
+        "--qp-profile=cpu-test", "--qp-results=out/results.jsonl", "-p", "no:cacheprovider", "-W",
+        "ignore::DeprecationWarning", "-k", "speed", "--qp-history=store"]
+
+
+@pytest.fixture
+def project(pytester, monkeypatch):
+    monkeypatch.setenv("QUANTPERF_TEST_BACKENDS", "1")
+    for var in ("QUANTPERF_INJECT_DELAY_MS", "GITHUB_HEAD_REF", "CI_COMMIT_REF_NAME", "QUANTPERF_HISTORY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GITHUB_REF_NAME", "main")
+    pytester.makefile(".toml", matrix=MATRIX, takeaways="")
+    pytester.mkdir("baselines")
+    pytester.makepyfile(test_bench=SHIPPED_TESTS)
+    return pytester
+
+
+def sittings(root: Path) -> list[dict]:
+    return [json.loads(f.read_text()) for f in sorted(root.glob("store/cpu-test/*/*.json"))]
+
+
+def test_a_first_sitting_is_stored_and_the_second_is_gated_against_it(project):
+    first = project.runpytest_subprocess(*ARGS)
+    first.assert_outcomes(skipped=2)  # no baseline yet: the speed tests say so
+    first.stdout.fnmatch_lines(["*history: sitting * of cpu-test (host *, 2 configuration(s)) stored*"])
+    stored = sittings(project.path)
+    assert len(stored) == 1 and stored[0]["source_branch"] == "main"
+    assert sorted(stored[0]["configs"]) == ["small-fake-fp16-cpu-bs1-p8-n6-eager", "small-fake-int8-cpu-bs1-p8-n6-eager"]
+    second = project.runpytest_subprocess(*ARGS)
+    second.assert_outcomes(passed=2)  # gated against the first sitting: not skipped
+    second.stdout.fnmatch_lines(["*baseline of cpu-test: 2 configuration(s) derived from 1 sitting(s)*"])
+    assert len(sittings(project.path)) == 2
+    # the baselines file was never written: the baseline lives in the store
+    assert not list((project.path / "baselines").glob("*.json"))
+
+
+def test_sittings_of_another_branch_are_kept_but_never_a_baseline(project, monkeypatch):
+    monkeypatch.setenv("GITHUB_HEAD_REF", "bump-torch")
+    project.runpytest_subprocess(*ARGS).assert_outcomes(skipped=2)
+    assert sittings(project.path)[0]["source_branch"] == "bump-torch"
+    again = project.runpytest_subprocess(*ARGS)
+    again.assert_outcomes(skipped=2)  # the pull request's own sitting does not gate it
+    again.stdout.fnmatch_lines(["*no baseline for *"])
+    assert len(sittings(project.path)) == 2
+
+
+def test_the_report_shows_the_store_trends(project):
+    project.runpytest_subprocess(*ARGS)
+    project.runpytest_subprocess(*ARGS, "--qp-report=rep").assert_outcomes(passed=2)
+    html = (project.path / "rep" / "report.html").read_text()
+    assert "<svg" in html and "decode_tokens_per_s" in html and "small-fake-fp16-cpu-bs1-p8-n6-eager" in html
+
+
+def test_a_corrupt_sitting_fails_loudly_naming_its_file(project):
+    project.runpytest_subprocess(*ARGS)
+    (bad,) = project.path.glob("store/cpu-test/*/*.json")
+    bad.write_text('{"schema_version": 1, "profile": "cpu-te')
+    result = project.runpytest_subprocess(*ARGS)
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([f"*{bad.name}*"])
+    assert bad.read_text().endswith("cpu-te")  # nothing was repaired or replaced behind the user's back
+
+
+def test_options_that_do_not_fit_are_one_usage_line(project):
+    result = project.runpytest_subprocess(*ARGS, "--qp-history-push=origin")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--qp-history-push needs --qp-history-branch*"])
+    args = [a for a in ARGS if not a.startswith("--qp-history")]
+    result = project.runpytest_subprocess(*args, "--qp-history-branch=results")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--qp-history-branch only applies with --qp-history STORE*"])
