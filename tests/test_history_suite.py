@@ -46,7 +46,7 @@ def test_a_first_sitting_is_stored_and_the_second_is_gated_against_it(project):
     first.stdout.fnmatch_lines(["*history: sitting * of cpu-test (host *, 2 configuration(s)) stored*"])
     stored = sittings(project.path)
     assert len(stored) == 1 and stored[0]["source_branch"] == "main"
-    assert sorted(stored[0]["configs"]) == ["small-fake-fp16-cpu-bs1-p8-n6-eager", "small-fake-int8-cpu-bs1-p8-n6-eager"]
+    assert sorted(stored[0]["configs"]) == [f"small-fake-{b}-cpu-bs1-p8-n6-eager" for b in ("fp16", "int8")]
     second = project.runpytest_subprocess(*ARGS)
     second.assert_outcomes(passed=2)  # gated against the first sitting: not skipped
     second.stdout.fnmatch_lines(["*baseline of cpu-test: 2 configuration(s) derived from 1 sitting(s)*"])
