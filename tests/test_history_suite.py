@@ -2,6 +2,8 @@
 the baselines derived from the store's sittings of the branch of record, trends in the report."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,15 @@ def test_a_first_sitting_is_stored_and_the_second_is_gated_against_it(project):
     assert len(sittings(project.path)) == 2
     # the baselines file was never written: the baseline lives in the store
     assert not list((project.path / "baselines").glob("*.json"))
+    # until asked: the derived baseline written into the baselines directory gates a run without the store
+    out = subprocess.run([sys.executable, "-m", "quantperf", "history", "baseline", "store", "--profile", "cpu-test",
+                          "--into", "baselines"], cwd=project.path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "2 configuration(s) from 2 sitting(s) of the store written" in out.stdout
+    data = json.loads((project.path / "baselines" / "cpu-test.json").read_text())
+    assert [len(e["metrics"]["decode_tokens_per_s"]["runs"]) for e in data["configs"].values()] == [2, 2]
+    args = [a for a in ARGS if not a.startswith("--qp-history")]
+    project.runpytest_subprocess(*args).assert_outcomes(passed=2)
 
 
 def test_sittings_of_another_branch_are_kept_but_never_a_baseline(project, monkeypatch):

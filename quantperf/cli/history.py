@@ -49,9 +49,28 @@ def _cmd_baseline(args) -> int:
     store = _store(args)
     loaded = store.read(args.profile, strict=True)
     data = derive_baseline(loaded.sittings, args.profile, args.window, args.source_branch)
+    if args.into:
+        return _into(args.into, args.profile, data)
     if args.out:
         return write_outputs([(args.out, dump_json(data))])
     sys.stdout.write(dump_json(data))
+    return 0
+
+
+def _into(directory: str, profile: str, data: dict) -> int:
+    """The derived configurations written into the baselines file of `profile` in `directory`
+    (validated first; its other configurations and its takeaways kept; atomic)."""
+    from ..baselines import BaselineStore
+    from ..config import BaselineFileModel, validate
+    from ..results import atomic_write_text, dump_json
+
+    target = BaselineStore(directory, profile)  # a corrupt or mismatched file fails here, untouched
+    merged = dict(target.data)
+    merged["configs"] = {**target.data.get("configs", {}), **data["configs"]}
+    validate(BaselineFileModel, merged, target.path)
+    atomic_write_text(target.path, dump_json(merged))
+    print(f"{target.path}: {len(data['configs'])} configuration(s) from {data['provenance']['derived_from_sittings']} "
+          f"sitting(s) of the store written; {len(merged['configs']) - len(data['configs'])} other(s) kept")
     return 0
 
 
@@ -97,6 +116,9 @@ def add_parser(sub) -> None:
     b.add_argument("--window", type=int, default=20, help="sittings per host (default 20)")
     b.add_argument("--source-branch", help="only sittings of this code branch")
     b.add_argument("-o", "--out", metavar="FILE", help="where to write (default: stdout)")
+    b.add_argument("--into", metavar="DIR", help="write the derived configurations into DIR/<profile>.json (a "
+                                                 "baselines directory), replacing those configurations there and "
+                                                 "keeping the file's others and its takeaways")
     b.set_defaults(fn=_cmd_baseline)
     r = hs.add_parser("report", help="trend charts of every configuration and metric, change points marked, as one "
                                      "self-contained HTML file")
