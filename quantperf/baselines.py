@@ -145,7 +145,8 @@ class BaselineStore:
         """Add one run of a configuration -- all its metrics at once, so an interrupted recording
         never leaves a configuration half-updated -- to the in-memory data; returns human lines of
         what changed. A run with other backend options, another version of a library installed on
-        both sides, or kernel figures timed otherwise (`kernel_methods`), starts the record anew.
+        both sides, kernel figures timed otherwise (`kernel_methods`), or other runtime settings
+        (`runtime`, quantperf.fidelity: attention, KV cache, Hub kernels, TF32), starts the record anew.
         A library installed on one side only does not: the run of a torch backend is the same
         whether or not onnxruntime-gpu was installed beside it (a backend that needs a library
         cannot run without it, and its identity names what it used). save() applies the same

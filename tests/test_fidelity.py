@@ -302,3 +302,13 @@ def test_an_extra_configuration_takes_the_options_too(tmp_path):
                     'extra = [{ model = "fixture", backend = "torch-fp32", hub_kernels = "on" }]\n')
     with pytest.raises(ConfigError, match=r"tier.cpu.extra\[0\].hub_kernels: unknown value 'on'; allowed: off, hub"):
         load_matrix(path)
+
+
+def test_recording_a_run_of_other_runtime_settings_starts_the_record_anew(tmp_path):
+    store = BaselineStore(tmp_path, "cpu-test")
+    store.update(_result([100, 101, 99], _runtime()), None)
+    store.update(_result([100, 101, 99], _runtime(versions={"torch_cuda": "12.9"})), None)
+    assert len(store.runs(FAKE.id, "decode_tokens_per_s")) == 2  # a version change keeps the runs
+    store.update(_result([90, 91, 89], _runtime(attn_implementation="eager")), None)
+    assert [r["value"] for r in store.runs(FAKE.id, "decode_tokens_per_s")] == [90]
+    assert store.runtime(FAKE.id)["settings"]["attn_implementation"] == "eager"

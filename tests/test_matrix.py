@@ -28,7 +28,8 @@ def test_command_line_overrides_replace_lists():
     ('[tier.x]\ndevice = "cpu"\nbackend = ["torch-fp32"]\n',
      "m.toml: tier.x: unknown key 'backend' .*; allowed keys: backends, device, extra"),
     ('[tier.x]\ndevice = "cpu"\nextra = [{ model = "m", backend = "torch-fp32", mdoe = "graph" }]\n',
-     "tier.x.extra\\[0\\]: unknown key 'mdoe' \\(value 'graph'\\); allowed keys: attn_implementation, backend, hub_kernels, mode, model"),
+     "tier.x.extra\\[0\\]: unknown key 'mdoe' \\(value 'graph'\\); allowed keys: attn_implementation, backend, "
+     "hub_kernels, mode, model"),
     ('[tier.x]\ndevice = "cpu"\nmodels = "synthetic:llama-tiny"\n', "tier.x.models: input should be a valid list"),
     ('[tier.x]\ndevice = "cpu"\nbackends = ["bnb-int3"]\n', "unknown backend 'bnb-int3'"),
     ('[tier.x]\ndevice = "cpu"\nworkload = { rounds = 0 }\n', "tier.x.workload.rounds: input should be greater than or "
