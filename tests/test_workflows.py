@@ -738,6 +738,7 @@ def test_the_history_steps_as_written_push_each_profiles_sitting_to_the_store_br
     assert out.returncode == 0, out.stdout + out.stderr
     assert "No branch quantperf-history on origin yet" in out.stdout
     assert "quantperf-results-h100: no results.jsonl" in summary_md.read_text()
+    assert "quantperf-results-t4: its sitting is stored on quantperf-history and pushed" in summary_md.read_text()
     shutil.rmtree(inbox)
     _profile_artifact(inbox / "quantperf-results-h200", "run002", summary=False)
     _git("branch", "-D", "quantperf-history", cwd=work)  # a fresh runner: the branch comes from origin
@@ -752,6 +753,14 @@ def test_the_history_steps_as_written_push_each_profiles_sitting_to_the_store_br
     assert [s["run_id"] for s in stored] == ["run001", "run002"]
     assert {s["source_branch"] for s in stored} == {"main"}
     assert any(c.get("outcome") == "regressed" for c in stored[0]["configs"].values())  # its summary.json
+    # a results file that cannot be stored fails the step, naming the profile; the others are still stored
+    _profile_artifact(inbox / "quantperf-results-t4", "run003", summary=False)
+    (inbox / "quantperf-results-h100").mkdir()
+    (inbox / "quantperf-results-h100" / "results.jsonl").write_text("{}\n")
+    out = run(add)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "quantperf-results-h100: not stored" in summary_md.read_text()
+    assert len(_git("ls-tree", "-r", "--name-only", "quantperf-history", cwd=origin).split()) == 3
     out = run(report)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "run002" in (work / "quantperf-history-report" / "history.html").read_text()
