@@ -9,6 +9,12 @@
 # (or, given `--qp-against SPECS`, against those versions in an A/B). Exit status: non-zero when
 # a takeaway flips or a metric regresses. Results: $QUANTPERF_RESULTS_DIR/results.jsonl and
 # summary.json, report/report.html (plots embedded) and report/report.md (default .quantperf-results/).
+#
+# The results store (docs/history.md) goes through to pytest like any other argument:
+# `--qp-history STORE` (a directory; add `--qp-history-branch B` for a branch of the git repository
+# STORE, and `--qp-history-push REMOTE` to push it), or QUANTPERF_HISTORY=STORE in the environment.
+# The baselines then derive from the store's sittings of main and the run's sitting is appended to
+# it; the nightly workflow passes `--qp-history quantperf-store`, a read-only copy of its branch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 results_dir="${QUANTPERF_RESULTS_DIR:-.quantperf-results}"

@@ -2,8 +2,9 @@
 pinned actions), and the GPU side is checked for what it promises: every GPU job installs the
 lock (constraints-gpu.txt), a pull request that changes one pin is measured against exactly that
 pin's base version, forks never reach the self-hosted runner, only the commenting job may write,
-comments and job summaries fit GitHub's caps, Renovate proposes bumps of the lock, and the weekly
-canary compares each library's newest release against the lock and keeps one issue up to date."""
+comments and job summaries fit GitHub's caps, Renovate proposes bumps of the lock, the weekly
+canary compares each library's newest release against the lock and keeps one issue up to date, and
+the nightly derives its baselines from the results store's branch, which only main's runs push to."""
 
 import json
 import os
@@ -430,7 +431,7 @@ def test_every_quantperf_command_a_workflow_runs_exists_with_its_options():
                     pytest.fail(f"{path.name}:{name}: `quantperf {shlex.join(argv)}` does not parse")
                 seen.add((path.name, argv[0]))
     assert {(CANARY, "newest"), (CANARY, "upgrade-check"), (CANARY, "canary-report"), ("ab.yml", "changed-pins"),
-            ("upgrade.yml", "upgrade-check")} <= seen
+            ("upgrade.yml", "upgrade-check"), (GPU, "history")} <= seen
 
 
 def test_canary_runs_weekly_over_the_five_libraries_one_at_a_time():
@@ -572,3 +573,194 @@ def test_canary_steps_find_the_newest_release_through_the_runners_pip_settings(t
     row = read_library(tmp_path / "reports", "torchao")
     assert row.problem == ("no `canary-torchao/report.json` (upgrade-check exit 2; `quantperf: environment B: "
                            "torchao==99.0: no wheel`)")
+
+
+# -- (8) the nightly keeps the results store on a branch of its own -----------------------------------
+
+GPU = "gpu.yml"
+HISTORY_ALLOWED = {"numpy", "scipy", "pydantic", "pydantic_core", "annotated_types", "typing_extensions",
+                   "typing_inspection", "quantperf", "_distutils_hack", "__editable___quantperf_0_1_0_finder"}
+
+
+def _store_checkout(job) -> dict:
+    (step,) = [s for s in job["steps"] if "actions/checkout" in s.get("uses", "") and "ref" in s.get("with", {})]
+    return step
+
+
+def test_only_the_history_job_writes_and_only_for_mains_runs():
+    wf = _workflow(GPU)
+    assert wf["permissions"] == {"contents": "read"}
+    writers = [name for name, job in wf["jobs"].items() if _writes(job.get("permissions"))]
+    assert writers == ["history"]
+    job = wf["jobs"]["history"]
+    assert job["permissions"] == {"contents": "write"}
+    assert "self-hosted" not in _runs_on(job)
+    # pull requests never push: only runs of main (nightly, by hand) become the record
+    cond = job["if"]
+    assert "github.event_name != 'pull_request'" in cond and "github.ref == 'refs/heads/main'" in cond
+    assert "cancelled()" in cond and job["needs"] == "regression"  # also after a regression, not when cancelled
+    # every checkout keeps no credentials: the push gets the token through one step's environment
+    for name, each in wf["jobs"].items():
+        for step in each["steps"]:
+            if "actions/checkout" in step.get("uses", ""):
+                assert step["with"]["persist-credentials"] is False, f"{GPU}:{name} keeps credentials"
+    (push,) = [s for s in job["steps"] if "--push" in s.get("run", "")]
+    assert set(push["env"]) == {"GH_TOKEN", "SERVER_URL"} and "::add-mask::" in push["run"]
+    assert "GH_TOKEN" not in json.dumps([s.get("env", {}) for s in job["steps"] if s is not push])
+    # the one push is `quantperf history add --push`'s, never forced (gitstore.py); no other git write
+    assert "--force" not in _run_text(job) and "git push" not in _run_text(job)
+
+
+def test_the_regression_job_derives_from_the_store_branch_and_never_writes_it():
+    wf = _workflow(GPU)
+    regression, history = wf["jobs"]["regression"], wf["jobs"]["history"]
+    store = _store_checkout(regression)
+    branch = store["with"]["ref"]
+    assert branch not in ("main", "master") and branch == history["env"]["STORE_BRANCH"] == "quantperf-history"
+    assert store.get("continue-on-error") is True  # the branch does not exist before the first sitting
+    (suite,) = [s for s in regression["steps"] if "scripts/gpu-job.sh" in s.get("run", "")]
+    argv = shlex.split(suite["run"])
+    assert argv[argv.index("--qp-history") + 1] == store["with"]["path"]
+    assert "--qp-history-push" not in argv and "--qp-history-branch" not in argv  # a directory copy, never pushed
+    # the history job adds to that branch exactly the artifacts the regression job uploads
+    (upload,) = [s for s in regression["steps"] if "upload-artifact" in s.get("uses", "")]
+    (download,) = [s for s in history["steps"] if "download-artifact" in s.get("uses", "")]
+    import fnmatch
+
+    assert fnmatch.fnmatch(upload["with"]["name"].replace("${{ matrix.profile }}", "t4"), download["with"]["pattern"])
+    assert upload["with"]["path"].rstrip("/") == suite["env"]["QUANTPERF_RESULTS_DIR"]
+    adds = [a for a in _quantperf_commands(_run_text(history)) if a[:2] == ["history", "add"]]
+    assert adds and all(a[a.index("--branch") + 1] == "$STORE_BRANCH" and a[a.index("--push") + 1] == "origin"
+                        for a in adds)
+    reports = [a for a in _quantperf_commands(_run_text(history)) if a[:2] == ["history", "report"]]
+    assert reports and all(a[a.index("--branch") + 1] == "$STORE_BRANCH" for a in reports)
+    installs = [line.strip() for line in _run_text(history).splitlines() if "pip install" in line]
+    assert installs == ["python -m pip install -c constraints-gpu.txt numpy scipy pydantic"]
+
+
+def test_gpu_job_passes_the_store_options_to_pytest(tmp_path):
+    if not shutil.which("bash"):
+        pytest.skip("needs bash")
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(GPU_JOB, repo / "scripts" / "gpu-job.sh")
+    log = _fake_python(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTPERF_")}
+    env.update(PATH=f"{tmp_path / 'fakebin'}{os.pathsep}{os.environ['PATH']}", QUANTPERF_SKIP_INSTALL="1",
+               QUANTPERF_HISTORY="env-store")
+    out = subprocess.run(["bash", str(repo / "scripts" / "gpu-job.sh"), "--qp-history", "quantperf-store"], cwd=repo,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (pytest_line,) = [line for line in log.read_text().splitlines() if "-m pytest" in line]
+    assert pytest_line.endswith("--qp-history quantperf-store"), pytest_line
+    assert "QUANTPERF_HISTORY" in GPU_JOB.read_text()  # the environment's store reaches the plugin unchanged
+
+
+def _history_guard(tmp_path) -> Path:
+    """A `python` on PATH that runs `python -m quantperf ...` with only what the history job installs."""
+    guard = tmp_path / "guard.py"
+    guard.write_text("import sys\n"
+                     f"allowed = {sorted(HISTORY_ALLOWED)!r}\n"
+                     "class Deny:\n"
+                     "    def find_spec(self, name, path=None, target=None):\n"
+                     "        top = name.split('.')[0]\n"
+                     "        if (top not in sys.stdlib_module_names and top not in allowed\n"
+                     "                and not top.startswith('_sysconfigdata')):\n"
+                     "            raise ImportError(f'not installed in the history job: {name}')\n"
+                     "sys.meta_path.insert(0, Deny())\n"
+                     "from quantperf.cli import main\n"
+                     "sys.exit(main(sys.argv[1:]))\n")
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").write_text('#!/bin/sh\n[ "$1" = -m ] && [ "$2" = quantperf ] || exit 99\nshift 2\n'
+                                 f'exec "{sys.executable}" "{guard}" "$@"\n')
+    (shim / "python").chmod(0o755)
+    return shim
+
+
+def _git(*args, cwd=None):
+    ident = ["-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "init.defaultBranch=main"]
+    out = subprocess.run(["git", *ident, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout.strip()
+
+
+def _profile_artifact(folder: Path, run_id: str, summary: bool) -> None:
+    from test_history_store import _results_dicts
+
+    from quantperf.results import ResultLog, RunResult
+    from quantperf.summary import ConfigOutcome, SessionSummary
+
+    folder.mkdir(parents=True)
+    log = ResultLog(folder / "results.jsonl")
+    for d in _results_dicts():
+        d["environment"]["run"].update(run_id=run_id, started_at=f"2026-11-0{run_id[-1]}T02:00:00+00:00")
+        log.append(RunResult.from_dict(d))
+    if summary:
+        cid = RunResult.from_dict(_results_dicts()[0]).spec.id
+        SessionSummary(profiles={}, configs=[ConfigOutcome(key=f"{cid}:speed", config_id=cid, kinds=["speed"],
+                                                           status="regressed")]).write(folder / "summary.json")
+
+
+def test_the_history_steps_as_written_push_each_profiles_sitting_to_the_store_branch(tmp_path):
+    """The history job's own steps, run in a checkout whose origin is a local bare repository:
+    the first run starts the branch, the second adds to it (fetched first, never forced), main is
+    untouched, a profile without results is named, and only numpy, scipy and pydantic are imported."""
+    if not (shutil.which("bash") and shutil.which("git")):
+        pytest.skip("needs bash and git")
+    job = _workflow(GPU)["jobs"]["history"]
+    (add,) = [s for s in job["steps"] if "history add" in s.get("run", "")]
+    (report,) = [s for s in job["steps"] if "history report" in s.get("run", "")]
+    origin, work = tmp_path / "origin.git", tmp_path / "work"
+    _git("init", "-q", "--bare", str(origin))
+    _git("init", "-q", str(work))
+    (work / "README.md").write_text("code\n")
+    _git("add", "README.md", cwd=work)
+    _git("commit", "-q", "-m", "code", cwd=work)
+    _git("remote", "add", "origin", str(origin), cwd=work)
+    _git("push", "-q", "origin", "main", cwd=work)
+    main_before = _git("rev-parse", "main", cwd=origin)
+    shim = _history_guard(tmp_path)
+    summary_md = tmp_path / "summary.md"
+    env = {**job["env"], "GH_TOKEN": "not-a-token", "SERVER_URL": "https://example.invalid", "GITHUB_REF_NAME": "main",
+           "GITHUB_STEP_SUMMARY": str(summary_md), "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "QUANTPERF_"))}, **env}
+
+    def run(step):
+        return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", step["run"]], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    inbox = work / "quantperf-history-in"
+    _profile_artifact(inbox / "quantperf-results-t4", "run001", summary=True)
+    (inbox / "quantperf-results-h100").mkdir()  # the suite never ran there
+    out = run(add)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "No branch quantperf-history on origin yet" in out.stdout
+    assert "quantperf-results-h100: no results.jsonl" in summary_md.read_text()
+    assert "quantperf-results-t4: its sitting is stored on quantperf-history and pushed" in summary_md.read_text()
+    shutil.rmtree(inbox)
+    _profile_artifact(inbox / "quantperf-results-h200", "run002", summary=False)
+    _git("branch", "-D", "quantperf-history", cwd=work)  # a fresh runner: the branch comes from origin
+    out = run(add)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "No branch" not in out.stdout and "pushed quantperf-history to origin" in out.stdout
+    assert "extraheader" not in (work / ".git" / "config").read_text()  # the token stays in the step's env
+    assert _git("rev-parse", "main", cwd=origin) == main_before
+    files = _git("ls-tree", "-r", "--name-only", "quantperf-history", cwd=origin).split()
+    assert len(files) == 2 and all(f.startswith("cpu-test/a1b2c3d4e5/") for f in files), files
+    stored = [json.loads(_git("show", f"quantperf-history:{f}", cwd=origin)) for f in sorted(files)]
+    assert [s["run_id"] for s in stored] == ["run001", "run002"]
+    assert {s["source_branch"] for s in stored} == {"main"}
+    assert any(c.get("outcome") == "regressed" for c in stored[0]["configs"].values())  # its summary.json
+    # a results file that cannot be stored fails the step, naming the profile; the others are still stored
+    _profile_artifact(inbox / "quantperf-results-t4", "run003", summary=False)
+    (inbox / "quantperf-results-h100").mkdir()
+    (inbox / "quantperf-results-h100" / "results.jsonl").write_text("{}\n")
+    out = run(add)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "quantperf-results-h100: not stored" in summary_md.read_text()
+    assert len(_git("ls-tree", "-r", "--name-only", "quantperf-history", cwd=origin).split()) == 3
+    out = run(report)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "run002" in (work / "quantperf-history-report" / "history.html").read_text()
