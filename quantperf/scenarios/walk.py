@@ -7,9 +7,10 @@ llama-1b on an H100).
 The copies are made before any forward, so they are in the state the library's loader left layer 0
 in (bitsandbytes LLM.int8 moves its scales on the first forward, as every layer of a full load
 does on its first). Every copy is fed layer 0's own input on the real prompt (a clone each, so
-the inputs are as distinct in memory as a full walk's): values differ from a full walk's layers
-only in which outlier columns bitsandbytes LLM.int8 (threshold > 0) sees, the one kernel whose
-work depends on its input's values.
+the inputs are as distinct in memory as a full walk's). Weights and inputs have layer 0's values
+where a full walk has each layer's: of the kernels timed, only bitsandbytes LLM.int8 with an
+outlier threshold branches on them (which input columns it decomposes). The lm_head is the loaded
+one, fed the one-layer model's final hidden state (the lm_head is timed, never gated).
 """
 
 from __future__ import annotations
