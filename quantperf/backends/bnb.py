@@ -22,7 +22,7 @@ class _BnbBackend(HFBackend):
 
 
 class BnbInt8Backend(_BnbBackend):
-    def identity(self, device: str, mode: str = "eager") -> dict:
+    def options_identity(self, device: str) -> dict:
         return self.entry.options | {"compute_dtype": self.compute_dtype(device)}
 
     def from_pretrained_kwargs(self, device: str) -> dict:
@@ -36,7 +36,7 @@ class BnbInt8Backend(_BnbBackend):
 
 
 class Bnb4bitBackend(_BnbBackend):
-    def identity(self, device: str, mode: str = "eager") -> dict:
+    def options_identity(self, device: str) -> dict:
         return self.entry.options | {"bnb_4bit_compute_dtype": self.compute_dtype(device)}
 
     def from_pretrained_kwargs(self, device: str) -> dict:

@@ -15,11 +15,14 @@ are the first GPU's.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 from typing import Any
 
 from ..models import ModelSource, arch_info
 from .base import Backend, LoadedModel
+from .layer import WALK_ENV, full_weight_bytes, kernel_walk, one_layer_overrides, quiet_unexpected_keys, walk_identity
 
 DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
 PLACEMENT_MARGIN = 0.9  # share of a GPU's free memory the weights may take (activations, KV cache, workspace)
@@ -113,14 +116,21 @@ class _Marker:
 
 
 class HFLoaded(LoadedModel):
-    def __init__(self, backend: str, device: str, model, source: ModelSource, options: dict, kv_bytes: float):
+    def __init__(self, backend: str, device: str, model, source: ModelSource, options: dict, kv_bytes: float,
+                 full_config=None):
         self.backend, self.device, self.model, self.options = backend, device, model, options
-        self.arch = arch_info(model.config)
+        # kernel mode's one-layer load (quantperf.backends.layer): the model has one decoder layer,
+        # `arch` and the weight figures are the checkpoint's own (all its layers)
+        self.kernel_walk = "layer" if full_config is not None else "full"
+        self.arch = arch_info(full_config if full_config is not None else model.config)
         self._kv_bytes = kv_bytes
         self._compiled_checked = False
         self._cache_class: dict[str, str] = {}  # mode -> the KV-cache class generate built (read back once)
 
     def weight_bytes(self) -> int:
+        if self.kernel_walk == "layer":
+            return full_weight_bytes(module_weight_bytes(self.model), module_weight_bytes(self.model.model.layers[0]),
+                                     self.arch.num_layers)
         return module_weight_bytes(self.model)
 
     def streamed_weight_bytes(self) -> int:
@@ -237,6 +247,14 @@ class HFBackend(Backend):
     """Loads with `AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)`."""
 
     requires: tuple[tuple[str, str], ...] = ()  # (import name, pip hint)
+    layer_walk = True  # kernel mode may load one decoder layer and copy it (quantperf.backends.layer)
+
+    def identity(self, device: str, mode: str = "eager") -> dict:
+        return self.options_identity(device) | walk_identity(mode, os.environ.get(WALK_ENV), self.layer_walk)
+
+    def options_identity(self, device: str) -> dict:
+        """The backend's options that change results (the walk of kernel mode added by identity())."""
+        return dict(self.entry.kwargs)
 
     def library_reason(self, device: str) -> str | None:
         from ..fidelity import hub_kernels_reason
@@ -265,10 +283,16 @@ class HFBackend(Backend):
         if isinstance(dtype, str):
             kwargs["dtype"] = getattr(torch, dtype)
         placement = {"device_map": {"": "cpu"}} if device == "cpu" else self._cuda_placement(source)
-        model = AutoModelForCausalLM.from_pretrained(source.path_or_id, **placement, **source.load_kwargs(), **kwargs)
+        full_config = None
+        if mode == "kernel" and self.layer_walk and kernel_walk(os.environ.get(WALK_ENV)) == "layer":
+            full_config = source.config()
+            kwargs |= one_layer_overrides(full_config)
+        with quiet_unexpected_keys() if full_config is not None else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(source.path_or_id, **placement, **source.load_kwargs(),
+                                                         **kwargs)
         model.eval()
         kv_dtype = self.compute_dtype(device)
-        return HFLoaded(self.name, device, model, source, self.identity(device), DTYPES[kv_dtype])
+        return HFLoaded(self.name, device, model, source, self.identity(device, mode), DTYPES[kv_dtype], full_config)
 
     def _cuda_placement(self, source: ModelSource) -> dict:
         import torch

@@ -14,7 +14,11 @@ clock is read per sample. Where capture fails (bitsandbytes LLM.int8 with its ou
 syncs with the host), the process never captures again (a failed capture leaves CUDA's RNG state
 broken) and times K back-to-back walks between events instead, labelled `eager-timed`: results of
 different methods are never compared. On the CPU the walks are timed with perf_counter
-(`cpu-timed`). ONNX Runtime backends time each projection's node(s) cut out of their own graph
+(`cpu-timed`). A transformers backend loads one decoder layer in kernel mode and walks layer 0's
+modules and L-1 copies of them (quantperf.scenarios.walk, quantperf.backends.layer);
+`QUANTPERF_KERNEL_WALK=full` loads and walks every layer. The walk is recorded in the figures
+(`walk`) and, for the layer walk, in the backend identity, so the two are never gated together.
+ONNX Runtime backends time each projection's node(s) cut out of their own graph
 (quantperf.backends.ort.kernel).
 
 A round is one timing pass: SAMPLES samples of every module type at both shapes (the workload's
@@ -35,6 +39,7 @@ from ..status import Status
 from ..trackers import MIN_REPLAYS, SAMPLE_BUDGET_US, fit_replays  # noqa: F401 (kernel mode's, shared with ORT's)
 from .base import Scenario
 from .generate import prompt_ids
+from .walk import layer_walk, walk_inputs
 
 LINEAR_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
@@ -232,6 +237,8 @@ class KernelScenario(Scenario):
         self._walks: dict[tuple, _Walk] = {}
         self._ort_timers: dict[str, object] = {}  # ONNX Runtime: a LinearTimer per shape
         self._inputs = None
+        self._modules: dict[str, list] | None = None  # per module type (and lm_head) the modules a walk calls
+        self._walk_note = ""
         self._copy_gbps: float | None = None
 
     def unsupported(self) -> str | None:
@@ -252,8 +259,18 @@ class KernelScenario(Scenario):
     def _ensure_inputs(self) -> None:
         if self._inputs is None and getattr(self.loaded, "model_dir", None) is None:
             w = self.spec.workload
-            self._inputs = capture_inputs(self.loaded.model, prompt_ids(self.loaded.arch.vocab_size, w.batch_size,
-                                                                        w.prompt_tokens))
+            model = self.loaded.model
+            mods, head = linear_modules(model)
+            layers = self.loaded.arch.num_layers
+            one_layer = getattr(self.loaded, "kernel_walk", "full") == "layer"
+            if one_layer:  # copies made before any forward: in the state the loader left layer 0 in
+                mods = layer_walk({t: ms[0] for t, ms in mods.items()}, layers)
+                self._walk_note = f"layer 0 + {layers - 1} copies"
+            self._modules = mods | {"lm_head": [head]}
+            inputs = capture_inputs(model, prompt_ids(self.loaded.arch.vocab_size, w.batch_size, w.prompt_tokens))
+            if one_layer:
+                inputs = {t: (walk_inputs(xs[0], layers) if t != "lm_head" else xs) for t, xs in inputs.items()}
+            self._inputs = inputs
         if self._copy_gbps is None:
             self._copy_gbps = copy_bandwidth_gbps(self.spec.device)
 
@@ -268,9 +285,8 @@ class KernelScenario(Scenario):
         inject_us = self._inject_us()
         key = (t, shape, inject_us)
         if key not in self._walks:
-            xs = self._inputs[t] if t != "lm_head" else self._inputs["lm_head"]
-            xs = [x if shape == "prefill" else x[:, -1:, :].contiguous() for x in xs]
-            mods = linear_modules(self.loaded.model)[0][t] if t != "lm_head" else [self.loaded.model.lm_head]
+            xs = [x if shape == "prefill" else x[:, -1:, :].contiguous() for x in self._inputs[t]]
+            mods = self._modules[t]
             self._walks[key] = _Walk(mods, xs, self.spec.device, inject_us, self.REPLAYS[self.spec.device])
         return self._walks[key]
 
@@ -286,7 +302,7 @@ class KernelScenario(Scenario):
             return self._ort_round()
         import torch
 
-        out: dict = {"copy_gbps": self._copy_gbps, "types": {}}
+        out: dict = {"copy_gbps": self._copy_gbps, "walk": self.walk_description(), "types": {}}
         with torch.inference_mode():
             for shape in SHAPES:
                 for t in (*LINEAR_TYPES, "lm_head"):
@@ -300,7 +316,8 @@ class KernelScenario(Scenario):
                     m, x = walk.modules[0], walk.inputs[0]
                     out["types"][f"{shape}:{t}"] = {
                         "us_per_call": statistics.median(samples), "samples_us": samples, "method": walk.method,
-                        "note": walk.note, "replays": walk.replays, "bytes": module_bytes(m, x, _out_features(m)),
+                        "note": "; ".join(n for n in (self._walk_note if t != "lm_head" else "", walk.note) if n),
+                        "replays": walk.replays, "bytes": module_bytes(m, x, _out_features(m)),
                         "flops": 2 * x[..., :1].numel() * _in_features(m) * _out_features(m), "sm_clock_mhz": clocks,
                         "layers": len(walk.modules)}
         return out
@@ -309,7 +326,7 @@ class KernelScenario(Scenario):
         from ..backends.ort.kernel import LinearTimer
 
         w = self.spec.workload
-        out: dict = {"copy_gbps": self._copy_gbps, "types": {}}
+        out: dict = {"copy_gbps": self._copy_gbps, "walk": self.walk_description(), "types": {}}
         for shape, tokens in (("decode", 1), ("prefill", w.prompt_tokens)):
             if shape not in self._ort_timers:  # sessions made once, timed every round
                 self._ort_timers[shape] = LinearTimer(
@@ -331,6 +348,16 @@ class KernelScenario(Scenario):
                 if "host_enqueue_us" in r:  # gpu-queued: what the host took per call, beside the GPU's time
                     entry["host_enqueue_us"] = r["host_enqueue_us"]
         return out
+
+    def walk_description(self) -> str:
+        """How this run's walks were built (recorded in the figures as `walk`)."""
+        if getattr(self.loaded, "model_dir", None) is not None:
+            from ..backends.ort.kernel import WALK
+
+            return f"ONNX Runtime: {WALK}"
+        from ..backends.layer import FULL_WALK, LAYER_WALK
+
+        return LAYER_WALK if getattr(self.loaded, "kernel_walk", "full") == "layer" else FULL_WALK
 
     # -- pure -------------------------------------------------------------------------------
     @staticmethod
@@ -375,7 +402,8 @@ class KernelScenario(Scenario):
                 tflops = first["flops"] / (us * 1e-6) / 1e12
                 row |= {"tflops": tflops, "pct_peak_tflops": None if not peak_tflops else tflops / peak_tflops}
             out[key] = row
-        return {"copy_gbps": copy, "types": out}
+        return {"copy_gbps": copy, **({"walk": rounds[0]["walk"]} if rounds and rounds[0].get("walk") else {}),
+                "types": out}
 
 
 def decode_decomposition(step_ms: float, kernel_sum_ms: float) -> dict:
