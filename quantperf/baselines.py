@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .config import BaselineFileModel, validate
 from .errors import BaselineError, ConfigError
-from .fidelity import setting_changes
+from .fidelity import as_recorded, setting_changes
 from .results import RunResult, atomic_write_text, dump_json
 
 SCHEMA = 2
@@ -173,7 +173,7 @@ class BaselineStore:
         same_setup = bool(old) and old.get("backend_identity") == json.loads(json.dumps(result.backend_identity)) \
             and all(recorded[k] == packages[k] for k in recorded.keys() & packages.keys()) \
             and old.get("kernel_methods", result.timing_methods) == result.timing_methods \
-            and not setting_changes(old.get("runtime") or {}, result.runtime)
+            and not setting_changes(as_recorded(old.get("runtime")), result.runtime)
         run = (result.environment or {}).get("run") or {}
         who = {"run_id": run.get("run_id"), "host": run.get("host"), "boot_id": run.get("boot_id"),
                "started_at": run.get("started_at") or result.timestamp}

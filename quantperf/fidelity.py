@@ -38,7 +38,10 @@ DEFAULT_OPTIONS = {"hub_kernels": "off"}  # an option at its default is no optio
 HUB_KERNELS_TRANSFORMERS = "5.0"
 SETTINGS = ("hub_kernels", "kernelized", "attn_implementation", "cache_implementation", "matmul_precision",
             "allow_tf32_matmul", "allow_tf32_cudnn", "fp16_reduced_precision_reduction",
-            "bf16_reduced_precision_reduction")
+            "bf16_reduced_precision_reduction", "kernel_walk")
+# what a run recorded before a setting was kept ran with: every kernel baseline recorded before kernel
+# mode's one-layer walk walked all layers
+SETTINGS_BEFORE = {"kernel_walk": "full"}
 VERSIONS = ("torch_cuda", "cudnn", "cublas", "kernels")
 PROBE_TIMEOUT_S = 3.0  # the connectivity probe of an opt-in configuration: bounded, never a hang
 
@@ -233,6 +236,13 @@ def runtime_identity(model=None, cache_implementation: str | None = None) -> dic
         settings["cache_implementation"] = cache_implementation
     settings |= _matmul_flags()
     return {"settings": settings, "versions": runtime_versions()}
+
+
+def as_recorded(runtime: dict | None) -> dict:
+    """A stored runtime identity with the settings it did not record at the value every run had
+    before they were kept (SETTINGS_BEFORE): what a baseline's run really ran."""
+    runtime = runtime or {}
+    return {"settings": SETTINGS_BEFORE | (runtime.get("settings") or {}), "versions": runtime.get("versions") or {}}
 
 
 def setting_changes(before: dict, now: dict) -> dict[str, tuple]:

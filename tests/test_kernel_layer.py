@@ -10,7 +10,7 @@ import time
 import pytest
 
 from quantperf.backends import get_backend
-from quantperf.backends.layer import FULL_WALK, LAYER_WALK, WALK_ENV, kernel_walk, one_layer_overrides, walk_identity
+from quantperf.backends.layer import FULL_WALK, LAYER_WALK, WALK_ENV, kernel_walk, one_layer_overrides
 from quantperf.errors import ConfigError
 from quantperf.scenarios.kernel import LINEAR_TYPES, KernelScenario, linear_modules
 from quantperf.scenarios.walk import CopyFailed, copies_of, layer_walk, module_tensors, storage_keys, walk_inputs
@@ -26,18 +26,26 @@ def test_the_walk_switch():
     assert kernel_walk("full") == "full"
     with pytest.raises(ConfigError, match="QUANTPERF_KERNEL_WALK='all'.*layer, full"):
         kernel_walk("all")
-    # the layer walk is named in the identity; the full walk's identity is every earlier baseline's
-    assert walk_identity("kernel", None) == {"kernel_walk": LAYER_WALK}
-    assert walk_identity("kernel", "full") == {} and walk_identity("eager", None) == {}
-    assert walk_identity("kernel", None, supported=False) == {}
 
 
-def test_a_layered_identity_never_matches_a_full_one(monkeypatch):
+
+def test_the_walk_is_a_runtime_setting_and_a_baseline_of_the_other_walk_is_incomparable(monkeypatch):
+    from quantperf.gate.runtime import check_runtime
+    from quantperf.status import Status
+
     b = get_backend("torch-fp32")
     monkeypatch.delenv(WALK_ENV, raising=False)
     layer = b.identity("cpu", "kernel")
     monkeypatch.setenv(WALK_ENV, "full")
-    assert layer != b.identity("cpu", "kernel") == b.identity("cpu", "eager") == {"dtype": "float32"}
+    # the backend identity does not change with the walk: every earlier kernel baseline still opens
+    assert layer == b.identity("cpu", "kernel") == b.identity("cpu", "eager") == {"dtype": "float32"}
+    now = {"settings": {"kernel_walk": "layer"}, "versions": {}}
+    # a baseline recorded before walks were kept walked all layers: not gated against a layer walk
+    old = check_runtime(None, now)
+    assert old.status == Status.INCOMPARABLE and old.settings == {"kernel_walk": ("full", "layer")}
+    assert check_runtime(None, {"settings": {"kernel_walk": "full"}}).status is None
+    assert check_runtime({"settings": {"kernel_walk": "layer"}}, now).status is None
+    assert check_runtime({"settings": {"attn_implementation": "sdpa"}}, now).status == Status.INCOMPARABLE
 
 
 def test_per_layer_config_lists_are_cut_to_layer_zero():
@@ -198,11 +206,13 @@ def test_a_kernel_run_in_a_worker_process_reports_its_walk(walk, model_cache):
         t2 = time.perf_counter()
         rounds = w.rounds(n=2)
         t3 = time.perf_counter()
+        runtime = w.runtime()
     finally:
         w.close()
     print(f"\nworker process ({walk} walk): load request {t1 - t0:.2f} s (load_ms {info['load_ms']:.0f}), "
           f"warm-up {t2 - t1:.2f} s, 2 rounds {t3 - t2:.2f} s")
-    assert ("kernel_walk" in info["identity"]) == (walk == "layer")
+    assert "kernel_walk" not in info["identity"]
+    assert runtime["settings"]["kernel_walk"] == walk
     assert info["arch"]["num_layers"] == 4
     table = KernelScenario.table(rounds)
     assert table["walk"] == (LAYER_WALK if walk == "layer" else FULL_WALK)

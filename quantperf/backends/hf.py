@@ -22,7 +22,7 @@ from typing import Any
 
 from ..models import ModelSource, arch_info
 from .base import Backend, LoadedModel
-from .layer import WALK_ENV, full_weight_bytes, kernel_walk, one_layer_overrides, quiet_unexpected_keys, walk_identity
+from .layer import WALK_ENV, full_weight_bytes, kernel_walk, one_layer_overrides, quiet_unexpected_keys
 
 DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
 PLACEMENT_MARGIN = 0.9  # share of a GPU's free memory the weights may take (activations, KV cache, workspace)
@@ -205,7 +205,10 @@ class HFLoaded(LoadedModel):
         from ..fidelity import runtime_identity
 
         cache = ",".join(sorted(set(self._cache_class.values()))) or None  # a worker runs one mode
-        return runtime_identity(self.model, cache)
+        out = runtime_identity(self.model, cache)
+        if getattr(self, "mode", None) == "kernel":  # how kernel mode's walk was built (backends.layer)
+            out["settings"]["kernel_walk"] = self.kernel_walk
+        return out
 
     def run_round(self, input_ids, new_tokens: int, mode: str, clock) -> list[list[int]]:
         clock.start()
@@ -250,7 +253,9 @@ class HFBackend(Backend):
     layer_walk = True  # kernel mode may load one decoder layer and copy it (quantperf.backends.layer)
 
     def identity(self, device: str, mode: str = "eager") -> dict:
-        return self.options_identity(device) | walk_identity(mode, os.environ.get(WALK_ENV), self.layer_walk)
+        """The options that change results. Kernel mode's walk is a runtime setting (`kernel_walk`, read
+        back from what was loaded: quantperf.fidelity), so a baseline of the other walk is incomparable."""
+        return self.options_identity(device)
 
     def options_identity(self, device: str) -> dict:
         """The backend's options that change results (the walk of kernel mode added by identity())."""
@@ -292,7 +297,9 @@ class HFBackend(Backend):
                                                          **kwargs)
         model.eval()
         kv_dtype = self.compute_dtype(device)
-        return HFLoaded(self.name, device, model, source, self.identity(device, mode), DTYPES[kv_dtype], full_config)
+        loaded = HFLoaded(self.name, device, model, source, self.identity(device, mode), DTYPES[kv_dtype], full_config)
+        loaded.mode = mode
+        return loaded
 
     def _cuda_placement(self, source: ModelSource) -> dict:
         import torch

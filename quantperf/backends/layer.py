@@ -5,9 +5,9 @@ then walks layer 0's linear modules and L-1 copies of them (quantperf.scenarios.
 checkpoint's own number of layers.
 
 `QUANTPERF_KERNEL_WALK=full` loads every layer and walks them instead (the walk before issue #28).
-The walk is part of a kernel configuration's identity where it is the layer walk (`kernel_walk`);
-a full walk's identity has no such key, as every kernel baseline recorded before the layer walk:
-figures of one walk are never gated against the other's.
+The walk is a runtime setting of the result (`kernel_walk`, quantperf.fidelity), and a baseline
+that recorded none walked all layers (`fidelity.as_recorded`): figures of one walk are never gated
+against the other's (incomparable, named), and the backend identity is the same for both.
 """
 
 from __future__ import annotations
@@ -30,14 +30,6 @@ def kernel_walk(raw: str | None) -> str:
         raise ConfigError(f"{WALK_ENV}={raw!r}: not a kernel walk; use one of {', '.join(WALKS)} (layer: a one-layer "
                           "load and copies of layer 0; full: every layer loaded) or unset it (layer)")
     return raw
-
-
-def walk_identity(mode: str, raw: str | None, supported: bool = True) -> dict:
-    """The identity entry of a transformers backend's walk: the layer walk is named, the full walk
-    (what every earlier baseline measured) adds nothing."""
-    if mode == "kernel" and supported and kernel_walk(raw) == "layer":
-        return {"kernel_walk": LAYER_WALK}
-    return {}
 
 
 def one_layer_overrides(config) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..fidelity import changes_text, setting_changes, version_changes
+from ..fidelity import as_recorded, changes_text, setting_changes, version_changes
 from ..status import Status
 
 NO_RUNTIME_NOTE = "baseline has no runtime identity (recorded before quantperf kept one): gated as before"
@@ -40,10 +40,16 @@ class RuntimeCheck:
 
 
 def check_runtime(baseline: dict | None, now: dict) -> RuntimeCheck:
-    """A run's runtime identity `now` against its baseline's (None: recorded before it was kept)."""
+    """A run's runtime identity `now` against its baseline's (None: recorded before it was kept). A
+    setting the baseline did not record has the value every run had before it was kept
+    (`fidelity.as_recorded`: kernel mode walked all layers)."""
+    before = as_recorded(baseline)
     if not baseline:
+        settings = setting_changes(before, now)
+        if settings:
+            return RuntimeCheck(Status.INCOMPARABLE, settings, {}, [NO_RUNTIME_NOTE])
         return RuntimeCheck(notes=[NO_RUNTIME_NOTE] if now else [])
-    settings, versions = setting_changes(baseline, now), version_changes(baseline, now)
+    settings, versions = setting_changes(before, now), version_changes(baseline, now)
     out = RuntimeCheck(Status.INCOMPARABLE if settings else None, settings, versions)
     if versions:
         out.notes.append("runtime versions differ from the baseline: " + changes_text(versions))

@@ -15,7 +15,7 @@ baseline by being stored.
 
 from __future__ import annotations
 
-from ..fidelity import setting_changes
+from ..fidelity import as_recorded, setting_changes
 from ..status import Status
 from .store import Sitting, sort_sittings
 
@@ -54,7 +54,7 @@ def derive_baseline(sittings: list[Sitting], profile: str, size: int = DEFAULT_W
                 continue
             entry = configs.get(key)
             if entry is not None and (entry["_setup"] != _setup(cfg)
-                                      or setting_changes(entry.get("runtime") or {}, cfg.get("runtime") or {})):
+                                      or setting_changes(as_recorded(entry.get("runtime")), cfg.get("runtime") or {})):
                 entry = None  # other backend options, timing methods or runtime settings: the record starts anew
             who = {"run_id": cfg.get("run_id") or s.run_id, "host": s.host, "boot_id": s.boot_id,
                    "started_at": cfg.get("started_at") or s.started_at}
