@@ -7,6 +7,7 @@
 #        ortpart DIR   copy one carried part of the onnxruntime-gpu wheel to /tmp/ortparts (the
 #                      wheel is larger than one call may carry: it travels in parts, one a call)
 #        ortsetup      join the parts (sha256 checked against .whl-ort.sha256), install into /tmp/site
+#        histin DIR    copy a carried results store (an earlier lease's sittings) to /tmp/hist
 #        tfwheels      copy the carried .whltf/*.whl (a newer transformers and what it needs) to /tmp/whtf
 #        extra DIR     install the wheels in DIR into /tmp/site too (a wheel too large to ride with the
 #                      others in one call, e.g. mslk-cuda for torchao-int4wo)
@@ -33,7 +34,9 @@
 #        tests (pytest -k, default 125m); layout (`pytest benchmarks -m gpu -k 125m`, the README's GPU
 #        command, with --qp-report); upgrade-aa / upgrade (`quantperf upgrade-check` A/A calibration,
 #        then the installed bitsandbytes against the old one of oldsetup: A = old, B = /tmp/wh's wheel;
-#        QP_UP_BACKENDS, QP_UP_MODES); tfcheck (`quantperf upgrade-check transformers==5.25.0` against the image's
+#        QP_UP_BACKENDS, QP_UP_MODES); sitting (the GPU tier, QP_M its -m, kept in the results
+#        store /tmp/hist, copied into OUTDIR/hist); aa-kernel (kernel-mode A/A over QP_AA_BACKENDS, the walk of
+#        QUANTPERF_KERNEL_WALK); tfcheck (`quantperf upgrade-check transformers==5.25.0` against the image's
 #        transformers, side B from tfwheels; QP_TF_SPEC, QP_TF_BACKENDS, QP_TF_MODES); warm (the one-time builds alone: checkpoints, ONNX exports),
 #        matrix (`pytest benchmarks -m gpu -n QP_N`: the whole matrix on QP_N GPUs, default 1, its wall
 #        time in STATUS; after `warm` it is the warm-cache figure); QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b;
@@ -72,6 +75,11 @@ x = torch.randn(1, 256, dtype=torch.bfloat16, device='cuda')
 print('extra ok: torchao', torchao.__version__, type(lin.weight).__name__, float(lin(x).float().abs().mean()))
 " || { echo "extra: check failed, not installed"; exit 6; }
     cp -r /tmp/site-extra/. /tmp/site/ && touch /tmp/site/.extra-ready
+    exit $?
+    ;;
+histin)
+    # a results store carried in (a previous lease's sittings) becomes /tmp/hist
+    mkdir -p /tmp/hist && cp -r "$3"/. /tmp/hist/ && find /tmp/hist -name '*.json' | wc -l
     exit $?
     ;;
 tfwheels)
@@ -230,6 +238,18 @@ for s in "$@"; do
             --device cuda --model synthetic:llama-1b --backend ${QP_UP_BACKENDS:-bnb-nf4 bnb-int8-nodecomp} \
             --mode ${QP_UP_MODES:-kernel graph eager} --markdown "$Q/$s/report.md" --json "$Q/$s/report.json" \
             > "$Q/$s/run.log" 2>&1
+        ;;
+    sitting)  # a nightly-style sitting of the GPU tier kept in the results store /tmp/hist (histin carries one in)
+        n=$(n_of sitting); QP_FAULTHANDLER_S=600 step "sitting$n" gpu_job "$Q/sitting$n" 900 -m "${QP_M:-gpu and not slow}" \
+            --qp-history /tmp/hist
+        mkdir -p "$Q/hist" && cp -r /tmp/hist/. "$Q/hist/"
+        ;;
+    aa-kernel)  # the kernel-mode A/A upgrade check over QP_AA_BACKENDS, walk QUANTPERF_KERNEL_WALK (unset: layer)
+        d="$Q/aa-kernel-${QUANTPERF_KERNEL_WALK:-layer}"; mkdir -p "$d"
+        # shellcheck disable=SC2086
+        step "$(basename "$d")" timeout -k 10 900 python3 -m quantperf upgrade-check --aa --device cuda \
+            --model synthetic:llama-1b --mode kernel --backend ${QP_AA_BACKENDS:-torch-fp16 bnb-nf4} \
+            --markdown "$d/report.md" --json "$d/report.json" > "$d/run.log" 2>&1
         ;;
     tfcheck)  # the transformers upgrade check: A = the image's transformers, B = the newest carried in .whltf
         # (copied to /tmp/whtf by the tfwheels phase); nothing set by hand: quantperf decides Hub kernels itself
