@@ -94,7 +94,7 @@ def check_phases(configs: list[dict], quality: list[dict], wall_s: float | None)
     """Where an upgrade check's (or an A/B's) time went, from its configurations' and quality
     checks' dicts ("phases", "overlapped"): per row, the total, the wall, `other` (the wall minus
     the phases) and `overlapped`, the start and imports of pairs started ahead (off the wall)."""
-    rows = [{"config_id": c["config_id"], **rounded(c["phases"])} for c in list(configs) + list(quality)
+    rows = [{"config_id": c.get("config_id", "?"), **rounded(c["phases"])} for c in list(configs) + list(quality)
             if c.get("phases")]
     totals = total(rows)
     return {"total": totals, "wall_s": None if wall_s is None else round(wall_s, 3),
