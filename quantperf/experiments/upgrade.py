@@ -273,8 +273,7 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
     """Compare one configuration in A and B (see the module docstring). Returns the check and
     what was kept for takeaways ({"side_A", "rounds_A", "memory_A", ... of the last pair}).
     `overlap`: start each next pair's processes (spawn, imports) while the current pair measures;
-    None: on a GPU only (on a CPU the imports would share the measured cores: a 2-core runner's
-    A/A interval widened from [0.62, 1.39] to [0.27, 3.54] with it)."""
+    None: on a GPU only (on a CPU the next pair's imports would share the measured cores)."""
     say = progress or (lambda line: None)
     looks = planned_looks(pairs, blocks, max_blocks)
     confidence = look_confidence(alpha, looks)
