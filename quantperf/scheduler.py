@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from . import phases as P
 from . import progress
 from .errors import QuantperfError
 from .results import Metric, RunResult
@@ -48,6 +49,7 @@ class Side:
     timings: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)  # the worker's own (its interpreter's versions)
     failed: RunResult | None = None
+    phases: dict = field(default_factory=dict)  # wall seconds per phase (quantperf.phases), this side's
 
     @property
     def ok(self) -> bool:
@@ -108,37 +110,48 @@ atexit.register(close_preparers)
 
 def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict | None = None,
               python: str | None = None, env: dict | None = None, environment: dict | None = None,
-              profile: str | None = None, warm: bool = True) -> Side:
+              profile: str | None = None, warm: bool = True, worker: Any = None, prepare: bool = True) -> Side:
     """Prepare, load and (with `warm`) warm up `spec` in a worker. Preparing (a checkpoint build,
     an export, or only finding them cached) inflates a process's peak memory, so with process
     isolation the side is always loaded in a fresh process that only reads the cached result;
-    the preparing is done by a long-lived process (`prepare_in_process`)."""
+    the preparing is done by a long-lived process (`prepare_in_process`).
+
+    `worker`: a fresh process worker started ahead (`open_worker`, its imports perhaps done) to
+    load this side in; `prepare=False`: the configuration was prepared already (by this caller,
+    for an earlier side of it). Each phase's wall seconds go to `side.phases`."""
     from .envinfo import environment as parent_environment
 
     parent = environment or parent_environment()
     side = Side(spec, None)
     name = f"{spec.model_label} {spec.backend} {spec.mode}"
     try:
-        with progress.step(f"{name}: prepare (one-time builds: checkpoint, export, quantization)"):
+        with progress.step(f"{name}: prepare (one-time builds: checkpoint, export, quantization)"), \
+                P.timed(side.phases, "prepare"):
             if isolation == "process":
                 # the measuring process never prepares: whether or not this run had to build something
                 # (a checkpoint, an export), its peak memory is that of load + rounds alone, so a first
                 # run on a fresh machine and every later run measure the same process
-                prepared = prepare_in_process(spec, model_options, python, env)
+                prepared = prepare_in_process(spec, model_options, python, env) if prepare else {"built": False}
             else:
                 side.worker = open_worker(spec, isolation, dict(model_options or {}), python, env)
-                prepared = side.worker.prepare()
+                prepared = side.worker.prepare() if prepare else {"built": False}
         if isolation == "process":
-            side.worker = open_worker(spec, isolation, dict(model_options or {}), python, env)
+            side.worker = worker
+            if side.worker is None:
+                with P.timed(side.phases, "start"):
+                    side.worker = open_worker(spec, isolation, dict(model_options or {}), python, env)
             if prepared["built"]:
                 side.timings["prepared_first_s"] = prepared["prepare_s"]
         worker = side.worker
-        # the worker reports its own interpreter's environment; the run is the parent's
-        side.environment = (worker.environment() if (python or env) else dict(parent)) | {"run": parent.get("run")}
-        with progress.step(f"{name}: load"):
+        with P.timed(side.phases, "imports"):  # nothing left to do in a worker started ahead that imported
+            worker.imports()
+            # the worker reports its own interpreter's environment; the run is the parent's
+            side.environment = (worker.environment() if (python or env) else dict(parent)) | {"run": parent.get("run")}
+        with progress.step(f"{name}: load"), P.timed(side.phases, "load"):
             info = worker.load()
         if info["status"] == Status.OK and warm:
-            with progress.step(f"{name}: warm-up" + (" (compile)" if spec.mode == "graph" else "")):
+            with progress.step(f"{name}: warm-up" + (" (compile)" if spec.mode == "graph" else "")), \
+                    P.timed(side.phases, "warmup"):
                 wu = worker.warmup()
             if wu["status"] != Status.OK:
                 info = {"status": wu["status"], "reason": wu["reason"], "identity": info["identity"]}
@@ -203,7 +216,8 @@ def build_result(side: Side, rounds: list[dict], memory: dict, profile: str | No
         figures={k: v for k, v in figures.items() if k != "roofline"},
         validity=validity, arch=loaded["arch"] | {"source": loaded.get("source_meta", {})},
         execution=loaded.get("execution", {}), environment=side.environment,
-        timings={"load_ms": loaded["load_ms"], **side.timings, "per_round_decode_ms_median": per_round},
+        timings={"load_ms": loaded["load_ms"], **side.timings, "per_round_decode_ms_median": per_round,
+                 "phases": P.rounded(side.phases)},
         injected_delay_ms=loaded.get("injected_delay_ms", 0.0), timestamp=now(), runtime=runtime or {},
     )
 
@@ -229,8 +243,9 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
     sides: dict[str, Side] = {}
 
     def finish(side: Side, rounds: list[dict]) -> None:
-        memory = side.worker.memory()
-        results[side.spec.id] = build_result(side, rounds, memory, profile, side.worker.runtime())
+        with P.timed(side.phases, "readback"):
+            memory, runtime = side.worker.memory(), side.worker.runtime()
+        results[side.spec.id] = build_result(side, rounds, memory, profile, runtime)
         side.close()
 
     try:
@@ -245,6 +260,7 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
             live = list(sides.values())
             n = max((s.spec.workload.rounds for s in live), default=0)
             runners = {s.spec.id: (lambda s=s: s.worker.rounds(n=1)[0]) for s in live}
+            t0 = P.clock()
             with progress.step(f"{' | '.join(s.spec.backend for s in live)}: {n} interleaved rounds each"):
                 collected = interleave_rounds(runners, n)
             extra = 0
@@ -256,7 +272,8 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
                 for sid, more in interleave_rounds(runners, 2).items():
                     collected[sid].extend(more)
                 extra += 2
-            for side in live:
+            for side in live:  # the interleaved rounds' wall time, shared equally: the sum stays the wall
+                P.add(side.phases, "measure", (P.clock() - t0) / len(live))
                 side.timings["adaptive_extra_rounds"] = extra
                 side.timings["interleaved_with"] = [s.spec.id for s in live if s is not side]
                 finish(side, collected[side.spec.id])
@@ -268,7 +285,8 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
                     results[spec.id] = side.failed
                     continue
                 sides[spec.id] = side
-                with progress.step(f"{spec.model_label} {spec.backend} {spec.mode}: {spec.workload.rounds} rounds"):
+                with progress.step(f"{spec.model_label} {spec.backend} {spec.mode}: {spec.workload.rounds} rounds"), \
+                        P.timed(side.phases, "measure"):
                     rounds = side.worker.rounds(n=spec.workload.rounds)
                 finish(side, rounds)
     except Exception as exc:
@@ -307,13 +325,20 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
     for s in specs:
         by_ref.setdefault((s.model, s.device), []).append(s)
 
-    def result(side: Side, stats: dict) -> RunResult:
+    def result(side: Side, stats: dict, quality_s: float = 0.0) -> RunResult:
         stats = dict(stats)
         gens = stats.pop("generations", [])
+        with P.timed(side.phases, "readback"):
+            runtime = side.worker.runtime() if side.worker is not None else {}
+        phases = P.add(dict(side.phases), "quality", quality_s)
+        for p, v in pending.items():  # the reference pass's cost goes with the first result it served
+            P.add(phases, p, v)
+        pending.clear()
+        phases = P.rounded(phases)
         return RunResult(spec=side.spec, status=Status.OK, profile=prof, backend_identity=side.info["identity"],
                          metrics=QualityScenario.metrics(side.spec, [stats]), quality=stats, generations=gens,
                          arch=side.info["arch"], environment=side.environment, timestamp=now(),
-                         runtime=side.worker.runtime() if side.worker is not None else {})
+                         runtime=runtime, timings={"phases": phases})
 
     for (model, device), group in by_ref.items():
         prof = profile or profile_id(device)
@@ -325,10 +350,12 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
             if not ref.ok:
                 raise QuantperfError(f"reference backend {ref_spec.backend} failed: {ref.failed.reason}")
             try:
-                with progress.step(f"{ref_spec.model_label} {ref_spec.backend}: reference logits on the corpus"):
+                with progress.step(f"{ref_spec.model_label} {ref_spec.backend}: reference logits on the corpus"), \
+                        P.timed(ref.phases, "quality"):
                     ref_stats = ref.worker.quality(params=params | {"role": "reference", "file": ref_file})
             finally:
                 ref.close()
+            pending = dict(ref.phases)
             for spec in group:
                 if spec.backend == ref_spec.backend:
                     # the reference against itself: zero divergence by definition, no second pass
@@ -338,17 +365,18 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
                              "top1_agreement": 1.0, "top1_agreement_se": 0.0, "rms_dp": 0.0, "rms_dp_se": 0.0,
                              "reference_backend": ref_spec.backend, "windows": ref_stats["windows"],
                              "context": ref_stats["context"], "generations": ref_stats.get("generations", [])}
-                    out.append(result(replace(ref, spec=spec), stats))
+                    out.append(result(replace(ref, spec=spec, phases={}), stats))
                     continue
                 side = open_side(spec, isolation=isolation, environment=environment, profile=prof, warm=False)
                 if not side.ok:
                     out.append(side.failed)
                     continue
                 try:
+                    t0 = P.clock()
                     with progress.step(f"{spec.model_label} {spec.backend}: logits against the reference"):
                         stats = side.worker.quality(params=params | {"role": "compare", "file": ref_file,
                                                                      "reference_backend": ref_spec.backend})
-                    out.append(result(side, stats))
+                    out.append(result(side, stats, P.clock() - t0))
                 except Exception as exc:
                     out.append(not_measured(spec, Status.ERROR, f"{spec.backend}: {type(exc).__name__}: {exc}",
                                             side.info.get("identity"), environment, prof))

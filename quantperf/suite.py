@@ -31,6 +31,7 @@ from .gate import (
     speed_status,
     timed_otherwise,
 )
+from .phases import clock, session_phases
 from .results import ResultLog, RunResult
 from .spec import RunSpec
 from .status import Status
@@ -104,6 +105,7 @@ class SuiteSession:
         self.shard_of: Callable[[RunSpec], str] | None = None
         self.record_hint = record_hint
         self.results: dict[str, RunResult] = {}
+        self.started = clock()  # the session's wall, for where its time went (quantperf.phases)
         self.outcomes: dict[str, ConfigOutcome] = {}
         self.claim_results: list[ClaimResult] = []
         self.unlogged: dict[str, str] = {}  # config id -> the results-file write error: measured, not logged
@@ -602,4 +604,5 @@ class SuiteSession:
         return SessionSummary(profiles=dict(self.profiles), configs=list(self.outcomes.values()), claims=claims,
                               noise=noise, repeatability=list(self.noise_rows), sensitivity=list(self.sensitivity),
                               recorded=list(self.recorded), notes=list(dict.fromkeys(notes)),
-                              results_path=str(self.log.path) if self.log else None)
+                              results_path=str(self.log.path) if self.log else None,
+                              phases=session_phases(self.results.values(), clock() - self.started))

@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .phases import merge as merge_phases
 from .results import atomic_write_text, dump_json
 from .status import Status
 
@@ -85,6 +86,8 @@ class SessionSummary:
     recorded: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # session-wide lines (e.g. the session shift)
     results_path: str | None = None
+    # where the session's time went (quantperf.phases.session_phases): totals, wall, other, per configuration
+    phases: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"schema": SUMMARY_SCHEMA, **asdict(self)}
@@ -130,6 +133,7 @@ class SessionSummary:
             out.profiles.update(part.profiles)
             for name in ("configs", "claims", "noise", "repeatability", "sensitivity", "recorded", "notes"):
                 getattr(out, name).extend(getattr(part, name))
+        out.phases = merge_phases([p.phases for p in parts])
         return out
 
     @property

@@ -14,7 +14,7 @@ ROOT = PACKAGE.parent
 LAYERS = [
     {"status"},
     {"errors", "spec", "stats", "results", "divergence", "roofline", "config", "summary", "baselines", "envinfo",
-     "corpus", "hookspec", "progress", "_graph", "fidelity", "history"},
+     "corpus", "hookspec", "progress", "_graph", "fidelity", "history", "phases"},
     {"gate"},
     {"models", "trackers", "shards"},
     {"backends"},

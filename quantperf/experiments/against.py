@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..phases import check_phases, rounded
+from ..phases import clock as phase_clock
 from ..spec import RunSpec
 from ..status import Status
 from ..summary import ConfigOutcome
@@ -205,6 +207,7 @@ class AgainstSession:
         self.outcomes: dict[str, tuple[str, ConfigOutcome]] = {}  # key -> (kind, outcome)
         self._results: dict[str, dict] = {}
         self._environment = None
+        self._started = phase_clock()  # the A/B's wall (building side A included), for where its time went
 
     def say(self, line: str) -> None:
         if self.progress:
@@ -354,10 +357,11 @@ class AgainstSession:
             return self._keep(key, "quality", ConfigOutcome(key, cid, ["quality"], Status.ERROR, self.failure))
         if cid not in self.quality_rows:
             self.say(f"A/B quality {spec.id}: A writes the reference, B compares")
-            self.quality_rows[cid] = quality_check(spec, self.sides, self.quality_params.get(spec.device, {}),
-                                                   environment=self._environment,
-                                                   profile=self.profiles.get(spec.device),
-                                                   model_options=self.model_options)
+            t0 = phase_clock()
+            q = quality_check(spec, self.sides, self.quality_params.get(spec.device, {}),
+                              environment=self._environment, profile=self.profiles.get(spec.device),
+                              model_options=self.model_options)
+            self.quality_rows[cid] = q | {"phases": rounded({"quality": phase_clock() - t0})}
         q = self.quality_rows[cid]
         if q["status"] != Status.OK:
             return self._keep(key, "quality", ConfigOutcome(key, cid, ["quality"], q["status"], q.get("message", "")))
@@ -447,6 +451,7 @@ class AgainstSession:
                             takeaways=list(self.takeaways.values()), calibration=self.calibration,
                             notes=list(dict.fromkeys(self.notes + ([self.failure] if self.failure else []))))
         rep.memory = [r for rows in self.memory.values() for r in rows]
+        rep.phases = check_phases([c.to_dict() for c in checks], rep.quality, phase_clock() - self._started)
         return rep
 
     def close(self) -> None:

@@ -103,6 +103,7 @@ class PairRecord:
     first: str  # which side loaded first (and ran first in each block)
     blocks: list[dict] = field(default_factory=list)  # {"a": [t1, t2], "b": [t1, t2], "log_ratio": d}
     complete: bool = True  # False: a side failed before the pair's last block (kept, never counted)
+    pids: dict = field(default_factory=dict)  # {"A": pid, "B": pid}: each pair is two fresh processes
 
     @property
     def mean(self) -> float | None:
@@ -131,6 +132,10 @@ class ConfigCheck:
     message: str = ""
     # what each side really ran (quantperf.fidelity), read back from its first pair: {"A": {...}, "B": {...}}
     runtime: dict = field(default_factory=dict)
+    # where its time went (quantperf.phases), on the critical path; `overlapped`: the start and imports
+    # of pairs started ahead, done while the pair before measured (off the wall)
+    phases: dict = field(default_factory=dict)
+    overlapped: dict = field(default_factory=dict)
 
     @property
     def complete_pair_means(self) -> list[float]:
@@ -185,17 +190,32 @@ class Sides:
 
 
 def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environment: dict, profile: str,
-              model_options: dict, record: PairRecord, keep: dict) -> None:
-    """One pair of fresh processes: load and warm both (the first side first), then `blocks`
-    ABBA blocks. Fills `record` as blocks complete; raises SideFailed naming the side."""
+              model_options: dict, record: PairRecord, keep: dict, ahead=None, prepared: set | None = None,
+              phases: dict | None = None, measuring: Callable[[], None] = lambda: None) -> None:
+    """One pair of fresh processes (started now, or ahead: quantperf.experiments.ahead): load and
+    warm both (the first side first), then `blocks` ABBA blocks. `measuring()` is called as the
+    blocks begin (the next pair starts then). A side's configuration is prepared once (`prepared`:
+    the sides already done). Fills `record` as blocks complete and `phases` with the wall seconds;
+    raises SideFailed naming the side."""
+    from .. import phases as P
     from ..scheduler import interleave_rounds, open_side
+    from .ahead import PairStartFailed, start_pair
 
+    prepared, phases = set() if prepared is None else prepared, {} if phases is None else phases
+    try:
+        workers = ahead.take(phases) if ahead is not None and ahead.pending else \
+            start_pair(spec, sides, model_options, phases)
+    except PairStartFailed as exc:
+        raise SideFailed(exc.side, f"pair {index + 1}: {exc.reason}") from None
     order = list(SIDE_NAMES) if record.first == "A" else list(reversed(SIDE_NAMES))
     opened: dict = {}
+    record.pids = {n: (getattr(w, "info", None) or {}).get("pid") for n, w in workers.items()}
     try:
         for name in order:
             side = open_side(spec, environment=environment, profile=profile, model_options=model_options,
-                             **sides.kwargs(name))
+                             worker=workers.pop(name), prepare=name not in prepared, **sides.kwargs(name))
+            P.merge_into(phases, side.phases)
+            prepared.add(name)
             if not side.ok:
                 raise SideFailed(name, f"{side.failed.status}: {_first_line(side.failed.reason or '')}")
             opened[name] = side
@@ -214,6 +234,8 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
             return call
 
         runners = {name: runner(name) for name in order}
+        measuring()
+        t0 = P.clock()
         for _ in range(blocks):
             got = interleave_rounds(runners, ROUNDS_PER_BLOCK)
             ta, tb = unit_times(spec, got["A"]), unit_times(spec, got["B"])
@@ -223,10 +245,12 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
                                   else all(t == tokens["A"][0] for t in tokens["A"] + tokens["B"])})
             for n in SIDE_NAMES:
                 keep.setdefault(f"rounds_{n}", []).extend(got[n])
+        P.add(phases, "measure", P.clock() - t0)
         for n in SIDE_NAMES:
             try:
-                keep[f"memory_{n}"] = opened[n].worker.memory()
-                keep.setdefault(f"runtime_{n}", opened[n].worker.runtime())
+                with P.timed(phases, "readback"):
+                    keep[f"memory_{n}"] = opened[n].worker.memory()
+                    keep.setdefault(f"runtime_{n}", opened[n].worker.runtime())
             except Exception as exc:
                 raise SideFailed(n, f"crashed after pair {index + 1}: {_failure(exc)}") from None
             keep[f"side_{n}"] = opened[n]
@@ -234,66 +258,74 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
             keep.setdefault(f"memories_{n}", []).append(
                 dict(keep[f"memory_{n}"], weight_bytes=opened[n].info.get("weight_bytes")))
     finally:
-        _close_all(list(opened.values()))
+        from .ahead import close_sides, close_workers
 
+        close_workers(workers)  # a pre-started process whose side never opened
+        close_sides(list(opened.values()))
 
-def _close_all(sides: list) -> None:
-    """Close the pair's workers together (each waits for its interpreter to exit); nothing is
-    measured any more, so overlapping the two shutdowns costs no accuracy."""
-    if len(sides) < 2:
-        for side in sides:
-            side.close()
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(len(sides)) as pool:
-        list(pool.map(lambda s: s.close(), sides))
 
 
 def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blocks: int = DEFAULT_BLOCKS,
                  max_blocks: int | None = None, alpha: float = DEFAULT_ALPHA, tolerance: float = 0.05,
                  tolerance_source: str = "configured", environment: dict | None = None, profile: str | None = None,
-                 model_options: dict | None = None, progress: Callable[[str], None] | None = None
-                 ) -> tuple[ConfigCheck, dict]:
+                 model_options: dict | None = None, progress: Callable[[str], None] | None = None,
+                 overlap: bool | None = None) -> tuple[ConfigCheck, dict]:
     """Compare one configuration in A and B (see the module docstring). Returns the check and
-    what was kept for takeaways ({"side_A", "rounds_A", "memory_A", ... of the last pair})."""
+    what was kept for takeaways ({"side_A", "rounds_A", "memory_A", ... of the last pair}).
+    `overlap`: start each next pair's processes (spawn, imports) while the current pair measures;
+    None: on a GPU only (on a CPU the next pair's imports would share the measured cores)."""
     say = progress or (lambda line: None)
     looks = planned_looks(pairs, blocks, max_blocks)
     confidence = look_confidence(alpha, looks)
     check = ConfigCheck(spec.id, spec.to_dict(), tolerance=tolerance, tolerance_source=tolerance_source,
                         confidence=confidence, looks_planned=looks)
+    from .. import phases as P
+    from .ahead import Ahead
+
     keep: dict = {}
     target, i = pairs, 0
-    while i < target:
-        record = PairRecord(i, "A" if i % 2 == 0 else "B")
-        check.pairs.append(record)
-        try:
-            _run_pair(spec, sides, i, blocks, environment=environment, profile=profile,
-                      model_options=dict(model_options or {}), record=record, keep=keep)
-        except SideFailed as exc:
-            record.complete = False  # a pair cut short is kept in the report, never counted
-            unavailable = exc.reason.startswith((Status.UNAVAILABLE, Status.MODE_UNSUPPORTED))
-            if exc.side == "A" and unavailable:
-                check.status, check.message = Status.SKIPPED, f"not measurable in A: {exc.reason}"
-            else:
-                label = {"A": f"side A ({sides.label_a})", "B": f"side B ({sides.label_b})"}.get(exc.side, "sides")
-                check.status, check.message = Status.ERROR, f"{spec.id}: {label}: {exc.reason}"
-            say(f"{spec.id}: {check.status}: {check.message}")
-            break
-        except Exception as exc:  # anything else is this configuration's failure, never the session's
-            check.status, check.message = Status.ERROR, f"{spec.id}: {_failure(exc)}"
-            say(f"{spec.id}: error: {check.message}")
-            break
-        i += 1
-        say(f"{spec.id}: pair {i}/{target} ({record.first} first): B/A per-token time "
-            f"{math.exp(record.mean):.4f} over {len(record.blocks)} block(s)")
-        if i == target:
-            est = pair_interval([p.mean for p in check.pairs], confidence)
-            check.looks_used += 1
-            check.ratio, check.low, check.high = est.ratio, est.low, est.high
-            check.verdict = decide(est.low, est.high, tolerance)
-            if check.verdict == Status.INCONCLUSIVE and check.looks_used < looks:
-                target += 1
+    prepared: set = set()
+    ahead = Ahead(spec, sides, model_options) if (spec.device != "cpu" if overlap is None else overlap) else None
+    wall0 = P.clock()
+    try:
+        while i < target:
+            record = PairRecord(i, "A" if i % 2 == 0 else "B")
+            check.pairs.append(record)
+            # the next pair's processes start while this one measures, when it is certain to run
+            nxt = (lambda: ahead.start()) if ahead is not None and i + 1 < target else (lambda: None)
+            try:
+                _run_pair(spec, sides, i, blocks, environment=environment, profile=profile,
+                          model_options=dict(model_options or {}), record=record, keep=keep, ahead=ahead,
+                          prepared=prepared, phases=check.phases, measuring=nxt)
+            except SideFailed as exc:
+                record.complete = False  # a pair cut short is kept in the report, never counted
+                unavailable = exc.reason.startswith((Status.UNAVAILABLE, Status.MODE_UNSUPPORTED))
+                if exc.side == "A" and unavailable:
+                    check.status, check.message = Status.SKIPPED, f"not measurable in A: {exc.reason}"
+                else:
+                    label = {"A": f"side A ({sides.label_a})", "B": f"side B ({sides.label_b})"}.get(exc.side, "sides")
+                    check.status, check.message = Status.ERROR, f"{spec.id}: {label}: {exc.reason}"
+                say(f"{spec.id}: {check.status}: {check.message}")
+                break
+            except Exception as exc:  # anything else is this configuration's failure, never the session's
+                check.status, check.message = Status.ERROR, f"{spec.id}: {_failure(exc)}"
+                say(f"{spec.id}: error: {check.message}")
+                break
+            i += 1
+            say(f"{spec.id}: pair {i}/{target} ({record.first} first): B/A per-token time "
+                f"{math.exp(record.mean):.4f} over {len(record.blocks)} block(s)")
+            if i == target:
+                est = pair_interval([p.mean for p in check.pairs], confidence)
+                check.looks_used += 1
+                check.ratio, check.low, check.high = est.ratio, est.low, est.high
+                check.verdict = decide(est.low, est.high, tolerance)
+                if check.verdict == Status.INCONCLUSIVE and check.looks_used < looks:
+                    target += 1
+    finally:
+        if ahead is not None:
+            ahead.close()  # a pair started ahead and not used (a failure, or no further look): closed
+            check.overlapped = P.rounded(ahead.hidden)
+    check.phases = P.rounded(check.phases) | {"wall_s": round(P.clock() - wall0, 3)}
     matches = [b["tokens_match"] for p in check.pairs for b in p.blocks if b.get("tokens_match") is not None]
     check.tokens_match = all(matches) if matches else None
     check.identity = keep.get("identity") or {}
@@ -391,6 +423,7 @@ class UpgradeReport:
     calibration: dict | None = None  # the calibration used (a normal run) or written (--aa)
     notes: list[str] = field(default_factory=list)
     memory: list[dict] = field(default_factory=list)  # per configuration and figure (pytest --qp-against)
+    phases: dict = field(default_factory=dict)  # where the check's time went (report_phases)
 
     @property
     def regressions(self) -> list[str]:
@@ -521,6 +554,9 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
                            settings={"pairs": pairs, "blocks": blocks, "max_blocks": max_blocks, "alpha": alpha,
                                      "statistic": STATISTIC},
                            calibration=None if aa else calibration)
+    from .. import phases as P
+
+    wall0 = P.clock()
     measured: dict = {"A": {}, "B": {}}
     for spec in specs:
         tol, source = mode_tolerance(layers, spec.mode, None if aa else calibration)
@@ -534,13 +570,17 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
                                                     profile)
     for spec in quality_specs:
         say(f"quality {spec.id}: A writes the reference, B compares")
-        report.quality.append(quality_check(spec, sides, quality_params or {}, environment=environment,
-                                            profile=profile, model_options=model_options))
+        with P.timed(q_phases := {}, "quality"):
+            q = quality_check(spec, sides, quality_params or {}, environment=environment, profile=profile,
+                              model_options=model_options)
+        report.quality.append(q | {"phases": P.rounded(q_phases)})
     if claims:
         report.takeaways = takeaway_checks(claims, measured, profile, device)
     if aa:
         report.calibration = calibration_from(report)
+    report.phases = P.check_phases([c.to_dict() for c in report.configs], report.quality, P.clock() - wall0)
     return report
+
 
 
 def _versions_label(overlay, side: str) -> str:

@@ -4,6 +4,7 @@ summary."""
 
 from __future__ import annotations
 
+from ..phases import HEADER, line, table_rows
 from ..results import RunResult
 from ..status import Status
 from ..summary import SessionSummary
@@ -153,6 +154,12 @@ def summary_sections(summary: SessionSummary, markdown: bool = False) -> list[tu
         from ..experiments.sensitivity import Evaluation
 
         sections.append(("noise experiment", evaluation_table(Evaluation.from_dict(exp["evaluation"]), markdown)))
+    if (summary.phases or {}).get("total"):
+        ph = summary.phases
+        body = line(ph["total"], ph.get("wall_s"))
+        if markdown and ph.get("configs"):
+            body += "\n\n" + format_table(HEADER, table_rows(ph["configs"]), markdown)
+        sections.append(("where the time went", body))
     if summary.recorded:
         shown = summary.recorded[:50]
         more = len(summary.recorded) - len(shown)

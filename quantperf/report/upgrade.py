@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 from ..experiments.upgrade import CALIBRATION_K, UpgradeReport, ci_text
+from ..phases import HEADER, table_rows
+from ..phases import line as phase_line
 from ..status import Status
 from .table import format_table
 
@@ -50,6 +52,9 @@ def upgrade_sections(rep: UpgradeReport, markdown: bool = False) -> list[tuple[s
                  for m in rep.memory]
         sections.append(("memory: B/A per figure [interval over process pairs]", format_table(
             ["config", "figure", "A (MiB)", "B (MiB)", "B/A [CI]", "tolerance", "verdict"], mrows, markdown)))
+    if (rep.phases or {}).get("configs"):
+        sections.append(("where the time went (seconds, per configuration; start and imports of pairs started "
+                         "ahead are off the wall)", format_table(HEADER, table_rows(rep.phases["configs"]), markdown)))
     if rep.takeaways:
         trows = [[t["id"], t["claimed"],
                   f"{t['A']['verdict']} {ci_text(t['A']['ratio'], t['A']['low'], t['A']['high'])}",
@@ -135,11 +140,24 @@ def render_upgrade(rep: UpgradeReport, markdown: bool = False, strict: bool = Fa
         for head, body in upgrade_sections(rep, markdown=True):
             lines += [f"## {head}", "", body, ""]
         lines += [f"- {n}" for n in rep.notes]
+        if time := time_line(rep):
+            lines += ["", time]
         return "\n".join(lines).rstrip() + "\n"
     out = [f"quantperf {title} on {rep.profile}", rep.describe, _calibration_line(rep)]
     out += [f"{head}:\n{body}" for head, body in upgrade_sections(rep)]
-    out += rep.notes + [summary_line(rep, strict)]
+    out += rep.notes + [t for t in [time_line(rep)] if t] + [summary_line(rep, strict)]
     return "\n\n".join(out)
+
+
+def time_line(rep: UpgradeReport) -> str:
+    """`time: 499 s - start .., imports .., ..., other .. s (overlapped: start .. s, imports .. s)`, or ""."""
+    ph = rep.phases or {}
+    if not ph.get("total"):
+        return ""
+    hidden = ph.get("overlapped") or {}
+    extra = (f" (overlapped with measurement: start {hidden.get('start', 0):.1f} s, imports "
+             f"{hidden.get('imports', 0):.1f} s)") if any(hidden.values()) else ""
+    return phase_line(ph["total"], ph.get("wall_s")) + extra
 
 
 def render_compare(result: dict, markdown: bool = False) -> str:

@@ -26,7 +26,7 @@ from ..fidelity import HUB_KERNELS_ENV
 from ..spec import RunSpec
 from ..status import Status
 
-PROTOCOL = 4  # bump when a request or reply changes shape
+PROTOCOL = 5  # bump when a request or reply changes shape
 WORKER_TIMEOUT_ENV = "QUANTPERF_WORKER_TIMEOUT_S"
 # A hung worker (a wedged GPU, a deadlocked library) must not hang the suite: one request
 # (a load, a set of rounds, a quality pass) gets this long.
@@ -60,9 +60,13 @@ def request_timeout_s() -> float:
 # a silent worker is sent this before it is killed; quantperf.workers (its __main__) answers with every thread's stack
 STACK_SIGNAL = "SIGUSR1"
 METHODS = {
-    "hello", "environment", "prepare", "prepare_for", "load", "warmup",
+    "hello", "environment", "imports", "prepare", "prepare_for", "load", "warmup",
     "rounds", "configure", "memory", "runtime", "quality", "close",
 }
+
+
+# the library each backend family's load imports besides torch and transformers (module -> names)
+HEAVY_LIBRARIES = {"bnb": ("bitsandbytes",), "torchao": ("torchao",)}
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -80,6 +84,7 @@ class LocalWorker:
         # scenario settings changed between rounds (configure)
         self.settings: dict = {"gc_off": True, "inject_ms": None, "tokens_factor": 1}
         self._all_cpus: set[int] | None = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        self._imports_s: float | None = None  # seconds the heavy imports took (imports())
 
     # -- identity of the process ---------------------------------------------------------
     def hello(self) -> dict:
@@ -129,11 +134,35 @@ class LocalWorker:
         out["cuda_context"] = bool(torch is not None and torch.cuda.is_initialized())
         return out
 
+    def imports(self) -> dict:
+        """Import what a load of this configuration imports (torch, transformers, the backend's
+        library), timed, and nothing more: no model is read and no CUDA context is opened, so a
+        process started ahead of its turn (the upgrade check's overlap) can do this while another
+        pair measures. Done once; a missing library is left to load(), which reports it."""
+        import importlib
+
+        if self._imports_s is None:
+            from ..backends import entry
+
+            t0 = time.perf_counter()
+            e = entry(self.spec.backend)
+            # the test double loads no model: only its optional stand-in library
+            names = [] if e.test_double else ["torch", "transformers", *HEAVY_LIBRARIES.get(e.module, ())]
+            names += [lib for lib in [dict(e.options, **dict(self.spec.backend_options)).get("library")] if lib]
+            for name in names:
+                try:
+                    importlib.import_module(name)
+                except Exception:  # noqa: BLE001 -- load() reports a library that is missing or broken
+                    pass
+            self._imports_s = round(time.perf_counter() - t0, 3)
+        return {"imports_s": self._imports_s}
+
     def load(self) -> dict:
         from ..backends import get_backend
         from ..scenarios import scenario_for
 
         spec = self.spec
+        imports_s = self.imports()["imports_s"]
         backend = get_backend(spec.backend, dict(spec.backend_options))
         identity = backend.identity(spec.device, spec.mode)
         reason = backend.unavailable_reason(spec.device)
@@ -179,6 +208,7 @@ class LocalWorker:
             "arch": asdict(self.loaded.arch) | {"size_class": self.loaded.arch.size_class},
             "source_meta": source.meta,
             "load_ms": round(load_ms, 1),
+            "imports_s": imports_s,
             "load_memory": M.memory_snapshot(spec.device),
             "weight_bytes": self.loaded.weight_bytes(),
             "streamed_weight_bytes": self.loaded.streamed_weight_bytes(),
@@ -299,12 +329,14 @@ class ProcessWorker:
         # The project root must stay importable in the child when quantperf is not installed.
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (child_env.get("PYTHONPATH"), root) if p)
+        t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [python or sys.executable, "-m", "quantperf.workers"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=child_env, text=True,
         )
         self.info = self._request("init", {"spec": spec.to_dict(), "model_options": model_options or {},
                                            "protocol": PROTOCOL})
+        self.start_s = round(time.monotonic() - t0, 3)  # spawn until the worker answered hello
 
     def _stderr_tail(self, n: int = 2000) -> str:
         try:

@@ -1,0 +1,117 @@
+"""Process pairs started ahead: while one fresh pair of an A/B (quantperf.experiments.upgrade)
+measures, the next pair's two processes are spawned and do their heavy imports in a thread, so
+interpreter start and imports (seconds each on a GPU host) are off the critical path. Only
+start and imports: loading a model during another pair's measurement would disturb it. Every
+replicate still gets its own fresh pair; a pair started ahead that is never used is closed."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .. import phases as P
+from ..errors import QuantperfError
+from ..spec import RunSpec
+
+
+class PairStartFailed(QuantperfError):
+    """A pair's process (started ahead or not) failed to start or import; `side` names it."""
+
+    def __init__(self, side: str, reason: str):
+        super().__init__(reason)
+        self.side, self.reason = side, reason
+
+
+def start_pair(spec: RunSpec, sides, model_options: dict | None, phases: dict) -> dict:
+    """Two fresh worker processes for `spec`, side A and side B (`sides`: upgrade.Sides), each
+    spawned and its heavy imports done, no model read. Their wall seconds go to `phases`
+    (start, imports). A failure closes what was started and raises PairStartFailed."""
+    from ..workers import open_worker
+
+    started: dict = {}
+    try:
+        for name in ("A", "B"):
+            with P.timed(phases, "start"):
+                try:
+                    started[name] = open_worker(spec, "process", dict(model_options or {}), **sides.kwargs(name))
+                except Exception as exc:
+                    raise PairStartFailed(name, f"process did not start: {_line(exc)}") from None
+            with P.timed(phases, "imports"):
+                try:
+                    started[name].imports()
+                except Exception as exc:
+                    raise PairStartFailed(name, f"process failed in its imports: {_line(exc)}") from None
+    except BaseException:
+        close_workers(started)
+        raise
+    return started
+
+
+def close_workers(workers: dict) -> None:
+    for w in list(workers.values()):
+        try:
+            w.close()
+        except Exception:  # noqa: BLE001 -- closing is best effort; ProcessWorker.close kills what hangs
+            pass
+    workers.clear()
+
+
+def _line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, QuantperfError) else str(exc)
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "no message")
+    return first[:300]
+
+
+class Ahead:
+    """At most one pair started ahead for one configuration. `start()` begins it in the
+    background; `take(phases)` waits for it (the wait is the critical path's `start`) and hands
+    its workers over; `close()` ends whatever was started and not taken. `hidden` holds the
+    background start and imports seconds, which the overlap took off the wall."""
+
+    def __init__(self, spec: RunSpec, sides, model_options: dict | None):
+        self.spec, self.sides, self.model_options = spec, sides, model_options
+        self.hidden: dict = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Future | None = None
+
+    def start(self) -> None:
+        if self._future is not None:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="quantperf-ahead")
+        self._future = self._pool.submit(start_pair, self.spec, self.sides, self.model_options, self.hidden)
+
+    @property
+    def pending(self) -> bool:
+        return self._future is not None
+
+    def take(self, phases: dict) -> dict:
+        """The pair started ahead (raises its PairStartFailed)."""
+        future, self._future = self._future, None
+        if future is None:
+            raise RuntimeError("no pair was started ahead")
+        with P.timed(phases, "start"):
+            return future.result()
+
+    def close(self) -> None:
+        if self._future is not None:
+            future, self._future = self._future, None
+            try:
+                close_workers(future.result())
+            except Exception:  # noqa: BLE001 -- it failed to start: start_pair closed what it had
+                pass
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def close_sides(sides: list) -> None:
+    """Close the pair's workers together (each waits for its interpreter to exit); nothing is
+    measured any more, so overlapping the two shutdowns costs no accuracy."""
+    if len(sides) < 2:
+        for side in sides:
+            side.close()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(sides)) as pool:
+        list(pool.map(lambda s: s.close(), sides))
