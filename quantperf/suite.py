@@ -125,20 +125,17 @@ class SuiteSession:
     def store(self, device: str) -> BaselineStore:
         profile = self.profiles[device]
         if profile not in self._stores:
-            store = BaselineStore(self.baselines_dir, profile)
+            store = self._stores[profile] = BaselineStore(self.baselines_dir, profile)
             if self.history is not None and not self.record:
                 from .history import apply_derived
 
-                note = apply_derived(store, self.history, self.history_window, self.history_of_record)
-                if note:
-                    self.notes.append(note)
-            self._stores[profile] = store
+                self.notes += [n for n in [apply_derived(store, self.history, self.history_window,
+                                                         self.history_of_record)] if n]
         return self._stores[profile]
 
-    # the results store (quantperf.history) baselines are derived from: None, the file alone
-    history = None
-    history_window = 20  # sittings per host
-    history_of_record = "main"  # the code branch whose sittings baselines derive from
+    # the results store (quantperf.history) the baselines derive from (None: the file alone), the
+    # sittings per host they derive from, and the code branch whose sittings count
+    history, history_window, history_of_record = None, 20, "main"
 
     progress = None  # called with one line per configuration as it is measured (the plugin prints it)
     # `pytest --qp-against SPEC`: an experiments.against.AgainstSession; check, check_quality and
@@ -264,20 +261,17 @@ class SuiteSession:
         if outcome.status == Status.REGRESSED:
             vers = "" if not outcome.version_changes else " | library versions differ from the baseline: " + ", ".join(
                 f"{k} {a} -> {b}" for k, (a, b) in outcome.version_changes.items())
-            outcome.message = (f"REGRESSED {cid} [{store.profile}]: "
-                               + "; ".join(v.line() for v in verdicts if v.failed)
-                               + vers)
+            failed = "; ".join(v.line() for v in verdicts if v.failed)
+            outcome.message = f"REGRESSED {cid} [{store.profile}]: {failed}{vers}"
         outcome.message = " | ".join(m for m in (outcome.message, *runtime.notes) if m)
         return outcome
 
     def _no_baseline(self, outcome: ConfigOutcome, spec: RunSpec, store: BaselineStore) -> ConfigOutcome:
-        others = store.other_profiles()
-        note = (f" (baselines exist for other profiles: {', '.join(others)}; they are not used: "
-                "baselines never cross profiles)") if others else ""
+        note = (f" (baselines exist for other profiles: {', '.join(others)}; they are not used: baselines never "
+                "cross profiles)") if (others := store.other_profiles()) else ""
         hint = self.record_hint.format(marker="gpu" if spec.device == "cuda" else "cpu")
-        outcome.status = Status.NO_BASELINE
-        outcome.message = (f"no baseline for {outcome.config_id} on profile {store.profile} in {store.path}{note}; "
-                           f"{hint}")
+        where = f"on profile {store.profile} in {store.path}{note}"
+        outcome.status, outcome.message = Status.NO_BASELINE, f"no baseline for {outcome.config_id} {where}; {hint}"
         return outcome
 
     def has_baseline(self, spec: RunSpec, quality: bool = False) -> bool:
@@ -436,13 +430,11 @@ class SuiteSession:
             outcome = ConfigOutcome(key, ("quality-" if quality else "") + spec.id, list(kinds), Status.OK)
             self.outcomes[key] = outcome
             if self.history is not None:  # measured all the same: the store keeps it, the next sitting gates on it
-                res = self.measure(spec, quality=quality)
-                if failure := run_failure(res.status):
+                if failure := run_failure((res := self.measure(spec, quality=quality)).status):
                     outcome.status, outcome.message = failure, res.reason or ""
                     return self.raise_for(outcome)
-            self._no_baseline(outcome, spec, store)
-            if self.history is not None:
-                outcome.message += "; measured and kept in the results store: the next sitting is gated against it"
+            self._no_baseline(outcome, spec, store).message += ("; measured and kept in the results store: the next "
+                                                                "sitting is gated against it") if self.history else ""
             return self.raise_for(outcome)
         if kinds == ("speed",) and not quality and not self.record and tolerances is None:
             res = self.measure(spec)

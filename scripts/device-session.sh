@@ -241,7 +241,7 @@ for s in "$@"; do
         ;;
     sitting)  # a nightly-style sitting of the GPU tier kept in the results store /tmp/hist (histin carries one in)
         n=$(n_of sitting); QP_FAULTHANDLER_S=600 step "sitting$n" gpu_job "$Q/sitting$n" 900 -m "${QP_M:-gpu and not slow}" \
-            --qp-history /tmp/hist
+            -k "${QP_SITTING_K:-not nothing}" --qp-history /tmp/hist
         mkdir -p "$Q/hist" && cp -r /tmp/hist/. "$Q/hist/"
         ;;
     aa-kernel)  # the kernel-mode A/A upgrade check over QP_AA_BACKENDS, walk QUANTPERF_KERNEL_WALK (unset: layer)

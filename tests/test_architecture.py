@@ -24,7 +24,7 @@ LAYERS = [
     {"experiments", "matrix"},
     {"suite"},
     {"report"},
-    {"plugin", "plugin_ab", "cli", "__init__", "__main__"},
+    {"plugin", "plugin_ab", "plugin_history", "cli", "__init__", "__main__"},
 ]
 MAX_LINES = 600
 # the verdicts only quantperf.gate decides; elsewhere they are compared against, never produced
