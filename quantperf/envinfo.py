@@ -242,6 +242,12 @@ def run_info() -> dict:
     }
 
 
+def measured_host(results) -> str | None:
+    """The host key of the machine that measured `results` (RunResults of one run; None when they
+    do not say): gating stored results replays them as seen from where they were measured."""
+    return next((h for r in results if (h := ((r.environment or {}).get("run") or {}).get("host"))), None)
+
+
 def host_key(name: str, uuids: list[str]) -> str:
     """The host a run measured on, as the history and the host-aware gate key it: a hash of the
     host name and, on a GPU machine, of its GPUs' UUIDs (leased machines can all carry one host

@@ -125,16 +125,16 @@ class SuiteSession:
     def store(self, device: str) -> BaselineStore:
         profile = self.profiles[device]
         if profile not in self._stores:
-            store = self._stores[profile] = BaselineStore(self.baselines_dir, profile)
-            if self.history is not None and not self.record:
+            store = BaselineStore(self.baselines_dir, profile)
+            if self.history is not None and not self.record:  # a store that cannot be read fails every check
                 from .history import apply_derived
 
                 self.notes += [n for n in [apply_derived(store, self.history, self.history_window,
                                                          self.history_of_record)] if n]
+            self._stores[profile] = store
         return self._stores[profile]
 
-    # the results store (quantperf.history) the baselines derive from (None: the file alone), the
-    # sittings per host they derive from, and the code branch whose sittings count
+    # the results store the baselines derive from (None: the file alone), sittings per host, branch of record
     history, history_window, history_of_record = None, 20, "main"
 
     progress = None  # called with one line per configuration as it is measured (the plugin prints it)
@@ -282,7 +282,7 @@ class SuiteSession:
         """The run-level speed gate over one run's results of one device (quantperf.gate.gate_runs):
         per mode and gated metric, the noise pooled over the profile's configurations, the common
         session shift removed, a Bonferroni family of every configuration and metric gated here."""
-        from .envinfo import run_info
+        from .envinfo import measured_host, run_info
         from .gate.history import gate_runs_on_host
         from .results import METRICS
         from .scenarios import scenario_for
@@ -314,7 +314,7 @@ class SuiteSession:
                              if (e.get("spec") or {}).get("mode", mode) == mode and store.runs(cid, metric)
                              and cid not in left_out}
                 hosted = gate_runs_on_host(current, baselines, metric, hib, self.tolerance("speed", mode=mode),
-                                           self.alpha, family, run_info()["host"], mode)
+                                           self.alpha, family, measured_host(group) or run_info()["host"], mode)
                 verdicts, shift, model = hosted.verdicts, hosted.shift, hosted.model
                 if hosted.scope.status is not None:  # no runs from this host: no verdict, what it would take
                     for r in group:

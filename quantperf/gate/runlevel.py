@@ -304,10 +304,14 @@ def host_scope(baselines: dict[str, list[dict]], host: str | None, mode: str,
     that gate `mode` on `host`: every host's in kernel mode; in other modes this host's, if they
     come from at least `min_sessions` sessions (or if every run is this host's: a baseline of one
     host has no other host to keep out), else none and a 'no runs from this host' outcome."""
-    hosts = {r.get("host") for runs in baselines.values() for r in runs}
+    if not any(baselines.values()):  # nothing recorded for this metric: nothing to scope (gate_runs says so)
+        return HostScope(host, mode, mode in HOST_POOLED_MODES, 0, 0, 0, {})
+    # a run that names no host (recorded from results that did not say) is not known to be another's
+    hosts = {r.get("host") for runs in baselines.values() for r in runs} - {None}
     if mode in HOST_POOLED_MODES:
         return HostScope(host, mode, True, 0, 0, len(hosts - {host}), dict(baselines))
-    mine = {cid: [r for r in runs if host is not None and r.get("host") == host] for cid, runs in baselines.items()}
+    mine = {cid: [r for r in runs if r.get("host") is None or (host is not None and r.get("host") == host)]
+            for cid, runs in baselines.items()}
     mine = {cid: runs for cid, runs in mine.items() if runs}
     flat = [r for runs in mine.values() for r in runs]
     sessions = len(set(assign_sessions(flat, gap_minutes))) if flat else 0
