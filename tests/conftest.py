@@ -18,10 +18,12 @@ os.environ["QUANTPERF_TEST_BACKENDS"] = "1"
 # reads this file: the benchmarks measure and keep the machine to themselves.
 WORKERS_ENV = "QUANTPERF_TEST_WORKERS"
 
-# Modules whose module-scoped fixtures build something expensive (every CPU backend measured, ONNX
-# exports, wheels and overlays): their tests stay on one xdist worker, so it is built once.
-ONE_WORKER_MODULES = ("test_backends_cpu", "test_ort", "test_kernel_scenario", "test_upgrade", "test_upgrade_env",
-                      "test_against")
+# Module-scoped fixtures that build something expensive (ONNX exports, a loaded model, wheels and
+# overlays, an A/A run): the tests of such a module stay on one xdist worker, so it is built once.
+ONE_WORKER_MODULES = ("test_ort", "test_kernel_scenario", "test_upgrade", "test_upgrade_env", "test_against")
+# ... or, where one module has two such fixtures (every CPU backend measured for speed, and again for
+# quality: a minute or two each), the tests of each fixture stay together and the rest go anywhere.
+ONE_WORKER_FIXTURES = {"test_backends_cpu": ("cpu_results", "quality_results")}
 
 
 def default_workers() -> int:
@@ -56,6 +58,10 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__ if getattr(item, "module", None) else ""
         if module in ONE_WORKER_MODULES:
             item.add_marker(pytest.mark.xdist_group(module))
+        for fixture in ONE_WORKER_FIXTURES.get(module, ()):
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(f"{module}-{fixture}"))
+                break
 
 
 @pytest.fixture(scope="session")
