@@ -51,6 +51,7 @@ def pytest_cmdline_main(config):
             option.dist = "loadgroup"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     if not config.pluginmanager.hasplugin("xdist"):
         return
