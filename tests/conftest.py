@@ -17,6 +17,7 @@ os.environ["QUANTPERF_TEST_BACKENDS"] = "1"
 # test's load could blur (the fake backends run on a simulated clock). `pytest benchmarks` never
 # reads this file: the benchmarks measure and keep the machine to themselves.
 WORKERS_ENV = "QUANTPERF_TEST_WORKERS"
+DIST_ENV = "QUANTPERF_TEST_DIST"
 
 # Module-scoped fixtures that build something expensive (ONNX exports, a loaded model, wheels and
 # overlays, an A/A run): the tests of such a module stay on one xdist worker, so it is built once.
@@ -40,6 +41,12 @@ def default_workers() -> int:
 def pytest_cmdline_main(config):
     """Before xdist reads its options: `-n` defaults to `default_workers()` with `--dist loadgroup`."""
     option = config.option
+    if hasattr(config, "workerinput"):
+        # an xdist worker parses the command line as given, without the defaults set here: it is told
+        # to name its tests' groups (in the node ids the controller schedules by) through the environment
+        if os.environ.get(DIST_ENV) == "loadgroup":
+            option.loadgroup = True
+        return
     if (not hasattr(option, "numprocesses") or option.numprocesses is not None or hasattr(config, "workerinput")
             or os.environ.get("PYTEST_XDIST_WORKER") or config.getoption("usepdb", False)
             or config.getoption("collectonly", False)):
@@ -49,6 +56,7 @@ def pytest_cmdline_main(config):
         option.numprocesses = workers
         if option.dist == "no":
             option.dist = "loadgroup"
+            os.environ[DIST_ENV] = "loadgroup"  # inherited by the workers
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
