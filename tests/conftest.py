@@ -17,14 +17,9 @@ os.environ["QUANTPERF_TEST_BACKENDS"] = "1"
 # test's load could blur (the fake backends run on a simulated clock). `pytest benchmarks` never
 # reads this file: the benchmarks measure and keep the machine to themselves.
 WORKERS_ENV = "QUANTPERF_TEST_WORKERS"
-DIST_ENV = "QUANTPERF_TEST_DIST"
-
-# Module-scoped fixtures that build something expensive (ONNX exports, a loaded model, wheels and
-# overlays, an A/A run): the tests of such a module stay on one xdist worker, so it is built once.
-ONE_WORKER_MODULES = ("test_ort", "test_kernel_scenario", "test_upgrade", "test_upgrade_env", "test_against")
-# ... or, where one module has two such fixtures (every CPU backend measured for speed, and again for
-# quality: a minute or two each), the tests of each fixture stay together and the rest go anywhere.
-ONE_WORKER_FIXTURES = {"test_backends_cpu": ("cpu_results", "quality_results")}
+# `--dist loadfile`: each test module runs on one worker, so its module-scoped fixtures (every CPU
+# backend measured, ONNX exports, wheels and overlays, an A/A run) are built once. (xdist_group marks
+# would split modules finer, but pytest-xdist 3.8's loadgroup cannot rename pytest 9's node ids.)
 
 
 def default_workers() -> int:
@@ -39,14 +34,8 @@ def default_workers() -> int:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config):
-    """Before xdist reads its options: `-n` defaults to `default_workers()` with `--dist loadgroup`."""
+    """Before xdist reads its options: `-n` defaults to `default_workers()` with `--dist loadfile`."""
     option = config.option
-    if hasattr(config, "workerinput"):
-        # an xdist worker parses the command line as given, without the defaults set here: it is told
-        # to name its tests' groups (in the node ids the controller schedules by) through the environment
-        if os.environ.get(DIST_ENV) == "loadgroup":
-            option.loadgroup = True
-        return
     if (not hasattr(option, "numprocesses") or option.numprocesses is not None or hasattr(config, "workerinput")
             or os.environ.get("PYTEST_XDIST_WORKER") or config.getoption("usepdb", False)
             or config.getoption("collectonly", False)):
@@ -55,22 +44,7 @@ def pytest_cmdline_main(config):
     if workers > 1:
         option.numprocesses = workers
         if option.dist == "no":
-            option.dist = "loadgroup"
-            os.environ[DIST_ENV] = "loadgroup"  # inherited by the workers
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
-def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        module = item.module.__name__ if getattr(item, "module", None) else ""
-        if module in ONE_WORKER_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
-        for fixture in ONE_WORKER_FIXTURES.get(module, ()):
-            if fixture in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(f"{module}-{fixture}"))
-                break
+            option.dist = "loadfile"
 
 
 @pytest.fixture(scope="session")
