@@ -114,6 +114,9 @@ class TokenClock:
         self.cuda = device == "cuda"
         # an explicit delay (the sensitivity experiment's) replaces the environment's
         self.delay_ms = injected_delay_ms(backend) if delay_ms is None else delay_ms
+        # what a CPU mark reads and what spends an injected delay: a test double on a simulated clock
+        # (quantperf/backends/fake.py) replaces both for its round
+        self.now, self.wait = time.perf_counter, (_gpu_spin if self.cuda else _cpu_spin)
         self._marks: list = []
         if self.cuda:
             import torch
@@ -133,11 +136,11 @@ class TokenClock:
             ev.record()
             self._marks.append(ev)
         else:
-            self._marks.append(time.perf_counter())
+            self._marks.append(self.now())
 
     def mark(self) -> None:
         if self.delay_ms:
-            (_gpu_spin if self.cuda else _cpu_spin)(self.delay_ms)
+            self.wait(self.delay_ms)
         self._record()
 
     def finish(self) -> RoundTiming:

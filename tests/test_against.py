@@ -2,9 +2,9 @@
 the SPEC parser, the A/B decisions it adds to the gate, the order of an A/B session, and the shipped
 benchmark file run through pytester, offline, on the `fake-lib` test double of tests/test_upgrade.py
 (per token it calls `qp_slowlib.work(2 ms)`): this environment has qp_slowlib 2.0, A pins qp_slowlib 1.0,
-both local wheels. Here `work` sleeps (2 ms in 1.0, 12 ms in 2.0: a known factor of 6) instead of
-spinning: on a busy machine a spinning worker is descheduled for whole time slices, which hides a
-factor of 1.5 between 2 and 3 ms, while a sleeping one wakes on time."""
+both local wheels. Here `work` spends 2 ms in 1.0 and 12 ms in 2.0 (a known factor of 6) on the fake
+backends' simulated clock (quantperf/backends/fake.py), so the figures do not depend on what else the
+machine runs."""
 
 import json
 import os
@@ -34,8 +34,8 @@ backends = ["fake-lib", "fake-int8"]
 modes = ["eager"]
 workload = { batch_size = 1, prompt_tokens = 8, new_tokens = 12, warmup_rounds = 1, rounds = 3 }
 """
-# fake-int8 spins 3 ms per token (3-6 ms on a busy machine): the claim holds with qp_slowlib 1.0
-# (fake-lib 2 ms per token) and is flipped by 2.0 (12 ms per token)
+# fake-int8 spends 3 ms per token: the claim holds with qp_slowlib 1.0 (fake-lib 2 ms per token) and is
+# flipped by 2.0 (12 ms per token)
 CLAIMS = """
 [[claim]]
 id = "fake-lib-faster-than-int8"
@@ -51,12 +51,12 @@ SHIPPED_TESTS = (ROOT / "benchmarks" / "test_regression.py").read_text()
 ARGS = ["--qp-matrix=matrix.toml", "--qp-takeaways=takeaways.toml", "--qp-baselines=baselines",
         "--qp-profile=cpu-test", "--qp-results=out/results.jsonl", "-p", "no:cacheprovider", "-W",
         "ignore::DeprecationWarning", "--qp-ab-pairs=3", "--qp-ab-blocks=2"]
-SLEEPLIB = """__version__ = {version!r}
-import time
+SPENDLIB = """__version__ = {version!r}
+from quantperf.backends.fake import spend
 FACTOR = {factor!r}
 
 def work(ms):
-    time.sleep(ms * FACTOR / 1e3)
+    spend(ms * FACTOR)
 """
 FACTORS = {"1.0": 1.0, "2.0": 6.0}  # 2 ms and 12 ms per token
 LIB, INT8 = "small-fake-lib-cpu-bs1-p8-n12-eager", "small-fake-int8-cpu-bs1-p8-n12-eager"
@@ -200,7 +200,7 @@ def test_a_side_that_crashes_is_one_line_and_its_own_exit_code_unless_something_
 def wheels(tmp_path_factory):
     d = tmp_path_factory.mktemp("slowlib-wheels")
     for version, factor in FACTORS.items():
-        build_wheel(d, "qp_slowlib", version, SLEEPLIB.format(version=version, factor=factor))
+        build_wheel(d, "qp_slowlib", version, SPENDLIB.format(version=version, factor=factor))
     return d
 
 
@@ -248,8 +248,8 @@ def test_the_slower_configuration_fails_at_its_factor_and_the_claim_flips(projec
                   r" \| A: qp_slowlib 1\.0 \| B: qp_slowlib 2\.0 \(this environment\)", out)
     assert m, out
     ratio, low, high = map(float, m.groups())
-    # the known factor is 6; time.sleep's own overshoot (~0.1 ms of A's 2 ms) pulls the ratio a little below it
-    assert 4.8 <= ratio <= 6.5 and 1.05 < low <= ratio <= high, m.group(0)
+    # the known factor is 6 (each token's time has a 1% jitter: the interval holds 6 with room to spare)
+    assert ratio == pytest.approx(6.0, rel=0.02) and 1.05 < low <= 6.0 * 1.005 and high >= 6.0 / 1.005, m.group(0)
     assert f"FAILED test_bench.py::test_speed[{INT8}]" not in out
     m = re.search(r"FAILED test_bench.py::test_takeaway\[fake-lib-faster-than-int8-cpu\] - (?:Failed: )?"
                   r"FLIPPED takeaway "
@@ -257,7 +257,8 @@ def test_the_slower_configuration_fails_at_its_factor_and_the_claim_flips(projec
                   r"\| packages that differ: qp_slowlib A 1\.0 \| B 2\.0", out)
     assert m, out
     in_a, in_b = map(float, m.groups())
-    assert in_a > 1.2 and in_b < 0.6, m.group(0)  # fake-lib / fake-int8 decode tok/s
+    # fake-lib / fake-int8 decode tok/s: 3/2 ms per token in A, 3/12 in B
+    assert in_a == pytest.approx(1.5, rel=0.02) and in_b == pytest.approx(0.25, rel=0.02), m.group(0)
     assert re.search(r"quantperf A/B: A = qp_slowlib 1\.0 \| B = this environment: [23] same, 1 regressed, "
                      r"0 improved, [01] inconclusive, 1 takeaways flipped", out), out
     rep = json.loads(project.path.joinpath("rep", "report.json").read_text())

@@ -39,6 +39,23 @@ def test_injected_delay_is_per_backend(monkeypatch):
         M.injected_delay_ms("bnb-int8")
 
 
+def test_the_token_clock_times_real_work_on_the_cpu():
+    """The fake backends' rounds run on a simulated clock; every other CPU round is timed with
+    perf_counter, and an injected delay is spent in real time. A busy machine only adds time, so
+    the bounds are: at least the delays, at most what an outside clock saw."""
+    import time
+
+    t0 = time.perf_counter()
+    clock = M.TokenClock("cpu", 3, "", delay_ms=5.0)
+    clock.start()
+    for _ in range(3):
+        clock.mark()
+    timing = clock.finish()
+    outside_ms = (time.perf_counter() - t0) * 1e3
+    assert timing.prefill_ms >= 5.0 and len(timing.decode_ms) == 2 and min(timing.decode_ms) >= 5.0
+    assert 15.0 <= timing.total_ms <= outside_ms
+
+
 def test_worker_settings_change_between_rounds_of_one_loaded_model(monkeypatch):
     """The noise experiment's knobs: an explicit injected delay (beats the environment's), GC
     during timed regions, and rounds of another length."""

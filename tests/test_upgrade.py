@@ -2,13 +2,17 @@
 upgrade-check` and `quantperf compare`):
 the statistic as pure functions, `compare` on small results files, and upgrade-check end to end,
 offline, on the `fake-lib` test double whose per-token time is spent in `qp_slowlib.work`: local
-wheels of qp_slowlib 1.0 (the base), 2.0 (1.5x slower) and 3.0 (crashes mid-run)."""
+wheels of qp_slowlib 1.0 (the base), 2.0 (1.5x slower) and 3.0 (crashes mid-run). The time is the fake
+backends' simulated clock (quantperf/backends/fake.py: 1% jitter per token, whatever else the machine
+runs), so the decision logic sees the same noise on a busy 2-core runner as on a quiet one."""
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from offline import isolate_installers
@@ -38,7 +42,8 @@ from quantperf.spec import RunSpec, Workload
 from quantperf.status import Status
 
 SLOWLIB = """__version__ = {version!r}
-import os, time
+import os
+from quantperf.backends.fake import spend
 FACTOR = {factor!r}
 CRASH_AFTER = {crash!r}
 _calls = 0
@@ -49,12 +54,11 @@ def work(ms):
     if CRASH_AFTER and _calls > CRASH_AFTER:
         os.write(2, b"qp_slowlib: simulated crash\\n")
         os._exit(3)
-    end = time.perf_counter() + ms * FACTOR / 1e3
-    while time.perf_counter() < end:
-        pass
+    spend(ms * FACTOR)
 """
 # 1 warm-up round + 1 block = 3 rounds x 11 decode tokens = 33 calls: 3.0 dies in the second block
 VERSIONS = {"1.0": (1.0, 0), "2.0": (1.5, 0), "3.0": (1.0, 40)}
+ROOT = str(Path(__file__).resolve().parents[1])
 SMALL = ["--model", "fake:small", "--device", "cpu", "--prompt-tokens", "8", "--new-tokens", "12", "--warmup", "1",
          "--pairs", "3", "--blocks", "2"]
 
@@ -235,7 +239,8 @@ def base(wheels, tmp_path_factory):
         isolate_installers(mp)
         ov = build_overlay(["qp_slowlib==1.0"], find_links=[wheels], no_index=True,
                            workdir=tmp_path_factory.mktemp("base"), installer="pip")
-        mp.setenv("PYTHONPATH", str(ov.path))
+        # then this checkout: the CLI and its workers import its quantperf (the fake backends' clock)
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(ov.path), ROOT]))
         yield ov
         ov.cleanup()
 
