@@ -49,6 +49,8 @@ def _cmd_baseline(args) -> int:
     store = _store(args)
     loaded = store.read(args.profile, strict=True)
     data = derive_baseline(loaded.sittings, args.profile, args.window, args.source_branch)
+    if args.mode:  # only these modes' configurations (e.g. kernel: the modes that gate across hosts)
+        data["configs"] = {k: e for k, e in data["configs"].items() if (e.get("spec") or {}).get("mode") in args.mode}
     if args.into:
         return _into(args.into, args.profile, data)
     if args.out:
@@ -116,6 +118,7 @@ def add_parser(sub) -> None:
     b.add_argument("--window", type=int, default=20, help="sittings per host (default 20)")
     b.add_argument("--source-branch", help="only sittings of this code branch")
     b.add_argument("-o", "--out", metavar="FILE", help="where to write (default: stdout)")
+    b.add_argument("--mode", nargs="+", choices=["eager", "graph", "kernel"], help="only these modes' configurations")
     b.add_argument("--into", metavar="DIR", help="write the derived configurations into DIR/<profile>.json (a "
                                                  "baselines directory), replacing those configurations there and "
                                                  "keeping the file's others and its takeaways")
