@@ -113,8 +113,10 @@ def test_prepare_runs_once_per_side_of_a_configuration(monkeypatch):
     real = scheduler.prepare_in_process
     monkeypatch.setattr(scheduler, "prepare_in_process",
                         lambda spec, *a, **k: prepared.append(spec.id) or real(spec, *a, **k))
-    check, _ = check_config(_spec(), Sides(), pairs=3, blocks=1, tolerance=0.5, overlap=False)
+    monkeypatch.delenv("QUANTPERF_AB_OVERLAP", raising=False)
+    check, _ = check_config(_spec(), Sides(), pairs=3, blocks=1, tolerance=0.5)  # the default: no overlap
     assert check.status == Status.OK and len(prepared) == 2  # side A and side B, not once per process
+    assert not check.overlapped  # nothing started ahead unless QUANTPERF_AB_OVERLAP=1 asks
 
 
 def test_a_pre_started_process_that_dies_is_reported_and_nothing_is_left_running(monkeypatch):

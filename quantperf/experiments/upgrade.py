@@ -74,6 +74,7 @@ DEFAULT_ALPHA = 0.05
 CALIBRATION_KIND = "quantperf-upgrade-calibration"
 REPORT_SCHEMA = 1
 ROUNDS_PER_BLOCK = 2  # per side: ABBA
+OVERLAP_ENV = "QUANTPERF_AB_OVERLAP"  # 1: start the next pair's processes while the current pair measures
 
 
 # -- the statistic ------------------------------------------------------------------------------
@@ -273,7 +274,8 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
     """Compare one configuration in A and B (see the module docstring). Returns the check and
     what was kept for takeaways ({"side_A", "rounds_A", "memory_A", ... of the last pair}).
     `overlap`: start each next pair's processes (spawn, imports) while the current pair measures;
-    None: on a GPU only (on a CPU the next pair's imports would share the measured cores)."""
+    None: only when QUANTPERF_AB_OVERLAP=1 (it has not been measured on a GPU yet; on a CPU the next
+    pair's imports share the measured cores and made a 2-core run slower)."""
     say = progress or (lambda line: None)
     looks = planned_looks(pairs, blocks, max_blocks)
     confidence = look_confidence(alpha, looks)
@@ -285,7 +287,9 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
     keep: dict = {}
     target, i = pairs, 0
     prepared: set = set()
-    ahead = Ahead(spec, sides, model_options) if (spec.device != "cpu" if overlap is None else overlap) else None
+    if overlap is None:
+        overlap = os.environ.get(OVERLAP_ENV) == "1"
+    ahead = Ahead(spec, sides, model_options) if overlap else None
     wall0 = P.clock()
     try:
         while i < target:
