@@ -8,6 +8,7 @@ side failed and nothing regressed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,13 @@ def pytest_collection_modifyitems(config, items):
     (from the same process pairs), quality, takeaways; the order is stable otherwise."""
     if getattr(config, "_qp_against", None) is not None:
         items.sort(key=_rank)
+        # the speed and memory tests' configurations, which kernel mode measures on shared process pairs
+        # (quantperf.experiments.shared); an xdist worker collects every item and runs some: none is planned
+        if not os.environ.get("PYTEST_XDIST_WORKER"):
+            specs = [item.callspec.params["qp_config"] for item in items
+                     if "qp_config" in getattr(getattr(item, "callspec", None), "params", {})
+                     and getattr(item, "originalname", item.name).removeprefix("test_") in ("speed", "memory")]
+            config._qp_ab_planned = list({s.id: s for s in specs}.values())
 
 
 @pytest.hookimpl(wrapper=True)
@@ -123,7 +131,8 @@ def _attach(config, session) -> None:
     ab = AgainstSession(config._qp_against, profiles=session.profiles, tolerances=session.tolerances,
                         claims=session.claims, quality_params=session.quality_params,
                         find_links=config.getoption(FIND_LINKS) or (), no_index=config.getoption(NO_INDEX),
-                        allow_changes=config.getoption(ALLOW_CHANGES), progress=progress, **_ab_options(config))
+                        allow_changes=config.getoption(ALLOW_CHANGES), progress=progress,
+                        planned=getattr(config, "_qp_ab_planned", ()), **_ab_options(config))
     cal = config.getoption(CALIBRATION)
     if cal:
         try:

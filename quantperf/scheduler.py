@@ -110,7 +110,8 @@ atexit.register(close_preparers)
 
 def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict | None = None,
               python: str | None = None, env: dict | None = None, environment: dict | None = None,
-              profile: str | None = None, warm: bool = True, worker: Any = None, prepare: bool = True) -> Side:
+              profile: str | None = None, warm: bool = True, worker: Any = None, prepare: bool = True,
+              keep_worker: bool = False) -> Side:
     """Prepare, load and (with `warm`) warm up `spec` in a worker. Preparing (a checkpoint build,
     an export, or only finding them cached) inflates a process's peak memory, so with process
     isolation the side is always loaded in a fresh process that only reads the cached result;
@@ -118,7 +119,9 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
 
     `worker`: a fresh process worker started ahead (`open_worker`, its imports perhaps done) to
     load this side in; `prepare=False`: the configuration was prepared already (by this caller,
-    for an earlier side of it). Each phase's wall seconds go to `side.phases`."""
+    for an earlier side of it); `keep_worker`: a configuration that loads with a status other than ok
+    (unavailable, mode unsupported) leaves its worker open, for the next configuration of a shared
+    process pair (quantperf.experiments.shared). Each phase's wall seconds go to `side.phases`."""
     from .envinfo import environment as parent_environment
 
     parent = environment or parent_environment()
@@ -161,7 +164,8 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
         if info["status"] != Status.OK:
             side.failed = not_measured(spec, info["status"], info["reason"], info.get("identity"), side.environment,
                                        profile)
-            side.close()
+            if not keep_worker:
+                side.close()
     except Exception as exc:
         side.close()
         reason = (f"{spec.backend}: out of memory running {spec.model} on {spec.device}" if is_oom(exc)

@@ -36,7 +36,8 @@
 #        then the installed bitsandbytes against the old one of oldsetup: A = old, B = /tmp/wh's wheel;
 #        QP_UP_BACKENDS, QP_UP_MODES); sitting (the GPU tier, QP_M its -m, kept in the results
 #        store /tmp/hist, copied into OUTDIR/hist); aa-kernel (kernel-mode A/A over QP_AA_BACKENDS, the walk of
-#        QUANTPERF_KERNEL_WALK); tfcheck (`quantperf upgrade-check transformers==5.25.0` against the image's
+#        QUANTPERF_KERNEL_WALK); ab-kernel (kernel-mode A/A over every capturable backend, QP_AB_BACKENDS,
+#        process pairs shared or not per QUANTPERF_AB_SHARE); tfcheck (`quantperf upgrade-check transformers==5.25.0` against the image's
 #        transformers, side B from tfwheels; QP_TF_SPEC, QP_TF_BACKENDS, QP_TF_MODES); warm (the one-time builds alone: checkpoints, ONNX exports),
 #        matrix (`pytest benchmarks -m gpu -n QP_N`: the whole matrix on QP_N GPUs, default 1, its wall
 #        time in STATUS; after `warm` it is the warm-cache figure); QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b;
@@ -153,6 +154,8 @@ cd "$src" || exit 1
 export PYTHONPATH="/tmp/site:$src" PYTHONUNBUFFERED=1 QUANTPERF_SKIP_INSTALL=1 QUANTPERF_CACHE=/tmp/qpc QUANTPERF_PROGRESS=log
 QP_K="${QP_K:-125m}"  # which GPU-tier tests rec/aa/inject run (pytest -k)
 TORCH_BACKENDS="torch-fp32 torch-fp16 torch-bf16 bnb-int8 bnb-int8-nodecomp bnb-nf4 bnb-fp4 torchao-int8wo torchao-int4wo"
+# every backend whose kernels CUDA graphs capture (bnb-int8 with its outlier threshold syncs with the host)
+AB_BACKENDS="torch-fp16 torch-bf16 torch-fp32 bnb-nf4 bnb-fp4 bnb-int8-nodecomp torchao-int8wo torchao-fp8wo torchao-fp8dq torchao-int4wo"
 wait_ort() { for _ in $(seq 1 120); do [ -f /tmp/site/.ort-ready ] && return 0; sleep 5; done; return 1; }
 gpu_job() {  # results dir, time limit, pytest args...
     local dir="$1" limit="$2"; shift 2
@@ -249,6 +252,15 @@ for s in "$@"; do
         # shellcheck disable=SC2086
         step "$(basename "$d")" timeout -k 10 900 python3 -m quantperf upgrade-check --aa --device cuda \
             --model synthetic:llama-1b --mode kernel --backend ${QP_AA_BACKENDS:-torch-fp16 bnb-nf4} \
+            --markdown "$d/report.md" --json "$d/report.json" > "$d/run.log" 2>&1
+        ;;
+    ab-kernel)  # the kernel-mode A/A over every capturable backend (QP_AB_BACKENDS), pairs shared per
+        # QUANTPERF_AB_SHARE (unset: shared, kernel mode; off: a fresh pair per configuration); a repeated
+        # step goes into ab-kernel-shared-2, ...
+        d="$Q/ab-kernel-${QUANTPERF_AB_SHARE:-shared}"; [ -d "$d" ] && d="$d-$(n_of "$(basename "$d")")"; mkdir -p "$d"
+        # shellcheck disable=SC2086
+        step "$(basename "$d")" timeout -k 10 900 python3 -m quantperf upgrade-check --aa --device cuda \
+            --model synthetic:llama-1b --mode kernel --backend ${QP_AB_BACKENDS:-$AB_BACKENDS} \
             --markdown "$d/report.md" --json "$d/report.json" > "$d/run.log" 2>&1
         ;;
     tfcheck)  # the transformers upgrade check: A = the image's transformers, B = the newest carried in .whltf

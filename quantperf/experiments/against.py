@@ -184,7 +184,7 @@ class AgainstSession:
                  alpha: float = DEFAULT_ALPHA, calibration: dict | None = None, claims=(),
                  quality_params: dict | None = None, find_links=(), no_index: bool = False,
                  allow_changes: bool = False, model_options: dict | None = None,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, planned=()):
         from ..gate import DEFAULT_TOLERANCES
 
         self.against, self.profiles = against, profiles
@@ -195,6 +195,7 @@ class AgainstSession:
         self.find_links, self.no_index, self.allow_changes = list(find_links), no_index, allow_changes
         self.model_options = model_options or {}
         self.progress = progress
+        self.planned = list(planned)  # the session's configurations: kernel mode's share their process pairs
         self.failure: str | None = None  # side A could not be built: every A/B test fails with it
         self.sides: Sides | None = None
         self.overlay = None
@@ -263,19 +264,24 @@ class AgainstSession:
 
     # -- speed and memory ----------------------------------------------------------------------
     def _measure(self, spec: RunSpec) -> ConfigCheck | None:
-        """check_config once per configuration (both sides, fresh process pairs); None when side
-        A could not be built."""
-        from .upgrade import check_config
+        """Each configuration checked once (both sides, fresh process pairs); a configuration of a
+        shared mode is checked with every planned one of its device and mode not checked yet, on
+        shared pairs (quantperf.experiments.shared). None when side A could not be built."""
+        from .shared import check_all, shared_modes
 
         if not self.start():
             return None
         if spec.id not in self.checks:
-            tol, source = mode_tolerance(self.layers, spec.mode, self.calibration)
-            self.say(f"A/B {spec.id}: {self.pairs} process pairs x {self.blocks} ABBA blocks")
-            self.checks[spec.id] = check_config(
-                spec, self.sides, pairs=self.pairs, blocks=self.blocks, max_blocks=self.max_blocks, alpha=self.alpha,
-                tolerance=tol, tolerance_source=source, environment=self._environment,
-                profile=self.profiles.get(spec.device), model_options=self.model_options, progress=self.say)
+            same = [s for s in self.planned if s.id != spec.id and s.id not in self.checks
+                    and (s.device, s.mode) == (spec.device, spec.mode)]
+            batch = [spec] + (same if spec.mode in shared_modes() else [])
+            self.say(f"A/B {', '.join(s.id for s in batch)}: {self.pairs} process pairs x {self.blocks} ABBA blocks")
+            tolerance_of = lambda s: mode_tolerance(self.layers, s.mode, self.calibration)  # noqa: E731
+            got = check_all(batch, self.sides, tolerance_of=tolerance_of,
+                            pairs=self.pairs, blocks=self.blocks, max_blocks=self.max_blocks, alpha=self.alpha,
+                            environment=self._environment, profile=self.profiles.get(spec.device),
+                            model_options=self.model_options, progress=self.say)
+            self.checks.update({s.id: g for s, g in zip(batch, got)})
         return self.checks[spec.id][0]
 
     def _keep(self, key: str, kind: str, outcome: ConfigOutcome) -> ConfigOutcome:

@@ -7,7 +7,8 @@ by `quantperf.scheduler` (open_side, interleave_rounds, build_result).
 Design, per configuration (model x backend x mode):
 
 - P >= 3 fresh process *pairs* (side A: this environment; side B: the overlay), one after the
-  other; even pairs load A first and run ABBA blocks, odd pairs load B first and run BAAB.
+  other; even pairs load A first and run ABBA blocks, odd pairs load B first and run BAAB. Kernel
+  mode's configurations share their pairs (quantperf.experiments.shared: pair i hosts them all).
 - In each pair, K blocks of 2 rounds per side (scheduler.interleave_rounds). Per block
   d = log((B1 + B2) / (A1 + A2)) of the per-token decode time (1 / decode tok/s of each round,
   from the scenario's own metrics; kernel mode: its microseconds per layer at decode shape).
@@ -42,13 +43,11 @@ renders.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from ..errors import ConfigError, QuantperfError
 from ..gate.ab import (
@@ -60,18 +59,17 @@ from ..gate.ab import (
     pair_interval,
     pair_mean,
     planned_looks,
-    pooled_sd,
     quality_verdict,
     takeaway_status,
 )
 from ..gate.runtime import sides_note
 from ..spec import RunSpec
 from ..status import Status
+from .calibration import CALIBRATION_KIND, calibration_from, read_calibration  # noqa: F401 (re-exported)
 
 DEFAULT_PAIRS = 3
 DEFAULT_BLOCKS = 2
 DEFAULT_ALPHA = 0.05
-CALIBRATION_KIND = "quantperf-upgrade-calibration"
 REPORT_SCHEMA = 1
 ROUNDS_PER_BLOCK = 2  # per side: ABBA
 OVERLAP_ENV = "QUANTPERF_AB_OVERLAP"  # 1: start the next pair's processes while the current pair measures
@@ -199,7 +197,7 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
     the sides already done). Fills `record` as blocks complete and `phases` with the wall seconds;
     raises SideFailed naming the side."""
     from .. import phases as P
-    from ..scheduler import interleave_rounds, open_side
+    from ..scheduler import open_side
     from .ahead import PairStartFailed, start_pair
 
     prepared, phases = set() if prepared is None else prepared, {} if phases is None else phases
@@ -220,50 +218,60 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
             if not side.ok:
                 raise SideFailed(name, f"{side.failed.status}: {_first_line(side.failed.reason or '')}")
             opened[name] = side
-        ia, ib = (identity_core(opened[n].info.get("identity")) for n in SIDE_NAMES)
-        if ia != ib:
-            raise SideFailed("both", f"backend identity differs between A {ia} and B {ib}: not the same "
-                                     "configuration, refusing to compare")
-        keep.setdefault("identity", opened["A"].info.get("identity"))
-
-        def runner(name):
-            def call():
-                try:
-                    return opened[name].worker.rounds(n=1)[0]
-                except Exception as exc:
-                    raise SideFailed(name, f"crashed during pair {index + 1}: {_failure(exc)}") from None
-            return call
-
-        runners = {name: runner(name) for name in order}
-        measuring()
-        t0 = P.clock()
-        for _ in range(blocks):
-            got = interleave_rounds(runners, ROUNDS_PER_BLOCK)
-            ta, tb = unit_times(spec, got["A"]), unit_times(spec, got["B"])
-            tokens = {n: [r.get("first_tokens") for r in got[n]] for n in SIDE_NAMES}
-            record.blocks.append({"a": ta, "b": tb, "log_ratio": block_log_ratio(ta, tb),
-                                  "tokens_match": None if None in tokens["A"] + tokens["B"]
-                                  else all(t == tokens["A"][0] for t in tokens["A"] + tokens["B"])})
-            for n in SIDE_NAMES:
-                keep.setdefault(f"rounds_{n}", []).extend(got[n])
-        P.add(phases, "measure", P.clock() - t0)
-        for n in SIDE_NAMES:
-            try:
-                with P.timed(phases, "readback"):
-                    keep[f"memory_{n}"] = opened[n].worker.memory()
-                    keep.setdefault(f"runtime_{n}", opened[n].worker.runtime())
-            except Exception as exc:
-                raise SideFailed(n, f"crashed after pair {index + 1}: {_failure(exc)}") from None
-            keep[f"side_{n}"] = opened[n]
-        for n in SIDE_NAMES:  # each pair's memory, for `pytest --qp-against`'s memory comparison
-            keep.setdefault(f"memories_{n}", []).append(
-                dict(keep[f"memory_{n}"], weight_bytes=opened[n].info.get("weight_bytes")))
+        measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases, measuring=measuring)
     finally:
         from .ahead import close_sides, close_workers
 
         close_workers(workers)  # a pre-started process whose side never opened
         close_sides(list(opened.values()))
 
+
+def measure_blocks(spec: RunSpec, opened: dict, index: int, blocks: int, *, record: PairRecord, keep: dict,
+                   phases: dict, measuring: Callable[[], None] = lambda: None) -> None:
+    """`blocks` ABBA blocks between the two opened sides of pair `index` (both loaded and warm), then
+    each side's memory and runtime read back; fills `record` and `keep`, raises SideFailed."""
+    from .. import phases as P
+    from ..scheduler import interleave_rounds
+
+    order = list(SIDE_NAMES) if record.first == "A" else list(reversed(SIDE_NAMES))
+    ia, ib = (identity_core(opened[n].info.get("identity")) for n in SIDE_NAMES)
+    if ia != ib:
+        raise SideFailed("both", f"backend identity differs between A {ia} and B {ib}: not the same "
+                                 "configuration, refusing to compare")
+    keep.setdefault("identity", opened["A"].info.get("identity"))
+
+    def runner(name):
+        def call():
+            try:
+                return opened[name].worker.rounds(n=1)[0]
+            except Exception as exc:
+                raise SideFailed(name, f"crashed during pair {index + 1}: {_failure(exc)}") from None
+        return call
+
+    runners = {name: runner(name) for name in order}
+    measuring()
+    t0 = P.clock()
+    for _ in range(blocks):
+        got = interleave_rounds(runners, ROUNDS_PER_BLOCK)
+        ta, tb = unit_times(spec, got["A"]), unit_times(spec, got["B"])
+        tokens = {n: [r.get("first_tokens") for r in got[n]] for n in SIDE_NAMES}
+        record.blocks.append({"a": ta, "b": tb, "log_ratio": block_log_ratio(ta, tb),
+                              "tokens_match": None if None in tokens["A"] + tokens["B"]
+                              else all(t == tokens["A"][0] for t in tokens["A"] + tokens["B"])})
+        for n in SIDE_NAMES:
+            keep.setdefault(f"rounds_{n}", []).extend(got[n])
+    P.add(phases, "measure", P.clock() - t0)
+    for n in SIDE_NAMES:
+        try:
+            with P.timed(phases, "readback"):
+                keep[f"memory_{n}"] = opened[n].worker.memory()
+                keep.setdefault(f"runtime_{n}", opened[n].worker.runtime())
+        except Exception as exc:
+            raise SideFailed(n, f"crashed after pair {index + 1}: {_failure(exc)}") from None
+        keep[f"side_{n}"] = opened[n]
+    for n in SIDE_NAMES:  # each pair's memory, for `pytest --qp-against`'s memory comparison
+        keep.setdefault(f"memories_{n}", []).append(
+            dict(keep[f"memory_{n}"], weight_bytes=opened[n].info.get("weight_bytes")))
 
 
 def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blocks: int = DEFAULT_BLOCKS,
@@ -477,44 +485,6 @@ class UpgradeReport:
         return {"schema": REPORT_SCHEMA, **d, "regressions": self.regressions, "errors": self.errors}
 
 
-def calibration_from(report: UpgradeReport, k: float = CALIBRATION_K) -> dict:
-    """What an A/A run leaves for later runs: per mode, the pooled sd of the pair means."""
-    by_mode: dict[str, list] = {}
-    for c in report.configs:
-        if c.status == Status.OK:
-            by_mode.setdefault(c.spec["mode"], []).append(c)
-    modes = {}
-    for mode, checks in by_mode.items():
-        sd, df = pooled_sd([c.complete_pair_means for c in checks])
-        ends = [max(abs(math.log(c.low)), abs(math.log(c.high))) for c in checks if c.low and c.high]
-        modes[mode] = {"spread": sd, "df": df, "configs": [c.config_id for c in checks],
-                       "max_abs_log_end": max(ends) if ends else None,
-                       "tolerance_floor": calibrated_tolerance(0.0, sd, k)}
-    from ..scheduler import now
-
-    return {"kind": CALIBRATION_KIND, "schema": 1, "profile": report.profile, "device": report.device,
-            "created": now(), "k": k, "pairs": report.settings.get("pairs"), "blocks": report.settings.get("blocks"),
-            "modes": modes}
-
-
-def read_calibration(path: str | Path, profile: str) -> dict:
-    """A calibration file written by `upgrade-check --aa --calibration FILE`, for this profile."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"--calibration {path}: no such file (write one with `quantperf upgrade-check --aa "
-                          f"--calibration {path}`)") from None
-    except ValueError as exc:
-        raise ConfigError(f"--calibration {path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("kind") != CALIBRATION_KIND or not isinstance(data.get("modes"), dict):
-        raise ConfigError(f"--calibration {path}: not an upgrade-check calibration (kind {CALIBRATION_KIND!r})")
-    if data.get("profile") != profile:
-        raise ConfigError(f"--calibration {path}: recorded on profile {data.get('profile')!r}, this machine is "
-                          f"{profile!r}; an A/A spread does not carry across machines")
-    return data
-
-
 # how a configuration's A/B is computed, as every report states it
 STATISTIC = ("per block log((B1+B2)/(A1+A2)) of per-token decode time; mean per pair; Student-t over pairs "
              "(df P-1); Bonferroni over planned looks")
@@ -543,6 +513,7 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
     from ..envinfo import profile_id
     from ..gate import DEFAULT_TOLERANCES
     from ..scheduler import build_result
+    from .shared import check_all, shared_modes  # kernel mode's configurations share their process pairs
 
     say = progress or (lambda line: None)
     planned_looks(pairs, blocks, max_blocks)  # bad settings fail before anything runs
@@ -556,17 +527,16 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
     report = UpgradeReport(kind="aa" if aa else "upgrade", profile=profile, device=device, overlay=overlay.to_dict(),
                            describe=overlay.describe(),
                            settings={"pairs": pairs, "blocks": blocks, "max_blocks": max_blocks, "alpha": alpha,
-                                     "statistic": STATISTIC},
+                                     "statistic": STATISTIC, "shared_modes": list(shared_modes())},
                            calibration=None if aa else calibration)
     from .. import phases as P
 
     wall0 = P.clock()
     measured: dict = {"A": {}, "B": {}}
-    for spec in specs:
-        tol, source = mode_tolerance(layers, spec.mode, None if aa else calibration)
-        check, keep = check_config(spec, sides, pairs=pairs, blocks=blocks, max_blocks=max_blocks, alpha=alpha,
-                                   tolerance=tol, tolerance_source=source, environment=environment, profile=profile,
-                                   model_options=model_options, progress=say)
+    for spec, (check, keep) in zip(specs, check_all(
+            specs, sides, tolerance_of=lambda s: mode_tolerance(layers, s.mode, None if aa else calibration),
+            pairs=pairs, blocks=blocks, max_blocks=max_blocks, alpha=alpha, environment=environment, profile=profile,
+            model_options=model_options, progress=say)):
         report.configs.append(check)
         if check.status == Status.OK and claims:
             for n in SIDE_NAMES:
@@ -584,7 +554,6 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
         report.calibration = calibration_from(report)
     report.phases = P.check_phases([c.to_dict() for c in report.configs], report.quality, P.clock() - wall0)
     return report
-
 
 
 def _versions_label(overlay, side: str) -> str:

@@ -137,6 +137,11 @@ def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
     return 2 * n * 2 / seconds / 1e9
 
 
+def capture_broken() -> bool:
+    """Whether a CUDA graph capture failed in this process (every later walk is timed eagerly)."""
+    return _CAPTURE_BROKEN
+
+
 class _Walk:
     """One module type across all layers at one shape, timed by the best method available."""
 
@@ -304,7 +309,7 @@ class KernelScenario(Scenario):
 
         out: dict = {"copy_gbps": self._copy_gbps, "walk": self.walk_description(), "types": {}}
         with torch.inference_mode():
-            for shape in SHAPES:
+            for shape in self.settings.get("shapes") or SHAPES:  # the A/B's shared pairs time decode alone
                 for t in (*LINEAR_TYPES, "lm_head"):
                     walk = self._walk(t, shape)
                     samples, clocks = [], []
@@ -367,9 +372,11 @@ class KernelScenario(Scenario):
 
     @classmethod
     def metrics(cls, spec, rounds: list[dict]) -> dict[str, Metric]:
+        """Per shape timed (both, unless the rounds timed one: the A/B's decode-only rounds)."""
+        timed = [s for s in SHAPES if not rounds or any(k.startswith(f"{s}:") for k in rounds[0]["types"])]
         return {f"kernel_{shape}_us_per_layer": Metric.of(f"kernel_{shape}_us_per_layer",
                                                           [cls.per_layer_us(r, shape) for r in rounds])
-                for shape in SHAPES}
+                for shape in timed}
 
     @classmethod
     def figures(cls, spec, load_info: dict, rounds: list[dict], metrics: dict[str, Metric], environment: dict) -> dict:

@@ -26,7 +26,7 @@ from ..fidelity import HUB_KERNELS_ENV
 from ..spec import RunSpec
 from ..status import Status
 
-PROTOCOL = 5  # bump when a request or reply changes shape
+PROTOCOL = 6  # bump when a request or reply changes shape
 WORKER_TIMEOUT_ENV = "QUANTPERF_WORKER_TIMEOUT_S"
 # A hung worker (a wedged GPU, a deadlocked library) must not hang the suite: one request
 # (a load, a set of rounds, a quality pass) gets this long.
@@ -61,7 +61,7 @@ def request_timeout_s() -> float:
 STACK_SIGNAL = "SIGUSR1"
 METHODS = {
     "hello", "environment", "imports", "prepare", "prepare_for", "load", "warmup",
-    "rounds", "configure", "memory", "runtime", "quality", "close",
+    "rounds", "configure", "memory", "runtime", "quality", "close", "unload", "switch",
 }
 
 
@@ -238,10 +238,13 @@ class LocalWorker:
             os.sched_setaffinity(0, {max(self._all_cpus)} if on else self._all_cpus)
 
     def configure(self, inject_ms: float | None = None, gc_off: bool | None = None, pin_cpu: bool | None = None,
-                  tokens_factor: int | None = None) -> dict:
+                  tokens_factor: int | None = None, shapes: list[str] | None = None) -> dict:
         """Change measurement settings between rounds of one loaded model: the sensitivity
-        experiment's injected per-token delay and its noise-reduction ablations."""
+        experiment's injected per-token delay and its noise-reduction ablations; kernel mode's
+        `shapes` (the A/B's shared pairs time the decode shape alone, the one its statistic uses)."""
         self.settings["inject_ms"] = inject_ms
+        if shapes is not None:
+            self.settings["shapes"] = tuple(shapes)
         if gc_off is not None:
             self.settings["gc_off"] = gc_off
         if tokens_factor is not None:
@@ -294,6 +297,27 @@ class LocalWorker:
         if self.loaded is not None:
             self.loaded.close()
             self.loaded = None
+
+    # -- a process that hosts several configurations in turn (quantperf.experiments.shared) --------
+    def unload(self) -> dict:
+        """Give back this configuration's model and memory; `fresh_needed` says why this process must
+        not host another configuration (None: it may)."""
+        self.close()
+        self.scenario = None
+        from ..scenarios import kernel
+
+        broken = kernel.capture_broken()
+        return {"fresh_needed": "a CUDA graph capture failed in this process (later captures would be timed "
+                                "eagerly)" if broken else None}
+
+    def switch(self, spec: dict) -> dict:
+        """Unload, then take `spec` as this process's configuration (its imports are done by load),
+        with the measurement settings a fresh process starts with."""
+        out = self.unload()
+        self.spec = RunSpec.from_dict(spec)
+        self._imports_s = None
+        self.settings = {"gc_off": True, "inject_ms": None, "tokens_factor": 1}
+        return out
 
     def call(self, method: str, kwargs: dict) -> Any:
         if method not in METHODS:

@@ -1,0 +1,310 @@
+"""Shared process pairs (issue #28): one fresh pair of processes (side A, side B) measures every
+configuration of a group in turn, instead of a fresh pair per configuration.
+
+Why: in kernel mode a configuration's A/B is seconds of timing inside each process's tens of seconds
+of interpreter start, imports and CUDA initialisation (H100, llama-1b: about 9 s of imports per
+bitsandbytes process against 4 s of measurement). A pair per configuration pays that P x 2 times
+per backend; a shared pair pays it P x 2 times in all.
+
+What stays the same: the fresh process pair is the unit of replication. Pair i of every
+configuration is a different pair of processes than its pair j; a configuration's P pair means
+come from P independent pairs, and its interval is the same Student-t over them
+(quantperf.experiments.upgrade). Within a pair both sides host the same configurations in the
+same order, so whatever an earlier configuration leaves in a process (allocator state, a warm
+clock) is on both sides of the ratio; the order is rotated from pair to pair, so no configuration
+is always first (cold) or last. Each configuration is unloaded (its memory given back) before the
+next loads. Both sides load a configuration at the same time (nothing is measured then), warm up
+one after the other (the pair's first side first) and then run the ABBA blocks. Kernel mode's
+rounds time the decode shape alone there (the shape of the A/B's statistic; the prefill walks,
+half of a round, are neither captured nor timed); the results built for the takeaways carry the
+decode figures only.
+
+A process hosts no further configuration after a CUDA graph capture failed in it (bitsandbytes
+LLM.int8 with its outlier threshold: CUDA's RNG state is left broken and later captures in that
+process would be timed eagerly), after a side failed to load, or after it crashed: the next
+configuration gets a fresh pair.
+
+`QUANTPERF_AB_SHARE` chooses the modes whose configurations share pairs: unset, kernel mode
+(the one whose processes are mostly overhead and that was measured so on a GPU); `off`, a pair per
+configuration everywhere (the design before #28); or a comma-separated list of modes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import phases as P
+from ..errors import ConfigError
+from ..gate.ab import decide, look_confidence, pair_interval, planned_looks
+from ..gate.runtime import sides_note
+from ..spec import RunSpec
+from ..status import Status
+from . import upgrade  # check_config looked up when called (a test may stand in for it)
+from .upgrade import (
+    SIDE_NAMES,
+    ConfigCheck,
+    PairRecord,
+    SideFailed,
+    Sides,
+    _failure,
+    _first_line,
+    measure_blocks,
+)
+
+SHARE_ENV = "QUANTPERF_AB_SHARE"
+AB_KERNEL_SHAPES = ("decode",)  # what kernel mode times on shared pairs: the shape of the A/B's statistic
+DEFAULT_SHARED_MODES = ("kernel",)
+MODES = ("eager", "graph", "kernel")
+
+
+def shared_modes(raw: str | None = None) -> tuple[str, ...]:
+    """The modes whose configurations share process pairs (QUANTPERF_AB_SHARE)."""
+    raw = os.environ.get(SHARE_ENV) if raw is None else raw
+    if raw is None or raw.strip() == "":
+        return DEFAULT_SHARED_MODES
+    if raw.strip().lower() in ("off", "0", "none"):
+        return ()
+    modes = tuple(m.strip() for m in raw.split(",") if m.strip())
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ConfigError(f"{SHARE_ENV}={raw!r}: not a list of modes; use off (a fresh process pair per "
+                          f"configuration), or modes from {', '.join(MODES)} separated by commas, or unset it (kernel)")
+    return modes
+
+
+def groups(specs: list[RunSpec], modes: tuple[str, ...]) -> list[list[RunSpec]]:
+    """Configurations in order, those of a shared mode grouped by (device, mode) at the place of the
+    group's first; every other configuration alone."""
+    out: list[list[RunSpec]] = []
+    where: dict[tuple, list[RunSpec]] = {}
+    for spec in specs:
+        if spec.mode in modes:
+            key = (spec.device, spec.mode)
+            if key not in where:
+                where[key] = []
+                out.append(where[key])
+            where[key].append(spec)
+        else:
+            out.append([spec])
+    return out
+
+
+def check_all(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[RunSpec], tuple[float, str]],
+              progress: Callable[[str], None] | None = None, share: tuple[str, ...] | None = None,
+              **kwargs) -> list[tuple[ConfigCheck, dict]]:
+    """Every configuration's check and what it kept, in the order of `specs`: groups of a shared mode
+    (`share`, default `shared_modes()`) on shared process pairs, the rest a pair per configuration
+    (upgrade.check_config). kwargs: pairs, blocks, max_blocks, alpha, environment, profile, model_options."""
+    share = shared_modes() if share is None else share
+    done: dict[str, tuple[ConfigCheck, dict]] = {}
+    for group in groups(specs, share):
+        if len(group) == 1:
+            tol, source = tolerance_of(group[0])
+            done[group[0].id] = upgrade.check_config(group[0], sides, tolerance=tol, tolerance_source=source,
+                                                     progress=progress, **kwargs)
+        else:
+            done.update(check_shared(group, sides, tolerance_of=tolerance_of, progress=progress, **kwargs))
+    return [done[s.id] for s in specs]
+
+
+def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[RunSpec], tuple[float, str]],
+                 pairs: int, blocks: int, max_blocks: int | None, alpha: float, environment: dict | None = None,
+                 profile: str | None = None, model_options: dict | None = None,
+                 progress: Callable[[str], None] | None = None) -> dict[str, tuple[ConfigCheck, dict]]:
+    """The configurations' checks, measured on shared fresh process pairs: pair i hosts every
+    configuration still measuring (rotated by i); after P pairs a configuration is decided, and an
+    inconclusive one takes part in further pairs up to its planned looks (upgrade.check_config's rule)."""
+    say = progress or (lambda line: None)
+    looks = planned_looks(pairs, blocks, max_blocks)
+    confidence = look_confidence(alpha, looks)
+    checks, keeps, target, prepared = {}, {}, {}, {}
+    for spec in specs:
+        tol, source = tolerance_of(spec)
+        checks[spec.id] = ConfigCheck(spec.id, spec.to_dict(), tolerance=tol, tolerance_source=source,
+                                      confidence=confidence, looks_planned=looks)
+        keeps[spec.id], target[spec.id], prepared[spec.id] = {}, pairs, set()
+    walls = {spec.id: 0.0 for spec in specs}
+    active = list(specs)
+    index = 0
+    say(f"shared process pairs: {len(specs)} {specs[0].mode} configurations per pair of processes")
+    while active:
+        k = index % len(active)
+        order = active[k:] + active[:k]
+        _shared_pair(order, sides, index, blocks, checks=checks, keeps=keeps, prepared=prepared, walls=walls,
+                     environment=environment, profile=profile, model_options=dict(model_options or {}), say=say)
+        still = []
+        for spec in active:
+            check = checks[spec.id]
+            record = check.pairs[-1]
+            if check.status != Status.OK:
+                continue
+            n = len(check.complete_pair_means)
+            say(f"{spec.id}: pair {n}/{target[spec.id]} ({record.first} first, shared): B/A per-token time "
+                f"{math.exp(record.mean):.4f} over {len(record.blocks)} block(s)")
+            if n == target[spec.id]:
+                est = pair_interval(check.complete_pair_means, confidence)
+                check.looks_used += 1
+                check.ratio, check.low, check.high = est.ratio, est.low, est.high
+                check.verdict = decide(est.low, est.high, check.tolerance)
+                if check.verdict == Status.INCONCLUSIVE and check.looks_used < looks:
+                    target[spec.id] += 1
+                    still.append(spec)
+            else:
+                still.append(spec)
+        active = still
+        index += 1
+    out = {}
+    for spec in specs:
+        check, keep = checks[spec.id], keeps[spec.id]
+        check.phases = P.rounded(check.phases) | {"wall_s": round(walls[spec.id], 3)}
+        matches = [b["tokens_match"] for p in check.pairs for b in p.blocks if b.get("tokens_match") is not None]
+        check.tokens_match = all(matches) if matches else None
+        check.identity = keep.get("identity") or {}
+        check.runtime = {n: keep.get(f"runtime_{n}") or {} for n in SIDE_NAMES}
+        if check.status != Status.OK:
+            check.verdict = None
+        elif note := sides_note(check.runtime["A"], check.runtime["B"]):
+            check.message = "; ".join(m for m in (check.message, note) if m)
+        out[spec.id] = (check, keep)
+    return out
+
+
+def _shared_pair(order: list[RunSpec], sides: Sides, index: int, blocks: int, *, checks: dict, keeps: dict,
+                 prepared: dict, walls: dict, environment, profile, model_options: dict, say) -> None:
+    """Pair `index`: fresh processes host the configurations of `order` one after the other; a
+    configuration that fails is marked in its check (and leaves the pair it failed in), the next
+    one gets a fresh pair where the processes cannot go on."""
+    from .ahead import PairStartFailed, close_workers, start_pair
+
+    workers: dict = {}
+    first = "A" if index % 2 == 0 else "B"
+    try:
+        for spec in order:
+            check = checks[spec.id]
+            record = PairRecord(index, first)
+            check.pairs.append(record)
+            t0 = P.clock()
+            try:
+                if not workers:
+                    try:
+                        workers = start_pair(spec, sides, model_options, check.phases)
+                    except PairStartFailed as exc:
+                        raise SideFailed(exc.side, f"pair {index + 1}: {exc.reason}") from None
+                else:
+                    _switch(workers, spec)
+                fresh_needed = _measure_in(spec, workers, sides, index, blocks, record=record, keep=keeps[spec.id],
+                                           prepared=prepared[spec.id], phases=check.phases, environment=environment,
+                                           profile=profile, model_options=model_options)
+                if fresh_needed:
+                    say(f"{spec.id}: {fresh_needed}: the next configuration gets a fresh pair")
+                    close_workers(workers)
+            except SideFailed as exc:
+                record.complete = False
+                if getattr(exc, "intact", False):  # a load that answered with a status: both processes go on
+                    _unload_quietly(workers)
+                else:
+                    close_workers(workers)  # a failed side may have left its process in any state
+                _mark_failed(check, spec, sides, exc, say)
+            except Exception as exc:  # anything else is this configuration's failure, never the session's
+                record.complete = False
+                close_workers(workers)
+                check.status, check.message = Status.ERROR, f"{spec.id}: {_failure(exc)}"
+                say(f"{spec.id}: error: {check.message}")
+            walls[spec.id] += P.clock() - t0
+    finally:
+        close_workers(workers)
+
+
+def _unload_quietly(workers: dict) -> None:
+    """After a failed load that left both processes intact: whatever the other side loaded goes;
+    a worker that cannot unload ends the pair."""
+    from .ahead import close_workers
+
+    try:
+        for w in workers.values():
+            w.unload()
+    except Exception:  # noqa: BLE001 -- its processes are closed, the next configuration gets a fresh pair
+        close_workers(workers)
+
+
+def _switch(workers: dict, spec: RunSpec) -> None:
+    """Both processes unload their configuration and take `spec` (in parallel: nothing measures)."""
+    def one(w):
+        w.switch(spec=spec.to_dict())
+        w.spec = spec
+
+    with ThreadPoolExecutor(len(workers)) as pool:
+        list(pool.map(one, workers.values()))
+
+
+def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: int, *, record: PairRecord,
+                keep: dict, prepared: set, phases: dict, environment, profile, model_options: dict) -> str | None:
+    """One configuration in the pair's processes: prepared (once per configuration, one side after
+    the other: one preparing process may serve both), loaded on both sides at once, warmed up the
+    first side first, then `blocks` ABBA blocks (upgrade.measure_blocks); then both unload. Returns
+    why these processes must not host another configuration, or None; raises SideFailed (`intact`:
+    a load that answered with a status, the processes can go on)."""
+    from ..scheduler import open_side, prepare_in_process
+
+    for name in SIDE_NAMES:
+        if name not in prepared:
+            with P.timed(phases, "prepare"):
+                kw = sides.kwargs(name)
+                prepare_in_process(spec, model_options, kw.get("python"), kw.get("env"))
+            prepared.add(name)
+    order = list(SIDE_NAMES) if record.first == "A" else list(reversed(SIDE_NAMES))
+    record.pids = {n: (getattr(w, "info", None) or {}).get("pid") for n, w in workers.items()}
+
+    def open_one(name: str):
+        return open_side(spec, environment=environment, profile=profile, model_options=model_options,
+                         worker=workers[name], prepare=False, warm=False, keep_worker=True, **sides.kwargs(name))
+
+    with ThreadPoolExecutor(2) as pool:  # both load at once: nothing is measured while they do
+        opened = dict(zip(order, pool.map(open_one, order)))
+    # side by side: the critical path is the slower side's
+    P.merge_into(phases, max((opened[n].phases for n in order), key=lambda ph: sum(ph.values())))
+    for name in order:
+        side = opened[name]
+        if not side.ok:
+            exc = SideFailed(name, f"{side.failed.status}: {_first_line(side.failed.reason or '')}")
+            exc.intact = side.worker is not None and all(_alive(w) for w in workers.values())
+            raise exc
+    for name in order:  # one after the other, the pair's first side first
+        side = opened[name]
+        if spec.mode == "kernel":  # the statistic is the decode shape's: prefill is neither timed nor captured
+            side.worker.configure(shapes=list(AB_KERNEL_SHAPES))
+        with P.timed(phases, "warmup"):
+            try:
+                wu = side.worker.warmup()
+            except Exception as exc:
+                raise SideFailed(name, f"crashed in its warm-up in pair {index + 1}: {_failure(exc)}") from None
+        if wu["status"] != Status.OK:
+            raise SideFailed(name, f"{wu['status']}: {_first_line(wu.get('reason') or '')}")
+        side.timings.update({k: v for k, v in wu.items() if k != "status"})
+    measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases)
+    reasons = []
+    for name, w in workers.items():
+        try:
+            reasons.append((w.unload() or {}).get("fresh_needed"))
+        except Exception as exc:  # noqa: BLE001 -- a worker that cannot unload hosts no further configuration
+            reasons.append(f"side {name} could not unload ({_failure(exc)})")
+    return next((r for r in reasons if r), None)
+
+
+def _alive(worker) -> bool:
+    proc = getattr(worker, "proc", None)
+    return proc is None or proc.poll() is None
+
+
+def _mark_failed(check: ConfigCheck, spec: RunSpec, sides: Sides, exc: SideFailed, say) -> None:
+    """upgrade.check_config's reading of a failed side: unavailable in A is skipped, the rest an error."""
+    unavailable = exc.reason.startswith((Status.UNAVAILABLE, Status.MODE_UNSUPPORTED))
+    if exc.side == "A" and unavailable:
+        check.status, check.message = Status.SKIPPED, f"not measurable in A: {exc.reason}"
+    else:
+        label = {"A": f"side A ({sides.label_a})", "B": f"side B ({sides.label_b})"}.get(exc.side, "sides")
+        check.status, check.message = Status.ERROR, f"{spec.id}: {label}: {exc.reason}"
+    say(f"{spec.id}: {check.status}: {check.message}")
