@@ -111,3 +111,5 @@ def test_upgrade_check_records_the_shared_modes(tmp_path):
     assert rep["settings"]["shared_modes"] == ["eager"]
     assert [c["status"] for c in rep["configs"]] == ["ok", "ok"]
     assert rep["configs"][0]["pairs"][0]["pids"] == rep["configs"][1]["pairs"][0]["pids"]
+    assert [c["shared"] for c in rep["configs"]] == [2, 2]
+    assert "shared process pairs: 2 configuration(s) measured 2 to a pair of fresh processes" in out.stdout

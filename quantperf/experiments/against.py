@@ -444,6 +444,8 @@ class AgainstSession:
         return exitstatus
 
     def report(self) -> UpgradeReport:
+        from .shared import shared_modes
+
         checks = [c for c, _ in self.checks.values()]
         device = checks[0].spec["device"] if checks else next(iter(self.profiles), "cpu")
         overlay = self.overlay.to_dict() if self.overlay is not None else {"python": self.against.python}
@@ -452,7 +454,8 @@ class AgainstSession:
                             describe=f"A: {self.describe_a} (--qp-against) | B: {self.describe_b}\n"
                                      f"packages that differ: {self.differ}",
                             settings={"pairs": self.pairs, "blocks": self.blocks, "max_blocks": self.max_blocks,
-                                      "alpha": self.alpha, "statistic": STATISTIC},
+                                      "alpha": self.alpha, "statistic": STATISTIC,
+                                      "shared_modes": list(shared_modes())},
                             configs=checks, quality=list(self.quality_rows.values()),
                             takeaways=list(self.takeaways.values()), calibration=self.calibration,
                             notes=list(dict.fromkeys(self.notes + ([self.failure] if self.failure else []))))

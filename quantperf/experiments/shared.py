@@ -130,6 +130,8 @@ def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[
     active = list(specs)
     index = 0
     say(f"shared process pairs: {len(specs)} {specs[0].mode} configurations per pair of processes")
+    for check in checks.values():
+        check.shared = len(specs)
     while active:
         k = index % len(active)
         order = active[k:] + active[:k]

@@ -135,6 +135,7 @@ class ConfigCheck:
     # of pairs started ahead, done while the pair before measured (off the wall)
     phases: dict = field(default_factory=dict)
     overlapped: dict = field(default_factory=dict)
+    shared: int = 1  # configurations hosted by its first process pair (quantperf.experiments.shared)
 
     @property
     def complete_pair_means(self) -> list[float]:

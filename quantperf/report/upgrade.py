@@ -139,14 +139,24 @@ def render_upgrade(rep: UpgradeReport, markdown: bool = False, strict: bool = Fa
                  _calibration_line(rep), "", f"**{summary_line(rep, strict)}**", ""]
         for head, body in upgrade_sections(rep, markdown=True):
             lines += [f"## {head}", "", body, ""]
-        lines += [f"- {n}" for n in rep.notes]
+        lines += [f"- {n}" for n in rep.notes + [t for t in [shared_line(rep)] if t]]
         if time := time_line(rep):
             lines += ["", time]
         return "\n".join(lines).rstrip() + "\n"
     out = [f"quantperf {title} on {rep.profile}", rep.describe, _calibration_line(rep)]
     out += [f"{head}:\n{body}" for head, body in upgrade_sections(rep)]
-    out += rep.notes + [t for t in [time_line(rep)] if t] + [summary_line(rep, strict)]
+    out += rep.notes + [t for t in [shared_line(rep), time_line(rep)] if t] + [summary_line(rep, strict)]
     return "\n\n".join(out)
+
+
+def shared_line(rep: UpgradeReport) -> str:
+    """Which configurations shared their process pairs (quantperf.experiments.shared), or ""."""
+    shared = [c for c in rep.configs if (c.shared or 1) > 1]
+    if not shared:
+        return ""
+    return (f"shared process pairs: {len(shared)} configuration(s) measured {max(c.shared for c in shared)} to a pair "
+            "of fresh processes (each pair hosts them in turn; kernel mode times the decode shape there); "
+            "QUANTPERF_AB_SHARE=off gives each configuration pairs of its own")
 
 
 def time_line(rep: UpgradeReport) -> str:
