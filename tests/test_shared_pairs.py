@@ -102,10 +102,11 @@ def test_upgrade_check_records_the_shared_modes(tmp_path):
     import sys
 
     env = dict(os.environ, QUANTPERF_TEST_BACKENDS="1", QUANTPERF_AB_SHARE="eager")
-    out = subprocess.run([sys.executable, "-m", "quantperf", "upgrade-check", "--aa", "--backend", "fake-fp16,fake-int8",
-                          "--model", "fake:small", "--device", "cpu", "--prompt-tokens", "8", "--new-tokens", "12",
-                          "--warmup", "1", "--pairs", "3", "--blocks", "1", "--json", str(tmp_path / "r.json")],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    args = ["upgrade-check", "--aa", "--backend", "fake-fp16,fake-int8", "--model", "fake:small", "--device", "cpu",
+            "--prompt-tokens", "8", "--new-tokens", "12", "--warmup", "1", "--pairs", "3", "--blocks", "1",
+            "--json", str(tmp_path / "r.json")]
+    out = subprocess.run([sys.executable, "-m", "quantperf", *args], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["settings"]["shared_modes"] == ["eager"]
@@ -113,3 +114,33 @@ def test_upgrade_check_records_the_shared_modes(tmp_path):
     assert rep["configs"][0]["pairs"][0]["pids"] == rep["configs"][1]["pairs"][0]["pids"]
     assert [c["shared"] for c in rep["configs"]] == [2, 2]
     assert "shared process pairs: 2 configuration(s) measured 2 to a pair of fresh processes" in out.stdout
+
+
+def test_qp_against_checks_the_planned_kernel_configurations_together(monkeypatch):
+    """Under --qp-against the first kernel-mode speed test checks every planned kernel-mode
+    configuration of its device at once (shared pairs); eager configurations stay one by one."""
+    from quantperf.experiments import shared
+    from quantperf.experiments.against import Against, AgainstSession
+    from quantperf.experiments.upgrade import ConfigCheck
+
+    k1, k2, e1 = _spec("torch-fp16", "kernel"), _spec("bnb-nf4", "kernel"), _spec("fake-fp16")
+    batches = []
+
+    def fake_check_all(specs, sides, **kw):
+        batches.append([s.id for s in specs])
+        return [(ConfigCheck(s.id, s.to_dict(), verdict=Status.OK), {}) for s in specs]
+
+    monkeypatch.setattr(shared, "check_all", fake_check_all)
+    monkeypatch.delenv(SHARE_ENV, raising=False)
+    ab = AgainstSession(Against("x==1", "pins", pins=["x==1"]), profiles={"cpu": "cpu-test"}, planned=[k1, e1, k2])
+    ab.sides = Sides()
+    monkeypatch.setattr(ab, "start", lambda: True)
+    for spec in (k2, k1, e1):
+        assert ab._measure(spec).config_id == spec.id
+    assert batches == [[k2.id, k1.id], [e1.id]]
+    monkeypatch.setenv(SHARE_ENV, "off")
+    ab.checks.clear()
+    batches.clear()
+    for spec in (k1, k2):
+        ab._measure(spec)
+    assert batches == [[k1.id], [k2.id]]
