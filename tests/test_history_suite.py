@@ -23,9 +23,10 @@ workload = { batch_size = 1, prompt_tokens = 8, new_tokens = 6, warmup_rounds = 
 """
 
 SHIPPED_TESTS = (Path(__file__).resolve().parents[1] / "benchmarks" / "test_regression.py").read_text()
+# the shipped benchmark file uses no Hypothesis: its plugin stays out of the inner sessions (a second of imports each)
 ARGS = ["--qp-matrix=matrix.toml", "--qp-takeaways=takeaways.toml", "--qp-baselines=baselines",
         "--qp-profile=cpu-test", "--qp-results=out/results.jsonl", "-p", "no:cacheprovider", "-W",
-        "ignore::DeprecationWarning", "-k", "speed", "--qp-history=store"]
+        "ignore::DeprecationWarning", "-k", "speed", "--qp-history=store", "-p", "no:hypothesispytest"]
 
 
 BRANCH_VARS = ("GITHUB_HEAD_REF", "CI_COMMIT_REF_NAME", "QUANTPERF_HISTORY")

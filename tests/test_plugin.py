@@ -50,9 +50,10 @@ def project(pytester, monkeypatch):
     return pytester
 
 
+# the shipped benchmark file uses no Hypothesis: its plugin stays out of the inner sessions (a second of imports each)
 ARGS = ["--qp-matrix=matrix.toml", "--qp-takeaways=takeaways.toml", "--qp-baselines=baselines",
         "--qp-profile=cpu-test", "--qp-results=out/results.jsonl", "-p", "no:cacheprovider", "-W",
-        "ignore::DeprecationWarning"]
+        "ignore::DeprecationWarning", "-p", "no:hypothesispytest"]
 
 
 def run(p, *extra):
