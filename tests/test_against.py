@@ -48,9 +48,10 @@ b = { model = "fake:small", backend = "fake-lib" }
 """
 ROOT = Path(__file__).resolve().parents[1]  # this checkout: pytester's pytest and its workers import its quantperf
 SHIPPED_TESTS = (ROOT / "benchmarks" / "test_regression.py").read_text()
+# the shipped benchmark file uses no Hypothesis: its plugin stays out of the inner sessions (a second of imports each)
 ARGS = ["--qp-matrix=matrix.toml", "--qp-takeaways=takeaways.toml", "--qp-baselines=baselines",
         "--qp-profile=cpu-test", "--qp-results=out/results.jsonl", "-p", "no:cacheprovider", "-W",
-        "ignore::DeprecationWarning", "--qp-ab-pairs=3", "--qp-ab-blocks=2"]
+        "ignore::DeprecationWarning", "--qp-ab-pairs=3", "--qp-ab-blocks=2", "-p", "no:hypothesispytest"]
 SPENDLIB = """__version__ = {version!r}
 from quantperf.backends.fake import spend
 FACTOR = {factor!r}

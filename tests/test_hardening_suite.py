@@ -200,8 +200,10 @@ backends = ["fake-fp16", "fake-int8"]
 modes = ["eager"]
 workload = { batch_size = 1, prompt_tokens = 8, new_tokens = 12, warmup_rounds = 1, rounds = 5 }
 """
+# the shipped benchmark file uses no Hypothesis: its plugin stays out of the inner sessions (a second of imports each)
 ARGS = ["--qp-matrix=matrix.toml", "--qp-baselines=baselines", "--qp-profile=cpu-test",
-        "--qp-results=out/results.jsonl", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
+        "--qp-results=out/results.jsonl", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning", "-p",
+        "no:hypothesispytest"]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch  # imported before pytester snapshots sys.modules: torch cannot be imported twice
+from subrun import run_pytest
 
 pytest_plugins = ["pytester"]
 CUDA = torch.cuda.is_available()
@@ -49,17 +50,54 @@ def project(pytester, monkeypatch):
     return pytester
 
 
+# the shipped benchmark file uses no Hypothesis: its plugin stays out of the inner sessions (a second of imports each)
 ARGS = ["--qp-matrix=matrix.toml", "--qp-takeaways=takeaways.toml", "--qp-baselines=baselines",
         "--qp-profile=cpu-test", "--qp-results=out/results.jsonl", "-p", "no:cacheprovider", "-W",
-        "ignore::DeprecationWarning"]
+        "ignore::DeprecationWarning", "-p", "no:hypothesispytest"]
 
 
 def run(p, *extra):
     return p.runpytest_subprocess(*ARGS, *extra)
 
 
+def run_here(p, *extra):
+    """`run` in this interpreter: for sessions that measure nothing (usage errors, help, collection,
+    skips), where a fresh interpreter only adds its start-up."""
+    return p.runpytest_inprocess(*ARGS, *extra)
+
+
+def run_in(path: Path, *extra, env: dict | None = None) -> pytest.RunResult:
+    """`run` for a module-scoped project (pytester's own is per test): the same arguments and
+    environment, a fresh interpreter in `path`."""
+    return run_pytest(path, *ARGS, *extra, env=env)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """One project taken through the life of a baseline, each session in a fresh interpreter as
+    users run them, for the tests below to read: recorded once, checked, recorded a second time
+    (with --qp-report), checked with an injected slowdown, checked with the progress log on.
+    What each step leaves on disk is kept as it was right after it."""
+    d = tmp_path_factory.mktemp("recorded")
+    (d / "matrix.toml").write_text(MATRIX)
+    (d / "takeaways.toml").write_text(TAKEAWAYS)
+    (d / "baselines").mkdir()
+    (d / "test_bench.py").write_text(SHIPPED_TESTS)
+    runs = {"record": run_in(d, "-m", "cpu", "--qp-record")}
+    runs["baseline_after_record"] = json.loads((d / "baselines" / "cpu-test.json").read_text())
+    runs["check"] = run_in(d, "-m", "cpu")
+    runs["results_after_check"] = (d / "out" / "results.jsonl").read_text().splitlines()
+    runs["rotated_after_check"] = len(list((d / "out").glob("results-*.jsonl")))
+    runs["record_with_report"] = run_in(d, "-m", "cpu", "--qp-record", "--qp-report", "rep")
+    # +3 ms/token on fake-fp16: 2 -> 5 ms/token, now slower than fake-int8 (3 ms/token)
+    runs["injected"] = run_in(d, "-m", "cpu", env={"QUANTPERF_INJECT_DELAY_MS": "fake-fp16=3"})
+    runs["progress_log"] = run_in(d, "-m", "cpu", "-k", "speed", env={"QUANTPERF_PROGRESS": "log"})
+    runs["path"] = d
+    return runs
+
+
 def test_help_lists_prefixed_options_and_markers_are_strict_clean(pytester):
-    result = pytester.runpytest_subprocess("--help")
+    result = pytester.runpytest_inprocess("--help")
     result.stdout.fnmatch_lines(["*--qp-record*", "*--qp-profile*", "*--qp-tolerance*", "*qp_baselines*"])
     pytester.makepyfile(test_m="""
         import pytest
@@ -73,43 +111,43 @@ def test_help_lists_prefixed_options_and_markers_are_strict_clean(pytester):
         def test_y():
             pass
     """)
-    result = pytester.runpytest_subprocess("--strict-markers", "test_m.py")
+    result = pytester.runpytest_inprocess("--strict-markers", "test_m.py")
     result.assert_outcomes(passed=2 if CUDA else 1, skipped=0 if CUDA else 1)
 
 
 def test_gpu_tier_skips_with_one_clear_reason_without_cuda(project):
     if CUDA:
         pytest.skip("this machine has CUDA")
-    result = run(project, "-m", "gpu", "-rs")
+    result = run_here(project, "-m", "gpu", "-rs")
     result.stdout.fnmatch_lines(["*no CUDA device here: the gpu tier needs an NVIDIA GPU*"])
     result.assert_outcomes(skipped=2)
 
 
 def test_no_baseline_skips_with_the_record_command_and_strict_fails(project):
-    result = run(project, "-m", "cpu", "-k", "speed or memory", "-rs")
+    result = run_here(project, "-m", "cpu", "-k", "speed or memory", "-rs")
     result.stdout.fnmatch_lines(["*no baseline for small-fake-fp16-cpu-*--qp-record*"])
     result.assert_outcomes(skipped=4)
     assert not list(project.path.joinpath("baselines").iterdir()), "nothing is written without --qp-record"
-    run(project, "-m", "cpu", "-k", "speed", "--qp-strict").assert_outcomes(failed=2)
+    run_here(project, "-m", "cpu", "-k", "speed", "--qp-strict").assert_outcomes(failed=2)
 
 
-def test_record_then_check_passes_and_takeaway_holds(project):
-    rec = run(project, "-m", "cpu", "--qp-record")
+def test_record_then_check_passes_and_takeaway_holds(recorded):
+    rec = recorded["record"]
     rec.assert_outcomes(passed=5)
     rec.stdout.fnmatch_lines(["*recorded * baseline figure(s)*", "*small-fake-int8-cpu-*decode_tokens_per_s: new*"])
-    data = json.loads(project.path.joinpath("baselines", "cpu-test.json").read_text())
+    data = recorded["baseline_after_record"]
     entry = data["configs"]["small-fake-fp16-cpu-bs1-p8-n12-eager"]
     assert len(entry["metrics"]["decode_tokens_per_s"]["samples"]) == 7 and "weight_mib" in entry["metrics"]
     assert entry["packages"]["torch"]
-    check = run(project, "-m", "cpu")
+    check = recorded["check"]
     check.assert_outcomes(passed=5)
     check.stdout.fnmatch_lines(["*takeaways:*", "*fake-int8-slower-than-fp16*cpu-test*holds*"])
     # one baseline run: the run-to-run noise is unknown, so speed is inconclusive (a warning), not ok
     check.stdout.fnmatch_lines(["*INCONCLUSIVE small-fake-fp16-cpu-*noise floor unknown*"])
     # results were appended as each configuration finished; the recording session's log moved aside
-    lines = project.path.joinpath("out", "results.jsonl").read_text().splitlines()
+    lines = recorded["results_after_check"]
     assert len(lines) == 2 and json.loads(lines[0])["status"] == "ok"
-    assert len(list(project.path.joinpath("out").glob("results-*.jsonl"))) == 1
+    assert recorded["rotated_after_check"] == 1
 
 
 def test_a_claim_with_its_own_batch_measures_both_sides_at_that_batch(project):
@@ -127,12 +165,11 @@ def test_a_claim_with_its_own_batch_measures_both_sides_at_that_batch(project):
                                                     "small-fake-int8-cpu-bs2-p8-n12-eager"]
 
 
-def test_injected_slowdown_flips_the_takeaway_and_regresses_speed(project, monkeypatch):
-    for _ in range(2):  # two recorded runs: the gate needs the run-to-run noise
-        run(project, "-m", "cpu", "--qp-record").assert_outcomes(passed=5)
-    # +3 ms/token on fake-fp16: 2 -> 5 ms/token, now slower than fake-int8 (3 ms/token)
-    monkeypatch.setenv("QUANTPERF_INJECT_DELAY_MS", "fake-fp16=3")
-    result = run(project, "-m", "cpu")
+def test_injected_slowdown_flips_the_takeaway_and_regresses_speed(recorded):
+    # two recorded runs (the gate needs the run-to-run noise), then +3 ms/token on fake-fp16
+    for name in ("record", "record_with_report"):
+        recorded[name].assert_outcomes(passed=5)
+    result = recorded["injected"]
     result.assert_outcomes(passed=3, failed=2)
     result.stdout.fnmatch_lines([
         "*REGRESSED small-fake-fp16-cpu-*decode_tokens_per_s*raw x0.*-> regressed*",
@@ -150,7 +187,7 @@ def test_corrupt_baseline_fails_with_file_and_field(project):
 
 
 def test_baseline_from_another_profile_is_not_used_and_is_reported(project):
-    run(project, "-m", "cpu", "--qp-record", "--qp-profile=nvidia-tesla-t4")
+    run(project, "-m", "cpu", "-k", "speed", "--qp-record", "--qp-profile=nvidia-tesla-t4")
     assert project.path.joinpath("baselines", "nvidia-tesla-t4.json").exists()
     result = run(project, "-m", "cpu", "-k", "speed", "-rs")
     result.assert_outcomes(skipped=2)
@@ -168,7 +205,7 @@ def test_profile_hook_overrides_detection(project):
 
 
 def test_matrix_override_from_the_command_line(project):
-    result = run(project, "-m", "cpu", "--collect-only", "-q", "--qp-backends=fake-int8", "-k", "speed")
+    result = run_here(project, "-m", "cpu", "--collect-only", "-q", "--qp-backends=fake-int8", "-k", "speed")
     result.stdout.fnmatch_lines(["*test_speed[[]small-fake-int8-cpu-bs1-p8-n12-eager[]]*"])
     assert "fake-fp16-cpu" not in result.stdout.str().split("test_takeaway")[0].split("test_speed")[1]
 
@@ -196,16 +233,16 @@ cv_within_max = { eager = 0.0000001 }
     assert summary["repeatability"][0]["runs"] == 2
 
 
-def test_qp_report_writes_the_html_and_markdown_report_of_the_session(project):
+def test_qp_report_writes_the_html_and_markdown_report_of_the_session(recorded):
     pytest.importorskip("matplotlib")
-    result = run(project, "-m", "cpu", "--qp-record", "--qp-report", "rep")
+    result = recorded["record_with_report"]
     result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["*measuring small-fake-*: load, one-time builds, warm-up, rounds",
                                  "*measured small-fake-*: decode * tok/s (CV *%, 7 rounds), prefill * ms*",
                                  "*report: *rep/report.html*rep/report.md*"])
-    page = project.path.joinpath("rep", "report.html").read_text()
+    page = recorded["path"].joinpath("rep", "report.html").read_text()
     assert "<h2>Decode speed</h2>" in page and "data:image/png;base64," in page
-    md = project.path.joinpath("rep", "report.md").read_text()
+    md = recorded["path"].joinpath("rep", "report.md").read_text()
     assert "fake-int8-slower-than-fp16" in md and "small-fake-fp16" in md
 
 
@@ -218,7 +255,7 @@ def test_qp_report_writes_the_html_and_markdown_report_of_the_session(project):
      "*ERROR: quantperf: --qp-alpha 2.0: the significance level must lie strictly between 0 and 1*"),
 ])
 def test_a_bad_option_is_one_clean_usage_line(project, args, message):
-    result = run(project, "-m", "cpu", *args)
+    result = run_here(project, "-m", "cpu", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
@@ -323,16 +360,15 @@ def test_shards_are_balanced_by_estimated_seconds_and_split_by_batch():
     assert sum(1 for k in count if count[k] == count[shard_of(big[0])]) > 1
 
 
-def test_progress_log_lines_reach_a_plain_log(project, monkeypatch):
+def test_progress_log_lines_reach_a_plain_log(recorded):
     """QUANTPERF_PROGRESS=log: each long step's start and end, timestamped, in a log that is not a
     terminal (an unattended GPU runner); without it the log has none."""
     import re
 
-    quiet = run(project, "-m", "cpu", "-k", "speed", "--qp-record")  # recording measures (no baseline yet)
+    quiet = recorded["record"]  # recording measures (no baseline yet)
     assert quiet.ret == 0 and not any(re.match(r"  \[\d\d:\d\d:\d\d\] ",
                                                line) for line in quiet.outlines), quiet.outlines
-    monkeypatch.setenv("QUANTPERF_PROGRESS", "log")
-    result = run(project, "-m", "cpu", "-k", "speed")
+    result = recorded["progress_log"]
     result.assert_outcomes(passed=2)
     result.stdout.re_match_lines([r"  \[\d\d:\d\d:\d\d\] small fake-fp16 eager: load \.\.\.$",
                                   r"  \[\d\d:\d\d:\d\d\] small fake-fp16 eager: load: done in \d+\.\d s$"])
