@@ -283,7 +283,10 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("qp_claim", params)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
+    """After -m/-k deselection: an xdist worker keeps its shards' tests; without CUDA the gpu tests
+    that are still selected skip with one reason (torch is imported only when there is one)."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput and workerinput.get("qp_sharded"):
         # an xdist worker: keep the tests of this worker's shards (see _shard_configure)

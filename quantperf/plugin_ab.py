@@ -99,13 +99,18 @@ def pytest_collection_modifyitems(config, items):
     (from the same process pairs), quality, takeaways; the order is stable otherwise."""
     if getattr(config, "_qp_against", None) is not None:
         items.sort(key=_rank)
-        # the speed and memory tests' configurations, which kernel mode measures on shared process pairs
-        # (quantperf.experiments.shared); an xdist worker collects every item and runs some: none is planned
-        if not os.environ.get("PYTEST_XDIST_WORKER"):
-            specs = [item.callspec.params["qp_config"] for item in items
-                     if "qp_config" in getattr(getattr(item, "callspec", None), "params", {})
-                     and getattr(item, "originalname", item.name).removeprefix("test_") in ("speed", "memory")]
-            config._qp_ab_planned = list({s.id: s for s in specs}.values())
+
+
+def _planned(items) -> list:
+    """The selected speed and memory tests' configurations, which kernel mode measures on shared
+    process pairs (quantperf.experiments.shared); an xdist worker collects every item and runs some
+    of them: none is planned there."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return []
+    specs = [item.callspec.params["qp_config"] for item in items
+             if "qp_config" in getattr(getattr(item, "callspec", None), "params", {})
+             and getattr(item, "originalname", item.name).removeprefix("test_") in ("speed", "memory")]
+    return list({s.id: s for s in specs}.values())
 
 
 @pytest.hookimpl(wrapper=True)
@@ -115,11 +120,11 @@ def pytest_fixture_setup(fixturedef, request):
     config = request.config
     if fixturedef.argname == "qp_session" and getattr(config, "_qp_against", None) is not None \
             and getattr(result, "against", False) is None:
-        _attach(config, result)
+        _attach(config, result, _planned(request.session.items))
     return result
 
 
-def _attach(config, session) -> None:
+def _attach(config, session, planned=()) -> None:
     from .errors import ConfigError
     from .experiments.against import AgainstSession
     from .experiments.upgrade import read_calibration
@@ -132,7 +137,7 @@ def _attach(config, session) -> None:
                         claims=session.claims, quality_params=session.quality_params,
                         find_links=config.getoption(FIND_LINKS) or (), no_index=config.getoption(NO_INDEX),
                         allow_changes=config.getoption(ALLOW_CHANGES), progress=progress,
-                        planned=getattr(config, "_qp_ab_planned", ()), **_ab_options(config))
+                        planned=planned, **_ab_options(config))
     cal = config.getoption(CALIBRATION)
     if cal:
         try:

@@ -220,13 +220,10 @@ class LocalWorker:
     def _threads(self) -> dict:
         """Thread counts and the cores this worker runs on: recorded with every result."""
         out: dict = {"affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
-        try:
-            import torch
-
+        torch = sys.modules.get("torch")  # imported by every real backend's load; a test double runs without it
+        if torch is not None:
             out["torch_intra_op"] = torch.get_num_threads()
             out["torch_inter_op"] = torch.get_num_interop_threads()
-        except ImportError:
-            pass
         if self.loaded is not None and "intra_op_num_threads" in self.loaded.options:
             out["ort_intra_op"] = self.loaded.options["intra_op_num_threads"]
         return out
