@@ -51,6 +51,7 @@ from .upgrade import (
     Sides,
     _failure,
     _first_line,
+    mark_failed,
     measure_blocks,
 )
 
@@ -209,7 +210,7 @@ def _shared_pair(order: list[RunSpec], sides: Sides, index: int, blocks: int, *,
                     _unload_quietly(workers)
                 else:
                     close_workers(workers)  # a failed side may have left its process in any state
-                _mark_failed(check, spec, sides, exc, say)
+                mark_failed(check, spec, sides, exc, say)
             except Exception as exc:  # anything else is this configuration's failure, never the session's
                 record.complete = False
                 close_workers(workers)
@@ -299,14 +300,3 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
 def _alive(worker) -> bool:
     proc = getattr(worker, "proc", None)
     return proc is None or proc.poll() is None
-
-
-def _mark_failed(check: ConfigCheck, spec: RunSpec, sides: Sides, exc: SideFailed, say) -> None:
-    """upgrade.check_config's reading of a failed side: unavailable in A is skipped, the rest an error."""
-    unavailable = exc.reason.startswith((Status.UNAVAILABLE, Status.MODE_UNSUPPORTED))
-    if exc.side == "A" and unavailable:
-        check.status, check.message = Status.SKIPPED, f"not measurable in A: {exc.reason}"
-    else:
-        label = {"A": f"side A ({sides.label_a})", "B": f"side B ({sides.label_b})"}.get(exc.side, "sides")
-        check.status, check.message = Status.ERROR, f"{spec.id}: {label}: {exc.reason}"
-    say(f"{spec.id}: {check.status}: {check.message}")

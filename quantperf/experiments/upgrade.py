@@ -275,6 +275,17 @@ def measure_blocks(spec: RunSpec, opened: dict, index: int, blocks: int, *, reco
             dict(keep[f"memory_{n}"], weight_bytes=opened[n].info.get("weight_bytes")))
 
 
+def mark_failed(check: ConfigCheck, spec: RunSpec, sides: Sides, exc: SideFailed, say) -> None:
+    """A failed side's reading: unavailable (or its mode unsupported) in A is skipped, the rest an error."""
+    unavailable = exc.reason.startswith((Status.UNAVAILABLE, Status.MODE_UNSUPPORTED))
+    if exc.side == "A" and unavailable:
+        check.status, check.message = Status.SKIPPED, f"not measurable in A: {exc.reason}"
+    else:
+        label = {"A": f"side A ({sides.label_a})", "B": f"side B ({sides.label_b})"}.get(exc.side, "sides")
+        check.status, check.message = Status.ERROR, f"{spec.id}: {label}: {exc.reason}"
+    say(f"{spec.id}: {check.status}: {check.message}")
+
+
 def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blocks: int = DEFAULT_BLOCKS,
                  max_blocks: int | None = None, alpha: float = DEFAULT_ALPHA, tolerance: float = 0.05,
                  tolerance_source: str = "configured", environment: dict | None = None, profile: str | None = None,
@@ -312,13 +323,7 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
                           prepared=prepared, phases=check.phases, measuring=nxt)
             except SideFailed as exc:
                 record.complete = False  # a pair cut short is kept in the report, never counted
-                unavailable = exc.reason.startswith((Status.UNAVAILABLE, Status.MODE_UNSUPPORTED))
-                if exc.side == "A" and unavailable:
-                    check.status, check.message = Status.SKIPPED, f"not measurable in A: {exc.reason}"
-                else:
-                    label = {"A": f"side A ({sides.label_a})", "B": f"side B ({sides.label_b})"}.get(exc.side, "sides")
-                    check.status, check.message = Status.ERROR, f"{spec.id}: {label}: {exc.reason}"
-                say(f"{spec.id}: {check.status}: {check.message}")
+                mark_failed(check, spec, sides, exc, say)
                 break
             except Exception as exc:  # anything else is this configuration's failure, never the session's
                 check.status, check.message = Status.ERROR, f"{spec.id}: {_failure(exc)}"
