@@ -144,3 +144,18 @@ def test_qp_against_checks_the_planned_kernel_configurations_together(monkeypatc
     for spec in (k1, k2):
         ab._measure(spec)
     assert batches == [[k1.id], [k2.id]]
+
+
+def test_only_an_undecided_configuration_takes_the_further_pairs(monkeypatch):
+    """Planned looks on shared pairs: a configuration decided at its first look leaves the pairs;
+    an inconclusive one (a tolerance no A/A can show) takes one more pair per look, up to the last."""
+    monkeypatch.setenv("QUANTPERF_TEST_BACKENDS", "1")
+    specs = [_spec("fake-fp16"), _spec("fake-int8")]
+    tol = {"fake-fp16": 1e-4, "fake-int8": 0.05}
+    out = check_all(specs, Sides(env_b={"QUANTPERF_INJECT_DELAY_MS": "fake-int8=0.6"}),
+                    tolerance_of=lambda s: (tol[s.backend], "configured"), share=("eager",), pairs=3, blocks=2,
+                    max_blocks=10, alpha=0.05, profile="cpu-test")
+    (fp16, _), (int8, _) = out
+    assert (int8.verdict, int8.looks_used, len(int8.pairs)) == (Status.REGRESSED, 1, 3)
+    assert (fp16.verdict, fp16.looks_planned, fp16.looks_used, len(fp16.pairs)) == (Status.INCONCLUSIVE, 3, 3, 5)
+    assert fp16.pairs[3].pids != fp16.pairs[2].pids and fp16.pairs[2].pids == int8.pairs[2].pids

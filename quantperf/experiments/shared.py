@@ -38,8 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .. import phases as P
 from ..errors import ConfigError
-from ..gate.ab import decide, look_confidence, pair_interval, planned_looks
-from ..gate.runtime import sides_note
+from ..gate.ab import look_confidence, planned_looks
 from ..spec import RunSpec
 from ..status import Status
 from . import upgrade  # check_config looked up when called (a test may stand in for it)
@@ -51,8 +50,10 @@ from .upgrade import (
     Sides,
     _failure,
     _first_line,
+    finish_check,
     mark_failed,
     measure_blocks,
+    take_look,
 )
 
 SHARE_ENV = "QUANTPERF_AB_SHARE"
@@ -147,32 +148,15 @@ def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[
             n = len(check.complete_pair_means)
             say(f"{spec.id}: pair {n}/{target[spec.id]} ({record.first} first, shared): B/A per-token time "
                 f"{math.exp(record.mean):.4f} over {len(record.blocks)} block(s)")
-            if n == target[spec.id]:
-                est = pair_interval(check.complete_pair_means, confidence)
-                check.looks_used += 1
-                check.ratio, check.low, check.high = est.ratio, est.low, est.high
-                check.verdict = decide(est.low, est.high, check.tolerance)
-                if check.verdict == Status.INCONCLUSIVE and check.looks_used < looks:
-                    target[spec.id] += 1
-                    still.append(spec)
-            else:
+            if n < target[spec.id]:
+                still.append(spec)
+            elif take_look(check, check.complete_pair_means, looks):  # inconclusive, looks remain: one more pair
+                target[spec.id] += 1
                 still.append(spec)
         active = still
         index += 1
-    out = {}
-    for spec in specs:
-        check, keep = checks[spec.id], keeps[spec.id]
-        check.phases = P.rounded(check.phases) | {"wall_s": round(walls[spec.id], 3)}
-        matches = [b["tokens_match"] for p in check.pairs for b in p.blocks if b.get("tokens_match") is not None]
-        check.tokens_match = all(matches) if matches else None
-        check.identity = keep.get("identity") or {}
-        check.runtime = {n: keep.get(f"runtime_{n}") or {} for n in SIDE_NAMES}
-        if check.status != Status.OK:
-            check.verdict = None
-        elif note := sides_note(check.runtime["A"], check.runtime["B"]):
-            check.message = "; ".join(m for m in (check.message, note) if m)
-        out[spec.id] = (check, keep)
-    return out
+    return {spec.id: (finish_check(checks[spec.id], keeps[spec.id], walls[spec.id]), keeps[spec.id])
+            for spec in specs}
 
 
 def _shared_pair(order: list[RunSpec], sides: Sides, index: int, blocks: int, *, checks: dict, keeps: dict,

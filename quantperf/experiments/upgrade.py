@@ -332,18 +332,31 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
             i += 1
             say(f"{spec.id}: pair {i}/{target} ({record.first} first): B/A per-token time "
                 f"{math.exp(record.mean):.4f} over {len(record.blocks)} block(s)")
-            if i == target:
-                est = pair_interval([p.mean for p in check.pairs], confidence)
-                check.looks_used += 1
-                check.ratio, check.low, check.high = est.ratio, est.low, est.high
-                check.verdict = decide(est.low, est.high, tolerance)
-                if check.verdict == Status.INCONCLUSIVE and check.looks_used < looks:
-                    target += 1
+            if i == target and take_look(check, [p.mean for p in check.pairs], looks):
+                target += 1
     finally:
         if ahead is not None:
             ahead.close()  # a pair started ahead and not used (a failure, or no further look): closed
             check.overlapped = P.rounded(ahead.hidden)
-    check.phases = P.rounded(check.phases) | {"wall_s": round(P.clock() - wall0, 3)}
+    return finish_check(check, keep, P.clock() - wall0), keep
+
+
+def take_look(check: ConfigCheck, pair_means: list[float], looks: int) -> bool:
+    """One planned look at a configuration's pair means: its interval and verdict; True when it is
+    inconclusive and looks remain (one more pair)."""
+    est = pair_interval(pair_means, check.confidence)
+    check.looks_used += 1
+    check.ratio, check.low, check.high = est.ratio, est.low, est.high
+    check.verdict = decide(est.low, est.high, check.tolerance)
+    return check.verdict == Status.INCONCLUSIVE and check.looks_used < looks
+
+
+def finish_check(check: ConfigCheck, keep: dict, wall_s: float) -> ConfigCheck:
+    """A measured configuration's check completed from what its pairs kept: phases and wall, token
+    agreement, identity, each side's runtime (a differing one is named in the message)."""
+    from .. import phases as P
+
+    check.phases = P.rounded(check.phases) | {"wall_s": round(wall_s, 3)}
     matches = [b["tokens_match"] for p in check.pairs for b in p.blocks if b.get("tokens_match") is not None]
     check.tokens_match = all(matches) if matches else None
     check.identity = keep.get("identity") or {}
@@ -352,7 +365,7 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
         check.verdict = None
     elif note := sides_note(check.runtime["A"], check.runtime["B"]):  # measured: that is what B changed
         check.message = "; ".join(m for m in (check.message, note) if m)
-    return check, keep
+    return check
 
 
 def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dict | None = None,
