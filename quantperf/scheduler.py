@@ -65,7 +65,7 @@ _PREPARERS: dict[str, Any] = {}  # long-lived preparing processes, by interprete
 
 
 def prepare_in_process(spec: RunSpec, model_options: dict | None = None, python: str | None = None,
-                       env: dict | None = None) -> dict:
+                       env: dict | None = None, keep: bool = False) -> dict:
     """Prepare `spec` (build its checkpoint and exports if missing) in a preparing process that
     serves configuration after configuration, so each one costs no interpreter start and imports
     (about 10 s on a GPU host) when everything is cached. A process that built something (its
@@ -74,7 +74,9 @@ def prepare_in_process(spec: RunSpec, model_options: dict | None = None, python:
     one is fresh.
     Never the measuring process: that one is always new and only reads the cache. A preparer
     serves only while this process's environment is the one it was started with (a changed
-    QUANTPERF_CACHE, say, means another cache): else it is closed and a new one started."""
+    QUANTPERF_CACHE, say, means another cache): else it is closed and a new one started.
+    `keep`: the preparer stays after a build or a CUDA context too (a caller preparing many
+    configurations before anything is measured, which then calls close_preparers)."""
     import hashlib
     import json
 
@@ -93,7 +95,7 @@ def prepare_in_process(spec: RunSpec, model_options: dict | None = None, python:
         _PREPARERS.pop(key, None)
         worker.close()
         raise
-    if prepared.get("built") or prepared.get("cuda_context"):  # a build's memory, or a CUDA context: start afresh
+    if not keep and (prepared.get("built") or prepared.get("cuda_context")):  # a build's memory, or a CUDA context
         _PREPARERS.pop(key, None)
         worker.close()
     return prepared

@@ -20,7 +20,7 @@
 #        after STEP... the same, queued behind the running pipeline
 #        collect [S]   wait up to S seconds (default 0) for the pipeline, then pack every step's
 #                      results into OUTDIR/STEP.tgz and print the pipeline's status and log tails
-# STEPs: kernel-1b, kernel-8b (every torch/bitsandbytes/torchao backend in kernel mode; repeated,
+# STEPs (QP_WARM_MODELS: the models `warm` builds): kernel-1b, kernel-8b (every torch/bitsandbytes/torchao backend in kernel mode; repeated,
 #        a fresh process again, into kernel-1b-2, ...), large (the large tier, recorded; QP_LARGE_K its
 #        pytest -k; repeated into large2, ...), large-ort (the large tier's ONNX Runtime configurations,
 #        recorded; waits for ortsetup; QP_LARGE_ORT_K narrows its pytest -k, e.g. ort-int4), huge (the 70B tier, recorded, on all GPUs: needs several GPUs
@@ -37,7 +37,8 @@
 #        QP_UP_BACKENDS, QP_UP_MODES); sitting (the GPU tier, QP_M its -m, kept in the results
 #        store /tmp/hist, copied into OUTDIR/hist); aa-kernel (kernel-mode A/A over QP_AA_BACKENDS, the walk of
 #        QUANTPERF_KERNEL_WALK); ab-kernel (kernel-mode A/A over every capturable backend, QP_AB_BACKENDS,
-#        process pairs shared or not per QUANTPERF_AB_SHARE); tfcheck (`quantperf upgrade-check transformers==5.25.0` against the image's
+#        process pairs shared or not per QUANTPERF_AB_SHARE); ab-old / ab-4 (the same A/A over QP_AB4_BACKENDS, default
+#        four, on an earlier checkout's quantperf in QP_AB_SRC / on this one: before and after in one lease); tfcheck (`quantperf upgrade-check transformers==5.25.0` against the image's
 #        transformers, side B from tfwheels; QP_TF_SPEC, QP_TF_BACKENDS, QP_TF_MODES); warm (the one-time builds alone: checkpoints, ONNX exports),
 #        matrix (`pytest benchmarks -m gpu -n QP_N`: the whole matrix on QP_N GPUs, default 1, its wall
 #        time in STATUS; after `warm` it is the warm-cache figure); QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b;
@@ -221,7 +222,7 @@ for s in "$@"; do
     warm)  # the one-time builds only (synthetic checkpoints, ONNX exports), for a warm-cache wall time
         mkdir -p "$Q/warm"
         step warm timeout -k 10 900 python3 -m quantperf run --device cuda --mode eager --backend torch-fp16 \
-            --model synthetic:llama-125m synthetic:llama-1b synthetic:llama-8b --rounds 1 --warmup 0 --new-tokens 2 \
+            --model ${QP_WARM_MODELS:-synthetic:llama-125m synthetic:llama-1b synthetic:llama-8b} --rounds 1 --warmup 0 --new-tokens 2 \
             --out "$Q/warm/results.jsonl" > "$Q/warm/run.log" 2>&1
         if wait_ort; then
             step warm-ort timeout -k 10 900 python3 -m quantperf run --device cuda --mode eager --backend ort-fp16 ort-int4 \
@@ -262,6 +263,16 @@ for s in "$@"; do
         step "$(basename "$d")" timeout -k 10 900 python3 -m quantperf upgrade-check --aa --device cuda \
             --model synthetic:llama-1b --mode kernel --backend ${QP_AB_BACKENDS:-$AB_BACKENDS} \
             --markdown "$d/report.md" --json "$d/report.json" > "$d/run.log" 2>&1
+        ;;
+    ab-old|ab-4)  # before/after in one lease: the kernel-mode A/A over QP_AB4_BACKENDS on an earlier checkout's
+        # quantperf (ab-old: the folder QP_AB_SRC holding its quantperf/, run from there so that its code is
+        # the one imported) and on this one (ab-4)
+        d="$Q/$s"; [ -d "$d" ] && d="$d-$(n_of "$s")"; mkdir -p "$d"
+        root="$src"; [ "$s" = ab-old ] && root="${QP_AB_SRC:?ab-old needs QP_AB_SRC}"
+        step "$(basename "$d")" bash -c "cd '$root' && PYTHONPATH=/tmp/site:'$root' timeout -k 10 900 python3 -m quantperf \
+            upgrade-check --aa --device cuda --model synthetic:llama-1b --mode kernel \
+            --backend ${QP_AB4_BACKENDS:-torch-fp16 bnb-nf4 bnb-int8-nodecomp torchao-int8wo} \
+            --markdown '$d/report.md' --json '$d/report.json' > '$d/run.log' 2>&1"
         ;;
     tfcheck)  # the transformers upgrade check: A = the image's transformers, B = the newest carried in .whltf
         # (copied to /tmp/whtf by the tfwheels phase); nothing set by hand: quantperf decides Hub kernels itself

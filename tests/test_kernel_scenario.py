@@ -177,6 +177,37 @@ def test_the_decode_step_is_decomposed_when_graph_and_kernel_results_meet():
     assert d["step_ms"] == pytest.approx(2.5) and d["linears_ms"] == pytest.approx((50 * 22 + 35) / 1e3)
     assert d["consistent"] and "linear kernels 1.135 ms (45%)" in decomposition_lines([graph, kernel])[0]
     assert decompositions([kernel]) == []
+    kernel.figures = {"kernel": {"types": {}}}  # an A/B's shared pairs time no lm_head: no sum, rather than a short one
+    assert decompositions([graph, kernel]) == []
+
+
+def test_the_ab_rounds_time_the_decode_projections_alone(torch_worker):
+    """What the A/B's shared pairs ask for (configure(shapes=["decode"], lm_head=False)): the decode
+    shape's seven projection types, the statistic's, and nothing else."""
+    torch_worker.configure(shapes=["decode"], lm_head=False)
+    try:
+        (r,) = torch_worker.rounds(n=1)
+    finally:
+        torch_worker.configure(shapes=["decode", "prefill"], lm_head=True)
+    assert sorted(r["types"]) == sorted(f"decode:{t}" for t in LINEAR_TYPES)
+    assert set(KernelScenario.metrics(torch_worker.spec, [r])) == {"kernel_decode_us_per_layer"}
+    assert "decode:lm_head" in torch_worker.rounds(n=1)[0]["types"]
+
+
+def test_a_loaded_configuration_is_out_of_the_collectors_sight_until_it_is_closed(model_cache):
+    """warmup() freezes what the load made (a collection before each round then takes microseconds
+    instead of a tenth of a second with torch and transformers imported); close() unfreezes it, so
+    a shared process pair's next configuration finds the memory given back."""
+    import gc
+
+    w = LocalWorker(RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "kernel", WORKLOAD))
+    try:
+        assert w.load()["status"] == "ok"
+        assert w.warmup()["status"] == "ok"
+        assert gc.get_freeze_count() > 0
+    finally:
+        w.close()
+    assert gc.get_freeze_count() == 0
 
 
 def test_bnb_int8_footprint_is_the_same_before_and_after_a_forward(model_cache):

@@ -159,3 +159,111 @@ def test_only_an_undecided_configuration_takes_the_further_pairs(monkeypatch):
     assert (int8.verdict, int8.looks_used, len(int8.pairs)) == (Status.REGRESSED, 1, 3)
     assert (fp16.verdict, fp16.looks_planned, fp16.looks_used, len(fp16.pairs)) == (Status.INCONCLUSIVE, 3, 3, 5)
     assert fp16.pairs[3].pids != fp16.pairs[2].pids and fp16.pairs[2].pids == int8.pairs[2].pids
+
+
+def test_overlap_setting(monkeypatch):
+    from quantperf.experiments.shared import overlap_default
+
+    monkeypatch.delenv("QUANTPERF_AB_OVERLAP", raising=False)
+    cuda_kernel = RunSpec("fake:small", "fake-fp16", "cuda", "kernel", WORKLOAD)
+    assert overlap_default([cuda_kernel]) is True  # graph replays leave the host's cores to the next pair's imports
+    assert overlap_default([_spec("fake-fp16", "kernel")]) is False  # a CPU measurement shares them
+    assert overlap_default([cuda_kernel, _spec("fake-fp16", "kernel")]) is False
+    monkeypatch.setenv("QUANTPERF_AB_OVERLAP", "1")
+    assert overlap_default([_spec("fake-fp16")]) is True
+    monkeypatch.setenv("QUANTPERF_AB_OVERLAP", "0")
+    assert overlap_default([cuda_kernel]) is False
+    monkeypatch.setenv("QUANTPERF_AB_OVERLAP", "yes")
+    with pytest.raises(ConfigError, match=r"QUANTPERF_AB_OVERLAP='yes'.*use 1 .*0 .*unset"):
+        overlap_default([cuda_kernel])
+
+
+def test_pairs_started_ahead_keep_a_fresh_pair_per_replicate(monkeypatch):
+    """With QUANTPERF_AB_OVERLAP=1, pair i + 1's processes start (and import every configuration's
+    libraries) while pair i measures: still one pair of processes per replicate, shared by the
+    configurations, six processes for three pairs; what started ahead is reported as overlapped."""
+    monkeypatch.setenv("QUANTPERF_TEST_BACKENDS", "1")
+    monkeypatch.setenv("QUANTPERF_AB_OVERLAP", "1")
+    specs = [_spec("fake-fp16"), _spec("fake-int8")]
+    said: list[str] = []
+    out = check_all(specs, Sides(), tolerance_of=lambda s: (0.05, "configured"), share=("eager",), pairs=3,
+                    blocks=1, max_blocks=None, alpha=0.05, profile="cpu-test", progress=said.append)
+    fp16, int8 = (check for check, _ in out)
+    assert fp16.status == int8.status == Status.OK and fp16.verdict == int8.verdict == Status.OK
+    for i in range(3):
+        assert fp16.pairs[i].pids == int8.pairs[i].pids
+    assert len({pid for p in fp16.pairs for pid in p.pids.values()}) == 6
+    assert any("each next pair starts while the current one measures" in line for line in said)
+    # pairs 2 and 3 were started ahead (their start and imports off the wall); pair 3 started none
+    assert fp16.overlapped["start"] > 0 and fp16.overlapped["imports"] > 0
+    assert any(line.startswith("prepared 2 configurations in") for line in said)
+
+
+def test_a_pair_starts_its_two_processes_side_by_side(monkeypatch):
+    """start_pair spawns and imports side A and side B at once (a barrier both must reach), imports
+    the libraries of every backend it is given, and names the side that failed, closing the other."""
+    import threading
+
+    from quantperf import workers
+    from quantperf.experiments.ahead import PairStartFailed, start_pair
+
+    barrier = threading.Barrier(2, timeout=20)
+    made = []
+
+    class Fake:
+        def __init__(self, spec, isolation, options, python=None, env=None):
+            barrier.wait()  # both sides must be starting at the same time
+            self.side, self.closed, self.asked = (env or {}).get("SIDE"), False, None
+            made.append(self)
+
+        def imports(self, backends=None):
+            self.asked = backends
+            if self.side == "B-broken":
+                raise RuntimeError("no such library")
+            return {"imports_s": 0.0}
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(workers, "open_worker", Fake)
+    phases: dict = {}
+    pair = start_pair(_spec("fake-fp16"), Sides(env_a={"SIDE": "A"}, env_b={"SIDE": "B"}), {}, phases,
+                      ["fake-fp16", "fake-int8"])
+    assert {n: w.side for n, w in pair.items()} == {"A": "A", "B": "B"}
+    assert all(w.asked == ["fake-fp16", "fake-int8"] for w in pair.values())
+    assert set(phases) == {"start", "imports"}
+    with pytest.raises(PairStartFailed) as failed:
+        start_pair(_spec("fake-fp16"), Sides(env_a={"SIDE": "A"}, env_b={"SIDE": "B-broken"}), {}, {})
+    assert failed.value.side == "B" and "failed in its imports: RuntimeError: no such library" in failed.value.reason
+    assert all(w.closed for w in made[2:])  # both processes of the failed start are closed
+
+
+def test_every_configuration_is_prepared_once_in_the_background(monkeypatch):
+    """One preparing pass for the group, in its own thread, kept across builds (keep=True), closed
+    before anything loads; a configuration whose preparing failed raises at its own turn only."""
+    import threading
+
+    from quantperf import scheduler
+    from quantperf.experiments.shared import _Preparing
+
+    calls, closed = [], []
+
+    def prepare(spec, model_options, python=None, env=None, keep=False):
+        calls.append((spec.backend, keep, threading.current_thread().name))
+        if spec.backend == "fake-int8":
+            raise RuntimeError("export failed")
+        return {"built": True}
+
+    monkeypatch.setattr(scheduler, "prepare_in_process", prepare)
+    monkeypatch.setattr(scheduler, "close_preparers", lambda: closed.append(True))
+    fp16, int8 = _spec("fake-fp16"), _spec("fake-int8")
+    preparing = _Preparing([fp16, int8], Sides(), {})
+    phases: dict = {}
+    preparing.wait(fp16, phases)
+    with pytest.raises(RuntimeError, match="export failed"):
+        preparing.wait(int8, {})
+    preparing.close()
+    # side A and side B share an environment here: one preparing per configuration, not per side
+    assert [(b, k) for b, k, _ in calls] == [("fake-fp16", True), ("fake-int8", True)]
+    assert all(name.startswith("quantperf-prepare") for _, _, name in calls)
+    assert closed == [True] and "prepare" in phases and preparing.seconds is not None

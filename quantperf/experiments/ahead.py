@@ -21,28 +21,38 @@ class PairStartFailed(QuantperfError):
         self.side, self.reason = side, reason
 
 
-def start_pair(spec: RunSpec, sides, model_options: dict | None, phases: dict) -> dict:
+def start_pair(spec: RunSpec, sides, model_options: dict | None, phases: dict,
+               backends: list[str] | None = None) -> dict:
     """Two fresh worker processes for `spec`, side A and side B (`sides`: upgrade.Sides), each
-    spawned and its heavy imports done, no model read. Their wall seconds go to `phases`
-    (start, imports). A failure closes what was started and raises PairStartFailed."""
+    spawned and its heavy imports done (those of `backends` too: a shared pair's), no model read.
+    The two start side by side (nothing is measured while they do); the slower side's wall
+    seconds go to `phases` (start, imports). A failure closes what was started and raises
+    PairStartFailed (side A's, where both failed)."""
     from ..workers import open_worker
 
-    started: dict = {}
-    try:
-        for name in ("A", "B"):
-            with P.timed(phases, "start"):
-                try:
-                    started[name] = open_worker(spec, "process", dict(model_options or {}), **sides.kwargs(name))
-                except Exception as exc:
-                    raise PairStartFailed(name, f"process did not start: {_line(exc)}") from None
-            with P.timed(phases, "imports"):
-                try:
-                    started[name].imports()
-                except Exception as exc:
-                    raise PairStartFailed(name, f"process failed in its imports: {_line(exc)}") from None
-    except BaseException:
+    timed: dict = {"A": {}, "B": {}}
+
+    def one(name: str):
+        with P.timed(timed[name], "start"):
+            try:
+                w = open_worker(spec, "process", dict(model_options or {}), **sides.kwargs(name))
+            except Exception as exc:
+                return None, PairStartFailed(name, f"process did not start: {_line(exc)}")
+        with P.timed(timed[name], "imports"):
+            try:
+                w.imports(**({"backends": list(backends)} if backends else {}))
+            except Exception as exc:
+                return w, PairStartFailed(name, f"process failed in its imports: {_line(exc)}")
+        return w, None
+
+    with ThreadPoolExecutor(2, thread_name_prefix="quantperf-pair") as pool:
+        got = dict(zip(("A", "B"), pool.map(one, ("A", "B"))))
+    started = {name: w for name, (w, _) in got.items() if w is not None}
+    failed = [exc for _, exc in got.values() if exc is not None]
+    if failed:
         close_workers(started)
-        raise
+        raise failed[0]
+    P.merge_into(phases, max(timed.values(), key=lambda ph: sum(ph.values())))
     return started
 
 
@@ -67,8 +77,8 @@ class Ahead:
     its workers over; `close()` ends whatever was started and not taken. `hidden` holds the
     background start and imports seconds, which the overlap took off the wall."""
 
-    def __init__(self, spec: RunSpec, sides, model_options: dict | None):
-        self.spec, self.sides, self.model_options = spec, sides, model_options
+    def __init__(self, spec: RunSpec, sides, model_options: dict | None, backends: list[str] | None = None):
+        self.spec, self.sides, self.model_options, self.backends = spec, sides, model_options, backends
         self.hidden: dict = {}
         self._pool: ThreadPoolExecutor | None = None
         self._future: Future | None = None
@@ -78,7 +88,8 @@ class Ahead:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="quantperf-ahead")
-        self._future = self._pool.submit(start_pair, self.spec, self.sides, self.model_options, self.hidden)
+        self._future = self._pool.submit(start_pair, self.spec, self.sides, self.model_options, self.hidden,
+                                         self.backends)
 
     @property
     def pending(self) -> bool:

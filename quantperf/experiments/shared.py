@@ -112,58 +112,132 @@ def check_all(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[Run
     return [done[s.id] for s in specs]
 
 
+def overlap_default(specs: list[RunSpec]) -> bool:
+    """Whether the next pair's processes start (spawn, imports) while the current pair measures:
+    QUANTPERF_AB_OVERLAP=1 or 0 decides; unset, on for kernel mode on CUDA (graph replays leave
+    the host's cores idle while another pair's interpreters import), off elsewhere (a CPU
+    measurement shares its cores with those imports)."""
+    raw = (os.environ.get(upgrade.OVERLAP_ENV) or "").strip()
+    if raw in ("0", "1"):
+        return raw == "1"
+    if raw:
+        raise ConfigError(f"{upgrade.OVERLAP_ENV}={raw!r}: use 1 (start each next process pair while the current "
+                          "one measures), 0 (never), or unset it (kernel mode on CUDA only)")
+    return all(s.mode == "kernel" and s.device == "cuda" for s in specs)
+
+
+class _Preparing:
+    """Every configuration of a group prepared (checkpoint, exports) in the background by one
+    preparing process, while the first pair's processes start; whoever loads first waits for all
+    of it, so nothing is built beside a measurement, and the preparer (its memory, any CUDA
+    context) is gone before the first load."""
+
+    def __init__(self, specs: list[RunSpec], sides: Sides, model_options: dict | None):
+        self.seconds: float | None = None  # the whole preparing's wall seconds, once done
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="quantperf-prepare")
+        self._future = self._pool.submit(self._all, specs, sides, dict(model_options or {}))
+
+    def _all(self, specs, sides, model_options) -> dict:
+        from ..scheduler import close_preparers, prepare_in_process
+
+        t0, out = P.clock(), {}
+        try:
+            for spec in specs:
+                try:
+                    for kw in {repr(sides.kwargs(n)): sides.kwargs(n) for n in SIDE_NAMES}.values():
+                        prepare_in_process(spec, model_options, kw.get("python"), kw.get("env"), keep=True)
+                    out[spec.id] = None
+                except Exception as exc:  # noqa: BLE001 -- this configuration's failure, raised at its turn
+                    out[spec.id] = exc
+        finally:
+            close_preparers()
+            self.seconds = P.clock() - t0
+        return out
+
+    def wait(self, spec: RunSpec, phases: dict) -> None:
+        """Wait for the preparing (the wait is `spec`'s prepare phase); raise `spec`'s failure."""
+        with P.timed(phases, "prepare"):
+            failed = self._future.result().get(spec.id)
+        if failed is not None:
+            raise failed
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
 def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[RunSpec], tuple[float, str]],
                  pairs: int, blocks: int, max_blocks: int | None, alpha: float, environment: dict | None = None,
                  profile: str | None = None, model_options: dict | None = None,
                  progress: Callable[[str], None] | None = None) -> dict[str, tuple[ConfigCheck, dict]]:
     """The configurations' checks, measured on shared fresh process pairs: pair i hosts every
     configuration still measuring (rotated by i); after P pairs a configuration is decided, and an
-    inconclusive one takes part in further pairs up to its planned looks (upgrade.check_config's rule)."""
+    inconclusive one takes part in further pairs up to its planned looks (upgrade.check_config's rule).
+    Every configuration is prepared once, in the background while pair 1 starts; with
+    `overlap_default`, pair i + 1's processes start while pair i measures."""
+    from .ahead import Ahead
+
     say = progress or (lambda line: None)
     looks = planned_looks(pairs, blocks, max_blocks)
     confidence = look_confidence(alpha, looks)
-    checks, keeps, target, prepared = {}, {}, {}, {}
+    checks, keeps, target = {}, {}, {}
     for spec in specs:
         tol, source = tolerance_of(spec)
         checks[spec.id] = ConfigCheck(spec.id, spec.to_dict(), tolerance=tol, tolerance_source=source,
                                       confidence=confidence, looks_planned=looks)
-        keeps[spec.id], target[spec.id], prepared[spec.id] = {}, pairs, set()
+        keeps[spec.id], target[spec.id] = {}, pairs
     walls = {spec.id: 0.0 for spec in specs}
     active = list(specs)
     index = 0
-    say(f"shared process pairs: {len(specs)} {specs[0].mode} configurations per pair of processes")
+    model_options = dict(model_options or {})
+    backends = list(dict.fromkeys(s.backend for s in specs))
+    ahead = Ahead(specs[0], sides, model_options, backends) if overlap_default(specs) else None
+    say(f"shared process pairs: {len(specs)} {specs[0].mode} configurations per pair of processes"
+        + ("; each next pair starts while the current one measures" if ahead else ""))
     for check in checks.values():
         check.shared = len(specs)
-    while active:
-        k = index % len(active)
-        order = active[k:] + active[:k]
-        _shared_pair(order, sides, index, blocks, checks=checks, keeps=keeps, prepared=prepared, walls=walls,
-                     environment=environment, profile=profile, model_options=dict(model_options or {}), say=say)
-        still = []
-        for spec in active:
-            check = checks[spec.id]
-            record = check.pairs[-1]
-            if check.status != Status.OK:
-                continue
-            n = len(check.complete_pair_means)
-            say(f"{spec.id}: pair {n}/{target[spec.id]} ({record.first} first, shared): B/A per-token time "
-                f"{math.exp(record.mean):.4f} over {len(record.blocks)} block(s)")
-            if n < target[spec.id]:
-                still.append(spec)
-            elif take_look(check, check.complete_pair_means, looks):  # inconclusive, looks remain: one more pair
-                target[spec.id] += 1
-                still.append(spec)
-        active = still
-        index += 1
+    preparing = _Preparing(specs, sides, model_options)
+    try:
+        while active:
+            k = index % len(active)
+            order = active[k:] + active[:k]
+            certain = index + 1 < pairs  # every configuration still measuring takes part in pair index + 1
+            _shared_pair(order, sides, index, blocks, checks=checks, keeps=keeps, preparing=preparing, walls=walls,
+                         environment=environment, profile=profile, model_options=model_options, say=say,
+                         backends=backends, ahead=ahead, start_next=(ahead.start if ahead and certain else None))
+            still = []
+            for spec in active:
+                check = checks[spec.id]
+                record = check.pairs[-1]
+                if check.status != Status.OK:
+                    continue
+                n = len(check.complete_pair_means)
+                say(f"{spec.id}: pair {n}/{target[spec.id]} ({record.first} first, shared): B/A per-token time "
+                    f"{math.exp(record.mean):.4f} over {len(record.blocks)} block(s)")
+                if n < target[spec.id]:
+                    still.append(spec)
+                elif take_look(check, check.complete_pair_means, looks):  # inconclusive, looks remain: one more pair
+                    target[spec.id] += 1
+                    still.append(spec)
+            active = still
+            index += 1
+    finally:
+        if ahead is not None:
+            ahead.close()
+            checks[specs[0].id].overlapped = P.rounded(ahead.hidden)
+        preparing.close()
+    if preparing.seconds is not None:
+        say(f"prepared {len(specs)} configurations in {preparing.seconds:.1f} s, beside the first pair's start")
     return {spec.id: (finish_check(checks[spec.id], keeps[spec.id], walls[spec.id]), keeps[spec.id])
             for spec in specs}
 
 
 def _shared_pair(order: list[RunSpec], sides: Sides, index: int, blocks: int, *, checks: dict, keeps: dict,
-                 prepared: dict, walls: dict, environment, profile, model_options: dict, say) -> None:
-    """Pair `index`: fresh processes host the configurations of `order` one after the other; a
-    configuration that fails is marked in its check (and leaves the pair it failed in), the next
-    one gets a fresh pair where the processes cannot go on."""
+                 preparing: _Preparing, walls: dict, environment, profile, model_options: dict, say,
+                 backends: list[str], ahead=None, start_next: Callable[[], None] | None = None) -> None:
+    """Pair `index`: fresh processes (started ahead, where `ahead` holds them) host the
+    configurations of `order` one after the other; `start_next` (once this pair measures) starts
+    the next pair ahead. A configuration that fails is marked in its check (and leaves the pair it
+    failed in), the next one gets a fresh pair where the processes cannot go on."""
     from .ahead import PairStartFailed, close_workers, start_pair
 
     workers: dict = {}
@@ -177,14 +251,18 @@ def _shared_pair(order: list[RunSpec], sides: Sides, index: int, blocks: int, *,
             try:
                 if not workers:
                     try:
-                        workers = start_pair(spec, sides, model_options, check.phases)
+                        if ahead is not None and ahead.pending:
+                            workers = ahead.take(check.phases)
+                        else:
+                            workers = start_pair(spec, sides, model_options, check.phases, backends)
                     except PairStartFailed as exc:
                         raise SideFailed(exc.side, f"pair {index + 1}: {exc.reason}") from None
-                else:
+                if any(w.spec.id != spec.id for w in workers.values()):
                     _switch(workers, spec)
                 fresh_needed = _measure_in(spec, workers, sides, index, blocks, record=record, keep=keeps[spec.id],
-                                           prepared=prepared[spec.id], phases=check.phases, environment=environment,
-                                           profile=profile, model_options=model_options)
+                                           preparing=preparing, phases=check.phases, environment=environment,
+                                           profile=profile, model_options=model_options,
+                                           measuring=start_next or (lambda: None))
                 if fresh_needed:
                     say(f"{spec.id}: {fresh_needed}: the next configuration gets a fresh pair")
                     close_workers(workers)
@@ -228,20 +306,16 @@ def _switch(workers: dict, spec: RunSpec) -> None:
 
 
 def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: int, *, record: PairRecord,
-                keep: dict, prepared: set, phases: dict, environment, profile, model_options: dict) -> str | None:
-    """One configuration in the pair's processes: prepared (once per configuration, one side after
-    the other: one preparing process may serve both), loaded on both sides at once, warmed up the
-    first side first, then `blocks` ABBA blocks (upgrade.measure_blocks); then both unload. Returns
-    why these processes must not host another configuration, or None; raises SideFailed (`intact`:
-    a load that answered with a status, the processes can go on)."""
-    from ..scheduler import open_side, prepare_in_process
+                keep: dict, preparing: _Preparing, phases: dict, environment, profile, model_options: dict,
+                measuring: Callable[[], None]) -> str | None:
+    """One configuration in the pair's processes: its preparing waited for, loaded on both sides at
+    once, warmed up the first side first, then `blocks` ABBA blocks (upgrade.measure_blocks, which
+    calls `measuring` first); then both unload. Returns why these processes must not host another
+    configuration, or None; raises SideFailed (`intact`: a load that answered with a status, the
+    processes can go on)."""
+    from ..scheduler import open_side
 
-    for name in SIDE_NAMES:
-        if name not in prepared:
-            with P.timed(phases, "prepare"):
-                kw = sides.kwargs(name)
-                prepare_in_process(spec, model_options, kw.get("python"), kw.get("env"))
-            prepared.add(name)
+    preparing.wait(spec, phases)
     order = list(SIDE_NAMES) if record.first == "A" else list(reversed(SIDE_NAMES))
     record.pids = {n: (getattr(w, "info", None) or {}).get("pid") for n, w in workers.items()}
 
@@ -262,7 +336,7 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
     for name in order:  # one after the other, the pair's first side first
         side = opened[name]
         if spec.mode == "kernel":  # the statistic is the decode shape's: prefill is neither timed nor captured
-            side.worker.configure(shapes=list(AB_KERNEL_SHAPES))
+            side.worker.configure(shapes=list(AB_KERNEL_SHAPES), lm_head=False)
         with P.timed(phases, "warmup"):
             try:
                 wu = side.worker.warmup()
@@ -271,7 +345,7 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
         if wu["status"] != Status.OK:
             raise SideFailed(name, f"{wu['status']}: {_first_line(wu.get('reason') or '')}")
         side.timings.update({k: v for k, v in wu.items() if k != "status"})
-    measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases)
+    measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases, measuring=measuring)
     reasons = []
     for name, w in workers.items():
         try:

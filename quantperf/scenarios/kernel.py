@@ -310,7 +310,7 @@ class KernelScenario(Scenario):
         out: dict = {"copy_gbps": self._copy_gbps, "walk": self.walk_description(), "types": {}}
         with torch.inference_mode():
             for shape in self.settings.get("shapes") or SHAPES:  # the A/B's shared pairs time decode alone
-                for t in (*LINEAR_TYPES, "lm_head"):
+                for t in (*LINEAR_TYPES, *(("lm_head",) if self.settings.get("lm_head", True) else ())):
                     walk = self._walk(t, shape)
                     samples, clocks = [], []
                     for _ in range(self.SAMPLES):
@@ -432,10 +432,9 @@ def decompositions(results) -> list[dict]:
                   and r.spec.backend == k.spec.backend and r.spec.device == k.spec.device
                   and "decode_tokens_per_s" in r.metrics), None)
         layers = (k.arch or {}).get("num_layers")
-        if g is None or not layers:
+        head = (((k.figures or {}).get("kernel") or {}).get("types") or {}).get("decode:lm_head", {}).get("us_per_call")
+        if g is None or not layers or head is None:  # no lm_head timed (an A/B's shared pairs): no sum to give
             continue
-        head = (((k.figures or {}).get("kernel") or {}).get("types") or {}).get("decode:lm_head",
-                                                                                {}).get("us_per_call", 0.0)
         step_ms = k.spec.workload.batch_size * 1e3 / g.metrics["decode_tokens_per_s"].value
         linears_ms = (k.metrics["kernel_decode_us_per_layer"].value * layers + head) / 1e3
         out.append({"config": k.spec.id, "graph_config": g.spec.id, **decode_decomposition(step_ms, linears_ms)})

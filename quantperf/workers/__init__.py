@@ -9,6 +9,7 @@ Every method returns JSON-able data, so it can be proxied.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -26,7 +27,7 @@ from ..fidelity import HUB_KERNELS_ENV
 from ..spec import RunSpec
 from ..status import Status
 
-PROTOCOL = 6  # bump when a request or reply changes shape
+PROTOCOL = 7  # bump when a request or reply changes shape
 WORKER_TIMEOUT_ENV = "QUANTPERF_WORKER_TIMEOUT_S"
 # A hung worker (a wedged GPU, a deadlocked library) must not hang the suite: one request
 # (a load, a set of rounds, a quality pass) gets this long.
@@ -134,22 +135,27 @@ class LocalWorker:
         out["cuda_context"] = bool(torch is not None and torch.cuda.is_initialized())
         return out
 
-    def imports(self) -> dict:
+    def imports(self, backends: list[str] | None = None) -> dict:
         """Import what a load of this configuration imports (torch, transformers, the backend's
         library), timed, and nothing more: no model is read and no CUDA context is opened, so a
         process started ahead of its turn (the upgrade check's overlap) can do this while another
-        pair measures. Done once; a missing library is left to load(), which reports it."""
+        pair measures. `backends`: the libraries of these backends too (a shared process pair
+        hosts several configurations in turn: every library is imported once, at its start).
+        Done once; a missing library is left to load(), which reports it."""
         import importlib
 
         if self._imports_s is None:
             from ..backends import entry
 
             t0 = time.perf_counter()
-            e = entry(self.spec.backend)
-            # the test double loads no model: only its optional stand-in library
-            names = [] if e.test_double else ["torch", "transformers", *HEAVY_LIBRARIES.get(e.module, ())]
-            names += [lib for lib in [dict(e.options, **dict(self.spec.backend_options)).get("library")] if lib]
-            for name in names:
+            names: list[str] = []
+            for backend, options in [(self.spec.backend, dict(self.spec.backend_options))] + [
+                    (b, {}) for b in backends or () if b != self.spec.backend]:
+                e = entry(backend)
+                # the test double loads no model: only its optional stand-in library
+                names += [] if e.test_double else ["torch", "transformers", *HEAVY_LIBRARIES.get(e.module, ())]
+                names += [lib for lib in [dict(e.options, **options).get("library")] if lib]
+            for name in dict.fromkeys(names):
                 try:
                     importlib.import_module(name)
                 except Exception:  # noqa: BLE001 -- load() reports a library that is missing or broken
@@ -235,13 +241,17 @@ class LocalWorker:
             os.sched_setaffinity(0, {max(self._all_cpus)} if on else self._all_cpus)
 
     def configure(self, inject_ms: float | None = None, gc_off: bool | None = None, pin_cpu: bool | None = None,
-                  tokens_factor: int | None = None, shapes: list[str] | None = None) -> dict:
+                  tokens_factor: int | None = None, shapes: list[str] | None = None,
+                  lm_head: bool | None = None) -> dict:
         """Change measurement settings between rounds of one loaded model: the sensitivity
         experiment's injected per-token delay and its noise-reduction ablations; kernel mode's
-        `shapes` (the A/B's shared pairs time the decode shape alone, the one its statistic uses)."""
+        `shapes` and `lm_head` (the A/B's shared pairs time the decode shape's decoder-layer
+        projections alone, what its statistic uses; the lm_head is timed for the figures only)."""
         self.settings["inject_ms"] = inject_ms
         if shapes is not None:
             self.settings["shapes"] = tuple(shapes)
+        if lm_head is not None:
+            self.settings["lm_head"] = lm_head
         if gc_off is not None:
             self.settings["gc_off"] = gc_off
         if tokens_factor is not None:
@@ -256,6 +266,11 @@ class LocalWorker:
     def warmup(self, rounds: int | None = None) -> dict:
         n = self.spec.workload.warmup_rounds if rounds is None else rounds
         t0 = time.perf_counter()
+        # what is loaded stays until close(): out of the collector's sight, so the collection
+        # before each round (outside its timed region) takes microseconds, not 0.1-0.2 s of a
+        # process with torch and transformers imported
+        gc.collect()
+        gc.freeze()
         M.reset_peak(self.spec.device)
         out = {"status": Status.OK} | self.scenario.warmup(n)
         return out | {"warmup_s": round(time.perf_counter() - t0, 2)}
@@ -291,6 +306,7 @@ class LocalWorker:
         return QualityScenario(self.spec, self.loaded, params).round()
 
     def close(self) -> None:
+        gc.unfreeze()  # what warmup() froze can be collected again once the model is given back
         if self.loaded is not None:
             self.loaded.close()
             self.loaded = None
