@@ -316,6 +316,12 @@ def gpu_state(index: int = 0) -> GpuState | None:
     )
 
 
+def sm_clock_mhz(index: int = 0) -> int | None:
+    """The SM clock alone: one NVML call (gpu_state makes seven), for a reading per timed sample."""
+    nvml = Nvml.get()
+    return None if nvml is None else nvml.call("nvmlDeviceGetClockInfo", nvml.handle(index), nvml.nv.NVML_CLOCK_SM)
+
+
 def throttle_verdict(before: GpuState | None, after: GpuState | None) -> tuple[bool, list[str]]:
     """(throttled, reasons): invalidating clock-event reasons at either end, or thermal
     violation time that grew during the measurement."""

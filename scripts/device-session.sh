@@ -38,7 +38,8 @@
 #        store /tmp/hist, copied into OUTDIR/hist); aa-kernel (kernel-mode A/A over QP_AA_BACKENDS, the walk of
 #        QUANTPERF_KERNEL_WALK); ab-kernel (kernel-mode A/A over every capturable backend, QP_AB_BACKENDS,
 #        process pairs shared or not per QUANTPERF_AB_SHARE); ab-old / ab-4 (the same A/A over QP_AB4_BACKENDS, default
-#        four, on an earlier checkout's quantperf in QP_AB_SRC / on this one: before and after in one lease); tfcheck (`quantperf upgrade-check transformers==5.25.0` against the image's
+#        four, on an earlier checkout's quantperf in QP_AB_SRC / on this one: before and after in one lease); profile (scripts/profile_load.py over
+#        QP_PROFILE_BACKENDS: cProfile of a kernel-mode load, warm-up and round); tfcheck (`quantperf upgrade-check transformers==5.25.0` against the image's
 #        transformers, side B from tfwheels; QP_TF_SPEC, QP_TF_BACKENDS, QP_TF_MODES); warm (the one-time builds alone: checkpoints, ONNX exports),
 #        matrix (`pytest benchmarks -m gpu -n QP_N`: the whole matrix on QP_N GPUs, default 1, its wall
 #        time in STATUS; after `warm` it is the warm-cache figure); QP_1B_BACKENDS / QP_8B_BACKENDS the backends of kernel-1b / kernel-8b;
@@ -273,6 +274,12 @@ for s in "$@"; do
             upgrade-check --aa --device cuda --model synthetic:llama-1b --mode kernel \
             --backend ${QP_AB4_BACKENDS:-torch-fp16 bnb-nf4 bnb-int8-nodecomp torchao-int8wo} \
             --markdown '$d/report.md' --json '$d/report.json' > '$d/run.log' 2>&1"
+        ;;
+    profile)  # where a kernel-mode load, warm-up and round spend their time (scripts/profile_load.py, cProfile)
+        mkdir -p "$Q/profile"
+        # shellcheck disable=SC2086
+        step profile timeout -k 10 300 python3 scripts/profile_load.py --device cuda --mode kernel --model synthetic:llama-1b \
+            --backend ${QP_PROFILE_BACKENDS:-torch-fp16 bnb-nf4 torchao-int8wo} > "$Q/profile/profile.log" 2>&1
         ;;
     tfcheck)  # the transformers upgrade check: A = the image's transformers, B = the newest carried in .whltf
         # (copied to /tmp/whtf by the tfwheels phase); nothing set by hand: quantperf decides Hub kernels itself

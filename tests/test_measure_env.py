@@ -108,6 +108,33 @@ def test_nvml_absence_is_handled(monkeypatch):
     assert M.gpu_state() is None and M.nvml_process_mib() == (None, [])
 
 
+def test_a_sample_reads_the_sm_clock_in_one_nvml_call(monkeypatch):
+    """Kernel mode reads the SM clock at every timed sample: one NVML query, not gpu_state's seven."""
+    import types
+
+    asked = []
+
+    class FakeNvml:
+        NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+
+        def nvmlDeviceGetHandleByIndex(self, i):
+            return f"gpu{i}"
+
+        def __getattr__(self, fn):
+            def call(*args):
+                asked.append(fn)
+                if fn == "nvmlDeviceGetViolationStatus":
+                    return types.SimpleNamespace(violationTime=0)
+                return {"nvmlDeviceGetClockInfo": 1980}.get(fn, 0)
+            return call
+
+    monkeypatch.setattr(envinfo.Nvml, "_instance", envinfo.Nvml(FakeNvml()))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert M.sm_clock_mhz() == 1980 and asked == ["nvmlDeviceGetClockInfo"]
+    asked.clear()
+    assert M.gpu_state().sm_clock_mhz == 1980 and len(asked) > 1
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"new_tokens": 1}, "new_tokens must be >= 2"),
     ({"rounds": 0}, "rounds must be an integer >= 1"),

@@ -15,9 +15,14 @@ clock) is on both sides of the ratio; the order is rotated from pair to pair, so
 is always first (cold) or last. Each configuration is unloaded (its memory given back) before the
 next loads. Both sides load a configuration at the same time (nothing is measured then), warm up
 one after the other (the pair's first side first) and then run the ABBA blocks. Kernel mode's
-rounds time the decode shape alone there (the shape of the A/B's statistic; the prefill walks,
-half of a round, are neither captured nor timed); the results built for the takeaways carry the
-decode figures only.
+rounds time the decode shape's seven projection types alone there (the A/B's statistic; the
+prefill walks, half of a round, and the lm_head, a figure never gated, are neither captured nor
+timed); the results built for the takeaways carry the decode figures only.
+
+Done once rather than per configuration: each process of a pair imports every configuration's
+libraries at its start (the two processes start side by side); every configuration is prepared in
+the background while pair 1 starts (_Preparing), and nothing loads before that is done; on CUDA in
+kernel mode pair i + 1's processes start while pair i measures (overlap_default).
 
 A process hosts no further configuration after a CUDA graph capture failed in it (bitsandbytes
 LLM.int8 with its outlier threshold: CUDA's RNG state is left broken and later captures in that

@@ -155,7 +155,7 @@ def shared_line(rep: UpgradeReport) -> str:
     if not shared:
         return ""
     return (f"shared process pairs: {len(shared)} configuration(s) measured {max(c.shared for c in shared)} to a pair "
-            "of fresh processes (each pair hosts them in turn; kernel mode times the decode shape there); "
+            "of fresh processes (each pair hosts them in turn; kernel mode times the decode projections there); "
             "QUANTPERF_AB_SHARE=off gives each configuration pairs of its own")
 
 

@@ -107,8 +107,18 @@ def _in_features(module) -> int:
     return int(getattr(module, "in_features", None) or module.weight.shape[-1])
 
 
+_COPY_GBPS: dict[str, float] = {}  # per device, once per process (a shared pair's next configuration reuses it)
+
+
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
-    """Measured device-to-device copy bandwidth (bytes read + written per second / 1e9)."""
+    """Measured device-to-device copy bandwidth (bytes read + written per second / 1e9), once per
+    process and device: a property of the device, not of the configuration loaded."""
+    if device not in _COPY_GBPS:
+        _COPY_GBPS[device] = _copy_bandwidth_gbps(device, nbytes)
+    return _COPY_GBPS[device]
+
+
+def _copy_bandwidth_gbps(device: str, nbytes: int) -> float:
     import torch
 
     n = nbytes // 2
@@ -316,8 +326,7 @@ class KernelScenario(Scenario):
                     for _ in range(self.SAMPLES):
                         samples.append(walk.sample_us())
                         if self.spec.device == "cuda":
-                            state = M.gpu_state()
-                            clocks.append(state.sm_clock_mhz if state else None)
+                            clocks.append(M.sm_clock_mhz())
                     m, x = walk.modules[0], walk.inputs[0]
                     out["types"][f"{shape}:{t}"] = {
                         "us_per_call": statistics.median(samples), "samples_us": samples, "method": walk.method,
