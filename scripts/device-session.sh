@@ -158,7 +158,12 @@ QP_K="${QP_K:-125m}"  # which GPU-tier tests rec/aa/inject run (pytest -k)
 TORCH_BACKENDS="torch-fp32 torch-fp16 torch-bf16 bnb-int8 bnb-int8-nodecomp bnb-nf4 bnb-fp4 torchao-int8wo torchao-int4wo"
 # every backend whose kernels CUDA graphs capture (bnb-int8 with its outlier threshold syncs with the host)
 AB_BACKENDS="torch-fp16 torch-bf16 torch-fp32 bnb-nf4 bnb-fp4 bnb-int8-nodecomp torchao-int8wo torchao-fp8wo torchao-fp8dq torchao-int4wo"
-wait_ort() { for _ in $(seq 1 120); do [ -f /tmp/site/.ort-ready ] && return 0; sleep 5; done; return 1; }
+# waits (up to 10 min) for ortsetup only where ORT parts were carried in (ortpart): without them a step
+# that waits would hold the pipeline for 10 minutes of device time for nothing
+wait_ort() {
+    [ -d /tmp/ortparts ] || [ -f /tmp/site/.ort-ready ] || return 1
+    for _ in $(seq 1 120); do [ -f /tmp/site/.ort-ready ] && return 0; sleep 5; done; return 1
+}
 gpu_job() {  # results dir, time limit, pytest args...
     local dir="$1" limit="$2"; shift 2
     mkdir -p "$dir"

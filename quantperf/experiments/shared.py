@@ -21,8 +21,8 @@ timed); the results built for the takeaways carry the decode figures only.
 
 Done once rather than per configuration: each process of a pair imports every configuration's
 libraries at its start (the two processes start side by side); every configuration is prepared in
-the background while pair 1 starts (_Preparing), and nothing loads before that is done; on CUDA in
-kernel mode pair i + 1's processes start while pair i measures (overlap_default).
+the background while pair 1 starts (_Preparing), and nothing loads before that is done; with
+QUANTPERF_AB_OVERLAP=1 pair i + 1's processes start while pair i measures (overlap_default).
 
 A process hosts no further configuration after a CUDA graph capture failed in it (bitsandbytes
 LLM.int8 with its outlier threshold: CUDA's RNG state is left broken and later captures in that
@@ -117,18 +117,19 @@ def check_all(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[Run
     return [done[s.id] for s in specs]
 
 
-def overlap_default(specs: list[RunSpec]) -> bool:
+def overlap_default() -> bool:
     """Whether the next pair's processes start (spawn, imports) while the current pair measures:
-    QUANTPERF_AB_OVERLAP=1 or 0 decides; unset, on for kernel mode on CUDA (graph replays leave
-    the host's cores idle while another pair's interpreters import), off elsewhere (a CPU
-    measurement shares its cores with those imports)."""
+    QUANTPERF_AB_OVERLAP=1 or 0 decides; unset, off. Kernel mode on CUDA is where it should pay
+    (graph replays leave the host's cores idle while another pair's interpreters import), but it
+    has not yet been measured on a GPU, and on a CPU the next pair's imports share the measured
+    cores."""
     raw = (os.environ.get(upgrade.OVERLAP_ENV) or "").strip()
     if raw in ("0", "1"):
         return raw == "1"
     if raw:
         raise ConfigError(f"{upgrade.OVERLAP_ENV}={raw!r}: use 1 (start each next process pair while the current "
-                          "one measures), 0 (never), or unset it (kernel mode on CUDA only)")
-    return all(s.mode == "kernel" and s.device == "cuda" for s in specs)
+                          "one measures), 0 or unset (never)")
+    return False
 
 
 class _Preparing:
@@ -178,7 +179,7 @@ def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[
     configuration still measuring (rotated by i); after P pairs a configuration is decided, and an
     inconclusive one takes part in further pairs up to its planned looks (upgrade.check_config's rule).
     Every configuration is prepared once, in the background while pair 1 starts; with
-    `overlap_default`, pair i + 1's processes start while pair i measures."""
+    QUANTPERF_AB_OVERLAP=1 (overlap_default), pair i + 1's processes start while pair i measures."""
     from .ahead import Ahead
 
     say = progress or (lambda line: None)
@@ -195,7 +196,7 @@ def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[
     index = 0
     model_options = dict(model_options or {})
     backends = list(dict.fromkeys(s.backend for s in specs))
-    ahead = Ahead(specs[0], sides, model_options, backends) if overlap_default(specs) else None
+    ahead = Ahead(specs[0], sides, model_options, backends) if overlap_default() else None
     say(f"shared process pairs: {len(specs)} {specs[0].mode} configurations per pair of processes"
         + ("; each next pair starts while the current one measures" if ahead else ""))
     for check in checks.values():

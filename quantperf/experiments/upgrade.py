@@ -308,7 +308,9 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
     target, i = pairs, 0
     prepared: set = set()
     if overlap is None:
-        overlap = os.environ.get(OVERLAP_ENV) == "1"
+        from .shared import overlap_default  # the one reading of QUANTPERF_AB_OVERLAP
+
+        overlap = overlap_default()
     ahead = Ahead(spec, sides, model_options) if overlap else None
     wall0 = P.clock()
     try:
