@@ -67,7 +67,7 @@ METHODS = {
 
 
 # the library each backend family's load imports besides torch and transformers (module -> names)
-HEAVY_LIBRARIES = {"bnb": ("bitsandbytes",), "torchao": ("torchao",)}
+HEAVY_LIBRARIES = {"bnb": ("bitsandbytes",), "torchao": ("torchao",), "ort": ("onnxruntime",)}
 
 
 def is_oom(exc: BaseException) -> bool:
