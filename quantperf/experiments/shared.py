@@ -352,12 +352,15 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
             raise SideFailed(name, f"{wu['status']}: {_first_line(wu.get('reason') or '')}")
         side.timings.update({k: v for k, v in wu.items() if k != "status"})
     measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases, measuring=measuring)
-    reasons = []
-    for name, w in workers.items():
+    def unload(item) -> str | None:
+        name, w = item
         try:
-            reasons.append((w.unload() or {}).get("fresh_needed"))
+            return (w.unload() or {}).get("fresh_needed")
         except Exception as exc:  # noqa: BLE001 -- a worker that cannot unload hosts no further configuration
-            reasons.append(f"side {name} could not unload ({_failure(exc)})")
+            return f"side {name} could not unload ({_failure(exc)})"
+
+    with ThreadPoolExecutor(len(workers)) as pool:  # both at once: nothing measures while they give memory back
+        reasons = list(pool.map(unload, workers.items()))
     return next((r for r in reasons if r), None)
 
 
