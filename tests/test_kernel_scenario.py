@@ -205,6 +205,9 @@ def test_a_loaded_configuration_is_out_of_the_collectors_sight_until_it_is_close
         assert w.load()["status"] == "ok"
         assert w.warmup()["status"] == "ok"
         assert gc.get_freeze_count() > 0
+        # what the warm-up made (the kernel walks) is frozen too: the collector no longer tracks it
+        tracked = {id(o) for o in gc.get_objects()}
+        assert id(w.scenario._walks) not in tracked and id(w.loaded.model) not in tracked
     finally:
         w.close()
     assert gc.get_freeze_count() == 0

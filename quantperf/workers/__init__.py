@@ -273,6 +273,8 @@ class LocalWorker:
         gc.freeze()
         M.reset_peak(self.spec.device)
         out = {"status": Status.OK} | self.scenario.warmup(n)
+        gc.collect()  # and what the warm-up made (graph mode's compiled code, kernel mode's graphs and walks)
+        gc.freeze()
         return out | {"warmup_s": round(time.perf_counter() - t0, 2)}
 
     def rounds(self, n: int) -> list[dict]:
