@@ -162,7 +162,7 @@ def test_only_an_undecided_configuration_takes_the_further_pairs(monkeypatch):
 
 
 def test_overlap_setting(monkeypatch):
-    from quantperf.experiments.shared import overlap_default
+    from quantperf.experiments.ahead import overlap_default
 
     monkeypatch.delenv("QUANTPERF_AB_OVERLAP", raising=False)
     assert overlap_default() is False  # not yet measured on a GPU: asked for, never assumed

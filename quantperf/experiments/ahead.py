@@ -6,11 +6,29 @@ replicate still gets its own fresh pair; a pair started ahead that is never used
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .. import phases as P
-from ..errors import QuantperfError
+from ..errors import ConfigError, QuantperfError
 from ..spec import RunSpec
+
+OVERLAP_ENV = "QUANTPERF_AB_OVERLAP"  # 1: start the next pair's processes while the current pair measures
+
+
+def overlap_default() -> bool:
+    """Whether the next pair's processes start (spawn, imports) while the current pair measures:
+    QUANTPERF_AB_OVERLAP=1 or 0 decides; unset, off. Kernel mode on CUDA is where it should pay
+    (graph replays leave the host's cores idle while another pair's interpreters import), but it
+    has not yet been measured on a GPU, and on a CPU the next pair's imports share the measured
+    cores."""
+    raw = (os.environ.get(OVERLAP_ENV) or "").strip()
+    if raw in ("0", "1"):
+        return raw == "1"
+    if raw:
+        raise ConfigError(f"{OVERLAP_ENV}={raw!r}: use 1 (start each next process pair while the current "
+                          "one measures), 0 or unset (never)")
+    return False
 
 
 class PairStartFailed(QuantperfError):

@@ -22,7 +22,7 @@ timed); the results built for the takeaways carry the decode figures only.
 Done once rather than per configuration: each process of a pair imports every configuration's
 libraries at its start (the two processes start side by side); every configuration is prepared in
 the background while pair 1 starts (_Preparing), and nothing loads before that is done; with
-QUANTPERF_AB_OVERLAP=1 pair i + 1's processes start while pair i measures (overlap_default).
+QUANTPERF_AB_OVERLAP=1 pair i + 1's processes start while pair i measures (ahead.overlap_default).
 
 A process hosts no further configuration after a CUDA graph capture failed in it (bitsandbytes
 LLM.int8 with its outlier threshold: CUDA's RNG state is left broken and later captures in that
@@ -117,21 +117,6 @@ def check_all(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[Run
     return [done[s.id] for s in specs]
 
 
-def overlap_default() -> bool:
-    """Whether the next pair's processes start (spawn, imports) while the current pair measures:
-    QUANTPERF_AB_OVERLAP=1 or 0 decides; unset, off. Kernel mode on CUDA is where it should pay
-    (graph replays leave the host's cores idle while another pair's interpreters import), but it
-    has not yet been measured on a GPU, and on a CPU the next pair's imports share the measured
-    cores."""
-    raw = (os.environ.get(upgrade.OVERLAP_ENV) or "").strip()
-    if raw in ("0", "1"):
-        return raw == "1"
-    if raw:
-        raise ConfigError(f"{upgrade.OVERLAP_ENV}={raw!r}: use 1 (start each next process pair while the current "
-                          "one measures), 0 or unset (never)")
-    return False
-
-
 class _Preparing:
     """Every configuration of a group prepared (checkpoint, exports) in the background by one
     preparing process, while the first pair's processes start; whoever loads first waits for all
@@ -179,8 +164,8 @@ def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[
     configuration still measuring (rotated by i); after P pairs a configuration is decided, and an
     inconclusive one takes part in further pairs up to its planned looks (upgrade.check_config's rule).
     Every configuration is prepared once, in the background while pair 1 starts; with
-    QUANTPERF_AB_OVERLAP=1 (overlap_default), pair i + 1's processes start while pair i measures."""
-    from .ahead import Ahead
+    QUANTPERF_AB_OVERLAP=1 (ahead.overlap_default), pair i + 1's processes start while pair i measures."""
+    from .ahead import Ahead, overlap_default
 
     say = progress or (lambda line: None)
     looks = planned_looks(pairs, blocks, max_blocks)
@@ -301,14 +286,19 @@ def _unload_quietly(workers: dict) -> None:
         close_workers(workers)
 
 
+def _both(workers: dict, fn: Callable) -> list:
+    """fn(name, worker) for the pair's processes at once (nothing measures while they do), in order."""
+    with ThreadPoolExecutor(len(workers)) as pool:
+        return list(pool.map(lambda item: fn(*item), workers.items()))
+
+
 def _switch(workers: dict, spec: RunSpec) -> None:
-    """Both processes unload their configuration and take `spec` (in parallel: nothing measures)."""
-    def one(w):
+    """Both processes unload their configuration and take `spec`."""
+    def one(_name, w):
         w.switch(spec=spec.to_dict())
         w.spec = spec
 
-    with ThreadPoolExecutor(len(workers)) as pool:
-        list(pool.map(one, workers.values()))
+    _both(workers, one)
 
 
 def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: int, *, record: PairRecord,
@@ -352,16 +342,13 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
             raise SideFailed(name, f"{wu['status']}: {_first_line(wu.get('reason') or '')}")
         side.timings.update({k: v for k, v in wu.items() if k != "status"})
     measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases, measuring=measuring)
-    def unload(item) -> str | None:
-        name, w = item
+    def unload(name, w) -> str | None:
         try:
             return (w.unload() or {}).get("fresh_needed")
         except Exception as exc:  # noqa: BLE001 -- a worker that cannot unload hosts no further configuration
             return f"side {name} could not unload ({_failure(exc)})"
 
-    with ThreadPoolExecutor(len(workers)) as pool:  # both at once: nothing measures while they give memory back
-        reasons = list(pool.map(unload, workers.items()))
-    return next((r for r in reasons if r), None)
+    return next((r for r in _both(workers, unload) if r), None)
 
 
 def _alive(worker) -> bool:

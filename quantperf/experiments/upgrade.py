@@ -72,7 +72,6 @@ DEFAULT_BLOCKS = 2
 DEFAULT_ALPHA = 0.05
 REPORT_SCHEMA = 1
 ROUNDS_PER_BLOCK = 2  # per side: ABBA
-OVERLAP_ENV = "QUANTPERF_AB_OVERLAP"  # 1: start the next pair's processes while the current pair measures
 
 
 # -- the statistic ------------------------------------------------------------------------------
@@ -302,14 +301,12 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
     check = ConfigCheck(spec.id, spec.to_dict(), tolerance=tolerance, tolerance_source=tolerance_source,
                         confidence=confidence, looks_planned=looks)
     from .. import phases as P
-    from .ahead import Ahead
+    from .ahead import Ahead, overlap_default
 
     keep: dict = {}
     target, i = pairs, 0
     prepared: set = set()
     if overlap is None:
-        from .shared import overlap_default  # the one reading of QUANTPERF_AB_OVERLAP
-
         overlap = overlap_default()
     ahead = Ahead(spec, sides, model_options) if overlap else None
     wall0 = P.clock()
