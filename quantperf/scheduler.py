@@ -110,6 +110,49 @@ def close_preparers() -> None:
 atexit.register(close_preparers)
 
 
+class Starting:
+    """A fresh measuring process being started in a thread (spawn and its imports, no model read)
+    while the caller does something else that measures nothing: prepares the configuration, or
+    opens the other sides of an interleaved group. `take(phases)` waits for it (the wait is the
+    critical path's `start`) and returns the worker; the thread's own seconds, hidden behind the
+    caller's work, are in `hidden`. `close()` ends a worker that was never taken."""
+
+    def __init__(self, spec: RunSpec, model_options: dict | None = None, python: str | None = None,
+                 env: dict | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.spec, self.hidden = spec, {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="quantperf-start")
+        self._future = self._pool.submit(self._start, dict(model_options or {}), python, env)
+        self._pool.shutdown(wait=False)
+
+    def _start(self, model_options: dict, python: str | None, env: dict | None):
+        with P.timed(self.hidden, "start"):
+            worker = open_worker(self.spec, "process", model_options, python, env)
+        try:
+            with P.timed(self.hidden, "imports"):
+                worker.imports()
+        except BaseException:
+            worker.close()
+            raise
+        return worker
+
+    def take(self, phases: dict):
+        future, self._future = self._future, None
+        if future is None:
+            raise RuntimeError(f"{self.spec.id}: its process was taken or closed already")
+        with P.timed(phases, "start"):
+            return future.result()
+
+    def close(self) -> None:
+        future, self._future = self._future, None
+        if future is not None:
+            try:
+                future.result().close()
+            except Exception:  # noqa: BLE001 -- it failed to start: nothing is left open
+                pass
+
+
 def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict | None = None,
               python: str | None = None, env: dict | None = None, environment: dict | None = None,
               profile: str | None = None, warm: bool = True, worker: Any = None, prepare: bool = True,
@@ -120,14 +163,16 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
     the preparing is done by a long-lived process (`prepare_in_process`).
 
     `worker`: a fresh process worker started ahead (`open_worker`, its imports perhaps done) to
-    load this side in; `prepare=False`: the configuration was prepared already (by this caller,
-    for an earlier side of it); `keep_worker`: a configuration that loads with a status other than ok
+    load this side in, or a `Starting` one, taken once the configuration is prepared;
+    `prepare=False`: the configuration was prepared already (by this caller, for an earlier side
+    of it); `keep_worker`: a configuration that loads with a status other than ok
     (unavailable, mode unsupported) leaves its worker open, for the next configuration of a shared
     process pair (quantperf.experiments.shared). Each phase's wall seconds go to `side.phases`."""
     from .envinfo import environment as parent_environment
 
     parent = environment or parent_environment()
     side = Side(spec, None)
+    starting = worker if isinstance(worker, Starting) else None
     name = f"{spec.model_label} {spec.backend} {spec.mode}"
     try:
         with progress.step(f"{name}: prepare (one-time builds: checkpoint, export, quantization)"), \
@@ -141,6 +186,9 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
                 side.worker = open_worker(spec, isolation, dict(model_options or {}), python, env)
                 prepared = side.worker.prepare() if prepare else {"built": False}
         if isolation == "process":
+            if starting is not None:
+                worker = starting.take(side.phases)
+                side.timings["overlapped"] = {k: round(v, 3) for k, v in starting.hidden.items()}
             side.worker = worker
             if side.worker is None:
                 with P.timed(side.phases, "start"):
@@ -170,6 +218,8 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
                 side.close()
     except Exception as exc:
         side.close()
+        if starting is not None:  # not taken: prepare failed before it was needed
+            starting.close()
         reason = (f"{spec.backend}: out of memory running {spec.model} on {spec.device}" if is_oom(exc)
                   else f"{type(exc).__name__}: {exc}")
         side.failed = not_measured(spec, Status.ERROR, reason, side.info.get("identity"), side.environment or parent,
@@ -254,11 +304,24 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
         results[side.spec.id] = build_result(side, rounds, memory, profile, runtime)
         side.close()
 
+    # with process isolation each configuration's fresh process is spawned and does its imports
+    # while the configuration is prepared (and, interleaved, while the group's other sides open):
+    # nothing is measured until every side is open, so the overlap costs no accuracy
+    starting: dict[str, Starting] = {}
+
+    def start(spec: RunSpec):
+        if isolation != "process":
+            return None
+        starting[spec.id] = Starting(spec, model_options, python, env)
+        return starting[spec.id]
+
     try:
         if interleave:
             for spec in specs:
+                start(spec)
+            for spec in specs:
                 side = open_side(spec, isolation=isolation, model_options=model_options, python=python, env=env,
-                                 environment=environment, profile=profile)
+                                 environment=environment, profile=profile, worker=starting.get(spec.id))
                 if side.ok:
                     sides[spec.id] = side
                 else:
@@ -286,7 +349,7 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
         else:
             for spec in specs:
                 side = open_side(spec, isolation=isolation, model_options=model_options, python=python, env=env,
-                                 environment=environment, profile=profile)
+                                 environment=environment, profile=profile, worker=start(spec))
                 if not side.ok:
                     results[spec.id] = side.failed
                     continue
@@ -306,6 +369,8 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
     finally:
         for side in sides.values():
             side.close()
+        for one in starting.values():  # started, never taken (an earlier side failed the group)
+            one.close()
     return [results[s.id] for s in specs]
 
 
@@ -344,15 +409,27 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
         return RunResult(spec=side.spec, status=Status.OK, profile=prof, backend_identity=side.info["identity"],
                          metrics=QualityScenario.metrics(side.spec, [stats]), quality=stats, generations=gens,
                          arch=side.info["arch"], environment=side.environment, timestamp=now(),
-                         runtime=runtime, timings={"phases": phases})
+                         runtime=runtime, timings={"phases": phases, **{k: v for k, v in side.timings.items()
+                                                                       if k == "overlapped"}})
 
     for (model, device), group in by_ref.items():
         prof = profile or profile_id(device)
         ref_spec = replace(group[0], backend=REFERENCE_BACKEND[device], mode="eager", backend_options=())
         fd, ref_file = tempfile.mkstemp(prefix="quantperf-ref-", suffix=".npy")
         os.close(fd)
+        # no figure of a quality pass is a time: the next configuration's fresh process is spawned
+        # and does its imports while the one before computes its logits
+        todo = [s for s in group if s.backend != ref_spec.backend]
+        starting: dict[str, Starting] = {}
+
+        def start_next(after: int) -> None:
+            if isolation == "process" and after < len(todo) and todo[after].id not in starting:
+                starting[todo[after].id] = Starting(todo[after])
+
         try:
-            ref = open_side(ref_spec, isolation=isolation, environment=environment, profile=prof, warm=False)
+            ref = open_side(ref_spec, isolation=isolation, environment=environment, profile=prof, warm=False,
+                            worker=Starting(ref_spec) if isolation == "process" else None)
+            start_next(0)
             if not ref.ok:
                 raise QuantperfError(f"reference backend {ref_spec.backend} failed: {ref.failed.reason}")
             try:
@@ -373,7 +450,9 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
                              "context": ref_stats["context"], "generations": ref_stats.get("generations", [])}
                     out.append(result(replace(ref, spec=spec, phases={}), stats))
                     continue
-                side = open_side(spec, isolation=isolation, environment=environment, profile=prof, warm=False)
+                side = open_side(spec, isolation=isolation, environment=environment, profile=prof, warm=False,
+                                 worker=starting.get(spec.id))
+                start_next(todo.index(spec) + 1)
                 if not side.ok:
                     out.append(side.failed)
                     continue
@@ -389,6 +468,8 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
                 finally:
                     side.close()
         finally:
+            for one in starting.values():  # started, never taken (the reference failed)
+                one.close()
             with contextlib.suppress(OSError):  # the reference logits' temp file
                 os.unlink(ref_file)
     order = {s.id: i for i, s in enumerate(specs)}

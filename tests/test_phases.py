@@ -4,6 +4,7 @@ the session summary and the upgrade report add them up, and the upgrade check's 
 reports a process started ahead that dies instead of hanging on it. Behaviour, never speed."""
 
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -38,8 +39,10 @@ def test_a_measured_configuration_records_every_phase_within_its_wall(monkeypatc
     assert list(phases) == list(P.PHASES)
     assert all(v >= 0 for v in phases.values())
     assert sum(phases.values()) <= wall
-    for happened in ("start", "load", "warmup", "measure"):
+    for happened in ("load", "warmup", "measure"):
         assert phases[happened] > 0, happened
+    # the process was spawned beside the preparing: the wait for it is `start`, its own seconds overlapped
+    assert r.timings["overlapped"]["start"] > 0 and phases["start"] >= 0
     assert phases["quality"] == 0
 
 
@@ -147,3 +150,100 @@ def test_a_process_that_cannot_start_is_one_error_naming_its_side(tmp_path):
     check, _ = check_config(_spec(), Sides(python_b=str(tmp_path / "no-python")), pairs=3, blocks=1,
                             tolerance=0.5, overlap=True)
     assert check.status == Status.ERROR and "side B" in check.message and "did not start" in check.message
+
+
+def test_a_groups_fresh_processes_start_side_by_side_while_it_is_prepared(monkeypatch):
+    """measure_many spawns every side's fresh process of an interleaved group at once (a barrier
+    all three must reach), beside the preparing; the wait is the side's `start`, the hidden
+    seconds are its `overlapped`, and no process is left running."""
+    import threading
+
+    import quantperf.scheduler as scheduler
+
+    barrier = threading.Barrier(3, timeout=60)
+    spawned = []
+    real = scheduler.open_worker
+
+    def together(spec, *args, **kwargs):
+        if threading.current_thread().name.startswith("quantperf-start"):
+            barrier.wait()  # the three processes of the group must be starting at the same time
+        w = real(spec, *args, **kwargs)
+        spawned.append(w)
+        return w
+
+    monkeypatch.setattr(scheduler, "open_worker", together)
+    t0 = time.monotonic()
+    longer = RunSpec("fake:small", "fake-fp16", "cpu", "eager", replace(TINY, prompt_tokens=16))
+    results = measure_many([_spec(), _spec("fake-int8"), longer], interleave=True)
+    wall = time.monotonic() - t0
+    assert [r.status for r in results] == [Status.OK] * 3, [r.reason for r in results]
+    assert len(spawned) == 3 and all(w.proc.poll() is not None for w in spawned)
+    for r in results:
+        assert r.timings["overlapped"]["start"] > 0 and "imports" in r.timings["overlapped"]
+    assert sum(sum(r.timings["phases"].values()) for r in results) <= wall
+
+
+def test_a_process_that_fails_to_start_fails_its_configuration_only(monkeypatch):
+    import quantperf.scheduler as scheduler
+
+    spawned = []
+    real = scheduler.open_worker
+
+    def broken(spec, *args, **kwargs):
+        if spec.backend == "fake-int8":
+            raise OSError("cannot spawn: out of process slots")
+        w = real(spec, *args, **kwargs)
+        spawned.append(w)
+        return w
+
+    monkeypatch.setattr(scheduler, "open_worker", broken)
+    ok, failed = measure_many([_spec(), _spec("fake-int8")], interleave=True)
+    assert ok.status == Status.OK
+    assert failed.status == Status.ERROR and "OSError: cannot spawn: out of process slots" in failed.reason
+    assert all(w.proc.poll() is not None for w in spawned)
+
+
+def test_a_started_process_whose_configuration_fails_to_prepare_is_closed(monkeypatch):
+    import quantperf.scheduler as scheduler
+
+    spawned = _counting_in(monkeypatch, scheduler)
+
+    def no_export(spec, *a, **k):
+        raise RuntimeError("export failed: unsupported operator")
+
+    monkeypatch.setattr(scheduler, "prepare_in_process", no_export)
+    (r,) = measure_many([_spec()])
+    assert r.status == Status.ERROR and "export failed" in r.reason
+    assert len(spawned) == 1 and spawned[0].proc.wait(timeout=60) is not None
+
+
+def test_the_next_quality_process_starts_while_the_one_before_computes(monkeypatch, model_cache):
+    """Quality passes are not timed: the next configuration's process is spawned and imports
+    while the reference computes its logits; every started process is used and closed."""
+    import quantperf.scheduler as scheduler
+    from quantperf.scheduler import measure_quality
+
+    spawned = _counting_in(monkeypatch, scheduler, started_only=True)
+    specs = [RunSpec("fixture", b, "cpu", "eager", TINY) for b in ("torch-bf16", "bnb-nf4")]
+    results = measure_quality(specs, params={"context": 32, "max_windows": 1}, profile="cpu-test")
+    assert [r.status for r in results] == [Status.OK, Status.OK], [r.reason for r in results]
+    assert len(spawned) == 3  # the reference and the two configurations, one process each (no preparer)
+    assert all(w.proc.poll() is not None for w in spawned)
+    assert all(r.timings["overlapped"]["start"] > 0 for r in results)
+
+
+def _counting_in(monkeypatch, module, started_only=False):
+    """The processes `module` opens (`started_only`: the measuring ones, not a preparer)."""
+    import threading
+
+    spawned = []
+    real = module.open_worker
+
+    def counted(*args, **kwargs):
+        w = real(*args, **kwargs)
+        if not started_only or threading.current_thread().name.startswith("quantperf-start"):
+            spawned.append(w)
+        return w
+
+    monkeypatch.setattr(module, "open_worker", counted)
+    return spawned
