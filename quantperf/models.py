@@ -364,6 +364,17 @@ def _build_synthetic_streamed(shape: str, target: Path, device: str, seed: int) 
     write_atomically(target, write)
 
 
+def synthetic_target(shape: str, build_device: str, seed: int = 0) -> Path:
+    """Where the synthetic `shape` checkpoint lives in the cache. CPU and CUDA random generators
+    differ: the weights are deterministic per RNG device (`build_device`)."""
+    return cache_dir() / "synthetic" / f"{shape}-seed{seed}-{build_device}rng"
+
+
+def synthetic_cached(target: Path) -> bool:
+    """Whether a synthetic checkpoint's weights are in `target` (a build is renamed there whole)."""
+    return (target / "model.safetensors").exists() or (target / "model.safetensors.index.json").exists()
+
+
 def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool = False,
             build_device: str | None = None, seed: int = 0) -> ModelSource:
     """Turn a model reference into a ModelSource, building a synthetic checkpoint if needed."""
@@ -374,9 +385,8 @@ def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool
             import torch
 
             build_device = "cuda" if torch.cuda.is_available() else "cpu"
-        # CPU and CUDA random generators differ: the weights are deterministic per RNG device.
-        target = cache_dir() / "synthetic" / f"{shape}-seed{seed}-{build_device}rng"
-        built = not (target / "model.safetensors").exists() and not (target / "model.safetensors.index.json").exists()
+        target = synthetic_target(shape, build_device, seed)
+        built = not synthetic_cached(target)
         if built:
             params = synthetic_parameters(shape)
             require_disk(target.parent, int(params * 2 * 1.02), f"the synthetic {shape} checkpoint")

@@ -81,6 +81,8 @@ def prepare_in_process(spec: RunSpec, model_options: dict | None = None, python:
     import json
 
     # (pytest renames PYTEST_CURRENT_TEST for every test: not a change of environment that matters)
+    if nothing_to_prepare(spec, env):
+        return {"built": False, "prepare_s": 0.0}
     environ = hashlib.sha256(json.dumps(sorted((k, v) for k, v in os.environ.items()
                                                if k != "PYTEST_CURRENT_TEST")).encode()).hexdigest()
     key = json.dumps([model_options or {}, python, sorted((env or {}).items()), environ], sort_keys=True, default=str)
@@ -99,6 +101,28 @@ def prepare_in_process(spec: RunSpec, model_options: dict | None = None, python:
         _PREPARERS.pop(key, None)
         worker.close()
     return prepared
+
+
+def nothing_to_prepare(spec: RunSpec, env: dict | None = None) -> bool:
+    """A CUDA configuration of a synthetic model whose checkpoint is cached, on a backend that
+    builds nothing ahead (it quantizes at load): no preparing process is started for it, which saves
+    that process's start and imports (about 10 s on a GPU host, beside the measuring processes'
+    own). A damaged checkpoint is still found, by the load. On a CUDA host a worker builds
+    synthetic weights with the CUDA generator, so the cached checkpoint is the CUDA one; an overlay
+    with its own cache (QUANTPERF_CACHE in `env`) is always prepared."""
+    from .backends import get_backend
+    from .backends.base import Backend
+    from .models import CACHE_ENV, synthetic_cached, synthetic_target
+
+    if spec.device != "cuda" or not spec.model.startswith("synthetic:") or CACHE_ENV in (env or {}):
+        return False
+    try:
+        backend = get_backend(spec.backend, dict(spec.backend_options))
+    except QuantperfError:
+        return False
+    if type(backend).prepare is not Backend.prepare:  # it exports or converts ahead (ONNX Runtime)
+        return False
+    return synthetic_cached(synthetic_target(spec.model.split(":", 1)[1], "cuda"))
 
 
 def close_preparers() -> None:
@@ -379,6 +403,9 @@ def measure(spec: RunSpec, **kwargs) -> RunResult:
     return measure_many([spec], **kwargs)[0]
 
 
+QUALITY_AHEAD = 2  # quality processes started (spawn, imports) ahead of their turn
+
+
 def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params: dict | None = None,
                     environment: dict | None = None, profile: str | None = None) -> list[RunResult]:
     """Quality of each spec against its device's reference backend on the same model: one
@@ -417,14 +444,16 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
         ref_spec = replace(group[0], backend=REFERENCE_BACKEND[device], mode="eager", backend_options=())
         fd, ref_file = tempfile.mkstemp(prefix="quantperf-ref-", suffix=".npy")
         os.close(fd)
-        # no figure of a quality pass is a time: the next configuration's fresh process is spawned
-        # and does its imports while the one before computes its logits
+        # no figure of a quality pass is a time: the next configurations' fresh processes are spawned
+        # and do their imports while the one before computes its logits (QUALITY_AHEAD of them: on an
+        # H100 host a process's imports took 9 s, a load and its logits 5 s)
         todo = [s for s in group if s.backend != ref_spec.backend]
         starting: dict[str, Starting] = {}
 
         def start_next(after: int) -> None:
-            if isolation == "process" and after < len(todo) and todo[after].id not in starting:
-                starting[todo[after].id] = Starting(todo[after])
+            for nxt in todo[after:after + QUALITY_AHEAD] if isolation == "process" else ():
+                if nxt.id not in starting:
+                    starting[nxt.id] = Starting(nxt)
 
         try:
             ref = open_side(ref_spec, isolation=isolation, environment=environment, profile=prof, warm=False,

@@ -247,3 +247,38 @@ def _counting_in(monkeypatch, module, started_only=False):
 
     monkeypatch.setattr(module, "open_worker", counted)
     return spawned
+
+
+def test_no_preparing_process_for_a_cached_synthetic_checkpoint_on_a_backend_that_builds_nothing(monkeypatch,
+                                                                                                 tmp_path):
+    """prepare_in_process starts no process for a CUDA configuration of a synthetic model whose
+    checkpoint is cached, when its backend quantizes at load; anything else is still prepared."""
+    import quantperf.scheduler as scheduler
+    from quantperf.models import synthetic_target
+
+    class Asked(Exception):
+        pass
+
+    def no_process(*a, **k):
+        raise Asked
+
+    monkeypatch.setattr(scheduler, "open_worker", no_process)
+    monkeypatch.setenv("QUANTPERF_CACHE", str(tmp_path))
+
+    def spec(backend, device="cuda", model="synthetic:llama-125m"):
+        return RunSpec(model, backend, device, "kernel", TINY)
+
+    with pytest.raises(Asked):  # not built yet: the preparer builds it
+        scheduler.prepare_in_process(spec("bnb-nf4"))
+    target = synthetic_target("llama-125m", "cuda")
+    target.mkdir(parents=True)
+    (target / "model.safetensors").write_bytes(b"")
+    for backend in ("torch-fp16", "bnb-nf4", "bnb-int8-nodecomp", "torchao-int8wo", "torchao-fp8wo"):
+        assert scheduler.prepare_in_process(spec(backend)) == {"built": False, "prepare_s": 0.0}, backend
+    for other in (spec("ort-int4"),  # exports ahead
+                  spec("torch-fp32", device="cpu"),  # built with the host's generator, whichever it is
+                  spec("torch-fp16", model="synthetic:llama-1b")):  # another shape, not cached
+        with pytest.raises(Asked):
+            scheduler.prepare_in_process(other)
+    with pytest.raises(Asked):  # an overlay with a cache of its own
+        scheduler.prepare_in_process(spec("bnb-nf4"), env={"QUANTPERF_CACHE": str(tmp_path / "b")})
