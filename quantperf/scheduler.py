@@ -151,15 +151,12 @@ class Starting:
         self._pool.shutdown(wait=False)
 
     def _start(self, model_options: dict, python: str | None, env: dict | None):
-        with P.timed(self.hidden, "start"):
-            worker = open_worker(self.spec, "process", model_options, python, env)
+        from . import workers
+
         try:
-            with P.timed(self.hidden, "imports"):
-                worker.imports()
-        except BaseException:
-            worker.close()
-            raise
-        return worker
+            return workers.start_worker(self.spec, model_options, python, env, timed=self.hidden)
+        except workers.StartFailed as exc:
+            raise exc.cause from None  # the side's reason names what failed, as a start in place would
 
     def take(self, phases: dict):
         future, self._future = self._future, None

@@ -75,13 +75,18 @@ def test_a_negative_other_is_shown_not_hidden():
     assert P.line({"load": 5.0}, 4.0).endswith("other -1.0 s")
 
 
-def _counting(monkeypatch):
+def _counting(monkeypatch, started_only=False):
+    """The worker processes opened (`started_only`: those started in a thread ahead of their
+    turn, quantperf.scheduler.Starting's, not a preparer)."""
+    import threading
+
     spawned = []
     real = workers.open_worker
 
     def counted(*args, **kwargs):
         w = real(*args, **kwargs)
-        spawned.append(w)
+        if not started_only or threading.current_thread().name.startswith("quantperf-start"):
+            spawned.append(w)
         return w
 
     monkeypatch.setattr(workers, "open_worker", counted)
@@ -158,11 +163,10 @@ def test_a_groups_fresh_processes_start_side_by_side_while_it_is_prepared(monkey
     seconds are its `overlapped`, and no process is left running."""
     import threading
 
-    import quantperf.scheduler as scheduler
 
     barrier = threading.Barrier(3, timeout=60)
     spawned = []
-    real = scheduler.open_worker
+    real = workers.open_worker
 
     def together(spec, *args, **kwargs):
         if threading.current_thread().name.startswith("quantperf-start"):
@@ -171,7 +175,7 @@ def test_a_groups_fresh_processes_start_side_by_side_while_it_is_prepared(monkey
         spawned.append(w)
         return w
 
-    monkeypatch.setattr(scheduler, "open_worker", together)
+    monkeypatch.setattr(workers, "open_worker", together)
     t0 = time.monotonic()
     longer = RunSpec("fake:small", "fake-fp16", "cpu", "eager", replace(TINY, prompt_tokens=16))
     results = measure_many([_spec(), _spec("fake-int8"), longer], interleave=True)
@@ -184,10 +188,9 @@ def test_a_groups_fresh_processes_start_side_by_side_while_it_is_prepared(monkey
 
 
 def test_a_process_that_fails_to_start_fails_its_configuration_only(monkeypatch):
-    import quantperf.scheduler as scheduler
 
     spawned = []
-    real = scheduler.open_worker
+    real = workers.open_worker
 
     def broken(spec, *args, **kwargs):
         if spec.backend == "fake-int8":
@@ -196,7 +199,7 @@ def test_a_process_that_fails_to_start_fails_its_configuration_only(monkeypatch)
         spawned.append(w)
         return w
 
-    monkeypatch.setattr(scheduler, "open_worker", broken)
+    monkeypatch.setattr(workers, "open_worker", broken)
     ok, failed = measure_many([_spec(), _spec("fake-int8")], interleave=True)
     assert ok.status == Status.OK
     assert failed.status == Status.ERROR and "OSError: cannot spawn: out of process slots" in failed.reason
@@ -206,7 +209,7 @@ def test_a_process_that_fails_to_start_fails_its_configuration_only(monkeypatch)
 def test_a_started_process_whose_configuration_fails_to_prepare_is_closed(monkeypatch):
     import quantperf.scheduler as scheduler
 
-    spawned = _counting_in(monkeypatch, scheduler)
+    spawned = _counting(monkeypatch)
 
     def no_export(spec, *a, **k):
         raise RuntimeError("export failed: unsupported operator")
@@ -220,33 +223,15 @@ def test_a_started_process_whose_configuration_fails_to_prepare_is_closed(monkey
 def test_the_next_quality_process_starts_while_the_one_before_computes(monkeypatch, model_cache):
     """Quality passes are not timed: the next configuration's process is spawned and imports
     while the reference computes its logits; every started process is used and closed."""
-    import quantperf.scheduler as scheduler
     from quantperf.scheduler import measure_quality
 
-    spawned = _counting_in(monkeypatch, scheduler, started_only=True)
+    spawned = _counting(monkeypatch, started_only=True)
     specs = [RunSpec("fixture", b, "cpu", "eager", TINY) for b in ("torch-bf16", "bnb-nf4")]
     results = measure_quality(specs, params={"context": 32, "max_windows": 1}, profile="cpu-test")
     assert [r.status for r in results] == [Status.OK, Status.OK], [r.reason for r in results]
     assert len(spawned) == 3  # the reference and the two configurations, one process each (no preparer)
     assert all(w.proc.poll() is not None for w in spawned)
     assert all(r.timings["overlapped"]["start"] > 0 for r in results)
-
-
-def _counting_in(monkeypatch, module, started_only=False):
-    """The processes `module` opens (`started_only`: the measuring ones, not a preparer)."""
-    import threading
-
-    spawned = []
-    real = module.open_worker
-
-    def counted(*args, **kwargs):
-        w = real(*args, **kwargs)
-        if not started_only or threading.current_thread().name.startswith("quantperf-start"):
-            spawned.append(w)
-        return w
-
-    monkeypatch.setattr(module, "open_worker", counted)
-    return spawned
 
 
 def test_no_preparing_process_for_a_cached_synthetic_checkpoint_on_a_backend_that_builds_nothing(monkeypatch,

@@ -46,22 +46,16 @@ def start_pair(spec: RunSpec, sides, model_options: dict | None, phases: dict,
     The two start side by side (nothing is measured while they do); the slower side's wall
     seconds go to `phases` (start, imports). A failure closes what was started and raises
     PairStartFailed (side A's, where both failed)."""
-    from ..workers import open_worker
+    from ..workers import StartFailed, start_worker
 
     timed: dict = {"A": {}, "B": {}}
 
     def one(name: str):
-        with P.timed(timed[name], "start"):
-            try:
-                w = open_worker(spec, "process", dict(model_options or {}), **sides.kwargs(name))
-            except Exception as exc:
-                return None, PairStartFailed(name, f"process did not start: {_line(exc)}")
-        with P.timed(timed[name], "imports"):
-            try:
-                w.imports(**({"backends": list(backends)} if backends else {}))
-            except Exception as exc:
-                return w, PairStartFailed(name, f"process failed in its imports: {_line(exc)}")
-        return w, None
+        try:
+            return start_worker(spec, model_options, backends=backends, timed=timed[name], **sides.kwargs(name)), None
+        except StartFailed as exc:
+            what = "process did not start" if exc.step == "start" else "process failed in its imports"
+            return None, PairStartFailed(name, f"{what}: {_line(exc.cause)}")
 
     with ThreadPoolExecutor(2, thread_name_prefix="quantperf-pair") as pool:
         got = dict(zip(("A", "B"), pool.map(one, ("A", "B"))))

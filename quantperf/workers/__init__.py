@@ -470,3 +470,34 @@ def open_worker(spec: RunSpec, isolation: str = "process", model_options: dict |
             raise ConfigError("a worker on another interpreter or environment needs isolation='process'")
         return LocalWorker(spec, model_options)
     raise ConfigError(f"isolation must be 'process' or 'inprocess', got {isolation!r}")
+
+
+class StartFailed(QuantperfError):
+    """A fresh process failed to start (`step` "start") or in its imports (`step` "imports")."""
+
+    def __init__(self, step: str, exc: BaseException):
+        super().__init__(f"{type(exc).__name__}: {exc}" if not isinstance(exc, QuantperfError) else str(exc))
+        self.step, self.cause = step, exc
+
+
+def start_worker(spec: RunSpec, model_options: dict | None = None, python: str | None = None,
+                 env: dict | None = None, backends: list[str] | None = None, timed: dict | None = None):
+    """A fresh process worker for `spec`, spawned and its heavy imports done (those of `backends`
+    too), no model read and no CUDA context: what is started ahead of its turn, in a thread, while
+    something that measures nothing goes on. The wall seconds of each step are added to `timed`
+    (start, imports). A failure closes what was started and raises StartFailed naming the step."""
+    from .. import phases as P
+
+    timed = {} if timed is None else timed
+    with P.timed(timed, "start"):
+        try:
+            worker = open_worker(spec, "process", dict(model_options or {}), python, env)
+        except Exception as exc:
+            raise StartFailed("start", exc) from exc
+    with P.timed(timed, "imports"):
+        try:
+            worker.imports(**({"backends": list(backends)} if backends else {}))
+        except Exception as exc:
+            worker.close()
+            raise StartFailed("imports", exc) from exc
+    return worker
