@@ -264,3 +264,28 @@ def test_every_configuration_is_prepared_once_in_the_background(monkeypatch):
     assert [(b, k) for b, k, _ in calls] == [("fake-fp16", True), ("fake-int8", True)]
     assert all(name.startswith("quantperf-prepare") for _, _, name in calls)
     assert closed == [True] and "prepare" in phases and preparing.seconds is not None
+
+
+def test_a_pairs_processes_are_closed_side_by_side():
+    """close_workers waits for both interpreters' exits at once (a barrier both closes must reach),
+    empties the dict, and one failing close does not keep the other open."""
+    import threading
+
+    from quantperf.experiments.ahead import close_workers
+
+    barrier = threading.Barrier(2, timeout=20)
+
+    class Slow:
+        def __init__(self, fails=False):
+            self.fails, self.closed = fails, False
+
+        def close(self):
+            barrier.wait()  # both closes must be under way at the same time
+            self.closed = True
+            if self.fails:
+                raise RuntimeError("already gone")
+
+    pair = {"A": Slow(fails=True), "B": Slow()}
+    both = list(pair.values())
+    close_workers(pair)
+    assert pair == {} and all(w.closed for w in both)

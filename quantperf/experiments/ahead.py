@@ -69,12 +69,23 @@ def start_pair(spec: RunSpec, sides, model_options: dict | None, phases: dict,
 
 
 def close_workers(workers: dict) -> None:
-    for w in list(workers.values()):
+    """Close the workers at once (each waits for its interpreter to exit, a CUDA context's teardown
+    included); callers close only where nothing measures. Best effort: ProcessWorker.close kills
+    what hangs."""
+    def one(w) -> None:
         try:
             w.close()
-        except Exception:  # noqa: BLE001 -- closing is best effort; ProcessWorker.close kills what hangs
+        except Exception:  # noqa: BLE001 -- closing is best effort
             pass
+
+    many = list(workers.values())
     workers.clear()
+    if len(many) < 2:
+        for w in many:
+            one(w)
+        return
+    with ThreadPoolExecutor(len(many), thread_name_prefix="quantperf-close") as pool:
+        list(pool.map(one, many))
 
 
 def _line(exc: BaseException) -> str:
