@@ -80,9 +80,9 @@ def prepare_in_process(spec: RunSpec, model_options: dict | None = None, python:
     import hashlib
     import json
 
-    # (pytest renames PYTEST_CURRENT_TEST for every test: not a change of environment that matters)
     if nothing_to_prepare(spec, env):
         return {"built": False, "prepare_s": 0.0}
+    # (pytest renames PYTEST_CURRENT_TEST for every test: not a change of environment that matters)
     environ = hashlib.sha256(json.dumps(sorted((k, v) for k, v in os.environ.items()
                                                if k != "PYTEST_CURRENT_TEST")).encode()).hexdigest()
     key = json.dumps([model_options or {}, python, sorted((env or {}).items()), environ], sort_keys=True, default=str)

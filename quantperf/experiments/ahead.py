@@ -139,13 +139,6 @@ class Ahead:
 
 
 def close_sides(sides: list) -> None:
-    """Close the pair's workers together (each waits for its interpreter to exit); nothing is
+    """Close the pair's sides together (each waits for its interpreter to exit); nothing is
     measured any more, so overlapping the two shutdowns costs no accuracy."""
-    if len(sides) < 2:
-        for side in sides:
-            side.close()
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(len(sides)) as pool:
-        list(pool.map(lambda s: s.close(), sides))
+    close_workers(dict(enumerate(sides)))
