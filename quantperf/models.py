@@ -375,6 +375,25 @@ def synthetic_cached(target: Path) -> bool:
     return (target / "model.safetensors").exists() or (target / "model.safetensors.index.json").exists()
 
 
+def model_type_of(ref: str) -> str | None:
+    """The transformers `model_type` a reference loads, where it is known without loading anything
+    (a synthetic shape, the fixture, a local checkpoint's config.json); None otherwise (a hub id).
+    Lets a worker import the architecture's modeling code ahead of its load."""
+    if ref.startswith("synthetic:"):
+        return SHAPES.get(ref.split(":", 1)[1], {}).get("model_type")
+    if ref in ("fixture", "fixture:llama"):
+        config = FIXTURE_DIR / "config.json"
+    elif ref.startswith(("hf:", "fake:")):
+        return None
+    else:
+        config = Path(ref).expanduser() / "config.json"
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_type if isinstance(model_type, str) and model_type.isidentifier() else None
+
+
 def resolve(ref: str, *, local_files_only: bool = False, trust_remote_code: bool = False,
             build_device: str | None = None, seed: int = 0) -> ModelSource:
     """Turn a model reference into a ModelSource, building a synthetic checkpoint if needed."""

@@ -103,6 +103,26 @@ def prepare_in_process(spec: RunSpec, model_options: dict | None = None, python:
     return prepared
 
 
+# A backend that a worker found unavailable on a device (its `unavailable_reason`: a library
+# missing, no GPU, no CUDA provider in onnxruntime) stays so in that interpreter and environment for
+# the whole session: a later configuration of it gets the same reason without a process started for
+# it (about 4 s each on a GPU host). A reason found at load (a model's, a mode's) is not kept.
+_UNAVAILABLE: dict[tuple, tuple[str, dict]] = {}
+
+
+def _unavailable_key(spec: RunSpec, python: str | None, env: dict | None) -> tuple:
+    # the worker's environment is this process's plus `env`: a variable changed in between is another key
+    return (spec.backend, repr(spec.backend_options), spec.device, python,
+            hash(repr(sorted((dict(os.environ) | dict(env or {})).items()))))
+
+
+def known_unavailable(spec: RunSpec, python: str | None = None, env: dict | None = None) -> str | None:
+    """The reason a worker of this session gave for `spec`'s backend being unavailable on its
+    device in this interpreter and environment, or None."""
+    found = _UNAVAILABLE.get(_unavailable_key(spec, python, env))
+    return found[0] if found else None
+
+
 def nothing_to_prepare(spec: RunSpec, env: dict | None = None) -> bool:
     """A CUDA configuration of a synthetic model whose checkpoint is cached, on a backend that
     builds nothing ahead (it quantizes at load): no preparing process is started for it, which saves
@@ -134,12 +154,23 @@ def close_preparers() -> None:
 atexit.register(close_preparers)
 
 
+def _identity(spec: RunSpec) -> dict:
+    """The backend's identity for a configuration not measured (options only; nothing imported)."""
+    from .backends import get_backend
+
+    try:
+        return get_backend(spec.backend, dict(spec.backend_options)).identity(spec.device, spec.mode)
+    except Exception:  # noqa: BLE001 -- an identity is a record, never a reason to fail
+        return {}
+
+
 class Starting:
-    """A fresh measuring process being started in a thread (spawn and its imports, no model read)
-    while the caller does something else that measures nothing: prepares the configuration, or
-    opens the other sides of an interleaved group. `take(phases)` waits for it (the wait is the
-    critical path's `start`) and returns the worker; the thread's own seconds, hidden behind the
-    caller's work, are in `hidden`. `close()` ends a worker that was never taken."""
+    """A fresh measuring process being started in a thread (spawn, its imports and, for a CUDA
+    configuration, its CUDA context; no model read) while the caller does something else that
+    measures nothing: prepares the configuration, or opens the other sides of an interleaved group.
+    `take(phases)` waits for it (the wait is the critical path's `start`) and returns the worker;
+    the thread's own seconds, hidden behind the caller's work, are in `hidden`. `close()` ends a
+    worker that was never taken."""
 
     def __init__(self, spec: RunSpec, model_options: dict | None = None, python: str | None = None,
                  env: dict | None = None):
@@ -154,7 +185,8 @@ class Starting:
         from . import workers
 
         try:
-            return workers.start_worker(self.spec, model_options, python, env, timed=self.hidden)
+            # nothing is measured while a Starting process starts: it opens its CUDA context too
+            return workers.start_worker(self.spec, model_options, python, env, timed=self.hidden, cuda=True)
         except workers.StartFailed as exc:
             raise exc.cause from None  # the side's reason names what failed, as a start in place would
 
@@ -194,6 +226,18 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
     parent = environment or parent_environment()
     side = Side(spec, None)
     starting = worker if isinstance(worker, Starting) else None
+    known = _UNAVAILABLE.get(_unavailable_key(spec, python, env))
+    if known is not None:  # found unavailable by an earlier configuration's worker: no process for this one
+        if starting is not None:
+            starting.close()
+        elif worker is not None and not keep_worker:
+            worker.close()
+        side.worker = worker if keep_worker and starting is None else None
+        side.environment = dict(known[1])
+        side.info = {"status": Status.UNAVAILABLE, "reason": known[0], "identity": _identity(spec)}
+        side.failed = not_measured(spec, Status.UNAVAILABLE, known[0], side.info["identity"], side.environment,
+                                   profile)
+        return side
     name = f"{spec.model_label} {spec.backend} {spec.mode}"
     try:
         with progress.step(f"{name}: prepare (one-time builds: checkpoint, export, quantization)"), \
@@ -232,6 +276,8 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
             else:
                 side.timings.update({k: v for k, v in wu.items() if k != "status"})
         side.info = info
+        if info["status"] == Status.UNAVAILABLE and info.get("scope") == "environment":
+            _UNAVAILABLE[_unavailable_key(spec, python, env)] = (info["reason"], dict(side.environment))
         if info["status"] != Status.OK:
             side.failed = not_measured(spec, info["status"], info["reason"], info.get("identity"), side.environment,
                                        profile)
@@ -331,7 +377,7 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
     starting: dict[str, Starting] = {}
 
     def start(spec: RunSpec):
-        if isolation != "process":
+        if isolation != "process" or known_unavailable(spec, python, env):
             return None
         starting[spec.id] = Starting(spec, model_options, python, env)
         return starting[spec.id]

@@ -267,3 +267,71 @@ def test_no_preparing_process_for_a_cached_synthetic_checkpoint_on_a_backend_tha
             scheduler.prepare_in_process(other)
     with pytest.raises(Asked):  # an overlay with a cache of its own
         scheduler.prepare_in_process(spec("bnb-nf4"), env={"QUANTPERF_CACHE": str(tmp_path / "b")})
+
+
+def test_the_architecture_a_reference_loads_is_known_without_loading_it(tmp_path):
+    """model_type_of: a synthetic shape's, the fixture's, a local checkpoint's config.json; a hub
+    id, a missing or unreadable config or a name that is no module name: None."""
+    import json
+
+    from quantperf.models import model_type_of
+
+    assert model_type_of("synthetic:llama-1b") == "llama"
+    assert model_type_of("synthetic:qwen2.5-0.5b") == "qwen2"
+    assert model_type_of("synthetic:nope") is None
+    assert model_type_of("fixture") == "llama"
+    assert model_type_of("hf:org/name") is None
+    assert model_type_of(str(tmp_path / "missing")) is None
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    assert model_type_of(str(tmp_path)) == "mistral"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "../../os"}))
+    assert model_type_of(str(tmp_path)) is None
+    (tmp_path / "config.json").write_text("{not json")
+    assert model_type_of(str(tmp_path)) is None
+
+
+def test_a_fresh_processs_imports_include_the_modeling_code_its_load_would_import():
+    """imports() imports transformers' modeling code and the model's architecture module (which
+    transformers imports lazily, at the first load), so a process started ahead does that off the
+    critical path; on the CPU no CUDA context is asked for. In a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from quantperf.spec import RunSpec\n"
+        "from quantperf.workers import LocalWorker\n"
+        "w = LocalWorker(RunSpec('synthetic:llama-tiny', 'torch-fp32', 'cpu', 'eager'))\n"
+        "mods = ('transformers.modeling_utils', 'transformers.models.llama.modeling_llama')\n"
+        "before = [m in sys.modules for m in mods]\n"
+        "out = w.imports(cuda=True)\n"
+        "print(before, [m in sys.modules for m in mods], out['cuda_context_s'])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[-2] == "[False, False] [True, True] None", run.stdout
+
+
+def test_a_backend_found_unavailable_starts_no_further_process_in_that_environment(monkeypatch):
+    """A worker that finds its backend unavailable on the device (no GPU here) tells the session:
+    a later configuration of that backend and device gets the same reason without a process of
+    its own; a changed environment asks a worker again."""
+    import quantperf.scheduler as scheduler
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("needs a host without a GPU")
+    monkeypatch.setattr(scheduler, "_UNAVAILABLE", {})
+    spawned = _counting(monkeypatch)
+    eager, kernel = (RunSpec("synthetic:llama-tiny", "torch-fp16", "cuda", m, TINY) for m in ("eager", "kernel"))
+    first = measure(eager, profile="gpu-test")
+    second = measure(kernel, profile="gpu-test")
+    assert first.status == second.status == Status.UNAVAILABLE
+    assert second.reason == first.reason and "GPU" in first.reason
+    assert second.backend_identity == first.backend_identity
+    assert len(spawned) == 1  # the first configuration's measuring process only
+    assert measure(replace(kernel, backend="torch-bf16"), profile="gpu-test").status == Status.UNAVAILABLE
+    assert len(spawned) == 2  # another backend: asked again
+    monkeypatch.setenv("QUANTPERF_TEST_SOMETHING_ELSE", "1")
+    assert measure(kernel, profile="gpu-test").status == Status.UNAVAILABLE
+    assert len(spawned) == 3  # another environment: asked again

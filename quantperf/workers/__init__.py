@@ -86,6 +86,7 @@ class LocalWorker:
         self.settings: dict = {"gc_off": True, "inject_ms": None, "tokens_factor": 1}
         self._all_cpus: set[int] | None = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         self._imports_s: float | None = None  # seconds the heavy imports took (imports())
+        self._cuda_s: float | None = None  # seconds the CUDA context took when opened ahead (imports(cuda=True))
 
     # -- identity of the process ---------------------------------------------------------
     def hello(self) -> dict:
@@ -135,25 +136,33 @@ class LocalWorker:
         out["cuda_context"] = bool(torch is not None and torch.cuda.is_initialized())
         return out
 
-    def imports(self, backends: list[str] | None = None) -> dict:
+    def imports(self, backends: list[str] | None = None, cuda: bool = False) -> dict:
         """Import what a load of this configuration imports (torch, transformers, the backend's
-        library), timed, and nothing more: no model is read and no CUDA context is opened, so a
-        process started ahead of its turn (the upgrade check's overlap) can do this while another
-        pair measures. `backends`: the libraries of these backends too (a shared process pair
-        hosts several configurations in turn: every library is imported once, at its start).
-        Done once; a missing library is left to load(), which reports it."""
+        library, transformers' modeling code and the model's architecture module, which
+        transformers imports lazily at the first load), timed, and nothing more: no model is read
+        and no CUDA context is opened, so a process started ahead of its turn (the upgrade check's
+        overlap) can do this while another pair measures. `backends`: the libraries of these
+        backends too (a shared process pair hosts several configurations in turn: every library
+        is imported once, at its start). `cuda`: open this process's CUDA context too (a CUDA
+        configuration; only where nothing is being measured beside it: a context's creation is
+        GPU work). Done once; a missing library is left to load(), which reports it."""
         import importlib
 
         if self._imports_s is None:
             from ..backends import entry
+            from ..models import model_type_of
 
             t0 = time.perf_counter()
             names: list[str] = []
+            model_type = model_type_of(self.spec.model)
             for backend, options in [(self.spec.backend, dict(self.spec.backend_options))] + [
                     (b, {}) for b in backends or () if b != self.spec.backend]:
                 e = entry(backend)
                 # the test double loads no model: only its optional stand-in library
-                names += [] if e.test_double else ["torch", "transformers", *HEAVY_LIBRARIES.get(e.module, ())]
+                names += [] if e.test_double else ["torch", "transformers", *HEAVY_LIBRARIES.get(e.module, ()),
+                                                   "transformers.modeling_utils",
+                                                   *([f"transformers.models.{model_type}.modeling_{model_type}"]
+                                                     if model_type else [])]
                 names += [lib for lib in [dict(e.options, **options).get("library")] if lib]
             for name in dict.fromkeys(names):
                 try:
@@ -161,7 +170,17 @@ class LocalWorker:
                 except Exception:  # noqa: BLE001 -- load() reports a library that is missing or broken
                     pass
             self._imports_s = round(time.perf_counter() - t0, 3)
-        return {"imports_s": self._imports_s}
+        if cuda and self.spec.device == "cuda" and self._cuda_s is None:
+            t0 = time.perf_counter()
+            try:
+                import torch
+
+                torch.cuda.init()
+                torch.cuda.synchronize()  # the primary context exists from here; nothing is allocated
+            except Exception:  # noqa: BLE001 -- no usable GPU: load() reports it
+                pass
+            self._cuda_s = round(time.perf_counter() - t0, 3)
+        return {"imports_s": self._imports_s, "cuda_context_s": self._cuda_s}
 
     def load(self) -> dict:
         from ..backends import get_backend
@@ -173,7 +192,9 @@ class LocalWorker:
         identity = backend.identity(spec.device, spec.mode)
         reason = backend.unavailable_reason(spec.device)
         if reason:
-            return {"status": Status.UNAVAILABLE, "reason": f"{spec.backend}: {reason}", "identity": identity}
+            # `environment`: the backend on this device in this interpreter, whatever the model or mode
+            return {"status": Status.UNAVAILABLE, "reason": f"{spec.backend}: {reason}", "identity": identity,
+                    "scope": "environment"}
         if spec.device == "cuda":
             import torch
 
@@ -481,11 +502,14 @@ class StartFailed(QuantperfError):
 
 
 def start_worker(spec: RunSpec, model_options: dict | None = None, python: str | None = None,
-                 env: dict | None = None, backends: list[str] | None = None, timed: dict | None = None):
+                 env: dict | None = None, backends: list[str] | None = None, timed: dict | None = None,
+                 cuda: bool = False):
     """A fresh process worker for `spec`, spawned and its heavy imports done (those of `backends`
-    too), no model read and no CUDA context: what is started ahead of its turn, in a thread, while
-    something that measures nothing goes on. The wall seconds of each step are added to `timed`
-    (start, imports). A failure closes what was started and raises StartFailed naming the step."""
+    too), no model read and, unless `cuda`, no CUDA context: what is started ahead of its turn, in
+    a thread, while something that measures nothing goes on (`cuda` only where nothing is measured
+    on the GPU meanwhile). The wall seconds of each step are added to `timed` (start, imports: the
+    CUDA context's are in imports). A failure closes what was started and raises StartFailed
+    naming the step."""
     from .. import phases as P
 
     timed = {} if timed is None else timed
@@ -496,7 +520,7 @@ def start_worker(spec: RunSpec, model_options: dict | None = None, python: str |
             raise StartFailed("start", exc) from exc
     with P.timed(timed, "imports"):
         try:
-            worker.imports(**({"backends": list(backends)} if backends else {}))
+            worker.imports(**({"backends": list(backends)} if backends else {}), **({"cuda": True} if cuda else {}))
         except Exception as exc:
             worker.close()
             raise StartFailed("imports", exc) from exc
