@@ -23,6 +23,16 @@ from . import progress
 from .errors import QuantperfError
 from .results import Metric, RunResult
 from .spec import RunSpec
+from .starting import (
+    Starting,
+    identity_of,
+    known_unavailable,
+    remember_unavailable,
+    start_ahead,
+    take_ahead,
+    unavailable,
+    wait_ahead,
+)
 from .stats import interleaved_order
 from .status import Status
 from .trackers import MIB
@@ -103,26 +113,6 @@ def prepare_in_process(spec: RunSpec, model_options: dict | None = None, python:
     return prepared
 
 
-# A backend that a worker found unavailable on a device (its `unavailable_reason`: a library
-# missing, no GPU, no CUDA provider in onnxruntime) stays so in that interpreter and environment for
-# the whole session: a later configuration of it gets the same reason without a process started for
-# it (about 4 s each on a GPU host). A reason found at load (a model's, a mode's) is not kept.
-_UNAVAILABLE: dict[tuple, tuple[str, dict]] = {}
-
-
-def _unavailable_key(spec: RunSpec, python: str | None, env: dict | None) -> tuple:
-    # the worker's environment is this process's plus `env`: a variable changed in between is another key
-    return (spec.backend, repr(spec.backend_options), spec.device, python,
-            hash(repr(sorted((dict(os.environ) | dict(env or {})).items()))))
-
-
-def known_unavailable(spec: RunSpec, python: str | None = None, env: dict | None = None) -> str | None:
-    """The reason a worker of this session gave for `spec`'s backend being unavailable on its
-    device in this interpreter and environment, or None."""
-    found = _UNAVAILABLE.get(_unavailable_key(spec, python, env))
-    return found[0] if found else None
-
-
 def nothing_to_prepare(spec: RunSpec, env: dict | None = None) -> bool:
     """A CUDA configuration of a synthetic model whose checkpoint is cached, on a backend that
     builds nothing ahead (it quantizes at load): no preparing process is started for it, which saves
@@ -154,58 +144,6 @@ def close_preparers() -> None:
 atexit.register(close_preparers)
 
 
-def _identity(spec: RunSpec) -> dict:
-    """The backend's identity for a configuration not measured (options only; nothing imported)."""
-    from .backends import get_backend
-
-    try:
-        return get_backend(spec.backend, dict(spec.backend_options)).identity(spec.device, spec.mode)
-    except Exception:  # noqa: BLE001 -- an identity is a record, never a reason to fail
-        return {}
-
-
-class Starting:
-    """A fresh measuring process being started in a thread (spawn, its imports and, for a CUDA
-    configuration, its CUDA context; no model read) while the caller does something else that
-    measures nothing: prepares the configuration, or opens the other sides of an interleaved group.
-    `take(phases)` waits for it (the wait is the critical path's `start`) and returns the worker;
-    the thread's own seconds, hidden behind the caller's work, are in `hidden`. `close()` ends a
-    worker that was never taken."""
-
-    def __init__(self, spec: RunSpec, model_options: dict | None = None, python: str | None = None,
-                 env: dict | None = None):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.spec, self.hidden = spec, {}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="quantperf-start")
-        self._future = self._pool.submit(self._start, dict(model_options or {}), python, env)
-        self._pool.shutdown(wait=False)
-
-    def _start(self, model_options: dict, python: str | None, env: dict | None):
-        from . import workers
-
-        try:
-            # nothing is measured while a Starting process starts: it opens its CUDA context too
-            return workers.start_worker(self.spec, model_options, python, env, timed=self.hidden, cuda=True)
-        except workers.StartFailed as exc:
-            raise exc.cause from None  # the side's reason names what failed, as a start in place would
-
-    def take(self, phases: dict):
-        future, self._future = self._future, None
-        if future is None:
-            raise RuntimeError(f"{self.spec.id}: its process was taken or closed already")
-        with P.timed(phases, "start"):
-            return future.result()
-
-    def close(self) -> None:
-        future, self._future = self._future, None
-        if future is not None:
-            try:
-                future.result().close()
-            except Exception:  # noqa: BLE001 -- it failed to start: nothing is left open
-                pass
-
-
 def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict | None = None,
               python: str | None = None, env: dict | None = None, environment: dict | None = None,
               profile: str | None = None, warm: bool = True, worker: Any = None, prepare: bool = True,
@@ -226,7 +164,7 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
     parent = environment or parent_environment()
     side = Side(spec, None)
     starting = worker if isinstance(worker, Starting) else None
-    known = _UNAVAILABLE.get(_unavailable_key(spec, python, env))
+    known = unavailable(spec, python, env)
     if known is not None:  # found unavailable by an earlier configuration's worker: no process for this one
         if starting is not None:
             starting.close()
@@ -234,7 +172,7 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
             worker.close()
         side.worker = worker if keep_worker and starting is None else None
         side.environment = dict(known[1])
-        side.info = {"status": Status.UNAVAILABLE, "reason": known[0], "identity": _identity(spec)}
+        side.info = {"status": Status.UNAVAILABLE, "reason": known[0], "identity": identity_of(spec)}
         side.failed = not_measured(spec, Status.UNAVAILABLE, known[0], side.info["identity"], side.environment,
                                    profile)
         return side
@@ -277,7 +215,7 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
                 side.timings.update({k: v for k, v in wu.items() if k != "status"})
         side.info = info
         if info["status"] == Status.UNAVAILABLE and info.get("scope") == "environment":
-            _UNAVAILABLE[_unavailable_key(spec, python, env)] = (info["reason"], dict(side.environment))
+            remember_unavailable(spec, python, env, info["reason"], side.environment)
         if info["status"] != Status.OK:
             side.failed = not_measured(spec, info["status"], info["reason"], info.get("identity"), side.environment,
                                        profile)
@@ -348,9 +286,15 @@ def build_result(side: Side, rounds: list[dict], memory: dict, profile: str | No
 def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave: bool = False,
                  model_options: dict | None = None, environment: dict | None = None, profile: str | None = None,
                  more_rounds: Callable[[dict], bool] | None = None, max_rounds: int | None = None,
-                 python: str | None = None, env: dict | None = None) -> list[RunResult]:
+                 python: str | None = None, env: dict | None = None,
+                 ahead: list[RunSpec] | None = None) -> list[RunResult]:
     """Measure configurations. With `interleave`, all are loaded at once and their rounds
     alternate in ABBA order (what A/B claims need).
+
+    `ahead`: the configurations the caller measures next (process isolation): their fresh
+    processes are spawned and do their imports (no CUDA context) while these load and warm up,
+    and are waited for before the first measured round, so they sit idle while anything is timed;
+    the next measure_many call takes them.
 
     Adaptive rounds: with `more_rounds(samples_by_config_id) -> bool` and `max_rounds`, an
     interleaved comparison that is still undecided gets more ABBA blocks of 2 rounds per side,
@@ -379,13 +323,27 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
     def start(spec: RunSpec):
         if isolation != "process" or known_unavailable(spec, python, env):
             return None
-        starting[spec.id] = Starting(spec, model_options, python, env)
+        starting[spec.id] = take_ahead(spec, model_options, python, env) or Starting(spec, model_options, python, env)
         return starting[spec.id]
+
+    mine = {s.id for s in specs}
+    later = [s for s in ahead or () if s.id not in mine and isolation == "process"
+             and not known_unavailable(s, python, env)]
+
+    def start_later() -> None:
+        for spec in later:
+            start_ahead(spec, model_options, python, env)
+
+    def later_idle() -> None:
+        """Nothing of the next configurations' processes may run while a round is timed."""
+        for spec in later:
+            wait_ahead(spec, model_options, python, env)
 
     try:
         if interleave:
             for spec in specs:
                 start(spec)
+            start_later()
             for spec in specs:
                 side = open_side(spec, isolation=isolation, model_options=model_options, python=python, env=env,
                                  environment=environment, profile=profile, worker=starting.get(spec.id))
@@ -394,6 +352,7 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
                 else:
                     results[spec.id] = side.failed
             live = list(sides.values())
+            later_idle()
             n = max((s.spec.workload.rounds for s in live), default=0)
             runners = {s.spec.id: (lambda s=s: s.worker.rounds(n=1)[0]) for s in live}
             t0 = P.clock()
@@ -414,13 +373,17 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
                 side.timings["interleaved_with"] = [s.spec.id for s in live if s is not side]
                 finish(side, collected[side.spec.id])
         else:
-            for spec in specs:
+            for i, spec in enumerate(specs):
+                worker = start(spec)
+                if i == 0:
+                    start_later()
                 side = open_side(spec, isolation=isolation, model_options=model_options, python=python, env=env,
-                                 environment=environment, profile=profile, worker=start(spec))
+                                 environment=environment, profile=profile, worker=worker)
                 if not side.ok:
                     results[spec.id] = side.failed
                     continue
                 sides[spec.id] = side
+                later_idle()
                 with progress.step(f"{spec.model_label} {spec.backend} {spec.mode}: {spec.workload.rounds} rounds"), \
                         P.timed(side.phases, "measure"):
                     rounds = side.worker.rounds(n=spec.workload.rounds)

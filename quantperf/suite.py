@@ -39,11 +39,11 @@ from .summary import ClaimOutcome, ConfigOutcome, MetricVerdict, NoiseLine, Sess
 
 
 class Skip(Exception):
-    pass
+    """Skipped, with the reason (unavailable, no baseline outside --qp-strict)."""
 
 
 class Fail(Exception):
-    pass
+    """Fails, with the message."""
 
 
 class Warn(Exception):
@@ -86,12 +86,8 @@ class SuiteSession:
                  tolerances: dict | None = None, alpha: float = DEFAULT_ALPHA, isolation: str = "process",
                  results_path: Path | None = None, claims: list[Claim] | None = None, max_rounds: int = 0,
                  root: Path | None = None, record_hint: str = "record one with the suite's record option"):
-        self.baselines_dir = Path(baselines_dir)
-        self.profiles = profiles  # device -> profile id
-        self.record = record
-        self.strict = strict
-        self.tolerances = tolerances or {}
-        self.alpha = alpha
+        self.baselines_dir, self.profiles = Path(baselines_dir), profiles  # profiles: device -> profile id
+        self.record, self.strict, self.tolerances, self.alpha = record, strict, tolerances or {}, alpha
         self.isolation = isolation
         self.log = ResultLog(results_path) if results_path else None
         if self.log is not None:
@@ -154,8 +150,9 @@ class SuiteSession:
                     group.append(other)
         return group
 
-    def measure(self, spec: RunSpec, quality: bool = False) -> RunResult:
-        """Measure `spec` once per session (with its takeaway partners, interleaved)."""
+    def measure(self, spec: RunSpec, quality: bool = False, then: RunSpec | None = None) -> RunResult:
+        """Measure `spec` once per session (with its takeaway partners, interleaved); `then`'s group's
+        fresh processes start while this group loads (quantperf.scheduler.measure_many's `ahead`)."""
         from .scheduler import measure_many, measure_quality
 
         key = ("quality:" if quality else "") + spec.id
@@ -187,7 +184,8 @@ class SuiteSession:
             self.progress(f"measuring {', '.join(g.id for g in group)}"
                           + (" (interleaved)" if len(group) > 1 else "") + ": load, one-time builds, warm-up, rounds")
         for res in measure_many(group, isolation=self.isolation, interleave=len(group) > 1,
-                                profile=self.profiles[spec.device], more_rounds=adaptive, max_rounds=self.max_rounds):
+                                profile=self.profiles[spec.device], more_rounds=adaptive, max_rounds=self.max_rounds,
+                                ahead=[] if then is None or then.id in self.results else self._partners(then)):
             self._keep(res.spec.id, res)
         return self.results[key]
 
@@ -368,7 +366,7 @@ class SuiteSession:
                     and (self.shard_of is None or self.shard_of(s) == self.shard_of(spec))]
             if spec not in todo:
                 todo.append(spec)
-            results = [self.measure(s) for s in todo]
+            results = [self.measure(s, then=todo[i + 1] if i + 1 < len(todo) else None) for i, s in enumerate(todo)]
             first = self.gate_speed(results)
             for cid, o in first.items():
                 if o.status == Status.REGRESSED:

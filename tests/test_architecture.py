@@ -20,7 +20,7 @@ LAYERS = [
     {"backends"},
     {"scenarios"},
     {"workers"},
-    {"scheduler"},
+    {"scheduler", "starting"},
     {"experiments", "matrix"},
     {"suite"},
     {"report"},

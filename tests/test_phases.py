@@ -77,7 +77,7 @@ def test_a_negative_other_is_shown_not_hidden():
 
 def _counting(monkeypatch, started_only=False):
     """The worker processes opened (`started_only`: those started in a thread ahead of their
-    turn, quantperf.scheduler.Starting's, not a preparer)."""
+    turn, quantperf.starting.Starting's, not a preparer)."""
     import threading
 
     spawned = []
@@ -316,12 +316,12 @@ def test_a_backend_found_unavailable_starts_no_further_process_in_that_environme
     """A worker that finds its backend unavailable on the device (no GPU here) tells the session:
     a later configuration of that backend and device gets the same reason without a process of
     its own; a changed environment asks a worker again."""
-    import quantperf.scheduler as scheduler
+    import quantperf.starting as starting
 
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("needs a host without a GPU")
-    monkeypatch.setattr(scheduler, "_UNAVAILABLE", {})
+    monkeypatch.setattr(starting, "_UNAVAILABLE", {})
     spawned = _counting(monkeypatch)
     eager, kernel = (RunSpec("synthetic:llama-tiny", "torch-fp16", "cuda", m, TINY) for m in ("eager", "kernel"))
     first = measure(eager, profile="gpu-test")
@@ -335,3 +335,33 @@ def test_a_backend_found_unavailable_starts_no_further_process_in_that_environme
     monkeypatch.setenv("QUANTPERF_TEST_SOMETHING_ELSE", "1")
     assert measure(kernel, profile="gpu-test").status == Status.UNAVAILABLE
     assert len(spawned) == 3  # another environment: asked again
+
+
+def test_the_next_configurations_processes_start_ahead_and_sit_idle_while_anything_is_timed(monkeypatch):
+    """measure_many(ahead=...) spawns the next configurations' processes while its own load; every
+    one of them has finished starting before a round is timed; the next call takes them (no
+    process of its own), and one no call takes is closed by close_ahead."""
+    from quantperf import starting
+
+    monkeypatch.setattr(starting, "_AHEAD", {})
+    spawned = _counting(monkeypatch, started_only=True)
+    idle_at_rounds = []
+    real = workers.ProcessWorker._request
+
+    def request(self, method, kwargs):
+        if method == "rounds":
+            idle_at_rounds.append(all(one._future.done() for one in starting._AHEAD.values()))
+        return real(self, method, kwargs)
+
+    monkeypatch.setattr(workers.ProcessWorker, "_request", request)
+    a, b = _spec(), _spec("fake-int8")
+    assert measure_many([a], ahead=[b])[0].status == Status.OK
+    assert len(spawned) == 2 and len(starting._AHEAD) == 1 and idle_at_rounds == [True]
+    second = measure_many([b])[0]
+    assert second.status == Status.OK and len(spawned) == 2  # b's process was the one started ahead
+    assert second.timings["overlapped"]["imports"] > 0 and not starting._AHEAD
+    measure_many([a], ahead=[b])
+    left = list(starting._AHEAD.values())
+    assert len(left) == 1 and len(spawned) == 4
+    starting.close_ahead()
+    assert not starting._AHEAD and all(w.proc.poll() is not None for w in spawned)

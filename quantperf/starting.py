@@ -1,0 +1,145 @@
+"""Fresh measuring processes started ahead of their turn, and what the session learnt about
+backends from earlier processes (quantperf.scheduler uses both).
+
+- `Starting`: a process spawned and doing its imports in a thread while nothing is measured.
+- processes started for the next configurations to be measured (`measure_many(ahead=...)`):
+  kept here until the call that measures them takes them, closed at exit otherwise.
+- backends a worker found unavailable on a device in an environment: no process is started for
+  them again in that session."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+
+from . import phases as P
+from .spec import RunSpec
+
+# A backend that a worker found unavailable on a device (its `unavailable_reason`: a library
+# missing, no GPU, no CUDA provider in onnxruntime) stays so in that interpreter and environment for
+# the whole session: a later configuration of it gets the same reason without a process started for
+# it (about 4 s each on a GPU host). A reason found at load (a model's, a mode's) is not kept.
+_UNAVAILABLE: dict[tuple, tuple[str, dict]] = {}
+
+
+def unavailable_key(spec: RunSpec, python: str | None, env: dict | None) -> tuple:
+    # the worker's environment is this process's plus `env`: a variable changed in between is another key
+    return (spec.backend, repr(spec.backend_options), spec.device, python,
+            hash(repr(sorted((dict(os.environ) | dict(env or {})).items()))))
+
+
+def known_unavailable(spec: RunSpec, python: str | None = None, env: dict | None = None) -> str | None:
+    """The reason a worker of this session gave for `spec`'s backend being unavailable on its
+    device in this interpreter and environment, or None."""
+    found = _UNAVAILABLE.get(unavailable_key(spec, python, env))
+    return found[0] if found else None
+
+
+def remember_unavailable(spec: RunSpec, python: str | None, env: dict | None, reason: str,
+                         environment: dict) -> None:
+    """A worker found `spec`'s backend unavailable on its device (`reason`), in `environment`."""
+    _UNAVAILABLE[unavailable_key(spec, python, env)] = (reason, dict(environment))
+
+
+def unavailable(spec: RunSpec, python: str | None = None, env: dict | None = None) -> tuple[str, dict] | None:
+    """(reason, the worker's environment) for a backend found unavailable, or None."""
+    return _UNAVAILABLE.get(unavailable_key(spec, python, env))
+
+
+def identity_of(spec: RunSpec) -> dict:
+    """The backend's identity for a configuration not measured (options only; nothing imported)."""
+    from .backends import get_backend
+
+    try:
+        return get_backend(spec.backend, dict(spec.backend_options)).identity(spec.device, spec.mode)
+    except Exception:  # noqa: BLE001 -- an identity is a record, never a reason to fail
+        return {}
+
+
+class Starting:
+    """A fresh measuring process being started in a thread (spawn, its imports and, for a CUDA
+    configuration, its CUDA context; no model read) while the caller does something else that
+    measures nothing: prepares the configuration, or opens the other sides of an interleaved group.
+    `take(phases)` waits for it (the wait is the critical path's `start`) and returns the worker;
+    the thread's own seconds, hidden behind the caller's work, are in `hidden`. `close()` ends a
+    worker that was never taken."""
+
+    def __init__(self, spec: RunSpec, model_options: dict | None = None, python: str | None = None,
+                 env: dict | None = None, cuda: bool = True):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.spec, self.hidden = spec, {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="quantperf-start")
+        self._future = self._pool.submit(self._start, dict(model_options or {}), python, env, cuda)
+        self._pool.shutdown(wait=False)
+
+    def _start(self, model_options: dict, python: str | None, env: dict | None, cuda: bool):
+        from . import workers
+
+        try:
+            # `cuda`: nothing is measured on the GPU while this process starts: it opens its CUDA context too
+            return workers.start_worker(self.spec, model_options, python, env, timed=self.hidden, cuda=cuda)
+        except workers.StartFailed as exc:
+            raise exc.cause from None  # the side's reason names what failed, as a start in place would
+
+    def wait(self) -> None:
+        """Until the process has started and imported (or failed to: take() reports that)."""
+        if self._future is not None:
+            with contextlib.suppress(Exception):
+                self._future.result()
+
+    def take(self, phases: dict):
+        future, self._future = self._future, None
+        if future is None:
+            raise RuntimeError(f"{self.spec.id}: its process was taken or closed already")
+        with P.timed(phases, "start"):
+            return future.result()
+
+    def close(self) -> None:
+        future, self._future = self._future, None
+        if future is not None:
+            try:
+                future.result().close()
+            except Exception:  # noqa: BLE001 -- it failed to start: nothing is left open
+                pass
+
+
+# Fresh processes started for the next configurations to be measured (`measure_many(ahead=...)`),
+# by configuration and the environment they were started in; taken by the measure_many call that
+# measures them, closed at exit if none does.
+_AHEAD: dict[tuple, Starting] = {}
+
+
+def ahead_key(spec: RunSpec, model_options: dict | None, python: str | None, env: dict | None) -> tuple:
+    return (spec.id, repr(sorted((model_options or {}).items())), python,
+            hash(repr(sorted((dict(os.environ) | dict(env or {})).items()))))
+
+
+def start_ahead(spec: RunSpec, model_options: dict | None, python: str | None, env: dict | None) -> None:
+    """Start `spec`'s fresh process for a later call (no CUDA context: something may be loading or
+    warming up on the GPU meanwhile), unless one is started already."""
+    key = ahead_key(spec, model_options, python, env)
+    if key not in _AHEAD:
+        _AHEAD[key] = Starting(spec, model_options, python, env, cuda=False)
+
+
+def wait_ahead(spec: RunSpec, model_options: dict | None, python: str | None, env: dict | None) -> None:
+    """Until `spec`'s process started ahead (if any) is idle: started and imported, or failed."""
+    one = _AHEAD.get(ahead_key(spec, model_options, python, env))
+    if one is not None:
+        one.wait()
+
+
+def take_ahead(spec: RunSpec, model_options: dict | None, python: str | None, env: dict | None) -> Starting | None:
+    """`spec`'s process started ahead in this environment, now the caller's to take or close."""
+    return _AHEAD.pop(ahead_key(spec, model_options, python, env), None)
+
+
+def close_ahead() -> None:
+    """End the processes started ahead that no measurement took."""
+    while _AHEAD:
+        _AHEAD.popitem()[1].close()
+
+
+atexit.register(close_ahead)
