@@ -88,18 +88,15 @@ class SuiteSession:
                  root: Path | None = None, record_hint: str = "record one with the suite's record option"):
         self.baselines_dir, self.profiles = Path(baselines_dir), profiles  # profiles: device -> profile id
         self.record, self.strict, self.tolerances, self.alpha = record, strict, tolerances or {}, alpha
-        self.isolation = isolation
+        self.isolation, self.record_hint = isolation, record_hint
         self.log = ResultLog(results_path) if results_path else None
         if self.log is not None:
             self.log.rotate()  # one results file per session: older ones move beside it
-        self.claims = claims or []
-        self.max_rounds = max_rounds
-        self.root = root
+        self.claims, self.max_rounds, self.root = claims or [], max_rounds, root
         # Sharded runs (pytest-xdist, one worker per GPU): the key of a configuration's shard. The
         # speed gate then measures and gates together only the configurations of the same shard,
         # which one worker runs on one GPU; None: one process measures everything selected.
         self.shard_of: Callable[[RunSpec], str] | None = None
-        self.record_hint = record_hint
         self.results: dict[str, RunResult] = {}
         self.started = clock()  # the session's wall, for where its time went (quantperf.phases)
         self.outcomes: dict[str, ConfigOutcome] = {}
@@ -188,6 +185,11 @@ class SuiteSession:
                                 ahead=[] if then is None or then.id in self.results else self._partners(then)):
             self._keep(res.spec.id, res)
         return self.results[key]
+
+    def _next_group(self, todo: list[RunSpec], i: int) -> RunSpec | None:
+        """The first configuration after todo[i] that todo[i]'s group will not have measured."""
+        mine = {g.id for g in self._partners(todo[i])}
+        return next((s for s in todo[i + 1:] if s.id not in mine and s.id not in self.results), None)
 
     def _keep(self, key: str, res: RunResult) -> None:
         if self.log:
@@ -366,7 +368,7 @@ class SuiteSession:
                     and (self.shard_of is None or self.shard_of(s) == self.shard_of(spec))]
             if spec not in todo:
                 todo.append(spec)
-            results = [self.measure(s, then=todo[i + 1] if i + 1 < len(todo) else None) for i, s in enumerate(todo)]
+            results = [self.measure(s, then=self._next_group(todo, i)) for i, s in enumerate(todo)]
             first = self.gate_speed(results)
             for cid, o in first.items():
                 if o.status == Status.REGRESSED:

@@ -301,3 +301,16 @@ def test_kernel_figures_timed_otherwise_than_the_baseline_are_never_gated_agains
     # a baseline recorded before the methods were kept: gated as before
     del store.data["configs"][cid]["kernel_methods"]
     assert store.method_change(host_bound, cid) is None
+
+
+def test_the_group_started_ahead_is_the_next_one_this_group_does_not_measure(tmp_path, monkeypatch):
+    """_speed_outcome starts the next group's processes while a group loads: the next is the first
+    configuration after it that is neither in its group (a takeaway partner) nor measured already."""
+    session = SuiteSession(baselines_dir=tmp_path, profiles={"cpu": "cpu-test"})
+    a, b, c, d = (RunSpec("synthetic:llama-tiny", x, "cpu") for x in ("torch-fp32", "torch-bf16", "bnb-nf4",
+                                                                       "bnb-int8"))
+    monkeypatch.setattr(session, "_partners", lambda s: [a, b] if s in (a, b) else [s])
+    todo = [a, b, c, d]
+    assert [session._next_group(todo, i) for i in range(4)] == [c, c, d, None]
+    session.results[c.id] = object()
+    assert session._next_group(todo, 0) == d
