@@ -16,6 +16,18 @@ import os
 from . import phases as P
 from .spec import RunSpec
 
+# Variables that change within a session without changing what a worker loads: pytest names the
+# running test in one, torch sets the other when the parent first touches CUDA (a worker sets its own)
+VOLATILE_ENV = ("PYTEST_CURRENT_TEST", "CUDA_MODULE_LOADING")
+
+
+def environment_key(env: dict | None) -> int:
+    """What a worker started now inherits (this process's variables plus `env`), as a key: a
+    variable changed in between, other than a VOLATILE_ENV one, is another environment."""
+    merged = {k: v for k, v in os.environ.items() if k not in VOLATILE_ENV} | dict(env or {})
+    return hash(repr(sorted(merged.items())))
+
+
 # A backend that a worker found unavailable on a device (its `unavailable_reason`: a library
 # missing, no GPU, no CUDA provider in onnxruntime) stays so in that interpreter and environment for
 # the whole session: a later configuration of it gets the same reason without a process started for
@@ -24,9 +36,8 @@ _UNAVAILABLE: dict[tuple, tuple[str, dict]] = {}
 
 
 def unavailable_key(spec: RunSpec, python: str | None, env: dict | None) -> tuple:
-    # the worker's environment is this process's plus `env`: a variable changed in between is another key
     return (spec.backend, repr(spec.backend_options), spec.device, python,
-            hash(repr(sorted((dict(os.environ) | dict(env or {})).items()))))
+            environment_key(env))
 
 
 def known_unavailable(spec: RunSpec, python: str | None = None, env: dict | None = None) -> str | None:
@@ -113,7 +124,7 @@ _AHEAD: dict[tuple, Starting] = {}
 
 def ahead_key(spec: RunSpec, model_options: dict | None, python: str | None, env: dict | None) -> tuple:
     return (spec.id, repr(sorted((model_options or {}).items())), python,
-            hash(repr(sorted((dict(os.environ) | dict(env or {})).items()))))
+            environment_key(env))
 
 
 def start_ahead(spec: RunSpec, model_options: dict | None, python: str | None, env: dict | None) -> None:

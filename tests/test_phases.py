@@ -330,6 +330,12 @@ def test_a_backend_found_unavailable_starts_no_further_process_in_that_environme
     assert second.reason == first.reason and "GPU" in first.reason
     assert second.backend_identity == first.backend_identity
     assert len(spawned) == 1  # the first configuration's measuring process only
+    # pytest names each test in the environment, torch sets CUDA_MODULE_LOADING at its first CUDA call:
+    # neither is another environment (on an H100 either would have started a process per configuration)
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "another test")
+    monkeypatch.setenv("CUDA_MODULE_LOADING", "LAZY")
+    assert measure(replace(kernel, model="synthetic:llama-125m"), profile="gpu-test").reason == first.reason
+    assert len(spawned) == 1
     assert measure(replace(kernel, backend="torch-bf16"), profile="gpu-test").status == Status.UNAVAILABLE
     assert len(spawned) == 2  # another backend: asked again
     monkeypatch.setenv("QUANTPERF_TEST_SOMETHING_ELSE", "1")
@@ -357,6 +363,7 @@ def test_the_next_configurations_processes_start_ahead_and_sit_idle_while_anythi
     a, b = _spec(), _spec("fake-int8")
     assert measure_many([a], ahead=[b])[0].status == Status.OK
     assert len(spawned) == 2 and len(starting._AHEAD) == 1 and idle_at_rounds == [True]
+    monkeypatch.setenv("CUDA_MODULE_LOADING", "LAZY")  # what torch sets in this process at its first CUDA call
     second = measure_many([b])[0]
     assert second.status == Status.OK and len(spawned) == 2  # b's process was the one started ahead
     assert second.timings["overlapped"]["imports"] > 0 and not starting._AHEAD
