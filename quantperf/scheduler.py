@@ -164,18 +164,22 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
     parent = environment or parent_environment()
     side = Side(spec, None)
     starting = worker if isinstance(worker, Starting) else None
-    known = unavailable(spec, python, env)
-    if known is not None:  # found unavailable by an earlier configuration's worker: no process for this one
+
+    def unavailable_side(reason: str, environment: dict) -> Side:
+        """No process loads this configuration: its backend is unavailable here (`reason`)."""
         if starting is not None:
             starting.close()
         elif worker is not None and not keep_worker:
             worker.close()
         side.worker = worker if keep_worker and starting is None else None
-        side.environment = dict(known[1])
-        side.info = {"status": Status.UNAVAILABLE, "reason": known[0], "identity": identity_of(spec)}
-        side.failed = not_measured(spec, Status.UNAVAILABLE, known[0], side.info["identity"], side.environment,
-                                   profile)
+        side.environment = dict(environment)
+        side.info = {"status": Status.UNAVAILABLE, "reason": reason, "identity": identity_of(spec)}
+        side.failed = not_measured(spec, Status.UNAVAILABLE, reason, side.info["identity"], side.environment, profile)
         return side
+
+    known = unavailable(spec, python, env)
+    if known is not None:  # found unavailable by an earlier configuration's worker: no process for this one
+        return unavailable_side(*known)
     name = f"{spec.model_label} {spec.backend} {spec.mode}"
     try:
         with progress.step(f"{name}: prepare (one-time builds: checkpoint, export, quantization)"), \
@@ -188,6 +192,10 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
             else:
                 side.worker = open_worker(spec, isolation, dict(model_options or {}), python, env)
                 prepared = side.worker.prepare() if prepare else {"built": False}
+        if isolation == "process" and prepared.get("unavailable") and not (python or env):
+            # the preparing process (this interpreter and environment) found the backend unavailable
+            remember_unavailable(spec, python, env, prepared["unavailable"], parent)
+            return unavailable_side(prepared["unavailable"], parent)
         if isolation == "process":
             if starting is not None:
                 worker = starting.take(side.phases)

@@ -323,8 +323,18 @@ def test_a_backend_found_unavailable_starts_no_further_process_in_that_environme
         pytest.skip("needs a host without a GPU")
     monkeypatch.setattr(starting, "_UNAVAILABLE", {})
     spawned = _counting(monkeypatch)
+    asked = []
+    real = workers.ProcessWorker._request
+
+    def request(self, method, kwargs):
+        asked.append(method)
+        return real(self, method, kwargs)
+
+    monkeypatch.setattr(workers.ProcessWorker, "_request", request)
     eager, kernel = (RunSpec("synthetic:llama-tiny", "torch-fp16", "cuda", m, TINY) for m in ("eager", "kernel"))
     first = measure(eager, profile="gpu-test")
+    # its preparing process found it (what a load would say): no measuring process loaded anything
+    assert "prepare_for" in asked and "load" not in asked
     second = measure(kernel, profile="gpu-test")
     assert first.status == second.status == Status.UNAVAILABLE
     assert second.reason == first.reason and "GPU" in first.reason

@@ -114,8 +114,9 @@ class LocalWorker:
 
         try:
             backend = get_backend(self.spec.backend, dict(self.spec.backend_options))
-            if backend.unavailable_reason(self.spec.device):
-                return {"built": False}
+            reason = backend.unavailable_reason(self.spec.device)
+            if reason:  # what load() would say; the caller need not start a process to hear it
+                return {"built": False, "unavailable": f"{self.spec.backend}: {reason}"}
             t0 = time.perf_counter()
             source = self._source()
             built = backend.prepare(source, self.spec.device, self.spec.mode) or source.built
