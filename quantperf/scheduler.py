@@ -342,10 +342,14 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
         for spec in later:
             start_ahead(spec, model_options, python, env)
 
-    def later_idle() -> None:
-        """Nothing of the next configurations' processes may run while a round is timed."""
+    def later_idle(on: list[Side]) -> None:
+        """Nothing of the next configurations' processes may run while a round is timed. The wait
+        (their imports outlasting these loads and warm-ups) is a start: shared out over `on`."""
+        t0 = P.clock()
         for spec in later:
             wait_ahead(spec, model_options, python, env)
+        for side in on:
+            P.add(side.phases, "start", (P.clock() - t0) / len(on))
 
     try:
         if interleave:
@@ -360,7 +364,7 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
                 else:
                     results[spec.id] = side.failed
             live = list(sides.values())
-            later_idle()
+            later_idle(live)
             n = max((s.spec.workload.rounds for s in live), default=0)
             runners = {s.spec.id: (lambda s=s: s.worker.rounds(n=1)[0]) for s in live}
             t0 = P.clock()
@@ -391,7 +395,7 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
                     results[spec.id] = side.failed
                     continue
                 sides[spec.id] = side
-                later_idle()
+                later_idle([side])
                 with progress.step(f"{spec.model_label} {spec.backend} {spec.mode}: {spec.workload.rounds} rounds"), \
                         P.timed(side.phases, "measure"):
                     rounds = side.worker.rounds(n=spec.workload.rounds)
@@ -420,12 +424,29 @@ def measure(spec: RunSpec, **kwargs) -> RunResult:
 QUALITY_AHEAD = 2  # quality processes started (spawn, imports) ahead of their turn
 
 
+def quality_reference(spec: RunSpec) -> RunSpec:
+    """The configuration whose logits `spec`'s quality is measured against (its device's reference
+    backend, eager, on the same model)."""
+    from .backends import REFERENCE_BACKEND
+
+    return replace(spec, backend=REFERENCE_BACKEND[spec.device], mode="eager", backend_options=())
+
+
+def quality_first(specs: list[RunSpec]) -> list[RunSpec]:
+    """The processes a quality pass over `specs` opens first: its reference and the next
+    QUALITY_AHEAD configurations (what a caller may start ahead: `measure_many(ahead=...)`)."""
+    if not specs:
+        return []
+    ref = quality_reference(specs[0])
+    group = [s for s in specs if (s.model, s.device) == (ref.model, ref.device) and s.backend != ref.backend]
+    return [ref, *group[:QUALITY_AHEAD]]
+
+
 def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params: dict | None = None,
                     environment: dict | None = None, profile: str | None = None) -> list[RunResult]:
     """Quality of each spec against its device's reference backend on the same model: one
     reference pass per model and device, then one compare pass per backend, each in its own
     worker. Results hold ppl, ln_ppl_ratio, mean_kld, top1_agreement and rms_dp (with SEs)."""
-    from .backends import REFERENCE_BACKEND
     from .envinfo import environment as env_fn
     from .envinfo import profile_id
     from .scenarios.quality import QualityScenario
@@ -455,7 +476,7 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
 
     for (model, device), group in by_ref.items():
         prof = profile or profile_id(device)
-        ref_spec = replace(group[0], backend=REFERENCE_BACKEND[device], mode="eager", backend_options=())
+        ref_spec = quality_reference(group[0])
         fd, ref_file = tempfile.mkstemp(prefix="quantperf-ref-", suffix=".npy")
         os.close(fd)
         # no figure of a quality pass is a time: the next configurations' fresh processes are spawned
@@ -466,12 +487,13 @@ def measure_quality(specs: list[RunSpec], *, isolation: str = "process", params:
 
         def start_next(after: int) -> None:
             for nxt in todo[after:after + QUALITY_AHEAD] if isolation == "process" else ():
-                if nxt.id not in starting:
-                    starting[nxt.id] = Starting(nxt)
+                if nxt.id not in starting:  # started ahead by the caller's last measurement, or now
+                    starting[nxt.id] = take_ahead(nxt, None, None, None) or Starting(nxt)
 
         try:
             ref = open_side(ref_spec, isolation=isolation, environment=environment, profile=prof, warm=False,
-                            worker=Starting(ref_spec) if isolation == "process" else None)
+                            worker=(take_ahead(ref_spec, None, None, None) or Starting(ref_spec))
+                            if isolation == "process" else None)
             start_next(0)
             if not ref.ok:
                 raise QuantperfError(f"reference backend {ref_spec.backend} failed: {ref.failed.reason}")

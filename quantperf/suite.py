@@ -93,9 +93,8 @@ class SuiteSession:
         if self.log is not None:
             self.log.rotate()  # one results file per session: older ones move beside it
         self.claims, self.max_rounds, self.root = claims or [], max_rounds, root
-        # Sharded runs (pytest-xdist, one worker per GPU): the key of a configuration's shard. The
-        # speed gate then measures and gates together only the configurations of the same shard,
-        # which one worker runs on one GPU; None: one process measures everything selected.
+        # Sharded runs (pytest-xdist, one worker per GPU): a configuration's shard key; the speed gate then
+        # measures and gates together that shard's configurations only (None: one process does all)
         self.shard_of: Callable[[RunSpec], str] | None = None
         self.results: dict[str, RunResult] = {}
         self.started = clock()  # the session's wall, for where its time went (quantperf.phases)
@@ -148,18 +147,17 @@ class SuiteSession:
         return group
 
     def measure(self, spec: RunSpec, quality: bool = False, then: RunSpec | None = None) -> RunResult:
-        """Measure `spec` once per session (with its takeaway partners, interleaved); `then`'s group's
-        fresh processes start while this group loads (quantperf.scheduler.measure_many's `ahead`)."""
-        from .scheduler import measure_many, measure_quality
+        """Measure `spec` once per session (with its takeaway partners, interleaved). What comes next
+        starts while this group loads (measure_many's `ahead`): `then`'s group, or the quality pass."""
+        from .scheduler import measure_many, measure_quality, quality_first
 
         key = ("quality:" if quality else "") + spec.id
         if key in self.results:
             return self.results[key]
         if quality:
             # one reference pass serves every quality configuration of this model and device
-            batch = [spec] + [s for s in self.quality_specs if s.model == spec.model and s.device == spec.device
-                              and s.id != spec.id and "quality:" + s.id not in self.results]
-            batch = list({s.id: s for s in batch}.values())
+            batch = list({s.id: s for s in [spec] + [s for s in self.quality_specs if (s.model, s.device) == (
+                spec.model, spec.device) and "quality:" + s.id not in self.results]}.values())
             if self.progress:
                 self.progress(f"measuring quality of {len(batch)} backend(s) on {spec.model_label} against the "
                               "reference")
@@ -180,9 +178,11 @@ class SuiteSession:
         if self.progress:
             self.progress(f"measuring {', '.join(g.id for g in group)}"
                           + (" (interleaved)" if len(group) > 1 else "") + ": load, one-time builds, warm-up, rounds")
+        ahead = self._partners(then) if then is not None and then.id not in self.results else quality_first(
+            [q for q in self.quality_specs if q.device == spec.device and "quality:" + q.id not in self.results])
         for res in measure_many(group, isolation=self.isolation, interleave=len(group) > 1,
                                 profile=self.profiles[spec.device], more_rounds=adaptive, max_rounds=self.max_rounds,
-                                ahead=[] if then is None or then.id in self.results else self._partners(then)):
+                                ahead=ahead):
             self._keep(res.spec.id, res)
         return self.results[key]
 

@@ -382,3 +382,23 @@ def test_the_next_configurations_processes_start_ahead_and_sit_idle_while_anythi
     assert len(left) == 1 and len(spawned) == 4
     starting.close_ahead()
     assert not starting._AHEAD and all(w.proc.poll() is not None for w in spawned)
+
+
+def test_a_quality_pass_takes_the_processes_started_ahead_for_it(monkeypatch, model_cache):
+    """quality_first names the reference and the next QUALITY_AHEAD configurations; processes
+    started ahead for them (by the suite's last speed group) are the ones the pass uses."""
+    from quantperf import starting
+    from quantperf.scheduler import QUALITY_AHEAD, measure_quality, quality_first, quality_reference
+
+    monkeypatch.setattr(starting, "_AHEAD", {})
+    specs = [RunSpec("fixture", b, "cpu", "eager", TINY) for b in ("torch-bf16", "bnb-nf4")]
+    first = quality_first(specs)
+    assert quality_first([]) == [] and first[0] == quality_reference(specs[0])
+    assert first[0].backend not in {s.backend for s in specs} and first[1:] == specs[:QUALITY_AHEAD]
+    spawned = _counting(monkeypatch, started_only=True)
+    for spec in first:
+        starting.start_ahead(spec, None, None, None)
+    results = measure_quality(specs, params={"context": 32, "max_windows": 1}, profile="cpu-test")
+    assert [r.status for r in results] == [Status.OK, Status.OK], [r.reason for r in results]
+    assert len(spawned) == 3 and not starting._AHEAD  # every process started ahead was taken, none more
+    assert all(w.proc.poll() is not None for w in spawned)

@@ -314,3 +314,24 @@ def test_the_group_started_ahead_is_the_next_one_this_group_does_not_measure(tmp
     assert [session._next_group(todo, i) for i in range(4)] == [c, c, d, None]
     session.results[c.id] = object()
     assert session._next_group(todo, 0) == d
+
+
+def test_after_the_last_group_the_quality_pass_processes_are_started_ahead(tmp_path, monkeypatch):
+    """The last speed group (nothing after it) starts the quality pass's first processes: its
+    reference and the next ones (scheduler.quality_first); a group with a next starts that one's."""
+    import quantperf.scheduler as scheduler
+
+    asked = []
+
+    def fake_measure_many(group, **kwargs):
+        asked.append(kwargs.get("ahead"))
+        return [RunResult(spec=s, status="ok") for s in group]
+
+    monkeypatch.setattr(scheduler, "measure_many", fake_measure_many)
+    session = SuiteSession(baselines_dir=tmp_path, profiles={"cpu": "cpu-test"})
+    quality = [RunSpec("fixture", b, "cpu") for b in ("torch-bf16", "bnb-nf4", "bnb-int8")]
+    session.quality_specs = quality
+    a, b = (RunSpec("synthetic:llama-tiny", x, "cpu") for x in ("torch-fp32", "torch-bf16"))
+    session.measure(a, then=b)
+    session.measure(b)
+    assert asked == [[b], scheduler.quality_first(quality)]
