@@ -31,7 +31,7 @@ def environment_key(env: dict | None) -> int:
 # A backend that a worker found unavailable on a device (its `unavailable_reason`: a library
 # missing, no GPU, no CUDA provider in onnxruntime) stays so in that interpreter and environment for
 # the whole session: a later configuration of it gets the same reason without a process started for
-# it (about 4 s each on a GPU host). A reason found at load (a model's, a mode's) is not kept.
+# it (12-14 s each in an H100 sitting). A reason found at load (a model's, a mode's) is not kept.
 _UNAVAILABLE: dict[tuple, tuple[str, dict]] = {}
 
 
