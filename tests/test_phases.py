@@ -134,8 +134,8 @@ def test_a_pre_started_process_that_dies_is_reported_and_nothing_is_left_running
     real = ahead_module.start_pair
     calls = []
 
-    def dying(spec, sides, model_options, phases, backends=None):
-        pair = real(spec, sides, model_options, phases, backends)
+    def dying(spec, sides, model_options, phases, backends=None, spawned=None):
+        pair = real(spec, sides, model_options, phases, backends, spawned)
         calls.append(pair)
         if len(calls) == 2:  # the first pair started ahead: its side B dies before its turn
             pair["B"].proc.kill()
@@ -402,3 +402,44 @@ def test_a_quality_pass_takes_the_processes_started_ahead_for_it(monkeypatch, mo
     assert [r.status for r in results] == [Status.OK, Status.OK], [r.reason for r in results]
     assert len(spawned) == 3 and not starting._AHEAD  # every process started ahead was taken, none more
     assert all(w.proc.poll() is not None for w in spawned)
+
+
+def test_a_pair_started_ahead_is_stopped_while_a_block_is_timed(monkeypatch):
+    """The overlap's next pair starts with the current one and does its imports only while nothing
+    is timed: during every timed round each of its processes is stopped (state T); it is continued
+    afterwards and taken, and the check is the same fresh pair per replicate."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads process states from /proc")
+    ahead_procs = []
+    real_spawned = ahead_module.Ahead._spawned
+
+    def spawned(self, worker):
+        ahead_procs.append(worker)
+        real_spawned(self, worker)
+
+    monkeypatch.setattr(ahead_module.Ahead, "_spawned", spawned)
+    states, loaded = [], set()
+    real = workers.ProcessWorker._request
+
+    def request(self, method, kwargs):
+        if method == "load":
+            loaded.add(self.proc.pid)
+        if method == "rounds":  # the pair started ahead: not loaded yet, still running
+            def waiting():
+                return [w for w in ahead_procs if w.proc.pid not in loaded and w.proc.poll() is None]
+
+            deadline = time.monotonic() + 30
+            while len(loaded) < 6 and len(waiting()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)  # pairs 1 and 2 have a next pair: its processes are spawned (a fake round is short)
+            states.extend(open(f"/proc/{w.proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] for w in waiting())
+        return real(self, method, kwargs)
+
+    monkeypatch.setattr(workers.ProcessWorker, "_request", request)
+    check, _ = check_config(_spec(), Sides(), pairs=3, blocks=1, tolerance=0.5, overlap=True)
+    assert check.status == Status.OK, check.message
+    assert [p.first for p in check.pairs] == ["A", "B", "A"]
+    assert len(ahead_procs) == 4  # pairs 2 and 3 were started ahead
+    assert states and set(states) == {"T"}, states
+    assert all(w.proc.poll() is not None for w in ahead_procs)

@@ -1,12 +1,16 @@
 """Process pairs started ahead: while one fresh pair of an A/B (quantperf.experiments.upgrade)
-measures, the next pair's two processes are spawned and do their heavy imports in a thread, so
-interpreter start and imports (seconds each on a GPU host) are off the critical path. Only
-start and imports: loading a model during another pair's measurement would disturb it. Every
-replicate still gets its own fresh pair; a pair started ahead that is never used is closed."""
+loads, warms up and measures, the next pair's two processes are spawned and do their heavy imports
+in a thread, so interpreter start and imports (seconds each on a GPU host) are off the critical
+path. Only start and imports: loading a model during another pair's measurement would disturb it.
+While a block is timed the processes started ahead are stopped (SIGSTOP) and continued after it
+(SIGCONT): their imports run in the windows where nothing is timed (loads, warm-ups, switches).
+Every replicate still gets its own fresh pair; a pair started ahead that is never used is closed."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .. import phases as P
@@ -17,11 +21,11 @@ OVERLAP_ENV = "QUANTPERF_AB_OVERLAP"  # 1: start the next pair's processes while
 
 
 def overlap_default() -> bool:
-    """Whether the next pair's processes start (spawn, imports) while the current pair measures:
-    QUANTPERF_AB_OVERLAP=1 or 0 decides; unset, off. Kernel mode on CUDA is where it should pay
-    (graph replays leave the host's cores idle while another pair's interpreters import), but it
-    has not yet been measured on a GPU, and on a CPU the next pair's imports share the measured
-    cores."""
+    """Whether the next pair's processes start (spawn, imports) while the current pair works:
+    QUANTPERF_AB_OVERLAP=1 or 0 decides; unset, off. On an H100 (every capturable backend in kernel
+    mode, imports running beside the timed blocks) it took 240 s to 205 s but 8 of 9 intervals came
+    out wider; the processes started ahead are since stopped while a block is timed, which has not
+    yet run on a GPU."""
     raw = (os.environ.get(OVERLAP_ENV) or "").strip()
     if raw in ("0", "1"):
         return raw == "1"
@@ -40,19 +44,20 @@ class PairStartFailed(QuantperfError):
 
 
 def start_pair(spec: RunSpec, sides, model_options: dict | None, phases: dict,
-               backends: list[str] | None = None) -> dict:
+               backends: list[str] | None = None, spawned=None) -> dict:
     """Two fresh worker processes for `spec`, side A and side B (`sides`: upgrade.Sides), each
     spawned and its heavy imports done (those of `backends` too: a shared pair's), no model read.
     The two start side by side (nothing is measured while they do); the slower side's wall
-    seconds go to `phases` (start, imports). A failure closes what was started and raises
-    PairStartFailed (side A's, where both failed)."""
+    seconds go to `phases` (start, imports); `spawned(worker)`: start_worker's. A failure closes what
+    was started and raises PairStartFailed (side A's, where both failed)."""
     from ..workers import StartFailed, start_worker
 
     timed: dict = {"A": {}, "B": {}}
 
     def one(name: str):
         try:
-            return start_worker(spec, model_options, backends=backends, timed=timed[name], **sides.kwargs(name)), None
+            return start_worker(spec, model_options, backends=backends, timed=timed[name], spawned=spawned,
+                                **sides.kwargs(name)), None
         except StartFailed as exc:
             what = "process did not start" if exc.step == "start" else "process failed in its imports"
             return None, PairStartFailed(name, f"{what}: {_line(exc.cause)}")
@@ -94,25 +99,80 @@ def _line(exc: BaseException) -> str:
     return first[:300]
 
 
+def _signal(worker, sig) -> None:
+    proc = getattr(worker, "proc", None)
+    if proc is not None and proc.poll() is None:
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:  # it exited meanwhile
+            pass
+
+
+def _stopped(worker, timeout_s: float = 2.0) -> None:
+    """Until the process is stopped (a signal is delivered asynchronously), where /proc says so."""
+    import time
+
+    proc = getattr(worker, "proc", None)
+    stat = f"/proc/{getattr(proc, 'pid', 0)}/stat"
+    deadline = time.monotonic() + timeout_s
+    while proc is not None and proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with open(stat) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("T", "t", "Z"):
+                    return
+        except (OSError, IndexError):  # no /proc here, or the process is gone
+            return
+        time.sleep(0.001)
+
+
 class Ahead:
     """At most one pair started ahead for one configuration. `start()` begins it in the
-    background; `take(phases)` waits for it (the wait is the critical path's `start`) and hands
-    its workers over; `close()` ends whatever was started and not taken. `hidden` holds the
-    background start and imports seconds, which the overlap took off the wall."""
+    background; `pause()` stops its processes while a block is timed and `resume()` continues them;
+    `take(phases)` waits for it (the wait is the critical path's `start`) and hands its workers
+    over; `close()` ends whatever was started and not taken. `hidden` holds the background start
+    and imports seconds (paused time included), which the overlap took off the wall."""
 
     def __init__(self, spec: RunSpec, sides, model_options: dict | None, backends: list[str] | None = None):
         self.spec, self.sides, self.model_options, self.backends = spec, sides, model_options, backends
         self.hidden: dict = {}
         self._pool: ThreadPoolExecutor | None = None
         self._future: Future | None = None
+        self._lock = threading.Lock()
+        self._procs: list = []  # the processes of the pair being started (stopped while `_paused`)
+        self._paused = False
+
+    def _spawned(self, worker) -> None:
+        with self._lock:
+            self._procs.append(worker)
+            if self._paused:
+                _signal(worker, signal.SIGSTOP)
+                _stopped(worker)
+
+    def pause(self) -> None:
+        """Stop the processes being started ahead (a block is about to be timed)."""
+        with self._lock:
+            self._paused = True
+            for w in self._procs:
+                _signal(w, signal.SIGSTOP)
+            for w in self._procs:
+                _stopped(w)
+
+    def resume(self) -> None:
+        """Continue them (nothing is timed any more)."""
+        with self._lock:
+            self._paused = False
+            for w in self._procs:
+                _signal(w, signal.SIGCONT)
 
     def start(self) -> None:
         if self._future is not None:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="quantperf-ahead")
+        with self._lock:
+            self._procs = []
         self._future = self._pool.submit(start_pair, self.spec, self.sides, self.model_options, self.hidden,
-                                         self.backends)
+                                         self.backends, self._spawned)
 
     @property
     def pending(self) -> bool:
@@ -123,10 +183,18 @@ class Ahead:
         future, self._future = self._future, None
         if future is None:
             raise RuntimeError("no pair was started ahead")
-        with P.timed(phases, "start"):
-            return future.result()
+        self.resume()  # a stopped process would never finish its imports
+        try:
+            with P.timed(phases, "start"):
+                return future.result()
+        finally:
+            with self._lock:  # taken: these measure now, and are never stopped again
+                self._procs = []
 
     def close(self) -> None:
+        self.resume()
+        with self._lock:
+            self._procs = []
         if self._future is not None:
             future, self._future = self._future, None
             try:

@@ -225,10 +225,11 @@ def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[
 def _shared_pair(order: list[RunSpec], sides: Sides, index: int, blocks: int, *, checks: dict, keeps: dict,
                  preparing: _Preparing, walls: dict, environment, profile, model_options: dict, say,
                  backends: list[str], ahead=None, start_next: Callable[[], None] | None = None) -> None:
-    """Pair `index`: fresh processes (started ahead, where `ahead` holds them) host the
-    configurations of `order` one after the other; `start_next` (once this pair measures) starts
-    the next pair ahead. A configuration that fails is marked in its check (and leaves the pair it
-    failed in), the next one gets a fresh pair where the processes cannot go on."""
+    """Pair `index`: fresh processes (started ahead, where `ahead` holds them) host the configurations
+    of `order` one after the other; `start_next` (once this pair's processes are there) starts the
+    next pair ahead, stopped while a block is timed. A configuration that fails is marked in its
+    check (and leaves the pair it failed in), the next one gets a fresh pair where the processes
+    cannot go on."""
     from .ahead import PairStartFailed, close_workers, start_pair
 
     workers: dict = {}
@@ -248,12 +249,14 @@ def _shared_pair(order: list[RunSpec], sides: Sides, index: int, blocks: int, *,
                             workers = start_pair(spec, sides, model_options, check.phases, backends)
                     except PairStartFailed as exc:
                         raise SideFailed(exc.side, f"pair {index + 1}: {exc.reason}") from None
+                    if start_next is not None:  # the next pair starts with this one, stopped while it times
+                        start_next()
                 if any(w.spec.id != spec.id for w in workers.values()):
                     _switch(workers, spec)
                 fresh_needed = _measure_in(spec, workers, sides, index, blocks, record=record, keep=keeps[spec.id],
                                            preparing=preparing, phases=check.phases, environment=environment,
                                            profile=profile, model_options=model_options,
-                                           measuring=start_next or (lambda: None))
+                                           ahead=ahead)
                 if fresh_needed:
                     say(f"{spec.id}: {fresh_needed}: the next configuration gets a fresh pair")
                     close_workers(workers)
@@ -303,12 +306,12 @@ def _switch(workers: dict, spec: RunSpec) -> None:
 
 def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: int, *, record: PairRecord,
                 keep: dict, preparing: _Preparing, phases: dict, environment, profile, model_options: dict,
-                measuring: Callable[[], None]) -> str | None:
+                ahead=None) -> str | None:
     """One configuration in the pair's processes: its preparing waited for, loaded on both sides at
-    once, warmed up the first side first, then `blocks` ABBA blocks (upgrade.measure_blocks, which
-    calls `measuring` first); then both unload. Returns why these processes must not host another
-    configuration, or None; raises SideFailed (`intact`: a load that answered with a status, the
-    processes can go on)."""
+    once, warmed up the first side first, then `blocks` ABBA blocks (upgrade.measure_blocks; the
+    next pair being started `ahead` is stopped while they are timed); then both unload. Returns why
+    these processes must not host another configuration, or None; raises SideFailed (`intact`: a
+    load that answered with a status, the processes can go on)."""
     from ..scheduler import open_side
 
     preparing.wait(spec, phases)
@@ -341,7 +344,9 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
         if wu["status"] != Status.OK:
             raise SideFailed(name, f"{wu['status']}: {_first_line(wu.get('reason') or '')}")
         side.timings.update({k: v for k, v in wu.items() if k != "status"})
-    measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases, measuring=measuring)
+    measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases,
+                   measuring=ahead.pause if ahead is not None else (lambda: None),
+                   measured=ahead.resume if ahead is not None else (lambda: None))
     def unload(name, w) -> str | None:
         try:
             return (w.unload() or {}).get("fresh_needed")

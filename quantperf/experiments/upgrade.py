@@ -190,12 +190,12 @@ class Sides:
 
 def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environment: dict, profile: str,
               model_options: dict, record: PairRecord, keep: dict, ahead=None, prepared: set | None = None,
-              phases: dict | None = None, measuring: Callable[[], None] = lambda: None) -> None:
+              phases: dict | None = None, start_next: Callable[[], None] = lambda: None) -> None:
     """One pair of fresh processes (started now, or ahead: quantperf.experiments.ahead): load and
-    warm both (the first side first), then `blocks` ABBA blocks. `measuring()` is called as the
-    blocks begin (the next pair starts then). A side's configuration is prepared once (`prepared`:
-    the sides already done). Fills `record` as blocks complete and `phases` with the wall seconds;
-    raises SideFailed naming the side."""
+    warm both (the first side first), then `blocks` ABBA blocks. `start_next()` is called once this
+    pair's processes are there (the next pair starts then, stopped while a block is timed). A side's
+    configuration is prepared once (`prepared`: the sides already done). Fills `record` as blocks
+    complete and `phases` with the wall seconds; raises SideFailed naming the side."""
     from .. import phases as P
     from ..scheduler import open_side
     from .ahead import PairStartFailed, start_pair
@@ -206,6 +206,7 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
             start_pair(spec, sides, model_options, phases)
     except PairStartFailed as exc:
         raise SideFailed(exc.side, f"pair {index + 1}: {exc.reason}") from None
+    start_next()
     order = list(SIDE_NAMES) if record.first == "A" else list(reversed(SIDE_NAMES))
     opened: dict = {}
     record.pids = {n: (getattr(w, "info", None) or {}).get("pid") for n, w in workers.items()}
@@ -218,7 +219,9 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
             if not side.ok:
                 raise SideFailed(name, f"{side.failed.status}: {_first_line(side.failed.reason or '')}")
             opened[name] = side
-        measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases, measuring=measuring)
+        measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases,
+                       measuring=ahead.pause if ahead is not None else (lambda: None),
+                       measured=ahead.resume if ahead is not None else (lambda: None))
     finally:
         from .ahead import close_sides, close_workers
 
@@ -227,9 +230,12 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
 
 
 def measure_blocks(spec: RunSpec, opened: dict, index: int, blocks: int, *, record: PairRecord, keep: dict,
-                   phases: dict, measuring: Callable[[], None] = lambda: None) -> None:
+                   phases: dict, measuring: Callable[[], None] = lambda: None,
+                   measured: Callable[[], None] = lambda: None) -> None:
     """`blocks` ABBA blocks between the two opened sides of pair `index` (both loaded and warm), then
-    each side's memory and runtime read back; fills `record` and `keep`, raises SideFailed."""
+    each side's memory and runtime read back; fills `record` and `keep`, raises SideFailed.
+    `measuring()` is called before the first timed block, `measured()` after the last (a pair
+    started ahead is stopped in between: quantperf.experiments.ahead)."""
     from .. import phases as P
     from ..scheduler import interleave_rounds
 
@@ -251,15 +257,18 @@ def measure_blocks(spec: RunSpec, opened: dict, index: int, blocks: int, *, reco
     runners = {name: runner(name) for name in order}
     measuring()
     t0 = P.clock()
-    for _ in range(blocks):
-        got = interleave_rounds(runners, ROUNDS_PER_BLOCK)
-        ta, tb = unit_times(spec, got["A"]), unit_times(spec, got["B"])
-        tokens = {n: [r.get("first_tokens") for r in got[n]] for n in SIDE_NAMES}
-        record.blocks.append({"a": ta, "b": tb, "log_ratio": block_log_ratio(ta, tb),
-                              "tokens_match": None if None in tokens["A"] + tokens["B"]
-                              else all(t == tokens["A"][0] for t in tokens["A"] + tokens["B"])})
-        for n in SIDE_NAMES:
-            keep.setdefault(f"rounds_{n}", []).extend(got[n])
+    try:
+        for _ in range(blocks):
+            got = interleave_rounds(runners, ROUNDS_PER_BLOCK)
+            ta, tb = unit_times(spec, got["A"]), unit_times(spec, got["B"])
+            tokens = {n: [r.get("first_tokens") for r in got[n]] for n in SIDE_NAMES}
+            record.blocks.append({"a": ta, "b": tb, "log_ratio": block_log_ratio(ta, tb),
+                                  "tokens_match": None if None in tokens["A"] + tokens["B"]
+                                  else all(t == tokens["A"][0] for t in tokens["A"] + tokens["B"])})
+            for n in SIDE_NAMES:
+                keep.setdefault(f"rounds_{n}", []).extend(got[n])
+    finally:
+        measured()
     P.add(phases, "measure", P.clock() - t0)
     for n in SIDE_NAMES:
         try:
@@ -314,12 +323,12 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
         while i < target:
             record = PairRecord(i, "A" if i % 2 == 0 else "B")
             check.pairs.append(record)
-            # the next pair's processes start while this one measures, when it is certain to run
+            # the next pair's processes start with this one (stopped while it times), when it is certain to run
             nxt = (lambda: ahead.start()) if ahead is not None and i + 1 < target else (lambda: None)
             try:
                 _run_pair(spec, sides, i, blocks, environment=environment, profile=profile,
                           model_options=dict(model_options or {}), record=record, keep=keep, ahead=ahead,
-                          prepared=prepared, phases=check.phases, measuring=nxt)
+                          prepared=prepared, phases=check.phases, start_next=nxt)
             except SideFailed as exc:
                 record.complete = False  # a pair cut short is kept in the report, never counted
                 mark_failed(check, spec, sides, exc, say)

@@ -504,13 +504,14 @@ class StartFailed(QuantperfError):
 
 def start_worker(spec: RunSpec, model_options: dict | None = None, python: str | None = None,
                  env: dict | None = None, backends: list[str] | None = None, timed: dict | None = None,
-                 cuda: bool = False):
+                 cuda: bool = False, spawned=None):
     """A fresh process worker for `spec`, spawned and its heavy imports done (those of `backends`
     too), no model read and, unless `cuda`, no CUDA context: what is started ahead of its turn, in
     a thread, while something that measures nothing goes on (`cuda` only where nothing is measured
     on the GPU meanwhile). The wall seconds of each step are added to `timed` (start, imports: the
-    CUDA context's are in imports). A failure closes what was started and raises StartFailed
-    naming the step."""
+    CUDA context's are in imports). `spawned(worker)` is called once the process answers, before its
+    imports (a caller that pauses it meanwhile: quantperf.experiments.ahead). A failure closes what
+    was started and raises StartFailed naming the step."""
     from .. import phases as P
 
     timed = {} if timed is None else timed
@@ -519,6 +520,8 @@ def start_worker(spec: RunSpec, model_options: dict | None = None, python: str |
             worker = open_worker(spec, "process", dict(model_options or {}), python, env)
         except Exception as exc:
             raise StartFailed("start", exc) from exc
+    if spawned is not None:
+        spawned(worker)
     with P.timed(timed, "imports"):
         try:
             worker.imports(**({"backends": list(backends)} if backends else {}), **({"cuda": True} if cuda else {}))
