@@ -101,8 +101,7 @@ class SuiteSession:
         self.outcomes: dict[str, ConfigOutcome] = {}
         self.claim_results: list[ClaimResult] = []
         self.unlogged: dict[str, str] = {}  # config id -> the results-file write error: measured, not logged
-        self.recorded: list[str] = []
-        self._stores: dict[str, BaselineStore] = {}
+        self.recorded, self._stores = [], {}  # recorded config ids; profile -> BaselineStore
         self.quality_params: dict[str, dict] = {}  # device -> quality parameters (context, max_windows, corpus)
         self.quality_specs: list[RunSpec] = []  # quality configurations selected in this run
         self.noise_rows: list[dict] = []
@@ -179,7 +178,8 @@ class SuiteSession:
             self.progress(f"measuring {', '.join(g.id for g in group)}"
                           + (" (interleaved)" if len(group) > 1 else "") + ": load, one-time builds, warm-up, rounds")
         ahead = self._partners(then) if then is not None and then.id not in self.results else quality_first(
-            [q for q in self.quality_specs if q.device == spec.device and "quality:" + q.id not in self.results])
+            [q for q in self.quality_specs if q.device == spec.device and "quality:" + q.id not in self.results
+             and self.shard_of is None])  # sharded (xdist): which worker runs the quality pass is not known here
         for res in measure_many(group, isolation=self.isolation, interleave=len(group) > 1,
                                 profile=self.profiles[spec.device], more_rounds=adaptive, max_rounds=self.max_rounds,
                                 ahead=ahead):

@@ -335,3 +335,6 @@ def test_after_the_last_group_the_quality_pass_processes_are_started_ahead(tmp_p
     session.measure(a, then=b)
     session.measure(b)
     assert asked == [[b], scheduler.quality_first(quality)]
+    session.shard_of = lambda s: "0"  # sharded: another worker may run the quality pass
+    session.measure(RunSpec("synthetic:llama-tiny", "bnb-nf4", "cpu"))
+    assert asked[-1] == []
