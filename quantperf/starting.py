@@ -43,7 +43,7 @@ def unavailable_key(spec: RunSpec, python: str | None, env: dict | None) -> tupl
 def known_unavailable(spec: RunSpec, python: str | None = None, env: dict | None = None) -> str | None:
     """The reason a worker of this session gave for `spec`'s backend being unavailable on its
     device in this interpreter and environment, or None."""
-    found = _UNAVAILABLE.get(unavailable_key(spec, python, env))
+    found = unavailable(spec, python, env)
     return found[0] if found else None
 
 
