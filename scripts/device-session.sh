@@ -35,7 +35,8 @@
 #        command, with --qp-report); upgrade-aa / upgrade (`quantperf upgrade-check` A/A calibration,
 #        then the installed bitsandbytes against the old one of oldsetup: A = old, B = /tmp/wh's wheel;
 #        QP_UP_BACKENDS, QP_UP_MODES); sitting (the GPU tier, QP_M its -m, kept in the results
-#        store /tmp/hist, copied into OUTDIR/hist); aa-kernel (kernel-mode A/A over QP_AA_BACKENDS, the walk of
+#        store /tmp/hist, copied into OUTDIR/hist); tier-ab (the GPU tier as an A/B, --qp-against: A = bitsandbytes
+#        QP_TIER_AB_OLD, default 0.49.2, from the carried .whlold/); aa-kernel (kernel-mode A/A over QP_AA_BACKENDS, the walk of
 #        QUANTPERF_KERNEL_WALK); ab-kernel (kernel-mode A/A over every capturable backend, QP_AB_BACKENDS,
 #        process pairs shared or not per QUANTPERF_AB_SHARE); ab-old / ab-4 / ab-4-overlap (the same A/A over
 #        QP_AB4_BACKENDS, default four, on an earlier checkout's quantperf in QP_AB_SRC / on this one / on this one
@@ -123,6 +124,7 @@ start|after)
     shift 2
     prev=""; [ -f "$Q/pipeline.pid" ] && prev=$(cat "$Q/pipeline.pid")
     if [ "$phase" = start ] && [ -n "$prev" ]; then kill -- -"$prev" 2>/dev/null; prev=""; fi
+    if [ -d .whlold ]; then mkdir -p /tmp/whold && cp .whlold/*.whl /tmp/whold/; fi  # side A's wheels of tier-ab
     src=$(mktemp -d /tmp/qp-src.XXXX) && cp -r quantperf benchmarks baselines scripts conftest.py pyproject.toml "$src/"
     echo "pipeline: $* (queued $(date -u +%H:%M:%S))" >> "$Q/STATUS"
     setsid bash -c "while [ -n '$prev' ] && kill -0 '$prev' 2>/dev/null; do sleep 2; done; \
@@ -254,6 +256,11 @@ for s in "$@"; do
         n=$(n_of sitting); QP_FAULTHANDLER_S=600 step "sitting$n" gpu_job "$Q/sitting$n" 900 -m "${QP_M:-gpu and not slow}" \
             -k "${QP_SITTING_K:-not nothing}" --qp-history /tmp/hist
         mkdir -p "$Q/hist" && cp -r /tmp/hist/. "$Q/hist/"
+        ;;
+    tier-ab)  # the GPU tier as an A/B (--qp-against, no baseline read): A = bitsandbytes QP_TIER_AB_OLD (default
+        # 0.49.2, its wheel carried in .whlold/), B = the installed one; QP_M its -m
+        QP_FAULTHANDLER_S=600 step tier-ab gpu_job "$Q/tier-ab" 900 -m "${QP_M:-gpu and not slow}" \
+            --qp-against "bitsandbytes==${QP_TIER_AB_OLD:-0.49.2}" --qp-against-find-links /tmp/whold --qp-against-no-index
         ;;
     aa-kernel)  # the kernel-mode A/A upgrade check over QP_AA_BACKENDS, walk QUANTPERF_KERNEL_WALK (unset: layer)
         d="$Q/aa-kernel-${QUANTPERF_KERNEL_WALK:-layer}"; mkdir -p "$d"

@@ -227,3 +227,31 @@ def test_bnb_int8_footprint_is_the_same_before_and_after_a_forward(model_cache):
     assert w.warmup()["status"] == "ok"  # forwards every linear module
     assert module_weight_bytes(model) == before
     w.close()
+
+
+def test_build_makes_the_walks_and_times_nothing(model_cache, monkeypatch):
+    """build() (what a pair's two processes do at once) makes every walk a round times, with its
+    inputs and layer copies, and times nothing: no copy bandwidth, no replays fitted. The warm-up
+    (one side at a time) fits each walk once, before its first sample."""
+    from quantperf.scenarios import kernel
+
+    timed: list[int] = []
+    real = kernel._Walk._timed_us
+    monkeypatch.setattr(kernel._Walk, "_timed_us", lambda self, walks: timed.append(walks) or real(self, walks))
+    kernel._COPY_GBPS.pop("cpu", None)
+    w = LocalWorker(RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "kernel", WORKLOAD))
+    try:
+        assert w.load()["status"] == "ok"
+        w.configure(shapes=["decode"], lm_head=False)
+        built = w.build()
+        assert built["status"] == "ok" and built["build_s"] >= 0
+        walks = w.scenario._walks
+        assert sorted(t for t, shape, _ in walks) == sorted(LINEAR_TYPES) and {s for _, s, _ in walks} == {"decode"}
+        assert timed == [] and "cpu" not in kernel._COPY_GBPS and not any(x.fitted for x in walks.values())
+        assert w.warmup()["status"] == "ok"
+        assert all(x.fitted for x in walks.values()) and kernel._COPY_GBPS["cpu"] > 0
+        assert timed.count(1) == len(LINEAR_TYPES)  # one fitting walk each, then samples only
+        w.rounds(n=1)
+        assert timed.count(1) == len(LINEAR_TYPES) and len(w.scenario._walks) == len(LINEAR_TYPES)
+    finally:
+        w.close()

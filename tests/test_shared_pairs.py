@@ -297,3 +297,62 @@ def test_a_pairs_processes_are_closed_side_by_side():
     both = list(pair.values())
     close_workers(pair)
     assert pair == {} and all(w.closed for w in both)
+
+
+def test_a_pair_builds_at_once_and_warms_up_one_side_at_a_time(monkeypatch):
+    """_measure_in: both sides build their warm-up's untimed work at once (a barrier both builds must
+    reach), then warm up one after the other, the pair's first side first (a warm-up times: the copy
+    bandwidth, each walk's replays); a side whose build crashed fails that side, named."""
+    import threading
+
+    from quantperf import scheduler
+    from quantperf.experiments import shared
+    from quantperf.experiments.upgrade import PairRecord, SideFailed
+
+    barrier = threading.Barrier(2, timeout=20)
+    events: list[str] = []
+
+    class Worker:
+        def __init__(self, name, broken=False):
+            self.name, self.broken = name, broken
+
+        def configure(self, **kw):
+            events.append(f"configure {self.name} {sorted(kw)}")
+
+        def build(self):
+            barrier.wait()  # both builds must be under way at the same time
+            if self.broken:
+                raise RuntimeError("capture failed hard")
+            return {"status": "ok", "build_s": 0.1}
+
+        def warmup(self):
+            events.append(f"warmup {self.name}")
+            return {"status": "ok", "warmup_s": 0.2}
+
+        def unload(self):
+            return {}
+
+    class Side:
+        def __init__(self, worker):
+            self.worker, self.ok, self.phases, self.timings = worker, True, {}, {}
+
+    class Ready:
+        def wait(self, spec, phases):
+            pass
+
+    monkeypatch.setattr(scheduler, "open_side", lambda spec, worker=None, **kw: Side(worker))
+    monkeypatch.setattr(shared, "measure_blocks", lambda *a, **kw: events.append("blocks"))
+    spec = _spec("fake-fp16", "kernel")
+
+    def run(workers, first="B"):
+        return shared._measure_in(spec, workers, Sides(), 1, 1, record=PairRecord(1, first), keep={},
+                                  preparing=Ready(), phases={}, environment=None, profile=None, model_options={})
+
+    assert run({"A": Worker("A"), "B": Worker("B")}) is None
+    assert events[2:] == ["warmup B", "warmup A", "blocks"]
+    assert all(e.endswith("['lm_head', 'shapes']") for e in events[:2])
+    barrier.reset()
+    with pytest.raises(SideFailed) as failed:
+        run({"A": Worker("A", broken=True), "B": Worker("B")}, first="A")
+    assert failed.value.side == "A" and "crashed building its warm-up in pair 2: RuntimeError: capture failed hard" \
+        in str(failed.value)

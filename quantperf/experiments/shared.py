@@ -13,8 +13,10 @@ come from P independent pairs, and its interval is the same Student-t over them
 same order, so whatever an earlier configuration leaves in a process (allocator state, a warm
 clock) is on both sides of the ratio; the order is rotated from pair to pair, so no configuration
 is always first (cold) or last. Each configuration is unloaded (its memory given back) before the
-next loads. Both sides load a configuration at the same time (nothing is measured then), warm up
-one after the other (the pair's first side first) and then run the ABBA blocks. Kernel mode's
+next loads. Both sides load a configuration at the same time (nothing is measured then), build
+what their warm-ups need at the same time (kernel mode's layer copies, inputs and CUDA graphs:
+nothing is timed then either), warm up one after the other (the pair's first side first: a warm-up
+times the copy bandwidth and each walk's replays) and then run the ABBA blocks. Kernel mode's
 rounds time the decode shape's seven projection types alone there (the A/B's statistic; the
 prefill walks, half of a round, and the lm_head, a figure never gated, are neither captured nor
 timed); the results built for the takeaways carry the decode figures only.
@@ -308,8 +310,9 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
                 keep: dict, preparing: _Preparing, phases: dict, environment, profile, model_options: dict,
                 ahead=None) -> str | None:
     """One configuration in the pair's processes: its preparing waited for, loaded on both sides at
-    once, warmed up the first side first, then `blocks` ABBA blocks (upgrade.measure_blocks; the
-    next pair being started `ahead` is stopped while they are timed); then both unload. Returns why
+    once, the warm-ups' untimed work built on both at once (worker.build), warmed up the first side
+    first, then `blocks` ABBA blocks (upgrade.measure_blocks; the next pair being started `ahead` is
+    stopped while they are timed); then both unload. Returns why
     these processes must not host another configuration, or None; raises SideFailed (`intact`: a
     load that answered with a status, the processes can go on)."""
     from ..scheduler import open_side
@@ -332,10 +335,24 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
             exc = SideFailed(name, f"{side.failed.status}: {_first_line(side.failed.reason or '')}")
             exc.intact = side.worker is not None and all(_alive(w) for w in workers.values())
             raise exc
-    for name in order:  # one after the other, the pair's first side first
+    if spec.mode == "kernel":  # the statistic is the decode shape's: prefill is neither timed nor captured
+        for name in order:
+            opened[name].worker.configure(shapes=list(AB_KERNEL_SHAPES), lm_head=False)
+
+    def build(name, w) -> dict:
+        try:
+            return w.build()
+        except Exception as exc:  # noqa: BLE001 -- this side's failure, named below
+            return {"status": "crashed", "reason": f"crashed building its warm-up in pair {index + 1}: {_failure(exc)}"}
+
+    with P.timed(phases, "warmup"):  # both at once: nothing is timed while they build (kernel mode's walks, graphs)
+        built = dict(_both({n: opened[n].worker for n in order}, lambda n, w: (n, build(n, w))))
+    for name in order:
+        if built[name].get("status") == "crashed":
+            raise SideFailed(name, built[name]["reason"])
+        opened[name].timings.update({k: v for k, v in built[name].items() if k != "status"})
+    for name in order:  # one after the other, the pair's first side first: a warm-up times (copy bandwidth, replays)
         side = opened[name]
-        if spec.mode == "kernel":  # the statistic is the decode shape's: prefill is neither timed nor captured
-            side.worker.configure(shapes=list(AB_KERNEL_SHAPES), lm_head=False)
         with P.timed(phases, "warmup"):
             try:
                 wu = side.worker.warmup()

@@ -29,6 +29,12 @@ class Scenario:
         """None when this scenario can measure the loaded model; else why not."""
         return None
 
+    def build(self) -> dict:
+        """What the warm-up would make before it times anything (kernel mode: the walks' inputs, copies
+        and CUDA graphs), made now: a pair's two processes may build at once, nothing is timed then.
+        Most scenarios have nothing to build."""
+        return {}
+
     def warmup(self, rounds: int) -> dict:
         for _ in range(rounds):
             self.round()

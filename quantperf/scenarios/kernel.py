@@ -161,11 +161,19 @@ class _Walk:
         self.graph = None
         self.method = "cpu-timed" if device == "cpu" else "eager-timed"
         self.note = ""
+        self.fitted = False
         if device == "cuda":
             self._capture()
             if self.graph is None:  # eager-timed walks are 10-100x slower: fewer per sample, fixed per config
                 self.replays = max(1, replays // EAGER_REPLAY_DIVISOR)
-        self.replays = fit_replays(self.replays, self._timed_us(1))
+
+    def fit(self) -> None:
+        """Replays per sample, from one timed walk (once, before the first sample: every round does
+        the same work). Not at construction: a walk may be built while the other side of a pair
+        builds too, and a timing then would see that work."""
+        if not self.fitted:
+            self.replays = fit_replays(self.replays, self._timed_us(1))
+            self.fitted = True
 
     def run(self) -> None:
         for m, x in zip(self.modules, self.inputs):
@@ -214,6 +222,7 @@ class _Walk:
 
     def sample_us(self) -> float:
         """Microseconds per module call over `replays` repetitions of the walk."""
+        self.fit()
         return self._timed_us(self.replays) / (self.replays * len(self.modules))
 
     def _timed_us(self, walks: int) -> float:
@@ -271,7 +280,8 @@ class KernelScenario(Scenario):
             return f"{self.spec.backend}: {exc}"
         return None
 
-    def _ensure_inputs(self) -> None:
+    def _ensure_inputs(self, timed: bool = True) -> None:
+        """The walks' modules and inputs; `timed`: and the device's copy bandwidth (a timing)."""
         if self._inputs is None and getattr(self.loaded, "model_dir", None) is None:
             w = self.spec.workload
             model = self.loaded.model
@@ -286,7 +296,7 @@ class KernelScenario(Scenario):
             if one_layer:
                 inputs = {t: (walk_inputs(xs[0], layers) if t != "lm_head" else xs) for t, xs in inputs.items()}
             self._inputs = inputs
-        if self._copy_gbps is None:
+        if timed and self._copy_gbps is None:
             self._copy_gbps = copy_bandwidth_gbps(self.spec.device)
 
     def _inject_us(self) -> float | None:
@@ -305,6 +315,25 @@ class KernelScenario(Scenario):
             self._walks[key] = _Walk(mods, xs, self.spec.device, inject_us, self.REPLAYS[self.spec.device])
         return self._walks[key]
 
+    def _timed_walks(self) -> list[tuple[str, str]]:
+        """(module type, shape) of every walk a round times, in its order."""
+        types = (*LINEAR_TYPES, *(("lm_head",) if self.settings.get("lm_head", True) else ()))
+        return [(t, shape) for shape in self.settings.get("shapes") or SHAPES for t in types]
+
+    def build(self) -> dict:
+        """The walks' inputs, layer copies and CUDA graphs, nothing timed (a pair's processes build at
+        once); the warm-up then measures the copy bandwidth and fits each walk's replays, one side at
+        a time. ONNX Runtime's timers are built by its first round."""
+        t0 = time.perf_counter()
+        self._ensure_inputs(timed=False)
+        if getattr(self.loaded, "model_dir", None) is None:
+            import torch
+
+            with torch.inference_mode():
+                for t, shape in self._timed_walks():
+                    self._walk(t, shape)
+        return {"build_s": round(time.perf_counter() - t0, 2)}
+
     def warmup(self, rounds: int) -> dict:
         self._ensure_inputs()
         for _ in range(max(rounds, 1)):
@@ -319,21 +348,20 @@ class KernelScenario(Scenario):
 
         out: dict = {"copy_gbps": self._copy_gbps, "walk": self.walk_description(), "types": {}}
         with torch.inference_mode():
-            for shape in self.settings.get("shapes") or SHAPES:  # the A/B's shared pairs time decode alone
-                for t in (*LINEAR_TYPES, *(("lm_head",) if self.settings.get("lm_head", True) else ())):
-                    walk = self._walk(t, shape)
-                    samples, clocks = [], []
-                    for _ in range(self.SAMPLES):
-                        samples.append(walk.sample_us())
-                        if self.spec.device == "cuda":
-                            clocks.append(M.sm_clock_mhz())
-                    m, x = walk.modules[0], walk.inputs[0]
-                    out["types"][f"{shape}:{t}"] = {
-                        "us_per_call": statistics.median(samples), "samples_us": samples, "method": walk.method,
-                        "note": "; ".join(n for n in (self._walk_note if t != "lm_head" else "", walk.note) if n),
-                        "replays": walk.replays, "bytes": module_bytes(m, x, _out_features(m)),
-                        "flops": 2 * x[..., :1].numel() * _in_features(m) * _out_features(m), "sm_clock_mhz": clocks,
-                        "layers": len(walk.modules)}
+            for t, shape in self._timed_walks():  # the A/B's shared pairs time decode alone
+                walk = self._walk(t, shape)
+                samples, clocks = [], []
+                for _ in range(self.SAMPLES):
+                    samples.append(walk.sample_us())
+                    if self.spec.device == "cuda":
+                        clocks.append(M.sm_clock_mhz())
+                m, x = walk.modules[0], walk.inputs[0]
+                out["types"][f"{shape}:{t}"] = {
+                    "us_per_call": statistics.median(samples), "samples_us": samples, "method": walk.method,
+                    "note": "; ".join(n for n in (self._walk_note if t != "lm_head" else "", walk.note) if n),
+                    "replays": walk.replays, "bytes": module_bytes(m, x, _out_features(m)),
+                    "flops": 2 * x[..., :1].numel() * _in_features(m) * _out_features(m), "sm_clock_mhz": clocks,
+                    "layers": len(walk.modules)}
         return out
 
     def _ort_round(self) -> dict:

@@ -61,7 +61,7 @@ def request_timeout_s() -> float:
 # a silent worker is sent this before it is killed; quantperf.workers (its __main__) answers with every thread's stack
 STACK_SIGNAL = "SIGUSR1"
 METHODS = {
-    "hello", "environment", "imports", "prepare", "prepare_for", "load", "warmup",
+    "hello", "environment", "imports", "prepare", "prepare_for", "load", "build", "warmup",
     "rounds", "configure", "memory", "runtime", "quality", "close", "unload", "switch",
 }
 
@@ -284,6 +284,11 @@ class LocalWorker:
         if self.scenario is not None:
             self.scenario.settings.update(self.settings)
         return dict(self.settings) | {"pin_cpu": self.model_options.get("pin_cpu", True)}
+
+    def build(self) -> dict:
+        """The warm-up's untimed work, ahead of warmup(): kernel mode's walks, inputs and CUDA graphs
+        (Scenario.build). A pair's two processes build at once; their warm-ups, which time, do not."""
+        return {"status": Status.OK} | self.scenario.build()
 
     def warmup(self, rounds: int | None = None) -> dict:
         n = self.spec.workload.warmup_rounds if rounds is None else rounds
