@@ -1,7 +1,7 @@
 """Where one configuration's load, warm-up and round spend their time, in this process, with
 cProfile: the phases that `time:` lines only total (issue #28). Prints, per backend, the wall
-seconds of load, warm-up and one round, then the functions with the most cumulative time of
-the load and of the warm-up.
+seconds of load, build (kernel mode: the walks and CUDA graphs, what a pair builds at once),
+warm-up and one round, then the functions with the most cumulative time of each.
 
     python scripts/profile_load.py --device cuda --mode kernel --model synthetic:llama-1b \
         --backend torch-fp16 bnb-nf4 torchao-int8wo [--top 15]
@@ -55,12 +55,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {backend}: {info['status']}: {info.get('reason')}")
             w.close()
             continue
+        if args.mode == "kernel":  # what a shared pair's processes do: the decode projections alone
+            w.configure(shapes=["decode"], lm_head=False)
+        _, build_s, build_prof = _profiled(w.build)
         _, warm_s, warm_prof = _profiled(w.warmup)
         t0 = time.perf_counter()
         w.rounds(n=1)
         round_s = time.perf_counter() - t0
-        print(f"== {backend}: load {load_s:.2f} s, warm-up {warm_s:.2f} s, one round {round_s:.2f} s")
-        print(f"-- load\n{_top(load_prof, args.top)}\n-- warm-up\n{_top(warm_prof, args.top)}")
+        print(f"== {backend}: load {load_s:.2f} s, build {build_s:.2f} s, warm-up {warm_s:.2f} s, "
+              f"one round {round_s:.2f} s")
+        print(f"-- load\n{_top(load_prof, args.top)}\n-- build\n{_top(build_prof, args.top)}"
+              f"\n-- warm-up\n{_top(warm_prof, args.top)}")
         w.unload()
     return 0
 
