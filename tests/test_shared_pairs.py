@@ -302,7 +302,8 @@ def test_a_pairs_processes_are_closed_side_by_side():
 def test_a_pair_builds_at_once_and_warms_up_one_side_at_a_time(monkeypatch):
     """_measure_in: both sides build their warm-up's untimed work at once (a barrier both builds must
     reach), then warm up one after the other, the pair's first side first (a warm-up times: the copy
-    bandwidth, each walk's replays); a side whose build crashed fails that side, named."""
+    bandwidth, each walk's replays), or at once where the warm-up times nothing (generation's); a
+    side whose build crashed fails that side, named."""
     import threading
 
     from quantperf import scheduler
@@ -313,8 +314,8 @@ def test_a_pair_builds_at_once_and_warms_up_one_side_at_a_time(monkeypatch):
     events: list[str] = []
 
     class Worker:
-        def __init__(self, name, broken=False):
-            self.name, self.broken = name, broken
+        def __init__(self, name, broken=False, times=True):
+            self.name, self.broken, self.times = name, broken, times
 
         def configure(self, **kw):
             events.append(f"configure {self.name} {sorted(kw)}")
@@ -323,9 +324,11 @@ def test_a_pair_builds_at_once_and_warms_up_one_side_at_a_time(monkeypatch):
             barrier.wait()  # both builds must be under way at the same time
             if self.broken:
                 raise RuntimeError("capture failed hard")
-            return {"status": "ok", "build_s": 0.1}
+            return {"status": "ok", "build_s": 0.1, "warmup_times": self.times}
 
         def warmup(self):
+            if not self.times:
+                barrier.wait()  # warm-ups that time nothing run at once
             events.append(f"warmup {self.name}")
             return {"status": "ok", "warmup_s": 0.2}
 
@@ -356,3 +359,43 @@ def test_a_pair_builds_at_once_and_warms_up_one_side_at_a_time(monkeypatch):
         run({"A": Worker("A", broken=True), "B": Worker("B")}, first="A")
     assert failed.value.side == "A" and "crashed building its warm-up in pair 2: RuntimeError: capture failed hard" \
         in str(failed.value)
+    barrier.reset()
+    events.clear()
+    assert run({"A": Worker("A", times=False), "B": Worker("B", times=False)}) is None
+    assert sorted(events[2:4]) == ["warmup A", "warmup B"] and events[4:] == ["blocks"]
+
+
+def test_a_pair_per_configuration_opens_both_sides_at_once_once_both_are_prepared(monkeypatch):
+    """QUANTPERF_AB_SHARE=off (a fresh pair per configuration): pair 1 opens its sides one after the
+    other (each prepares its configuration once), every later pair opens both at once
+    (shared.open_both: loads and warm-ups side by side where nothing is timed); same verdict."""
+    from quantperf.experiments import shared
+    from quantperf.experiments.upgrade import check_config
+
+    monkeypatch.setenv("QUANTPERF_TEST_BACKENDS", "1")
+    monkeypatch.setenv(SHARE_ENV, "off")
+    calls: list[int] = []
+    real = shared.open_both
+    monkeypatch.setattr(shared, "open_both", lambda spec, workers, sides, index, *a, **kw:
+                        calls.append(index) or real(spec, workers, sides, index, *a, **kw))
+    check, _ = check_config(_spec("fake-fp16"), Sides(), pairs=3, blocks=1, profile="cpu-test")
+    assert check.status == Status.OK and check.verdict == Status.OK
+    assert calls == [1, 2] and len(check.complete_pair_means) == 3
+
+
+def test_only_generation_warm_ups_may_run_side_by_side(model_cache, monkeypatch):
+    """Scenario.warmup_times: kernel mode's warm-up times (copy bandwidth, replays); generation's
+    does not, unless a delay is injected (its GPU sleep is calibrated by a timing)."""
+    from quantperf.workers import LocalWorker
+
+    monkeypatch.delenv("QUANTPERF_INJECT_DELAY_MS", raising=False)
+    for mode, times in (("eager", False), ("kernel", True)):
+        w = LocalWorker(RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", mode, WORKLOAD))
+        try:
+            assert w.load()["status"] == "ok"
+            assert w.build()["warmup_times"] is times
+            if mode == "eager":
+                w.configure(inject_ms=1.0)
+                assert w.build()["warmup_times"] is True
+        finally:
+            w.close()

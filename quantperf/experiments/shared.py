@@ -309,17 +309,47 @@ def _switch(workers: dict, spec: RunSpec) -> None:
 def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: int, *, record: PairRecord,
                 keep: dict, preparing: _Preparing, phases: dict, environment, profile, model_options: dict,
                 ahead=None) -> str | None:
-    """One configuration in the pair's processes: its preparing waited for, loaded on both sides at
-    once, the warm-ups' untimed work built on both at once (worker.build), warmed up the first side
-    first, then `blocks` ABBA blocks (upgrade.measure_blocks; the next pair being started `ahead` is
-    stopped while they are timed); then both unload. Returns why
-    these processes must not host another configuration, or None; raises SideFailed (`intact`: a
-    load that answered with a status, the processes can go on)."""
-    from ..scheduler import open_side
-
+    """One configuration in the pair's processes: its preparing waited for, opened on both sides
+    (open_both: loaded and built at once, warmed up at once or the first side first), then `blocks`
+    ABBA blocks (upgrade.measure_blocks; the next pair being started `ahead` is stopped while they
+    are timed); then both unload. Returns why these processes must not host another configuration,
+    or None; raises SideFailed (`intact`: a load that answered with a status, the processes can go on)."""
     preparing.wait(spec, phases)
     order = list(SIDE_NAMES) if record.first == "A" else list(reversed(SIDE_NAMES))
     record.pids = {n: (getattr(w, "info", None) or {}).get("pid") for n, w in workers.items()}
+    # the statistic is the decode shape's: prefill is neither timed nor captured
+    settings = {"shapes": list(AB_KERNEL_SHAPES), "lm_head": False} if spec.mode == "kernel" else None
+    opened = open_both(spec, workers, sides, index, order, phases, environment=environment, profile=profile,
+                       model_options=model_options, settings=settings)
+    measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases,
+                   measuring=ahead.pause if ahead is not None else (lambda: None),
+                   measured=ahead.resume if ahead is not None else (lambda: None))
+
+    def unload(name, w) -> str | None:
+        try:
+            return (w.unload() or {}).get("fresh_needed")
+        except Exception as exc:  # noqa: BLE001 -- a worker that cannot unload hosts no further configuration
+            return f"side {name} could not unload ({_failure(exc)})"
+
+    return next((r for r in _both(workers, unload) if r), None)
+
+
+def _alive(worker) -> bool:
+    proc = getattr(worker, "proc", None)
+    return proc is None or proc.poll() is None
+
+
+def open_both(spec: RunSpec, workers: dict, sides: Sides, index: int, order: list[str], phases: dict, *,
+              environment, profile, model_options: dict, settings: dict | None = None) -> dict:
+    """`spec` opened in both processes of pair `index` (`workers` by side name, prepared already):
+    loaded on both at once (nothing is timed while they load), `settings` configured, the warm-ups'
+    untimed work built on both at once (worker.build: kernel mode's layer copies, inputs and CUDA
+    graphs), then warmed up: on both at once where a warm-up times nothing (generation's warm-up
+    rounds, thrown away), else one side after the other in `order` (kernel mode times the copy
+    bandwidth and one walk per type to fit its replays; an injected delay calibrates its sleep).
+    The wall seconds go to `phases`. Returns the opened sides by name; raises SideFailed (`intact`:
+    a load that answered with a status, both processes can go on)."""
+    from ..scheduler import open_side
 
     def open_one(name: str):
         return open_side(spec, environment=environment, profile=profile, model_options=model_options,
@@ -335,44 +365,44 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
             exc = SideFailed(name, f"{side.failed.status}: {_first_line(side.failed.reason or '')}")
             exc.intact = side.worker is not None and all(_alive(w) for w in workers.values())
             raise exc
-    if spec.mode == "kernel":  # the statistic is the decode shape's: prefill is neither timed nor captured
+    if settings:
         for name in order:
-            opened[name].worker.configure(shapes=list(AB_KERNEL_SHAPES), lm_head=False)
+            opened[name].worker.configure(**settings)
 
-    def build(name, w) -> dict:
+    def step(name: str, what: str) -> dict:
         try:
-            return w.build()
-        except Exception as exc:  # noqa: BLE001 -- this side's failure, named below
-            return {"status": "crashed", "reason": f"crashed building its warm-up in pair {index + 1}: {_failure(exc)}"}
+            out = getattr(opened[name].worker, what)()
+        except Exception as exc:  # noqa: BLE001 -- this side's failure, named
+            doing = "building its warm-up" if what == "build" else "in its warm-up"
+            raise SideFailed(name, f"crashed {doing} in pair {index + 1}: {_failure(exc)}") from None
+        if out["status"] != Status.OK:
+            raise SideFailed(name, f"{out['status']}: {_first_line(out.get('reason') or '')}")
+        opened[name].timings.update({k: v for k, v in out.items() if k not in ("status", "warmup_times")})
+        return out
 
-    with P.timed(phases, "warmup"):  # both at once: nothing is timed while they build (kernel mode's walks, graphs)
-        built = dict(_both({n: opened[n].worker for n in order}, lambda n, w: (n, build(n, w))))
+    with P.timed(phases, "warmup"):  # both at once: nothing is timed while they build
+        built = _both({n: n for n in order}, lambda n, _: (n, _caught(step, n, "build")))
+    _raise_first(built, order)
+    with P.timed(phases, "warmup"):
+        if any(out.get("warmup_times") for _, out in built):
+            for name in order:  # one after the other, the pair's first side first
+                step(name, "warmup")
+        else:
+            _raise_first(_both({n: n for n in order}, lambda n, _: (n, _caught(step, n, "warmup"))), order)
+    return opened
+
+
+def _caught(fn, *args):
+    """fn(*args), or the SideFailed it raised (returned, so that both sides of a pair finish first)."""
+    try:
+        return fn(*args)
+    except SideFailed as exc:
+        return exc
+
+
+def _raise_first(results: list, order: list[str]) -> None:
+    """Raise the failure of the first side in `order` that failed, if any."""
+    by_name = dict(results)
     for name in order:
-        if built[name].get("status") == "crashed":
-            raise SideFailed(name, built[name]["reason"])
-        opened[name].timings.update({k: v for k, v in built[name].items() if k != "status"})
-    for name in order:  # one after the other, the pair's first side first: a warm-up times (copy bandwidth, replays)
-        side = opened[name]
-        with P.timed(phases, "warmup"):
-            try:
-                wu = side.worker.warmup()
-            except Exception as exc:
-                raise SideFailed(name, f"crashed in its warm-up in pair {index + 1}: {_failure(exc)}") from None
-        if wu["status"] != Status.OK:
-            raise SideFailed(name, f"{wu['status']}: {_first_line(wu.get('reason') or '')}")
-        side.timings.update({k: v for k, v in wu.items() if k != "status"})
-    measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases,
-                   measuring=ahead.pause if ahead is not None else (lambda: None),
-                   measured=ahead.resume if ahead is not None else (lambda: None))
-    def unload(name, w) -> str | None:
-        try:
-            return (w.unload() or {}).get("fresh_needed")
-        except Exception as exc:  # noqa: BLE001 -- a worker that cannot unload hosts no further configuration
-            return f"side {name} could not unload ({_failure(exc)})"
-
-    return next((r for r in _both(workers, unload) if r), None)
-
-
-def _alive(worker) -> bool:
-    proc = getattr(worker, "proc", None)
-    return proc is None or proc.poll() is None
+        if isinstance(by_name.get(name), SideFailed):
+            raise by_name[name]

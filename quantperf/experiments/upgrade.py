@@ -191,14 +191,15 @@ class Sides:
 def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environment: dict, profile: str,
               model_options: dict, record: PairRecord, keep: dict, ahead=None, prepared: set | None = None,
               phases: dict | None = None, start_next: Callable[[], None] = lambda: None) -> None:
-    """One pair of fresh processes (started now, or ahead: quantperf.experiments.ahead): load and
-    warm both (the first side first), then `blocks` ABBA blocks. `start_next()` is called once this
-    pair's processes are there (the next pair starts then, stopped while a block is timed). A side's
-    configuration is prepared once (`prepared`: the sides already done). Fills `record` as blocks
+    """One pair of fresh processes (started now, or ahead: quantperf.experiments.ahead): load and warm
+    both (one after the other while a side prepares, each side once: `prepared`; else at once:
+    shared.open_both), then ABBA blocks. `start_next()` is called once this pair's processes are
+    there (the next pair starts then, stopped while a block is timed). Fills `record` as blocks
     complete and `phases` with the wall seconds; raises SideFailed naming the side."""
     from .. import phases as P
     from ..scheduler import open_side
     from .ahead import PairStartFailed, start_pair
+    from .shared import open_both
 
     prepared, phases = set() if prepared is None else prepared, {} if phases is None else phases
     try:
@@ -211,7 +212,11 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
     opened: dict = {}
     record.pids = {n: (getattr(w, "info", None) or {}).get("pid") for n, w in workers.items()}
     try:
-        for name in order:
+        if all(name in prepared for name in order):  # both at once (shared.open_both), nothing timed meanwhile
+            opened = open_both(spec, workers, sides, index, order, phases, environment=environment,
+                               profile=profile, model_options=model_options)
+            workers.clear()  # the opened sides hold them
+        for name in [n for n in order if n not in opened]:  # the first pair prepares: one side after the other
             side = open_side(spec, environment=environment, profile=profile, model_options=model_options,
                              worker=workers.pop(name), prepare=name not in prepared, **sides.kwargs(name))
             P.merge_into(phases, side.phases)
@@ -302,8 +307,7 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
     """Compare one configuration in A and B (see the module docstring). Returns the check and
     what was kept for takeaways ({"side_A", "rounds_A", "memory_A", ... of the last pair}).
     `overlap`: start each next pair's processes (spawn, imports) while the current pair measures;
-    None: only when QUANTPERF_AB_OVERLAP=1 (it has not been measured on a GPU yet; on a CPU the next
-    pair's imports share the measured cores and made a 2-core run slower)."""
+    None: only when QUANTPERF_AB_OVERLAP=1 (quantperf.experiments.ahead.overlap_default)."""
     say = progress or (lambda line: None)
     looks = planned_looks(pairs, blocks, max_blocks)
     confidence = look_confidence(alpha, looks)

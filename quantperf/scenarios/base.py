@@ -29,6 +29,11 @@ class Scenario:
         """None when this scenario can measure the loaded model; else why not."""
         return None
 
+    def warmup_times(self) -> bool:
+        """Whether the warm-up times something that the rounds depend on (then two processes on one
+        device warm up one after the other, never at once). Unless a scenario knows better: yes."""
+        return True
+
     def build(self) -> dict:
         """What the warm-up would make before it times anything (kernel mode: the walks' inputs, copies
         and CUDA graphs), made now: a pair's two processes may build at once, nothing is timed then.

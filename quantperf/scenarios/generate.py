@@ -73,6 +73,15 @@ class GenerateScenario(Scenario):
     def unsupported(self) -> str | None:
         return self.loaded.supports_mode(self.spec.mode)
 
+    def warmup_times(self) -> bool:
+        """Generation's warm-up rounds are thrown away (compilation, caches, clocks): nothing they
+        time decides the rounds, unless a delay is injected (its GPU sleep is calibrated by a timing)."""
+        return self._inject_ms() is not None
+
+    def _inject_ms(self) -> float | None:
+        ms = self.settings.get("inject_ms")
+        return ms if ms is not None else (M.injected_delay_ms(self.spec.backend) or None)
+
     def warmup(self, rounds: int) -> dict:
         if self.spec.mode == "graph":
             rounds = max(rounds, 2)  # the first static-cache rounds compile

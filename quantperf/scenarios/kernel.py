@@ -320,6 +320,10 @@ class KernelScenario(Scenario):
         types = (*LINEAR_TYPES, *(("lm_head",) if self.settings.get("lm_head", True) else ()))
         return [(t, shape) for shape in self.settings.get("shapes") or SHAPES for t in types]
 
+    def warmup_times(self) -> bool:
+        """The copy bandwidth, and one walk per type that fits its replays per sample."""
+        return True
+
     def build(self) -> dict:
         """The walks' inputs, layer copies and CUDA graphs, nothing timed (a pair's processes build at
         once); the warm-up then measures the copy bandwidth and fits each walk's replays, one side at

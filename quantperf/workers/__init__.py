@@ -288,7 +288,7 @@ class LocalWorker:
     def build(self) -> dict:
         """The warm-up's untimed work, ahead of warmup(): kernel mode's walks, inputs and CUDA graphs
         (Scenario.build). A pair's two processes build at once; their warm-ups, which time, do not."""
-        return {"status": Status.OK} | self.scenario.build()
+        return {"status": Status.OK, "warmup_times": self.scenario.warmup_times()} | self.scenario.build()
 
     def warmup(self, rounds: int | None = None) -> dict:
         n = self.spec.workload.warmup_rounds if rounds is None else rounds
