@@ -240,6 +240,59 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
     return side
 
 
+def warm_group(sides: list[Side], profile: str | None) -> None:
+    """Warm up an interleaved group's sides, each loaded in its own process (open_side(warm=False)):
+    their warm-ups' untimed work built in all at once (worker.build: kernel mode's walks and CUDA
+    graphs), then the warm-ups: all at once where none times anything (generation's warm-up rounds,
+    thrown away), else one after the other (kernel mode times its copy bandwidth and replays).
+    Side-by-side seconds are shared out over the sides (their sum stays the wall). A side that
+    fails gets `failed` and is closed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def each(what: str, together: bool, todo: list[Side]) -> dict:
+        def one(side: Side) -> dict:
+            try:
+                return getattr(side.worker, what)()
+            except Exception as exc:  # noqa: BLE001 -- this side's failure
+                return {"status": Status.ERROR, "reason": f"{type(exc).__name__}: {exc}"}
+
+        t0 = P.clock()
+        if together and len(todo) > 1:
+            with ThreadPoolExecutor(len(todo), thread_name_prefix="quantperf-warm") as pool:
+                out = dict(zip((id(s) for s in todo), pool.map(one, todo)))
+            for side in todo:
+                P.add(side.phases, "warmup", (P.clock() - t0) / len(todo))
+            return out
+        out = {}
+        for side in todo:
+            with progress.step(f"{side.spec.model_label} {side.spec.backend} {side.spec.mode}: warm-up"), \
+                    P.timed(side.phases, "warmup"):
+                out[id(side)] = one(side)
+        return out
+
+    def keep(todo: list[Side], got: dict) -> list[Side]:
+        ok = []
+        for side in todo:
+            out = got[id(side)]
+            if out["status"] == Status.OK:
+                side.timings.update({k: v for k, v in out.items() if k not in ("status", "warmup_times")})
+                ok.append(side)
+                continue
+            side.info = {"status": out["status"], "reason": out.get("reason"), "identity": side.info.get("identity")}
+            side.failed = not_measured(side.spec, out["status"], out.get("reason") or "", side.info["identity"],
+                                       side.environment, profile)
+            side.close()
+        return ok
+
+    with progress.step(f"{' | '.join(s.spec.backend for s in sides)}: build, side by side"):
+        built = each("build", True, sides)
+    live = keep(sides, built)
+    together = not any(built[id(s)].get("warmup_times") for s in live)
+    with progress.step(f"{' | '.join(s.spec.backend for s in live)}: warm-up, side by side") if together \
+            else contextlib.nullcontext():
+        keep(live, each("warmup", together, live))
+
+
 def interleave_rounds(runners: dict[str, Callable[[], dict]], rounds: int) -> dict[str, list[dict]]:
     """Run `rounds` rounds of each runner in ABBA order (round-robin with alternating direction
     for more than two), so drift hits every side alike. The one interleaving loop of quantperf."""
@@ -356,13 +409,18 @@ def measure_many(specs: list[RunSpec], *, isolation: str = "process", interleave
             for spec in specs:
                 start(spec)
             start_later()
-            for spec in specs:
+            for spec in specs:  # loaded one after the other, then warmed up as a group (warm_group)
                 side = open_side(spec, isolation=isolation, model_options=model_options, python=python, env=env,
-                                 environment=environment, profile=profile, worker=starting.get(spec.id))
+                                 environment=environment, profile=profile, worker=starting.get(spec.id),
+                                 warm=isolation != "process")
                 if side.ok:
                     sides[spec.id] = side
                 else:
                     results[spec.id] = side.failed
+            if isolation == "process" and sides:
+                warm_group(list(sides.values()), profile)
+                for sid in [sid for sid, side in sides.items() if not side.ok]:
+                    results[sid] = sides.pop(sid).failed
             live = list(sides.values())
             later_idle(live)
             n = max((s.spec.workload.rounds for s in live), default=0)

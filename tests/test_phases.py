@@ -443,3 +443,52 @@ def test_a_pair_started_ahead_is_stopped_while_a_block_is_timed(monkeypatch):
     assert len(ahead_procs) == 4  # pairs 2 and 3 were started ahead
     assert states and set(states) == {"T"}, states
     assert all(w.proc.poll() is not None for w in ahead_procs)
+
+
+def test_an_interleaved_group_builds_at_once_and_warms_up_at_once_only_where_nothing_is_timed():
+    """scheduler.warm_group: the sides' builds run at once (a barrier all must reach); warm-ups that
+    time nothing (generation's) run at once too, with the wall shared out; a kernel-mode group warms
+    up one side after the other; a side that fails is closed with its reason, the others go on."""
+    import threading
+
+    from quantperf.scheduler import Side, warm_group
+
+    def group(times: bool, broken: str | None = None):
+        barrier = threading.Barrier(3, timeout=20)
+        order: list[str] = []
+
+        class Worker:
+            def __init__(self, name):
+                self.name, self.closed = name, False
+
+            def build(self):
+                barrier.wait()  # every build is under way at the same time
+                if self.name == broken:
+                    raise RuntimeError("graph capture crashed")
+                return {"status": "ok", "build_s": 0.1, "warmup_times": times}
+
+            def warmup(self):
+                if not times:
+                    barrier.wait()
+                order.append(self.name)
+                return {"status": "ok", "warmup_s": 0.2}
+
+            def close(self):
+                self.closed = True
+
+        sides = []
+        for name in ("fake-fp16", "fake-int8", "fake-nf4"):
+            side = Side(_spec(name), Worker(name))
+            side.info = {"status": "ok", "identity": {"b": name}}
+            sides.append(side)
+        warm_group(sides, "cpu-test")
+        return sides, order
+
+    sides, order = group(times=False)
+    assert all(s.ok and s.timings["warmup_s"] == 0.2 for s in sides) and sorted(order) == sorted(
+        s.spec.backend for s in sides)
+    assert all(s.phases["warmup"] > 0 for s in sides)
+    sides, order = group(times=True, broken="fake-int8")
+    assert order == ["fake-fp16", "fake-nf4"]  # one after the other, in the group's order
+    bad = sides[1]
+    assert bad.failed.status == Status.ERROR and "graph capture crashed" in bad.failed.reason and bad.worker is None
