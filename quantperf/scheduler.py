@@ -244,9 +244,9 @@ def warm_group(sides: list[Side], profile: str | None) -> None:
     """Warm up an interleaved group's sides, each loaded in its own process (open_side(warm=False)):
     their warm-ups' untimed work built in all at once (worker.build: kernel mode's walks and CUDA
     graphs), then the warm-ups: all at once where none times anything (generation's warm-up rounds,
-    thrown away), else one after the other (kernel mode times its copy bandwidth and replays).
-    Side-by-side seconds are shared out over the sides (their sum stays the wall). A side that
-    fails gets `failed` and is closed."""
+    thrown away), else one after the other (kernel mode times its copy bandwidth and replays);
+    on a CPU device, one after the other (the processes would share its cores).
+    Side-by-side seconds are shared out (their sum stays the wall). A side that fails is closed."""
     from concurrent.futures import ThreadPoolExecutor
 
     def each(what: str, together: bool, todo: list[Side]) -> dict:
@@ -284,10 +284,11 @@ def warm_group(sides: list[Side], profile: str | None) -> None:
             side.close()
         return ok
 
-    with progress.step(f"{' | '.join(s.spec.backend for s in sides)}: build, side by side"):
-        built = each("build", True, sides)
+    gpu = all(s.spec.device == "cuda" for s in sides)  # on a CPU the processes would share its cores
+    with progress.step(f"{' | '.join(s.spec.backend for s in sides)}: build" + (", side by side" if gpu else "")):
+        built = each("build", gpu, sides)
     live = keep(sides, built)
-    together = not any(built[id(s)].get("warmup_times") for s in live)
+    together = gpu and not any(built[id(s)].get("warmup_times") for s in live)
     with progress.step(f"{' | '.join(s.spec.backend for s in live)}: warm-up, side by side") if together \
             else contextlib.nullcontext():
         keep(live, each("warmup", together, live))

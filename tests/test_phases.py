@@ -477,8 +477,8 @@ def test_an_interleaved_group_builds_at_once_and_warms_up_at_once_only_where_not
                 self.closed = True
 
         sides = []
-        for name in ("fake-fp16", "fake-int8", "fake-nf4"):
-            side = Side(_spec(name), Worker(name))
+        for name in ("fake-fp16", "fake-int8", "fake-nf4"):  # on a GPU (on a CPU: one after the other)
+            side = Side(replace(_spec(name), device="cuda"), Worker(name))
             side.info = {"status": "ok", "identity": {"b": name}}
             sides.append(side)
         warm_group(sides, "cpu-test")

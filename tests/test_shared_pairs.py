@@ -345,7 +345,7 @@ def test_a_pair_builds_at_once_and_warms_up_one_side_at_a_time(monkeypatch):
 
     monkeypatch.setattr(scheduler, "open_side", lambda spec, worker=None, **kw: Side(worker))
     monkeypatch.setattr(shared, "measure_blocks", lambda *a, **kw: events.append("blocks"))
-    spec = _spec("fake-fp16", "kernel")
+    spec = RunSpec("fake:small", "fake-fp16", "cuda", "kernel", WORKLOAD)  # side by side on a GPU only
 
     def run(workers, first="B"):
         return shared._measure_in(spec, workers, Sides(), 1, 1, record=PairRecord(1, first), keep={},

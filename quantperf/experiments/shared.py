@@ -347,6 +347,7 @@ def open_both(spec: RunSpec, workers: dict, sides: Sides, index: int, order: lis
     graphs), then warmed up: on both at once where a warm-up times nothing (generation's warm-up
     rounds, thrown away), else one side after the other in `order` (kernel mode times the copy
     bandwidth and one walk per type to fit its replays; an injected delay calibrates its sleep).
+    On a CPU device builds and warm-ups run one side after the other (the cores are shared).
     The wall seconds go to `phases`. Returns the opened sides by name; raises SideFailed (`intact`:
     a load that answered with a status, both processes can go on)."""
     from ..scheduler import open_side
@@ -380,15 +381,19 @@ def open_both(spec: RunSpec, workers: dict, sides: Sides, index: int, order: lis
         opened[name].timings.update({k: v for k, v in out.items() if k not in ("status", "warmup_times")})
         return out
 
-    with P.timed(phases, "warmup"):  # both at once: nothing is timed while they build
-        built = _both({n: n for n in order}, lambda n, _: (n, _caught(step, n, "build")))
+    def each(what: str, together: bool) -> list:
+        if together:
+            return _both({n: n for n in order}, lambda n, _: (n, _caught(step, n, what)))
+        return [(n, step(n, what)) for n in order]  # one after the other, the pair's first side first
+
+    # side by side only on a GPU: there the build and the warm-up rounds are host work beside device
+    # work; on a CPU both processes' threads would share the same cores (2 on CI: slower, not faster)
+    gpu = spec.device == "cuda"
+    with P.timed(phases, "warmup"):
+        built = each("build", gpu)
     _raise_first(built, order)
     with P.timed(phases, "warmup"):
-        if any(out.get("warmup_times") for _, out in built):
-            for name in order:  # one after the other, the pair's first side first
-                step(name, "warmup")
-        else:
-            _raise_first(_both({n: n for n in order}, lambda n, _: (n, _caught(step, n, "warmup"))), order)
+        _raise_first(each("warmup", gpu and not any(out.get("warmup_times") for _, out in built)), order)
     return opened
 
 
