@@ -242,8 +242,8 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
 
 def warm_group(sides: list[Side], profile: str | None) -> None:
     """Warm up an interleaved group's sides, each loaded in its own process (open_side(warm=False)):
-    their warm-ups' untimed work built in all at once (worker.build: kernel mode's walks and CUDA
-    graphs), then the warm-ups: all at once where none times anything (generation's warm-up rounds,
+    their warm-ups' untimed work built in all at once (worker.build: kernel mode's layer copies and
+    inputs), then the warm-ups: all at once where none times anything (generation's warm-up rounds,
     thrown away), else one after the other (kernel mode times its copy bandwidth and replays);
     on a CPU device, one after the other (the processes would share its cores).
     Side-by-side seconds are shared out (their sum stays the wall). A side that fails is closed."""

@@ -1,6 +1,6 @@
 """Where one configuration's load, warm-up and round spend their time, in this process, with
 cProfile: the phases that `time:` lines only total (issue #28). Prints, per backend, the wall
-seconds of load, build (kernel mode: the walks and CUDA graphs, what a pair builds at once),
+seconds of load, build (kernel mode: layer 0's copies and the captured inputs, what a pair builds at once),
 warm-up and one round, then the functions with the most cumulative time of each.
 
     python scripts/profile_load.py --device cuda --mode kernel --model synthetic:llama-1b \

@@ -229,27 +229,33 @@ def test_bnb_int8_footprint_is_the_same_before_and_after_a_forward(model_cache):
     w.close()
 
 
-def test_build_makes_the_walks_and_times_nothing(model_cache, monkeypatch):
-    """build() (what a pair's two processes do at once) makes every walk a round times, with its
-    inputs and layer copies, and times nothing: no copy bandwidth, no replays fitted. The warm-up
-    (one side at a time) fits each walk once, before its first sample."""
+def test_build_makes_the_walks_modules_and_inputs_and_times_nothing(model_cache, monkeypatch):
+    """build() (what a pair's two processes do at once) makes layer 0's copies and the captured
+    inputs and times nothing: no copy bandwidth, no walk (no graph) yet. The warm-up (one side at a
+    time) measures the copy bandwidth first and only then builds the walks (their graphs: the peak
+    memory never holds both) and fits each once, before its first sample."""
     from quantperf.scenarios import kernel
 
     timed: list[int] = []
     real = kernel._Walk._timed_us
     monkeypatch.setattr(kernel._Walk, "_timed_us", lambda self, walks: timed.append(walks) or real(self, walks))
+    bandwidth: list[int] = []
+    real_bw = kernel._copy_bandwidth_gbps
+    monkeypatch.setattr(kernel, "_copy_bandwidth_gbps",
+                        lambda device, nbytes: bandwidth.append(len(w.scenario._walks)) or real_bw(device, nbytes))
     kernel._COPY_GBPS.pop("cpu", None)
     w = LocalWorker(RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "kernel", WORKLOAD))
     try:
         assert w.load()["status"] == "ok"
         w.configure(shapes=["decode"], lm_head=False)
         built = w.build()
-        assert built["status"] == "ok" and built["build_s"] >= 0
-        walks = w.scenario._walks
-        assert sorted(t for t, shape, _ in walks) == sorted(LINEAR_TYPES) and {s for _, s, _ in walks} == {"decode"}
-        assert timed == [] and "cpu" not in kernel._COPY_GBPS and not any(x.fitted for x in walks.values())
+        assert built["status"] == "ok" and built["build_s"] >= 0 and built["warmup_times"] is True
+        assert w.scenario._walks == {} and sorted(w.scenario._modules) == sorted((*LINEAR_TYPES, "lm_head"))
+        assert timed == [] and bandwidth == []
         assert w.warmup()["status"] == "ok"
-        assert all(x.fitted for x in walks.values()) and kernel._COPY_GBPS["cpu"] > 0
+        walks = w.scenario._walks
+        assert bandwidth == [0]  # measured before any walk (and its graph) existed
+        assert sorted(t for t, _, _ in walks) == sorted(LINEAR_TYPES) and all(x.fitted for x in walks.values())
         assert timed.count(1) == len(LINEAR_TYPES)  # one fitting walk each, then samples only
         w.rounds(n=1)
         assert timed.count(1) == len(LINEAR_TYPES) and len(w.scenario._walks) == len(LINEAR_TYPES)

@@ -14,7 +14,7 @@ same order, so whatever an earlier configuration leaves in a process (allocator 
 clock) is on both sides of the ratio; the order is rotated from pair to pair, so no configuration
 is always first (cold) or last. Each configuration is unloaded (its memory given back) before the
 next loads. Both sides load a configuration at the same time (nothing is measured then), build
-what their warm-ups need at the same time (kernel mode's layer copies, inputs and CUDA graphs:
+what their warm-ups need at the same time (kernel mode's layer copies and captured inputs:
 nothing is timed then either), warm up one after the other (the pair's first side first: a warm-up
 times the copy bandwidth and each walk's replays) and then run the ABBA blocks. Kernel mode's
 rounds time the decode shape's seven projection types alone there (the A/B's statistic; the
@@ -343,8 +343,8 @@ def open_both(spec: RunSpec, workers: dict, sides: Sides, index: int, order: lis
               environment, profile, model_options: dict, settings: dict | None = None) -> dict:
     """`spec` opened in both processes of pair `index` (`workers` by side name, prepared already):
     loaded on both at once (nothing is timed while they load), `settings` configured, the warm-ups'
-    untimed work built on both at once (worker.build: kernel mode's layer copies, inputs and CUDA
-    graphs), then warmed up: on both at once where a warm-up times nothing (generation's warm-up
+    untimed work built on both at once (worker.build: kernel mode's layer copies and captured
+    inputs), then warmed up: on both at once where a warm-up times nothing (generation's warm-up
     rounds, thrown away), else one side after the other in `order` (kernel mode times the copy
     bandwidth and one walk per type to fit its replays; an injected delay calibrates its sleep).
     On a CPU device builds and warm-ups run one side after the other (the cores are shared).

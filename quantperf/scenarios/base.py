@@ -35,8 +35,8 @@ class Scenario:
         return True
 
     def build(self) -> dict:
-        """What the warm-up would make before it times anything (kernel mode: the walks' inputs, copies
-        and CUDA graphs), made now: a pair's two processes may build at once, nothing is timed then.
+        """What the warm-up would make before it times anything (kernel mode: layer 0's copies and the
+        captured inputs), made now: a pair's two processes may build at once, nothing is timed then.
         Most scenarios have nothing to build."""
         return {}
 

@@ -286,8 +286,8 @@ class LocalWorker:
         return dict(self.settings) | {"pin_cpu": self.model_options.get("pin_cpu", True)}
 
     def build(self) -> dict:
-        """The warm-up's untimed work, ahead of warmup(): kernel mode's walks, inputs and CUDA graphs
-        (Scenario.build). A pair's two processes build at once; their warm-ups, which time, do not."""
+        """The warm-up's untimed work, ahead of warmup(): kernel mode's layer copies and captured
+        inputs (Scenario.build). A pair's two processes build at once; their warm-ups, which time, do not."""
         return {"status": Status.OK, "warmup_times": self.scenario.warmup_times()} | self.scenario.build()
 
     def warmup(self, rounds: int | None = None) -> dict:
