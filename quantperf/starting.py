@@ -17,8 +17,11 @@ from . import phases as P
 from .spec import RunSpec
 
 # Variables that change within a session without changing what a worker loads: pytest names the
-# running test in one, torch sets the other when the parent first touches CUDA (a worker sets its own)
-VOLATILE_ENV = ("PYTEST_CURRENT_TEST", "CUDA_MODULE_LOADING")
+# running test in one, torch sets CUDA_MODULE_LOADING when the parent first touches CUDA (a worker sets its own);
+# torch's inductor sets TORCHINDUCTOR_CACHE_DIR to its default the first time the parent imports
+# transformers' modeling code (a worker computes the same default): on an H100 sitting that one
+# change made the processes started ahead for the second group miss (13 s waited for fresh ones)
+VOLATILE_ENV = ("PYTEST_CURRENT_TEST", "CUDA_MODULE_LOADING", "TORCHINDUCTOR_CACHE_DIR")
 
 
 def environment_key(env: dict | None) -> int:
@@ -78,9 +81,11 @@ class Starting:
 
     def __init__(self, spec: RunSpec, model_options: dict | None = None, python: str | None = None,
                  env: dict | None = None, cuda: bool = True):
+        import threading
         from concurrent.futures import ThreadPoolExecutor
 
         self.spec, self.hidden = spec, {}
+        self._lock, self._worker, self._closing = threading.Lock(), None, False
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="quantperf-start")
         self._future = self._pool.submit(self._start, dict(model_options or {}), python, env, cuda)
         self._pool.shutdown(wait=False)
@@ -90,9 +95,16 @@ class Starting:
 
         try:
             # `cuda`: nothing is measured on the GPU while this process starts: it opens its CUDA context too
-            return workers.start_worker(self.spec, model_options, python, env, timed=self.hidden, cuda=cuda)
+            return workers.start_worker(self.spec, model_options, python, env, timed=self.hidden, cuda=cuda,
+                                        spawned=self._spawned)
         except workers.StartFailed as exc:
             raise exc.cause from None  # the side's reason names what failed, as a start in place would
+
+    def _spawned(self, worker) -> None:
+        with self._lock:
+            self._worker, closing = worker, self._closing
+        if closing:
+            _kill(worker)
 
     def wait(self) -> None:
         """Until the process has started and imported (or failed to: take() reports that)."""
@@ -108,12 +120,33 @@ class Starting:
             return future.result()
 
     def close(self) -> None:
+        """End a worker never taken. One still starting is killed (it holds no model and, started
+        ahead, no CUDA context): nobody waits for an interpreter's imports only to end it (9-10 s
+        per configuration found unavailable in an H100 sitting)."""
         future, self._future = self._future, None
-        if future is not None:
-            try:
-                future.result().close()
-            except Exception:  # noqa: BLE001 -- it failed to start: nothing is left open
-                pass
+        if future is None:
+            return
+        if not future.done():
+            with self._lock:
+                self._closing, worker = True, self._worker
+            if worker is not None:
+                _kill(worker)
+            future.add_done_callback(_close_started)  # whatever the start left: closed in its thread
+            return
+        _close_started(future)
+
+
+def _kill(worker) -> None:
+    proc = getattr(worker, "proc", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+
+
+def _close_started(future) -> None:
+    try:
+        future.result().close()
+    except Exception:  # noqa: BLE001 -- it failed to start (or was killed starting): nothing is left open
+        pass
 
 
 # Fresh processes started for the next configurations to be measured (`measure_many(ahead=...)`),

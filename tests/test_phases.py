@@ -340,10 +340,12 @@ def test_a_backend_found_unavailable_starts_no_further_process_in_that_environme
     assert second.reason == first.reason and "GPU" in first.reason
     assert second.backend_identity == first.backend_identity
     assert len(spawned) == 1  # the first configuration's measuring process only
-    # pytest names each test in the environment, torch sets CUDA_MODULE_LOADING at its first CUDA call:
-    # neither is another environment (on an H100 either would have started a process per configuration)
+    # pytest names each test in the environment, torch sets CUDA_MODULE_LOADING at its first CUDA call and
+    # TORCHINDUCTOR_CACHE_DIR at its first inductor import: none is another environment (on an H100 each
+    # made processes started ahead miss)
     monkeypatch.setenv("PYTEST_CURRENT_TEST", "another test")
     monkeypatch.setenv("CUDA_MODULE_LOADING", "LAZY")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/set-by-the-parents-first-modeling-import")
     assert measure(replace(kernel, model="synthetic:llama-125m"), profile="gpu-test").reason == first.reason
     assert len(spawned) == 1
     assert measure(replace(kernel, backend="torch-bf16"), profile="gpu-test").status == Status.UNAVAILABLE
@@ -492,3 +494,52 @@ def test_an_interleaved_group_builds_at_once_and_warms_up_at_once_only_where_not
     assert order == ["fake-fp16", "fake-nf4"]  # one after the other, in the group's order
     bad = sides[1]
     assert bad.failed.status == Status.ERROR and "graph capture crashed" in bad.failed.reason and bad.worker is None
+
+
+def test_a_process_still_starting_is_killed_not_waited_for_when_nobody_takes_it(monkeypatch):
+    """Starting.close() on a process still doing its imports (its configuration found unavailable,
+    or not measured after all) kills it at once instead of waiting for the imports to end; one that
+    has started is closed as before."""
+    import subprocess
+    import sys
+    import threading
+
+    from quantperf.starting import Starting
+
+    release = threading.Event()
+    procs = []
+
+    class Worker:
+        def __init__(self):
+            self.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            self.closed = False
+            procs.append(self)
+
+        def close(self):
+            self.closed = True
+            self.proc.kill()
+            self.proc.wait()
+
+    def start_worker(spec, model_options, python, env, timed=None, cuda=False, spawned=None):
+        w = Worker()
+        spawned(w)
+        if not release.wait(20):  # "imports": until released, or until the process is killed
+            raise RuntimeError("never released")
+        if w.proc.poll() is not None:
+            w.close()
+            raise workers.StartFailed("imports", RuntimeError("killed"))
+        return w
+
+    monkeypatch.setattr(workers, "start_worker", start_worker)
+    slow = Starting(_spec())
+    deadline = time.monotonic() + 10
+    while not procs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    slow.close()
+    assert time.monotonic() - t0 < 2 and procs[0].proc.wait(timeout=5) != 0  # killed, not waited for
+    release.set()
+    done = Starting(_spec())
+    done.wait()
+    done.close()
+    assert procs[1].closed
