@@ -241,12 +241,11 @@ def open_side(spec: RunSpec, *, isolation: str = "process", model_options: dict 
 
 
 def warm_group(sides: list[Side], profile: str | None) -> None:
-    """Warm up an interleaved group's sides, each loaded in its own process (open_side(warm=False)):
-    their warm-ups' untimed work built in all at once (worker.build: kernel mode's layer copies and
-    inputs), then the warm-ups: all at once where none times anything (generation's warm-up rounds,
-    thrown away), else one after the other (kernel mode times its copy bandwidth and replays);
-    on a CPU device, one after the other (the processes would share its cores).
-    Side-by-side seconds are shared out (their sum stays the wall). A side that fails is closed."""
+    """Warm up sides loaded each in its own process (open_side(warm=False)): an interleaved group's,
+    an A/B pair's. Their warm-ups' untimed work (worker.build: kernel mode's layer copies and inputs)
+    is built in all at once, then the warm-ups run all at once where none times anything (generation's
+    rounds, thrown away), else in order (kernel mode times its copy bandwidth and replays); on a CPU
+    all in order (its cores are shared). Side-by-side seconds are shared out. A failing side is closed."""
     from concurrent.futures import ThreadPoolExecutor
 
     def each(what: str, together: bool, todo: list[Side]) -> dict:
@@ -254,7 +253,8 @@ def warm_group(sides: list[Side], profile: str | None) -> None:
             try:
                 return getattr(side.worker, what)()
             except Exception as exc:  # noqa: BLE001 -- this side's failure
-                return {"status": Status.ERROR, "reason": f"{type(exc).__name__}: {exc}"}
+                doing = "building its warm-up" if what == "build" else "in its warm-up"
+                return {"status": Status.ERROR, "reason": f"crashed {doing}: {type(exc).__name__}: {exc}"}
 
         t0 = P.clock()
         if together and len(todo) > 1:

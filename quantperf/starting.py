@@ -93,6 +93,8 @@ class Starting:
     def _start(self, model_options: dict, python: str | None, env: dict | None, cuda: bool):
         from . import workers
 
+        if self._closing:  # closed before its process was spawned: none is
+            raise RuntimeError(f"{self.spec.id}: closed before it started")
         try:
             # `cuda`: nothing is measured on the GPU while this process starts: it opens its CUDA context too
             return workers.start_worker(self.spec, model_options, python, env, timed=self.hidden, cuda=cuda,

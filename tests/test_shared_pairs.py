@@ -335,15 +335,19 @@ def test_a_pair_builds_at_once_and_warms_up_one_side_at_a_time(monkeypatch):
         def unload(self):
             return {}
 
-    class Side:
-        def __init__(self, worker):
-            self.worker, self.ok, self.phases, self.timings = worker, True, {}, {}
+        def close(self):
+            events.append(f"close {self.name}")
+
+    def opened(spec, worker=None, **kw):
+        side = scheduler.Side(spec, worker)
+        side.info = {"status": "ok", "identity": {}}
+        return side
 
     class Ready:
         def wait(self, spec, phases):
             pass
 
-    monkeypatch.setattr(scheduler, "open_side", lambda spec, worker=None, **kw: Side(worker))
+    monkeypatch.setattr(scheduler, "open_side", opened)
     monkeypatch.setattr(shared, "measure_blocks", lambda *a, **kw: events.append("blocks"))
     spec = RunSpec("fake:small", "fake-fp16", "cuda", "kernel", WORKLOAD)  # side by side on a GPU only
 
@@ -357,8 +361,8 @@ def test_a_pair_builds_at_once_and_warms_up_one_side_at_a_time(monkeypatch):
     barrier.reset()
     with pytest.raises(SideFailed) as failed:
         run({"A": Worker("A", broken=True), "B": Worker("B")}, first="A")
-    assert failed.value.side == "A" and "crashed building its warm-up in pair 2: RuntimeError: capture failed hard" \
-        in str(failed.value)
+    assert failed.value.side == "A"
+    assert "pair 2: error: crashed building its warm-up: RuntimeError: capture failed hard" in str(failed.value)
     barrier.reset()
     events.clear()
     assert run({"A": Worker("A", times=False), "B": Worker("B", times=False)}) is None

@@ -342,15 +342,12 @@ def _alive(worker) -> bool:
 def open_both(spec: RunSpec, workers: dict, sides: Sides, index: int, order: list[str], phases: dict, *,
               environment, profile, model_options: dict, settings: dict | None = None) -> dict:
     """`spec` opened in both processes of pair `index` (`workers` by side name, prepared already):
-    loaded on both at once (nothing is timed while they load), `settings` configured, the warm-ups'
-    untimed work built on both at once (worker.build: kernel mode's layer copies and captured
-    inputs), then warmed up: on both at once where a warm-up times nothing (generation's warm-up
-    rounds, thrown away), else one side after the other in `order` (kernel mode times the copy
-    bandwidth and one walk per type to fit its replays; an injected delay calibrates its sleep).
-    On a CPU device builds and warm-ups run one side after the other (the cores are shared).
-    The wall seconds go to `phases`. Returns the opened sides by name; raises SideFailed (`intact`:
-    a load that answered with a status, both processes can go on)."""
-    from ..scheduler import open_side
+    loaded on both at once (nothing is timed while they load), `settings` configured, then warmed up
+    as a group in `order` (scheduler.warm_group: on a GPU both build at once, and warm up at once
+    where neither warm-up times anything; kernel mode's do, one side after the other). The wall
+    seconds go to `phases`. Returns the opened sides by name; raises SideFailed (`intact`: a load
+    that answered with a status, both processes can go on)."""
+    from ..scheduler import open_side, warm_group
 
     def open_one(name: str):
         return open_side(spec, environment=environment, profile=profile, model_options=model_options,
@@ -369,45 +366,10 @@ def open_both(spec: RunSpec, workers: dict, sides: Sides, index: int, order: lis
     if settings:
         for name in order:
             opened[name].worker.configure(**settings)
-
-    def step(name: str, what: str) -> dict:
-        try:
-            out = getattr(opened[name].worker, what)()
-        except Exception as exc:  # noqa: BLE001 -- this side's failure, named
-            doing = "building its warm-up" if what == "build" else "in its warm-up"
-            raise SideFailed(name, f"crashed {doing} in pair {index + 1}: {_failure(exc)}") from None
-        if out["status"] != Status.OK:
-            raise SideFailed(name, f"{out['status']}: {_first_line(out.get('reason') or '')}")
-        opened[name].timings.update({k: v for k, v in out.items() if k not in ("status", "warmup_times")})
-        return out
-
-    def each(what: str, together: bool) -> list:
-        if together:
-            return _both({n: n for n in order}, lambda n, _: (n, _caught(step, n, what)))
-        return [(n, step(n, what)) for n in order]  # one after the other, the pair's first side first
-
-    # side by side only on a GPU: there the build and the warm-up rounds are host work beside device
-    # work; on a CPU both processes' threads would share the same cores (2 on CI: slower, not faster)
-    gpu = spec.device == "cuda"
-    with P.timed(phases, "warmup"):
-        built = each("build", gpu)
-    _raise_first(built, order)
-    with P.timed(phases, "warmup"):
-        _raise_first(each("warmup", gpu and not any(out.get("warmup_times") for _, out in built)), order)
-    return opened
-
-
-def _caught(fn, *args):
-    """fn(*args), or the SideFailed it raised (returned, so that both sides of a pair finish first)."""
-    try:
-        return fn(*args)
-    except SideFailed as exc:
-        return exc
-
-
-def _raise_first(results: list, order: list[str]) -> None:
-    """Raise the failure of the first side in `order` that failed, if any."""
-    by_name = dict(results)
+    with P.timed(phases, "warmup"):  # scheduler.warm_group: side by side where nothing is timed, on a GPU
+        warm_group([opened[n] for n in order], profile)
     for name in order:
-        if isinstance(by_name.get(name), SideFailed):
-            raise by_name[name]
+        failed = opened[name].failed
+        if failed is not None:
+            raise SideFailed(name, f"pair {index + 1}: {failed.status}: {_first_line(failed.reason or '')}")
+    return opened
