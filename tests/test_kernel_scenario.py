@@ -59,14 +59,16 @@ def _fastest_us(rounds, key):
 
 def test_an_injected_per_call_delay_shows_in_the_per_call_time(torch_worker):
     base = _fastest_us(torch_worker.rounds(n=2), "decode:q_proj")
-    # 2 ms per call: large against what a busy runner's preemptions add to the fastest sample (a few
-    # hundred microseconds with two busy loops beside it), so the check holds on a shared machine
+    # 2 ms per call: large against what a busy runner's preemptions add to the fastest sample. They
+    # only add: with two busy loops beside the tests on the 2-core box the fastest sample of a slowed
+    # walk came out 2.7-3.0 ms (a sample lasts 20 ms, longer than a time slice), never less than the delay.
+    # So: at least 70% of the delay (it shows), at most 1.7x (not applied twice, not lost in a spin).
     torch_worker.configure(inject_ms=2.0)
     try:
         slowed = _fastest_us(torch_worker.rounds(n=2), "decode:q_proj")
     finally:
         torch_worker.configure(inject_ms=0.0)
-    assert slowed - base == pytest.approx(2000, rel=0.3)
+    assert 1400 <= slowed - base <= 3400
 
 
 def test_a_slow_walk_gets_fewer_replays_per_sample_decided_once():

@@ -423,8 +423,8 @@ def test_a_pair_started_ahead_is_stopped_while_a_block_is_timed(monkeypatch):
     real_spawned = ahead_module.Ahead._spawned
 
     def spawned(self, worker):
+        real_spawned(self, worker)  # stopped first if a block is being timed, then visible to the check below
         ahead_procs.append(worker)
-        real_spawned(self, worker)
 
     monkeypatch.setattr(ahead_module.Ahead, "_spawned", spawned)
     states, loaded = [], set()
