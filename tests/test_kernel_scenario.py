@@ -59,16 +59,16 @@ def _fastest_us(rounds, key):
 
 def test_an_injected_per_call_delay_shows_in_the_per_call_time(torch_worker):
     base = _fastest_us(torch_worker.rounds(n=2), "decode:q_proj")
-    # 2 ms per call: large against what a busy runner's preemptions add to the fastest sample. They
-    # only add: with two busy loops beside the tests on the 2-core box the fastest sample of a slowed
-    # walk came out 2.7-3.0 ms (a sample lasts 20 ms, longer than a time slice), never less than the delay.
-    # So: at least 70% of the delay (it shows), at most 1.7x (not applied twice, not lost in a spin).
+    # 2 ms per call. A busy runner's preemptions only add to the fastest sample, and a slowed sample
+    # lasts 20 ms, longer than a time slice: with two busy loops beside `pytest tests` on the 2-core box
+    # it came out 2.7-3.0 ms and more. So: at least 70% of the delay (it shows), at most 3x (not lost
+    # in a spin that never ends); the delay's size is pinned by the 20 ms case of the test below.
     torch_worker.configure(inject_ms=2.0)
     try:
         slowed = _fastest_us(torch_worker.rounds(n=2), "decode:q_proj")
     finally:
         torch_worker.configure(inject_ms=0.0)
-    assert 1400 <= slowed - base <= 3400
+    assert 1400 <= slowed - base <= 6000, (base, slowed)
 
 
 def test_a_slow_walk_gets_fewer_replays_per_sample_decided_once():
