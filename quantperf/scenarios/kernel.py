@@ -168,9 +168,8 @@ class _Walk:
                 self.replays = max(1, replays // EAGER_REPLAY_DIVISOR)
 
     def fit(self) -> None:
-        """Replays per sample, from one timed walk (once, before the first sample: every round does
-        the same work). Not at construction: a walk may be built while the other side of a pair
-        builds too, and a timing then would see that work."""
+        """Replays per sample, from one timed walk (once, before the walk's first sample: every round
+        does the same work). Walks are built and fitted in the warm-up, one side at a time."""
         if not self.fitted:
             self.replays = fit_replays(self.replays, self._timed_us(1))
             self.fitted = True
