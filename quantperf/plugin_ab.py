@@ -101,16 +101,28 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=_rank)
 
 
-def _planned(items) -> list:
-    """The selected speed and memory tests' configurations, which kernel mode measures on shared
-    process pairs (quantperf.experiments.shared); an xdist worker collects every item and runs some
-    of them: none is planned there."""
+def _planned(items) -> tuple[list, list, list]:
+    """What the selected tests will compare: the speed and memory tests' configurations, the speed
+    and memory takeaways ((claim, workload): their configurations, where the claim applies to the
+    profile) and the quality tests' configurations. Kernel mode's configurations are measured
+    together, on shared process pairs (quantperf.experiments.shared); each quality configuration's
+    pair of processes starts while the one before is compared. An xdist worker collects every item
+    and runs some of them: none is planned there."""
+    from .divergence import QUALITY_METRICS
+
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        return []
-    specs = [item.callspec.params["qp_config"] for item in items
-             if "qp_config" in getattr(getattr(item, "callspec", None), "params", {})
-             and getattr(item, "originalname", item.name).removeprefix("test_") in ("speed", "memory")]
-    return list({s.id: s for s in specs}.values())
+        return [], [], []
+    specs, claims, quality = [], [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        kind = getattr(item, "originalname", item.name).removeprefix("test_")
+        if "qp_config" in params and kind in ("speed", "memory"):
+            specs.append(params["qp_config"])
+        elif "qp_claim" in params and params["qp_claim"][0].metric not in QUALITY_METRICS:
+            claims.append(params["qp_claim"])
+        elif "qp_quality_config" in params:
+            quality.append(params["qp_quality_config"])
+    return list({s.id: s for s in specs}.values()), claims, list({s.id: s for s in quality}.values())
 
 
 @pytest.hookimpl(wrapper=True)
@@ -120,11 +132,11 @@ def pytest_fixture_setup(fixturedef, request):
     config = request.config
     if fixturedef.argname == "qp_session" and getattr(config, "_qp_against", None) is not None \
             and getattr(result, "against", False) is None:
-        _attach(config, result, _planned(request.session.items))
+        _attach(config, result, *_planned(request.session.items))
     return result
 
 
-def _attach(config, session, planned=()) -> None:
+def _attach(config, session, planned=(), planned_claims=(), planned_quality=()) -> None:
     from .errors import ConfigError
     from .experiments.against import AgainstSession
     from .experiments.upgrade import read_calibration
@@ -137,7 +149,8 @@ def _attach(config, session, planned=()) -> None:
                         claims=session.claims, quality_params=session.quality_params,
                         find_links=config.getoption(FIND_LINKS) or (), no_index=config.getoption(NO_INDEX),
                         allow_changes=config.getoption(ALLOW_CHANGES), progress=progress,
-                        planned=planned, **_ab_options(config))
+                        planned=planned, planned_claims=planned_claims, planned_quality=planned_quality,
+                        **_ab_options(config))
     cal = config.getoption(CALIBRATION)
     if cal:
         try:

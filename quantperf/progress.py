@@ -99,3 +99,11 @@ def activate(steps: Steps | None) -> None:
 def step(label: str):
     """The active display's context manager for one long step (a no-op when quiet)."""
     return _active.step(label)
+
+
+def note(line: str) -> None:
+    """One timestamped line in the log (QUANTPERF_PROGRESS=log), for what the run did otherwise
+    than planned; nothing on a terminal's status line or when quiet."""
+    if _active.enabled and _active.log:
+        _active.shown.append(line)
+        _active._line(line)

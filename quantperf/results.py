@@ -314,3 +314,28 @@ def _checked(result: RunResult) -> RunResult:
 
 def dump_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def measured_line(res: RunResult, key: str = "") -> str:
+    """One line for a configuration just measured: its headline figures, or why it was not."""
+    label = ("quality " if key.startswith("quality:") else "") + res.spec.id
+    if not res.ok:
+        return f"{label}: {res.status} ({(res.reason or '')[:200]})"
+    m = res.metrics
+    parts = []
+    if "decode_tokens_per_s" in m:
+        d = m["decode_tokens_per_s"]
+        parts.append(f"decode {d.value:.4g} tok/s (CV {d.summary.cv * 100:.1f}%, {d.summary.n} rounds)")
+    if "prefill_ms" in m:
+        parts.append(f"prefill {m['prefill_ms'].value:.4g} ms")
+    if "kernel_decode_us_per_layer" in m:
+        parts.append(f"kernels {m['kernel_decode_us_per_layer'].value:.4g} us/layer at decode, "
+                     f"{m['kernel_prefill_us_per_layer'].value:.4g} at prefill")
+    if "mean_kld" in m:
+        parts.append(f"KLD {m['mean_kld'].value:.3g}")
+    if "top1_agreement" in m:
+        parts.append(f"top-1 {m['top1_agreement'].value:.3f}")
+    if "weight_mib" in m and not key.startswith("quality:"):
+        parts.append(f"weights {m['weight_mib'].value:.4g} MiB")
+    wall = (res.timings or {}).get("wall_s")
+    return f"{label}: " + ", ".join(parts) + (f" [{wall:.0f} s]" if wall else "")

@@ -14,6 +14,7 @@ import contextlib
 import os
 
 from . import phases as P
+from . import progress
 from .spec import RunSpec
 
 # Variables that change within a session without changing what a worker loads: pytest names the
@@ -24,11 +25,20 @@ from .spec import RunSpec
 VOLATILE_ENV = ("PYTEST_CURRENT_TEST", "CUDA_MODULE_LOADING", "TORCHINDUCTOR_CACHE_DIR")
 
 
+def inherited(env: dict | None) -> dict:
+    """What a worker started now inherits: this process's variables (less VOLATILE_ENV) plus `env`."""
+    return {k: v for k, v in os.environ.items() if k not in VOLATILE_ENV} | dict(env or {})
+
+
 def environment_key(env: dict | None) -> int:
-    """What a worker started now inherits (this process's variables plus `env`), as a key: a
-    variable changed in between, other than a VOLATILE_ENV one, is another environment."""
-    merged = {k: v for k, v in os.environ.items() if k not in VOLATILE_ENV} | dict(env or {})
-    return hash(repr(sorted(merged.items())))
+    """What a worker started now inherits, as a key: a variable changed in between, other than a
+    VOLATILE_ENV one, is another environment."""
+    return hash(repr(sorted(inherited(env).items())))
+
+
+def changed_names(before: dict, after: dict) -> list[str]:
+    """The variables set, unset or changed between two environments (names only: values may be secrets)."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 
 # A backend that a worker found unavailable on a device (its `unavailable_reason`: a library
@@ -155,6 +165,8 @@ def _close_started(future) -> None:
 # by configuration and the environment they were started in; taken by the measure_many call that
 # measures them, closed at exit if none does.
 _AHEAD: dict[tuple, Starting] = {}
+# what each of them was given (`env`) and inherited: a miss names the variables that changed since
+_AHEAD_ENV: dict[tuple, tuple[dict, dict]] = {}
 
 
 def ahead_key(spec: RunSpec, model_options: dict | None, python: str | None, env: dict | None) -> tuple:
@@ -168,6 +180,7 @@ def start_ahead(spec: RunSpec, model_options: dict | None, python: str | None, e
     key = ahead_key(spec, model_options, python, env)
     if key not in _AHEAD:
         _AHEAD[key] = Starting(spec, model_options, python, env, cuda=False)
+        _AHEAD_ENV[key] = (dict(env or {}), inherited(env))
 
 
 def wait_ahead(spec: RunSpec, model_options: dict | None, python: str | None, env: dict | None) -> None:
@@ -178,12 +191,25 @@ def wait_ahead(spec: RunSpec, model_options: dict | None, python: str | None, en
 
 
 def take_ahead(spec: RunSpec, model_options: dict | None, python: str | None, env: dict | None) -> Starting | None:
-    """`spec`'s process started ahead in this environment, now the caller's to take or close."""
-    return _AHEAD.pop(ahead_key(spec, model_options, python, env), None)
+    """`spec`'s process started ahead in this environment, now the caller's to take or close. One
+    started ahead for `spec` in an environment that has changed since is not used: it is closed,
+    and the progress log names the variables that changed (a fresh process is started instead)."""
+    key = ahead_key(spec, model_options, python, env)
+    _AHEAD_ENV.pop(key, None)
+    found = _AHEAD.pop(key, None)
+    if found is None:
+        for other in [k for k in _AHEAD if k[:3] == key[:3] and _AHEAD_ENV.get(k, ({},))[0] == dict(env or {})]:
+            names = changed_names(_AHEAD_ENV.pop(other)[1], inherited(env))
+            _AHEAD.pop(other).close()
+            progress.note(f"{spec.id}: the process started ahead is not used: the environment changed since "
+                          f"it started ({', '.join(names[:8]) or 'unknown'}"
+                          f"{f', {len(names) - 8} more' if len(names) > 8 else ''})")
+    return found
 
 
 def close_ahead() -> None:
     """End the processes started ahead that no measurement took."""
+    _AHEAD_ENV.clear()
     while _AHEAD:
         _AHEAD.popitem()[1].close()
 

@@ -32,7 +32,7 @@ from .gate import (
     timed_otherwise,
 )
 from .phases import clock, session_phases
-from .results import ResultLog, RunResult
+from .results import ResultLog, RunResult, measured_line
 from .spec import RunSpec
 from .status import Status
 from .summary import ClaimOutcome, ConfigOutcome, MetricVerdict, NoiseLine, SessionSummary
@@ -54,31 +54,6 @@ def _metric_verdict(v: Verdict) -> MetricVerdict:
     return MetricVerdict(metric=v.metric, status=v.status, current=v.current, baseline=v.baseline, ratio=v.ratio,
                          ci=None if v.ci is None else list(v.ci), tolerance=v.tolerance, p_value=v.p_value,
                          line=v.line(), notes=list(v.notes))
-
-
-def measured_line(res: RunResult, key: str = "") -> str:
-    """One line for a configuration just measured: its headline figures, or why it was not."""
-    label = ("quality " if key.startswith("quality:") else "") + res.spec.id
-    if not res.ok:
-        return f"{label}: {res.status} ({(res.reason or '')[:200]})"
-    m = res.metrics
-    parts = []
-    if "decode_tokens_per_s" in m:
-        d = m["decode_tokens_per_s"]
-        parts.append(f"decode {d.value:.4g} tok/s (CV {d.summary.cv * 100:.1f}%, {d.summary.n} rounds)")
-    if "prefill_ms" in m:
-        parts.append(f"prefill {m['prefill_ms'].value:.4g} ms")
-    if "kernel_decode_us_per_layer" in m:
-        parts.append(f"kernels {m['kernel_decode_us_per_layer'].value:.4g} us/layer at decode, "
-                     f"{m['kernel_prefill_us_per_layer'].value:.4g} at prefill")
-    if "mean_kld" in m:
-        parts.append(f"KLD {m['mean_kld'].value:.3g}")
-    if "top1_agreement" in m:
-        parts.append(f"top-1 {m['top1_agreement'].value:.3f}")
-    if "weight_mib" in m and not key.startswith("quality:"):
-        parts.append(f"weights {m['weight_mib'].value:.4g} MiB")
-    wall = (res.timings or {}).get("wall_s")
-    return f"{label}: " + ", ".join(parts) + (f" [{wall:.0f} s]" if wall else "")
 
 
 class SuiteSession:
@@ -190,6 +165,14 @@ class SuiteSession:
         """The first configuration after todo[i] that todo[i]'s group will not have measured."""
         mine = {g.id for g in self._partners(todo[i])}
         return next((s for s in todo[i + 1:] if s.id not in mine and s.id not in self.results), None)
+
+    def _todo(self, spec: RunSpec, baselined: bool = True) -> list[RunSpec]:
+        """The selected configurations of `spec`'s device (and shard), in order, `spec` among them;
+        `baselined`: those with a baseline. Whichever test measures first starts the next group ahead."""
+        todo = [s for s in (self.selected or [spec]) if s.device == spec.device
+                and (not baselined or self.has_baseline(s))
+                and (self.shard_of is None or self.shard_of(s) == self.shard_of(spec))]
+        return todo if spec in todo else todo + [spec]
 
     def _keep(self, key: str, res: RunResult) -> None:
         if self.log:
@@ -364,10 +347,7 @@ class SuiteSession:
         """Measure every selected configuration of the device (once), gate them together, and
         re-measure a flagged one in a fresh process: it is regressed only if flagged again."""
         if spec.id not in self._speed:
-            todo = [s for s in (self.selected or [spec]) if s.device == spec.device and self.has_baseline(s)
-                    and (self.shard_of is None or self.shard_of(s) == self.shard_of(spec))]
-            if spec not in todo:
-                todo.append(spec)
+            todo = self._todo(spec)
             results = [self.measure(s, then=self._next_group(todo, i)) for i, s in enumerate(todo)]
             first = self.gate_speed(results)
             for cid, o in first.items():
@@ -430,14 +410,16 @@ class SuiteSession:
             outcome = ConfigOutcome(key, ("quality-" if quality else "") + spec.id, list(kinds), Status.OK)
             self.outcomes[key] = outcome
             if self.history is not None:  # measured all the same: the store keeps it, the next sitting gates on it
-                if failure := run_failure((res := self.measure(spec, quality=quality)).status):
+                todo = self._todo(spec, baselined=False)
+                then = None if quality else self._next_group(todo, todo.index(spec))
+                if failure := run_failure((res := self.measure(spec, quality=quality, then=then)).status):
                     outcome.status, outcome.message = failure, res.reason or ""
                     return self.raise_for(outcome)
             self._no_baseline(outcome, spec, store).message += ("; measured and kept in the results store: the next "
                                                                 "sitting is gated against it") if self.history else ""
             return self.raise_for(outcome)
         if kinds == ("speed",) and not quality and not self.record and tolerances is None:
-            res = self.measure(spec)
+            res = self.measure(spec, then=self._next_group(todo := self._todo(spec), todo.index(spec)))
             if not res.ok:
                 return self.raise_for(self.gate_result(res, kinds))
             return self.raise_for(self._speed_outcome(spec))

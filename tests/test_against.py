@@ -154,7 +154,7 @@ def _session(monkeypatch, tmp_path):
 
 
 def test_quality_beyond_limits_fails_and_a_change_within_limits_passes(monkeypatch, tmp_path):
-    from quantperf.experiments import upgrade
+    from quantperf.experiments import quality_ab
     from quantperf.spec import RunSpec
     from quantperf.suite import Fail
 
@@ -163,7 +163,7 @@ def test_quality_beyond_limits_fails_and_a_change_within_limits_passes(monkeypat
     rows = iter([{"status": "ok", "stats": stats, "verdict": Status.BEYOND_LIMITS,
                   "violations": ["mean KLD 0.00400 > 0.002"]},
                  {"status": "ok", "stats": stats | {"mean_kld": 3e-4}, "verdict": Status.CHANGED, "violations": []}])
-    monkeypatch.setattr(upgrade, "quality_check", lambda *a, **k: next(rows))
+    monkeypatch.setattr(quality_ab, "quality_check", lambda *a, **k: next(rows))
     with pytest.raises(Fail, match=r"QUALITY quality-fixture-bnb-int8-cpu.*beyond-limits.*mean KLD 0\.00400 > 0\.002"):
         suite.check_quality(RunSpec("fixture", "bnb-int8", "cpu"))
     assert suite.check_quality(RunSpec("fixture", "torch-fp32", "cpu")).status == Status.OK

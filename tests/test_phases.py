@@ -391,6 +391,33 @@ def test_the_next_configurations_processes_start_ahead_and_sit_idle_while_anythi
     assert not starting._AHEAD and all(w.proc.poll() is not None for w in spawned)
 
 
+def test_a_process_started_ahead_in_an_environment_changed_since_is_closed_and_the_variables_named(monkeypatch):
+    """A variable the parent changes between starting a process ahead and taking it (here one
+    quantperf does not know as volatile) makes the process a miss: it is closed, a fresh one is
+    started, and the progress log names the variable (its value is never shown)."""
+    import io
+
+    from quantperf import progress, starting
+
+    monkeypatch.setattr(starting, "_AHEAD", {})
+    monkeypatch.setattr(starting, "_AHEAD_ENV", {})
+    spawned = _counting(monkeypatch, started_only=True)
+    out = io.StringIO()
+    progress.activate(progress.Steps(out, log=True))
+    try:
+        a, b = _spec(), _spec("fake-int8")
+        measure_many([a], ahead=[b])
+        monkeypatch.setenv("QP_TEST_SET_BY_AN_IMPORT", "secret-value")
+        second = measure_many([b])[0]
+    finally:
+        progress.activate(None)
+    assert second.status == Status.OK and len(spawned) == 3  # b's own fresh process
+    log = out.getvalue()
+    assert f"{b.id}: the process started ahead is not used" in log and "QP_TEST_SET_BY_AN_IMPORT" in log
+    assert "secret-value" not in log and not starting._AHEAD and not starting._AHEAD_ENV
+    assert all(w.proc.wait(timeout=30) is not None for w in spawned)  # the one started ahead was closed too
+
+
 def test_a_quality_pass_takes_the_processes_started_ahead_for_it(monkeypatch, model_cache):
     """quality_first names the reference and the next QUALITY_AHEAD configurations; processes
     started ahead for them (by the suite's last speed group) are the ones the pass uses."""
@@ -409,6 +436,50 @@ def test_a_quality_pass_takes_the_processes_started_ahead_for_it(monkeypatch, mo
     assert [r.status for r in results] == [Status.OK, Status.OK], [r.reason for r in results]
     assert len(spawned) == 3 and not starting._AHEAD  # every process started ahead was taken, none more
     assert all(w.proc.poll() is not None for w in spawned)
+
+
+def test_an_ab_quality_check_starts_both_sides_together_and_the_next_pair_ahead(monkeypatch, model_cache):
+    """Under an A/B (upgrade-check, --qp-against) a quality configuration's two processes start
+    together, the next configuration's pair is started while it is compared and is the pair that
+    configuration uses; an A/A gives `identical`, and a pair never taken is closed."""
+    import threading
+
+    from quantperf.experiments.quality_ab import QualityAhead, quality_check
+
+    events = []
+    real_open, real_request = workers.open_worker, workers.ProcessWorker._request
+
+    def counted(*args, **kwargs):
+        w = real_open(*args, **kwargs)
+        if threading.current_thread().name.startswith("quantperf-start"):  # a measuring process, not the preparer
+            events.append(("spawn", w))
+        return w
+
+    def request(self, method, kwargs):
+        if method == "quality":
+            events.append(("quality", self))
+        return real_request(self, method, kwargs)
+
+    monkeypatch.setattr(workers, "open_worker", counted)
+    monkeypatch.setattr(workers.ProcessWorker, "_request", request)
+    specs = [RunSpec("fixture", b, "cpu", "eager", TINY) for b in ("torch-fp32", "torch-bf16", "bnb-nf4")]
+    ahead, rows = QualityAhead(Sides()), []
+    try:
+        for i, spec in enumerate(specs[:2]):
+            started = ahead.take(spec)
+            assert (started is None) == (i == 0)
+            ahead.start(specs[i + 1:i + 2])
+            rows.append(quality_check(spec, Sides(), {"context": 32, "max_windows": 1}, profile="cpu-test",
+                                      started=started))
+    finally:
+        ahead.close()
+    assert [(r["status"], r["verdict"]) for r in rows] == [(Status.OK, Status.IDENTICAL)] * 2, rows
+    spawns = [w for kind, w in events if kind == "spawn"]
+    compared = [w for kind, w in events if kind == "quality"]
+    first = [kind for kind, _ in events].index("quality")
+    assert len(compared) == 4 and first >= 4  # A and B of the first, and the second's pair, before any pass
+    assert set(compared[2:]) <= set(spawns[:4])  # the second configuration's pair is the one started ahead
+    assert len(spawns) == 6 and all(w.proc.wait(timeout=30) is not None for w in spawns)  # the third's closed
 
 
 def test_a_pair_started_ahead_is_stopped_while_a_block_is_timed(monkeypatch):

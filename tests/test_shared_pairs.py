@@ -146,6 +146,38 @@ def test_qp_against_checks_the_planned_kernel_configurations_together(monkeypatc
     assert batches == [[k1.id], [k2.id]]
 
 
+def test_qp_against_measures_the_planned_takeaways_kernel_configurations_in_the_same_batch(monkeypatch):
+    """A takeaway's kernel-mode configurations that no speed test selects join the first kernel
+    batch (one set of shared pairs, not one more later), where the claim applies to the profile."""
+    from quantperf.experiments import shared
+    from quantperf.experiments.against import Against, AgainstSession
+    from quantperf.experiments.upgrade import ConfigCheck
+
+    k1, k2, k3, k4 = (_spec(b, "kernel") for b in ("torch-fp16", "bnb-nf4", "fake-fp16", "fake-int8"))
+
+    class Claim:
+        def __init__(self, a, b, profile):
+            self.a, self.b, self.device, self.profile = a, b, "cpu", profile
+
+        def applies_to(self, profile):
+            return profile == self.profile
+
+        def specs(self, workload):
+            return [self.a, self.b]
+
+    batches = []
+    monkeypatch.setattr(shared, "check_all", lambda specs, sides, **kw: batches.append([s.id for s in specs]) or [
+        (ConfigCheck(s.id, s.to_dict(), verdict=Status.OK), {}) for s in specs])
+    monkeypatch.delenv(SHARE_ENV, raising=False)
+    claims = [(Claim(k1, k3, "cpu-test"), None), (Claim(k1, k4, "another-profile"), None)]
+    ab = AgainstSession(Against("x==1", "pins", pins=["x==1"]), profiles={"cpu": "cpu-test"}, planned=[k1, k2],
+                        planned_claims=claims)
+    ab.sides = Sides()
+    monkeypatch.setattr(ab, "start", lambda: True)
+    ab._measure(k1)
+    assert batches == [[k1.id, k2.id, k3.id]]  # k4's claim does not apply to this profile
+
+
 def test_only_an_undecided_configuration_takes_the_further_pairs(monkeypatch):
     """Planned looks on shared pairs: a configuration decided at its first look leaves the pairs;
     an inconclusive one (a tolerance no A/A can show) takes one more pair per look, up to the last."""
@@ -173,13 +205,14 @@ def test_overlap_setting(monkeypatch):
     from quantperf.experiments.ahead import overlap_default
 
     monkeypatch.delenv("QUANTPERF_AB_OVERLAP", raising=False)
-    assert overlap_default() is False  # not yet measured on a GPU: asked for, never assumed
+    assert overlap_default() is False and overlap_default("cpu") is False  # 2 cores: imports slow the warm-ups
+    assert overlap_default("cuda") is True  # measured on an H100: 215 s -> 187 s, verdicts as without
     monkeypatch.setenv("QUANTPERF_AB_OVERLAP", "1")
     assert overlap_default() is True
     monkeypatch.setenv("QUANTPERF_AB_OVERLAP", "0")
-    assert overlap_default() is False
+    assert overlap_default("cuda") is False
     monkeypatch.setenv("QUANTPERF_AB_OVERLAP", "yes")
-    with pytest.raises(ConfigError, match=r"QUANTPERF_AB_OVERLAP='yes'.*use 1 .*0 or unset"):
+    with pytest.raises(ConfigError, match=r"QUANTPERF_AB_OVERLAP='yes'.*use 1 .*0 \(never\) or unset"):
         overlap_default()
 
 

@@ -8,7 +8,9 @@ import pytest
 from quantperf import RunSpec, Workload, measure_many
 from quantperf.baselines import BaselineStore
 from quantperf.results import Metric, RunResult
+from quantperf.status import Status
 from quantperf.suite import Fail, SuiteSession
+from quantperf.summary import ConfigOutcome
 
 W = Workload(batch_size=1, prompt_tokens=4, new_tokens=6, warmup_rounds=0, rounds=3)
 
@@ -314,6 +316,38 @@ def test_the_group_started_ahead_is_the_next_one_this_group_does_not_measure(tmp
     assert [session._next_group(todo, i) for i in range(4)] == [c, c, d, None]
     session.results[c.id] = object()
     assert session._next_group(todo, 0) == d
+
+
+def test_the_first_speed_test_starts_the_second_group_ahead_too(tmp_path, monkeypatch):
+    """The first speed test measures its own group through `check` before the session's gating
+    pass: that measurement starts the next group's processes as every later one does (on an H100
+    sitting the second group waited 11.7 s for its processes, every later group none). With a
+    results store and no baseline each test measures alone, and starts the next one too."""
+    import quantperf.scheduler as scheduler
+
+    asked = []
+
+    def fake_measure_many(group, **kwargs):
+        asked.append([s.id for s in kwargs.get("ahead") or []])
+        return [RunResult(spec=s, status="ok") for s in group]
+
+    monkeypatch.setattr(scheduler, "measure_many", fake_measure_many)
+    session = SuiteSession(baselines_dir=tmp_path, profiles={"cpu": "cpu-test"})
+    a, b, c = (RunSpec("synthetic:llama-tiny", x, "cpu") for x in ("torch-fp32", "torch-bf16", "bnb-nf4"))
+    session.selected = [a, b, c]
+    monkeypatch.setattr(session, "has_baseline", lambda spec, quality=False: True)
+    monkeypatch.setattr(session, "gate_speed", lambda results, note_prefix="": {
+        r.spec.id: ConfigOutcome(r.spec.id, r.spec.id, ["speed"], Status.OK) for r in results})
+    session.check(a, ("speed",))
+    assert asked == [[b.id], [c.id], []]  # a's own measurement starts b's group; b starts c's
+    asked.clear()
+    session = SuiteSession(baselines_dir=tmp_path, profiles={"cpu": "cpu-test"})
+    session.selected, session.history = [a, b, c], object()
+    monkeypatch.setattr(session, "store", lambda device: BaselineStore(tmp_path, "cpu-test"))
+    monkeypatch.setattr(session, "_no_baseline", lambda outcome, spec, store: outcome)
+    for spec in (a, b):
+        session.check(spec, ("speed",))
+    assert asked == [[b.id], [c.id]]
 
 
 def test_after_the_last_group_the_quality_pass_processes_are_started_ahead(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """`pytest benchmarks --qp-against SPEC`: every selected configuration measured as an interleaved
 A/B, environment A = SPEC, environment B = the running one, by the upgrade check's engine
-(quantperf.experiments.upgrade: check_config, quality_check, takeaway_checks; fresh process
+(quantperf.experiments.upgrade: check_config, takeaway_checks; .quality_ab: quality_check; fresh process
 pairs, ABBA blocks, A/A-calibrated tolerances per mode, the bounded sequential extension). No
 stored baseline is read. The ratio is always B/A: B slower than A is a regression.
 
@@ -184,7 +184,8 @@ class AgainstSession:
                  alpha: float = DEFAULT_ALPHA, calibration: dict | None = None, claims=(),
                  quality_params: dict | None = None, find_links=(), no_index: bool = False,
                  allow_changes: bool = False, model_options: dict | None = None,
-                 progress: Callable[[str], None] | None = None, planned=()):
+                 progress: Callable[[str], None] | None = None, planned=(), planned_claims=(),
+                 planned_quality=()):
         from ..gate import DEFAULT_TOLERANCES
 
         self.against, self.profiles = against, profiles
@@ -196,6 +197,9 @@ class AgainstSession:
         self.model_options = model_options or {}
         self.progress = progress
         self.planned = list(planned)  # the session's configurations: kernel mode's share their process pairs
+        self.planned_claims = list(planned_claims)  # (claim, workload): their configurations are planned too
+        self.planned_quality = list(planned_quality)  # its quality configurations: the next ones start ahead
+        self._quality_ahead = None
         self.failure: str | None = None  # side A could not be built: every A/B test fails with it
         self.sides: Sides | None = None
         self.overlay = None
@@ -272,8 +276,10 @@ class AgainstSession:
         if not self.start():
             return None
         if spec.id not in self.checks:
-            same = [s for s in self.planned if s.id != spec.id and s.id not in self.checks
-                    and (s.device, s.mode) == (spec.device, spec.mode)]
+            claimed = [s for claim, workload in self.planned_claims
+                       if claim.applies_to(self.profiles.get(claim.device, "")) for s in claim.specs(workload)]
+            same = list({s.id: s for s in self.planned + claimed if s.id != spec.id and s.id not in self.checks
+                         and (s.device, s.mode) == (spec.device, spec.mode)}.values())
             batch = [spec] + (same if spec.mode in shared_modes() else [])
             self.say(f"A/B {', '.join(s.id for s in batch)}: {self.pairs} process pairs x {self.blocks} ABBA blocks")
             tolerance_of = lambda s: mode_tolerance(self.layers, s.mode, self.calibration)  # noqa: E731
@@ -356,7 +362,7 @@ class AgainstSession:
     def quality(self, spec: RunSpec) -> ConfigOutcome:
         """B's outputs against A's reference (quality_check): beyond the class limits fails."""
         from ..gate import ab_test_status
-        from .upgrade import quality_check
+        from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, quality_check
 
         cid, key = "quality-" + spec.id, f"quality:{spec.id}"
         if not self.start():
@@ -364,9 +370,15 @@ class AgainstSession:
         if cid not in self.quality_rows:
             self.say(f"A/B quality {spec.id}: A writes the reference, B compares")
             t0 = phase_clock()
+            if self._quality_ahead is None:
+                self._quality_ahead = QualityAhead(self.sides, self.model_options)
+            started = self._quality_ahead.take(spec)
+            # the next planned quality configurations' pairs start while this one is compared
+            self._quality_ahead.start([s for s in self.planned_quality if s.id != spec.id and
+                                       "quality-" + s.id not in self.quality_rows][:QUALITY_AB_AHEAD])
             q = quality_check(spec, self.sides, self.quality_params.get(spec.device, {}),
                               environment=self._environment, profile=self.profiles.get(spec.device),
-                              model_options=self.model_options)
+                              model_options=self.model_options, started=started)
             self.quality_rows[cid] = q | {"phases": rounded({"quality": phase_clock() - t0})}
         q = self.quality_rows[cid]
         if q["status"] != Status.OK:
@@ -464,5 +476,7 @@ class AgainstSession:
         return rep
 
     def close(self) -> None:
+        if self._quality_ahead is not None:  # pairs started for quality tests that never ran (-x, an interrupt)
+            self._quality_ahead.close()
         if self.overlay is not None:
             self.overlay.cleanup()

@@ -17,22 +17,28 @@ from .. import phases as P
 from ..errors import ConfigError, QuantperfError
 from ..spec import RunSpec
 
-OVERLAP_ENV = "QUANTPERF_AB_OVERLAP"  # 1: start the next pair's processes while the current pair measures
+OVERLAP_ENV = "QUANTPERF_AB_OVERLAP"  # 1 / 0: the next pair's processes start while the current pair measures
 
 
-def overlap_default() -> bool:
+def overlap_default(device: str = "cpu") -> bool:
     """Whether the next pair's processes start (spawn, imports) while the current pair works:
-    QUANTPERF_AB_OVERLAP=1 or 0 decides; unset, off. On an H100 (every capturable backend in kernel
-    mode, imports running beside the timed blocks) it took 240 s to 205 s but 8 of 9 intervals came
-    out wider; the processes started ahead are since stopped while a block is timed, which has not
-    yet run on a GPU."""
+    QUANTPERF_AB_OVERLAP=1 or 0 decides; unset, on for CUDA configurations, off on the CPU.
+
+    Measured: on an H100 (every capturable backend in kernel mode, llama-1b, 3 pairs x 2 blocks)
+    the A/A took 215 s without and 187 s with it, one run each in one lease; 8 of 9 verdicts ok in
+    both, the ninth (bnb-nf4) inconclusive with it, from one pair whose B process was 0.8% slower
+    in both of its blocks (a between-process offset, as torch-fp16's pair 3 was in an earlier lease
+    without it); median interval width 0.7% with, 0.6% without. An earlier version that let the
+    imports run beside the timed blocks made 8 of 9 intervals wider: the processes started ahead
+    are stopped while a block is timed and hold no CUDA context. On the 2-core CPU box the imports
+    slow the warm-ups beside them (llama-tiny, 3 configurations: 22.4 / 23.3 s off, 24.6 / 24.3 s on)."""
     raw = (os.environ.get(OVERLAP_ENV) or "").strip()
     if raw in ("0", "1"):
         return raw == "1"
     if raw:
         raise ConfigError(f"{OVERLAP_ENV}={raw!r}: use 1 (start each next process pair while the current "
-                          "one measures), 0 or unset (never)")
-    return False
+                          "one measures), 0 (never) or unset (on for CUDA configurations, off on the CPU)")
+    return device == "cuda"
 
 
 class PairStartFailed(QuantperfError):

@@ -24,7 +24,7 @@ timed); the results built for the takeaways carry the decode figures only.
 Done once rather than per configuration: each process of a pair imports every configuration's
 libraries at its start (the two processes start side by side); every configuration is prepared in
 the background while pair 1 starts (_Preparing), and nothing loads before that is done; with
-QUANTPERF_AB_OVERLAP=1 pair i + 1's processes start while pair i measures (ahead.overlap_default).
+QUANTPERF_AB_OVERLAP (unset: on for CUDA) pair i + 1's processes start while pair i measures (ahead.overlap_default).
 
 A process hosts no further configuration after a CUDA graph capture failed in it (bitsandbytes
 LLM.int8 with its outlier threshold: CUDA's RNG state is left broken and later captures in that
@@ -166,7 +166,8 @@ def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[
     configuration still measuring (rotated by i); after P pairs a configuration is decided, and an
     inconclusive one takes part in further pairs up to its planned looks (upgrade.check_config's rule).
     Every configuration is prepared once, in the background while pair 1 starts; with
-    QUANTPERF_AB_OVERLAP=1 (ahead.overlap_default), pair i + 1's processes start while pair i measures."""
+    QUANTPERF_AB_OVERLAP (ahead.overlap_default; unset: on for CUDA), pair i + 1's processes start while pair i
+    measures."""
     from .ahead import Ahead, overlap_default
 
     say = progress or (lambda line: None)
@@ -183,7 +184,7 @@ def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[
     index = 0
     model_options = dict(model_options or {})
     backends = list(dict.fromkeys(s.backend for s in specs))
-    ahead = Ahead(specs[0], sides, model_options, backends) if overlap_default() else None
+    ahead = Ahead(specs[0], sides, model_options, backends) if overlap_default(specs[0].device) else None
     say(f"shared process pairs: {len(specs)} {specs[0].mode} configurations per pair of processes"
         + ("; each next pair starts while the current one measures" if ahead else ""))
     for check in checks.values():

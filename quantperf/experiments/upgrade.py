@@ -42,10 +42,7 @@ renders.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -59,7 +56,6 @@ from ..gate.ab import (
     pair_interval,
     pair_mean,
     planned_looks,
-    quality_verdict,
     takeaway_status,
 )
 from ..gate.runtime import sides_note
@@ -307,7 +303,7 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
     """Compare one configuration in A and B (see the module docstring). Returns the check and
     what was kept for takeaways ({"side_A", "rounds_A", "memory_A", ... of the last pair}).
     `overlap`: start each next pair's processes (spawn, imports) while the current pair measures;
-    None: only when QUANTPERF_AB_OVERLAP=1 (quantperf.experiments.ahead.overlap_default)."""
+    None: QUANTPERF_AB_OVERLAP, unset on for CUDA (quantperf.experiments.ahead.overlap_default)."""
     say = progress or (lambda line: None)
     looks = planned_looks(pairs, blocks, max_blocks)
     confidence = look_confidence(alpha, looks)
@@ -320,7 +316,7 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
     target, i = pairs, 0
     prepared: set = set()
     if overlap is None:
-        overlap = overlap_default()
+        overlap = overlap_default(spec.device)
     ahead = Ahead(spec, sides, model_options) if overlap else None
     wall0 = P.clock()
     try:
@@ -378,51 +374,6 @@ def finish_check(check: ConfigCheck, keep: dict, wall_s: float) -> ConfigCheck:
     elif note := sides_note(check.runtime["A"], check.runtime["B"]):  # measured: that is what B changed
         check.message = "; ".join(m for m in (check.message, note) if m)
     return check
-
-
-def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dict | None = None,
-                  profile: str | None = None, model_options: dict | None = None) -> dict:
-    """Outputs of B against A for one backend: A's pass writes the reference log-probabilities,
-    B's same backend compares against them (scheduler.measure_quality's two passes, with a side
-    per environment). Returns the figures and a verdict: identical | changed | beyond-limits."""
-    from ..backends import entry
-    from ..scheduler import open_side
-
-    out = {"config_id": "quality-" + spec.id, "backend": spec.backend, "model": spec.model, "status": Status.OK}
-    fd, ref_file = tempfile.mkstemp(prefix="quantperf-upgrade-ref-", suffix=".npy")
-    os.close(fd)
-    stats_by_side = {}
-    try:
-        for name, role in (("A", "reference"), ("B", "compare")):
-            side = open_side(spec, environment=environment, profile=profile, model_options=dict(model_options or {}),
-                             warm=False, **sides.kwargs(name))
-            if not side.ok:
-                label = sides.label_a if name == "A" else sides.label_b
-                return out | {"status": Status.SKIPPED if name == "A" and side.failed.status == Status.UNAVAILABLE
-                              else Status.ERROR,
-                              "message": f"quality {spec.id}: side {name} ({label}): {side.failed.status}: "
-                                         f"{_first_line(side.failed.reason or '')}"}
-            try:
-                stats_by_side[name] = side.worker.quality(params=dict(params) | {
-                    "role": role, "file": ref_file, "reference_backend": f"{spec.backend} in A"})
-                out[f"identity_{name}"] = side.info.get("identity")
-                out.setdefault("runtime", {})[name] = side.worker.runtime()
-            except Exception as exc:
-                return out | {"status": Status.ERROR, "message": f"quality {spec.id}: side {name}: {_failure(exc)}"}
-            finally:
-                side.close()
-    finally:
-        with contextlib.suppress(OSError):  # the reference logits' temp file
-            os.unlink(ref_file)
-    if identity_core(out.get("identity_A")) != identity_core(out.get("identity_B")):
-        return out | {"status": Status.ERROR, "message": f"quality {spec.id}: backend identity differs between A and B"}
-    b = stats_by_side["B"]
-    stats = {k: v for k, v in b.items() if k != "generations"}
-    gen_a, gen_b = stats_by_side["A"].get("generations", []), b.get("generations", [])
-    verdict, violations = quality_verdict(b, entry(spec.backend).quality_class)
-    return out | {"stats": stats, "generations_match": gen_a == gen_b, "verdict": verdict, "violations": violations,
-                  "quality_class": entry(spec.backend).quality_class,
-                  "generations": {"A": gen_a, "B": gen_b} if gen_a != gen_b else {}}
 
 
 def takeaway_checks(claims, measured: dict, profile: str, device: str) -> list[dict]:
@@ -544,6 +495,7 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
     from ..envinfo import profile_id
     from ..gate import DEFAULT_TOLERANCES
     from ..scheduler import build_result
+    from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, quality_check
     from .shared import check_all, shared_modes  # kernel mode's configurations share their process pairs
 
     say = progress or (lambda line: None)
@@ -573,12 +525,18 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
             for n in SIDE_NAMES:
                 measured[n][spec.id] = build_result(keep[f"side_{n}"], keep[f"rounds_{n}"], keep[f"memory_{n}"],
                                                     profile)
-    for spec in quality_specs:
-        say(f"quality {spec.id}: A writes the reference, B compares")
-        with P.timed(q_phases := {}, "quality"):
-            q = quality_check(spec, sides, quality_params or {}, environment=environment, profile=profile,
-                              model_options=model_options)
-        report.quality.append(q | {"phases": P.rounded(q_phases)})
+    ahead = QualityAhead(sides, model_options)
+    try:
+        for i, spec in enumerate(quality_specs):
+            say(f"quality {spec.id}: A writes the reference, B compares")
+            started = ahead.take(spec)
+            ahead.start(quality_specs[i + 1:i + 1 + QUALITY_AB_AHEAD])
+            with P.timed(q_phases := {}, "quality"):
+                q = quality_check(spec, sides, quality_params or {}, environment=environment, profile=profile,
+                                  model_options=model_options, started=started)
+            report.quality.append(q | {"phases": P.rounded(q_phases)})
+    finally:
+        ahead.close()
     if claims:
         report.takeaways = takeaway_checks(claims, measured, profile, device)
     if aa:
