@@ -38,7 +38,7 @@ def overlap_default(device: str = "cpu") -> bool:
     if raw:
         raise ConfigError(f"{OVERLAP_ENV}={raw!r}: use 1 (start each next process pair while the current "
                           "one measures), 0 (never) or unset (on for CUDA configurations, off on the CPU)")
-    return device == "cuda"
+    return device == "cuda" and hasattr(signal, "SIGSTOP")  # stopping them while a block is timed needs POSIX
 
 
 class PairStartFailed(QuantperfError):
