@@ -103,17 +103,20 @@ def pytest_collection_modifyitems(config, items):
 
 def _planned(items) -> tuple[list, list, list]:
     """What the selected tests will compare: the speed and memory tests' configurations, the speed
-    and memory takeaways ((claim, workload): their configurations, where the claim applies to the
-    profile) and the quality tests' configurations. Kernel mode's configurations are measured
-    together, on shared process pairs (quantperf.experiments.shared); each quality configuration's
-    pair of processes starts while the one before is compared. An xdist worker collects every item
-    and runs some of them: none is planned there."""
+    and memory takeaways ((claim, workload); AgainstSession keeps the configurations of those that
+    apply to the profile) and the quality tests' configurations; a test marked to skip (a gpu test
+    without a GPU) plans nothing. Kernel mode's configurations are measured together, on shared
+    process pairs (quantperf.experiments.shared); each quality configuration's pair of processes
+    starts while one before it is compared. An xdist worker collects every item and runs some of
+    them: none is planned there."""
     from .divergence import QUALITY_METRICS
 
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return [], [], []
     specs, claims, quality = [], [], []
     for item in items:
+        if item.get_closest_marker("skip") is not None:
+            continue
         params = getattr(getattr(item, "callspec", None), "params", {})
         kind = getattr(item, "originalname", item.name).removeprefix("test_")
         if "qp_config" in params and kind in ("speed", "memory"):

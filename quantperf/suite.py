@@ -168,7 +168,7 @@ class SuiteSession:
 
     def _todo(self, spec: RunSpec, baselined: bool = True) -> list[RunSpec]:
         """The selected configurations of `spec`'s device (and shard), in order, `spec` among them;
-        `baselined`: those with a baseline. Whichever test measures first starts the next group ahead."""
+        `baselined`: those with a baseline. A speed test's measurement starts the next group ahead."""
         todo = [s for s in (self.selected or [spec]) if s.device == spec.device
                 and (not baselined or self.has_baseline(s))
                 and (self.shard_of is None or self.shard_of(s) == self.shard_of(spec))]
@@ -410,8 +410,8 @@ class SuiteSession:
             outcome = ConfigOutcome(key, ("quality-" if quality else "") + spec.id, list(kinds), Status.OK)
             self.outcomes[key] = outcome
             if self.history is not None:  # measured all the same: the store keeps it, the next sitting gates on it
-                todo = self._todo(spec, baselined=False)
-                then = None if quality else self._next_group(todo, todo.index(spec))
+                then = None if quality else self._next_group(todo := self._todo(spec, baselined=False),
+                                                             todo.index(spec))
                 if failure := run_failure((res := self.measure(spec, quality=quality, then=then)).status):
                     outcome.status, outcome.message = failure, res.reason or ""
                     return self.raise_for(outcome)

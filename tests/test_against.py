@@ -140,6 +140,33 @@ def test_items_are_ordered_kernel_graph_eager_memory_quality_takeaway():
         ("test_quality", None), ("test_takeaway", None), ("test_other", None)]
 
 
+def test_the_planned_configurations_leave_out_tests_marked_to_skip(monkeypatch):
+    """What an A/B session plans (kernel batches, quality pairs started ahead) comes from the tests
+    that will run: a gpu test marked to skip on a host without a GPU plans nothing; a quality claim
+    is not planned (not compared under --qp-against); under an xdist worker nothing is."""
+    from quantperf.plugin_ab import _planned
+    from quantperf.spec import RunSpec
+
+    def item(name, param, value, skip=False):
+        return SimpleNamespace(originalname=name, name=name, callspec=SimpleNamespace(params={param: value}),
+                               get_closest_marker=lambda m: object() if (skip and m == "skip") else None)
+
+    k, g, q, qg = (RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "kernel"),
+                   RunSpec("synthetic:llama-1b", "torch-fp16", "cuda", "kernel"),
+                   RunSpec("fixture", "torch-bf16", "cpu"), RunSpec("fixture", "torch-bf16", "cuda"))
+    speed_claim, quality_claim = SimpleNamespace(metric="decode_tokens_per_s"), SimpleNamespace(metric="mean_kld")
+    items = [item("test_speed", "qp_config", k), item("test_speed", "qp_config", g, skip=True),
+             item("test_memory", "qp_config", k), item("test_quality", "qp_quality_config", q),
+             item("test_quality", "qp_quality_config", qg, skip=True),
+             item("test_takeaway", "qp_claim", (speed_claim, None)),
+             item("test_takeaway", "qp_claim", (quality_claim, None)),
+             item("test_repeatability", "qp_config", k)]
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    assert _planned(items) == ([k], [(speed_claim, None)], [q])
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    assert _planned(items) == ([], [], [])
+
+
 def _session(monkeypatch, tmp_path):
     """A SuiteSession whose A/B session counts side A as built (no overlay, nothing measured)."""
     from quantperf.experiments.against import Against, AgainstSession

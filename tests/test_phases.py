@@ -440,27 +440,26 @@ def test_a_quality_pass_takes_the_processes_started_ahead_for_it(monkeypatch, mo
 
 def test_an_ab_quality_check_starts_both_sides_together_and_the_next_pair_ahead(monkeypatch, model_cache):
     """Under an A/B (upgrade-check, --qp-against) a quality configuration's two processes start
-    together, the next configuration's pair is started while it is compared and is the pair that
-    configuration uses; an A/A gives `identical`, and a pair never taken is closed."""
-    import threading
-
+    together (both before side A's pass), the next configuration's pair is started while it is
+    compared and is the pair that configuration uses; an A/A gives `identical`, and a pair never
+    taken is closed."""
+    from quantperf.experiments import quality_ab
     from quantperf.experiments.quality_ab import QualityAhead, quality_check
 
     events = []
-    real_open, real_request = workers.open_worker, workers.ProcessWorker._request
+    real_request = workers.ProcessWorker._request
 
-    def counted(*args, **kwargs):
-        w = real_open(*args, **kwargs)
-        if threading.current_thread().name.startswith("quantperf-start"):  # a measuring process, not the preparer
-            events.append(("spawn", w))
-        return w
+    class Recorded(quality_ab.Starting):
+        def __init__(self, spec, *args, **kwargs):
+            super().__init__(spec, *args, **kwargs)
+            events.append(("start", self))
 
     def request(self, method, kwargs):
         if method == "quality":
             events.append(("quality", self))
         return real_request(self, method, kwargs)
 
-    monkeypatch.setattr(workers, "open_worker", counted)
+    monkeypatch.setattr(quality_ab, "Starting", Recorded)
     monkeypatch.setattr(workers.ProcessWorker, "_request", request)
     specs = [RunSpec("fixture", b, "cpu", "eager", TINY) for b in ("torch-fp32", "torch-bf16", "bnb-nf4")]
     ahead, rows = QualityAhead(Sides()), []
@@ -471,15 +470,50 @@ def test_an_ab_quality_check_starts_both_sides_together_and_the_next_pair_ahead(
             ahead.start(specs[i + 1:i + 2])
             rows.append(quality_check(spec, Sides(), {"context": 32, "max_windows": 1}, profile="cpu-test",
                                       started=started))
+        third = list(ahead._pairs[specs[2].id][1].values())
     finally:
         ahead.close()
     assert [(r["status"], r["verdict"]) for r in rows] == [(Status.OK, Status.IDENTICAL)] * 2, rows
-    spawns = [w for kind, w in events if kind == "spawn"]
+    starts = [(one.spec.backend, one) for kind, one in events if kind == "start"]
+    assert [b for b, _ in starts] == ["torch-bf16"] * 2 + ["torch-fp32"] * 2 + ["bnb-nf4"] * 2
     compared = [w for kind, w in events if kind == "quality"]
-    first = [kind for kind, _ in events].index("quality")
-    assert len(compared) == 4 and first >= 4  # A and B of the first, and the second's pair, before any pass
-    assert set(compared[2:]) <= set(spawns[:4])  # the second configuration's pair is the one started ahead
-    assert len(spawns) == 6 and all(w.proc.wait(timeout=30) is not None for w in spawns)  # the third's closed
+    first_pass = [kind for kind, _ in events].index("quality")
+    assert [kind for kind, _ in events[:first_pass]] == ["start"] * 4  # A and B of the first (and the next pair)
+    assert compared[2:] == [one._worker for _, one in starts[:2]]  # the second's pair: the one started ahead
+    for one in third:  # closed, never taken: no process of it is left
+        one.wait()
+        assert one._worker is None or one._worker.proc.wait(timeout=30) is not None
+    assert all(w.proc.wait(timeout=30) is not None for w in compared)
+
+
+def test_a_quality_pair_started_ahead_is_not_used_after_the_environment_changed(monkeypatch):
+    """QualityAhead: a pair started before side A's environment changed is closed at its turn (a
+    fresh pair starts instead); a side whose backend the session found unavailable starts no process."""
+    from quantperf import starting
+    from quantperf.experiments import quality_ab
+
+    made, closed = [], []
+
+    class Dummy:
+        def __init__(self, spec, model_options=None, python=None, env=None):
+            self.spec, self.env = spec, env
+            made.append(self)
+
+        def close(self):
+            closed.append(self)
+
+    monkeypatch.setattr(quality_ab, "Starting", Dummy)
+    spec = RunSpec("fixture", "torch-bf16", "cpu", "eager", TINY)
+    sides = Sides(env_a={"QP_SIDE": "1"})
+    ahead = quality_ab.QualityAhead(sides)
+    ahead.start([spec])
+    assert len(made) == 2 and ahead.take(spec) is not None
+    ahead.start([spec])
+    sides.env_a = {"QP_SIDE": "2"}  # A's overlay changed since its pair started
+    assert ahead.take(spec) is None and closed == made[2:]
+    monkeypatch.setattr(starting, "_UNAVAILABLE", {})
+    starting.remember_unavailable(spec, None, None, "no such library", {})  # side B (this environment) only
+    assert list(quality_ab.start_sides(spec, sides, None)) == ["A"]
 
 
 def test_a_pair_started_ahead_is_stopped_while_a_block_is_timed(monkeypatch):

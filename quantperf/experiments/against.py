@@ -276,6 +276,8 @@ class AgainstSession:
         if not self.start():
             return None
         if spec.id not in self.checks:
+            if self._quality_ahead is not None:  # pairs started for quality tests not reached (a -x stop, a
+                self._quality_ahead.close()  # failure): nothing starts beside a timed A/B
             claimed = [s for claim, workload in self.planned_claims
                        if claim.applies_to(self.profiles.get(claim.device, "")) for s in claim.specs(workload)]
             same = list({s.id: s for s in self.planned + claimed if s.id != spec.id and s.id not in self.checks
@@ -362,7 +364,7 @@ class AgainstSession:
     def quality(self, spec: RunSpec) -> ConfigOutcome:
         """B's outputs against A's reference (quality_check): beyond the class limits fails."""
         from ..gate import ab_test_status
-        from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, quality_check
+        from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, close_sides, quality_check
 
         cid, key = "quality-" + spec.id, f"quality:{spec.id}"
         if not self.start():
@@ -373,9 +375,13 @@ class AgainstSession:
             if self._quality_ahead is None:
                 self._quality_ahead = QualityAhead(self.sides, self.model_options)
             started = self._quality_ahead.take(spec)
-            # the next planned quality configurations' pairs start while this one is compared
-            self._quality_ahead.start([s for s in self.planned_quality if s.id != spec.id and
-                                       "quality-" + s.id not in self.quality_rows][:QUALITY_AB_AHEAD])
+            try:  # the next planned quality configurations of this device start while this one is compared
+                self._quality_ahead.start([s for s in self.planned_quality if s.id != spec.id
+                                           and s.device == spec.device
+                                           and "quality-" + s.id not in self.quality_rows][:QUALITY_AB_AHEAD])
+            except BaseException:
+                close_sides(started)
+                raise
             q = quality_check(spec, self.sides, self.quality_params.get(spec.device, {}),
                               environment=self._environment, profile=self.profiles.get(spec.device),
                               model_options=self.model_options, started=started)
@@ -456,6 +462,7 @@ class AgainstSession:
         return exitstatus
 
     def report(self) -> UpgradeReport:
+        from .ahead import overlap_default
         from .shared import shared_modes
 
         checks = [c for c, _ in self.checks.values()]
@@ -467,7 +474,8 @@ class AgainstSession:
                                      f"packages that differ: {self.differ}",
                             settings={"pairs": self.pairs, "blocks": self.blocks, "max_blocks": self.max_blocks,
                                       "alpha": self.alpha, "statistic": STATISTIC,
-                                      "shared_modes": list(shared_modes())},
+                                      "shared_modes": list(shared_modes()),
+                                      "overlap": overlap_default(device)},
                             configs=checks, quality=list(self.quality_rows.values()),
                             takeaways=list(self.takeaways.values()), calibration=self.calibration,
                             notes=list(dict.fromkeys(self.notes + ([self.failure] if self.failure else []))))

@@ -17,7 +17,7 @@ import tempfile
 
 from ..gate.ab import quality_verdict
 from ..spec import RunSpec
-from ..starting import Starting
+from ..starting import Starting, environment_key, known_unavailable
 from ..status import Status
 from .upgrade import SIDE_NAMES, Sides, _failure, _first_line, identity_core
 
@@ -27,30 +27,51 @@ QUALITY_AB_AHEAD = 2
 
 
 def start_sides(spec: RunSpec, sides: Sides, model_options: dict | None) -> dict[str, Starting]:
-    """Side A's and side B's fresh processes for `spec`, starting (spawn, imports, CUDA context) in threads."""
-    return {n: Starting(spec, model_options, **sides.kwargs(n)) for n in SIDE_NAMES}
+    """Side A's and side B's fresh processes for `spec`, starting (spawn, imports, CUDA context) in
+    threads; none for a side whose backend this session already found unavailable there."""
+    out: dict[str, Starting] = {}
+    try:
+        for n in SIDE_NAMES:
+            if not known_unavailable(spec, **sides.kwargs(n)):
+                out[n] = Starting(spec, model_options, **sides.kwargs(n))
+    except BaseException:
+        close_sides(out)
+        raise
+    return out
+
+
+def close_sides(started: dict[str, Starting] | None) -> None:
+    for one in (started or {}).values():
+        one.close()
 
 
 class QualityAhead:
-    """The process pairs of quality configurations started before their turn: `start(spec)` while
-    something else is compared, `take(spec)` at its turn; `close()` ends those never taken."""
+    """The process pairs of quality configurations started before their turn: `start(specs)` while
+    something else is compared, `take(spec)` at its turn; `close()` ends those never taken. A pair
+    started in an environment that changed since is closed at `take` (a fresh pair starts instead)."""
 
     def __init__(self, sides: Sides, model_options: dict | None = None, isolation: str = "process"):
         self.sides, self.model_options, self.isolation = sides, dict(model_options or {}), isolation
-        self._pairs: dict[str, dict[str, Starting]] = {}
+        self._pairs: dict[str, tuple[int, dict[str, Starting]]] = {}
+
+    def _key(self) -> int:
+        return hash(tuple(environment_key(self.sides.kwargs(n).get("env")) for n in SIDE_NAMES))
 
     def start(self, specs) -> None:
         for spec in specs if self.isolation == "process" else ():
             if spec.id not in self._pairs:
-                self._pairs[spec.id] = start_sides(spec, self.sides, self.model_options)
+                self._pairs[spec.id] = (self._key(), start_sides(spec, self.sides, self.model_options))
 
     def take(self, spec: RunSpec) -> dict[str, Starting] | None:
-        return self._pairs.pop(spec.id, None)
+        key, pair = self._pairs.pop(spec.id, (None, None))
+        if pair is not None and key != self._key():
+            close_sides(pair)
+            return None
+        return pair
 
     def close(self) -> None:
         while self._pairs:
-            for one in self._pairs.popitem()[1].values():
-                one.close()
+            close_sides(self._pairs.popitem()[1][1])
 
 
 def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dict | None = None,
@@ -65,11 +86,11 @@ def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dic
     out = {"config_id": "quality-" + spec.id, "backend": spec.backend, "model": spec.model, "status": Status.OK}
     if isolation == "process" and started is None:
         started = start_sides(spec, sides, model_options)
-    started = dict(started or {})
-    fd, ref_file = tempfile.mkstemp(prefix="quantperf-upgrade-ref-", suffix=".npy")
-    os.close(fd)
+    started, ref_file = dict(started or {}), None
     stats_by_side = {}
     try:
+        fd, ref_file = tempfile.mkstemp(prefix="quantperf-upgrade-ref-", suffix=".npy")
+        os.close(fd)
         for name, role in (("A", "reference"), ("B", "compare")):
             side = open_side(spec, isolation=isolation, environment=environment, profile=profile,
                              model_options=dict(model_options or {}), warm=False, worker=started.pop(name, None),
@@ -90,10 +111,10 @@ def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dic
             finally:
                 side.close()
     finally:
-        for one in started.values():  # side B's, where side A failed
-            one.close()
-        with contextlib.suppress(OSError):  # the reference logits' temp file
-            os.unlink(ref_file)
+        close_sides(started)  # side B's, where side A failed; both, where the temp file could not be made
+        if ref_file is not None:
+            with contextlib.suppress(OSError):  # the reference logits' temp file
+                os.unlink(ref_file)
     if identity_core(out.get("identity_A")) != identity_core(out.get("identity_B")):
         return out | {"status": Status.ERROR, "message": f"quality {spec.id}: backend identity differs between A and B"}
     b = stats_by_side["B"]

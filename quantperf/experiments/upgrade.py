@@ -495,7 +495,8 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
     from ..envinfo import profile_id
     from ..gate import DEFAULT_TOLERANCES
     from ..scheduler import build_result
-    from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, quality_check
+    from .ahead import overlap_default
+    from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, close_sides, quality_check
     from .shared import check_all, shared_modes  # kernel mode's configurations share their process pairs
 
     say = progress or (lambda line: None)
@@ -510,7 +511,8 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
     report = UpgradeReport(kind="aa" if aa else "upgrade", profile=profile, device=device, overlay=overlay.to_dict(),
                            describe=overlay.describe(),
                            settings={"pairs": pairs, "blocks": blocks, "max_blocks": max_blocks, "alpha": alpha,
-                                     "statistic": STATISTIC, "shared_modes": list(shared_modes())},
+                                     "statistic": STATISTIC, "shared_modes": list(shared_modes()),
+                                     "overlap": overlap_default(device)},
                            calibration=None if aa else calibration)
     from .. import phases as P
 
@@ -530,7 +532,11 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
         for i, spec in enumerate(quality_specs):
             say(f"quality {spec.id}: A writes the reference, B compares")
             started = ahead.take(spec)
-            ahead.start(quality_specs[i + 1:i + 1 + QUALITY_AB_AHEAD])
+            try:
+                ahead.start(quality_specs[i + 1:i + 1 + QUALITY_AB_AHEAD])
+            except BaseException:
+                close_sides(started)
+                raise
             with P.timed(q_phases := {}, "quality"):
                 q = quality_check(spec, sides, quality_params or {}, environment=environment, profile=profile,
                                   model_options=model_options, started=started)
