@@ -364,7 +364,7 @@ class AgainstSession:
     def quality(self, spec: RunSpec) -> ConfigOutcome:
         """B's outputs against A's reference (quality_check): beyond the class limits fails."""
         from ..gate import ab_test_status
-        from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, close_sides, quality_check
+        from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, close_started, quality_check
 
         cid, key = "quality-" + spec.id, f"quality:{spec.id}"
         if not self.start():
@@ -380,7 +380,7 @@ class AgainstSession:
                                            and s.device == spec.device
                                            and "quality-" + s.id not in self.quality_rows][:QUALITY_AB_AHEAD])
             except BaseException:
-                close_sides(started)
+                close_started(started)
                 raise
             q = quality_check(spec, self.sides, self.quality_params.get(spec.device, {}),
                               environment=self._environment, profile=self.profiles.get(spec.device),

@@ -35,12 +35,12 @@ def start_sides(spec: RunSpec, sides: Sides, model_options: dict | None) -> dict
             if not known_unavailable(spec, **sides.kwargs(n)):
                 out[n] = Starting(spec, model_options, **sides.kwargs(n))
     except BaseException:
-        close_sides(out)
+        close_started(out)
         raise
     return out
 
 
-def close_sides(started: dict[str, Starting] | None) -> None:
+def close_started(started: dict[str, Starting] | None) -> None:
     for one in (started or {}).values():
         one.close()
 
@@ -65,13 +65,13 @@ class QualityAhead:
     def take(self, spec: RunSpec) -> dict[str, Starting] | None:
         key, pair = self._pairs.pop(spec.id, (None, None))
         if pair is not None and key != self._key():
-            close_sides(pair)
+            close_started(pair)
             return None
         return pair
 
     def close(self) -> None:
         while self._pairs:
-            close_sides(self._pairs.popitem()[1][1])
+            close_started(self._pairs.popitem()[1][1])
 
 
 def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dict | None = None,
@@ -111,7 +111,7 @@ def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dic
             finally:
                 side.close()
     finally:
-        close_sides(started)  # side B's, where side A failed; both, where the temp file could not be made
+        close_started(started)  # side B's, where side A failed; both, where the temp file could not be made
         if ref_file is not None:
             with contextlib.suppress(OSError):  # the reference logits' temp file
                 os.unlink(ref_file)
