@@ -174,6 +174,11 @@ class SuiteSession:
                 and (self.shard_of is None or self.shard_of(s) == self.shard_of(spec))]
         return todo if spec in todo else todo + [spec]
 
+    def _then(self, spec: RunSpec, baselined: bool = True) -> RunSpec | None:
+        """The next group `spec`'s measurement starts ahead (`_todo`, `_next_group`)."""
+        todo = self._todo(spec, baselined)
+        return self._next_group(todo, todo.index(spec))
+
     def _keep(self, key: str, res: RunResult) -> None:
         if self.log:
             try:
@@ -410,8 +415,7 @@ class SuiteSession:
             outcome = ConfigOutcome(key, ("quality-" if quality else "") + spec.id, list(kinds), Status.OK)
             self.outcomes[key] = outcome
             if self.history is not None:  # measured all the same: the store keeps it, the next sitting gates on it
-                then = None if quality else self._next_group(todo := self._todo(spec, baselined=False),
-                                                             todo.index(spec))
+                then = None if quality else self._then(spec, baselined=False)
                 if failure := run_failure((res := self.measure(spec, quality=quality, then=then)).status):
                     outcome.status, outcome.message = failure, res.reason or ""
                     return self.raise_for(outcome)
@@ -419,7 +423,7 @@ class SuiteSession:
                                                                 "sitting is gated against it") if self.history else ""
             return self.raise_for(outcome)
         if kinds == ("speed",) and not quality and not self.record and tolerances is None:
-            res = self.measure(spec, then=self._next_group(todo := self._todo(spec), todo.index(spec)))
+            res = self.measure(spec, then=self._then(spec))
             if not res.ok:
                 return self.raise_for(self.gate_result(res, kinds))
             return self.raise_for(self._speed_outcome(spec))

@@ -364,7 +364,7 @@ class AgainstSession:
     def quality(self, spec: RunSpec) -> ConfigOutcome:
         """B's outputs against A's reference (quality_check): beyond the class limits fails."""
         from ..gate import ab_test_status
-        from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, close_started, quality_check
+        from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, quality_check
 
         cid, key = "quality-" + spec.id, f"quality:{spec.id}"
         if not self.start():
@@ -374,14 +374,10 @@ class AgainstSession:
             t0 = phase_clock()
             if self._quality_ahead is None:
                 self._quality_ahead = QualityAhead(self.sides, self.model_options)
-            started = self._quality_ahead.take(spec)
-            try:  # the next planned quality configurations of this device start while this one is compared
-                self._quality_ahead.start([s for s in self.planned_quality if s.id != spec.id
-                                           and s.device == spec.device
-                                           and "quality-" + s.id not in self.quality_rows][:QUALITY_AB_AHEAD])
-            except BaseException:
-                close_started(started)
-                raise
+            # the next planned quality configurations of this device start while this one is compared
+            started = self._quality_ahead.turn(spec, [s for s in self.planned_quality if s.id != spec.id
+                                                      and s.device == spec.device and "quality-" + s.id
+                                                      not in self.quality_rows][:QUALITY_AB_AHEAD])
             q = quality_check(spec, self.sides, self.quality_params.get(spec.device, {}),
                               environment=self._environment, profile=self.profiles.get(spec.device),
                               model_options=self.model_options, started=started)

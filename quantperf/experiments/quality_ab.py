@@ -50,15 +50,15 @@ class QualityAhead:
     something else is compared, `take(spec)` at its turn; `close()` ends those never taken. A pair
     started in an environment that changed since is closed at `take` (a fresh pair starts instead)."""
 
-    def __init__(self, sides: Sides, model_options: dict | None = None, isolation: str = "process"):
-        self.sides, self.model_options, self.isolation = sides, dict(model_options or {}), isolation
+    def __init__(self, sides: Sides, model_options: dict | None = None):
+        self.sides, self.model_options = sides, dict(model_options or {})
         self._pairs: dict[str, tuple[int, dict[str, Starting]]] = {}
 
     def _key(self) -> int:
         return hash(tuple(environment_key(self.sides.kwargs(n).get("env")) for n in SIDE_NAMES))
 
     def start(self, specs) -> None:
-        for spec in specs if self.isolation == "process" else ():
+        for spec in specs:
             if spec.id not in self._pairs:
                 self._pairs[spec.id] = (self._key(), start_sides(spec, self.sides, self.model_options))
 
@@ -69,6 +69,17 @@ class QualityAhead:
             return None
         return pair
 
+    def turn(self, spec: RunSpec, following) -> dict[str, Starting] | None:
+        """`spec`'s pair (started ahead, or None: quality_check starts one), and the pairs of
+        `following` started while `spec` is compared."""
+        started = self.take(spec)
+        try:
+            self.start(following)
+        except BaseException:
+            close_started(started)
+            raise
+        return started
+
     def close(self) -> None:
         while self._pairs:
             close_started(self._pairs.popitem()[1][1])
@@ -76,7 +87,7 @@ class QualityAhead:
 
 def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dict | None = None,
                   profile: str | None = None, model_options: dict | None = None,
-                  started: dict[str, Starting] | None = None, isolation: str = "process") -> dict:
+                  started: dict[str, Starting] | None = None) -> dict:
     """Outputs of B against A for one backend: A's pass writes the reference log-probabilities,
     B's same backend compares against them. `started`: both sides' processes started ahead
     (QualityAhead.take); none: both start now, together. Returns the figures and a verdict."""
@@ -84,15 +95,13 @@ def quality_check(spec: RunSpec, sides: Sides, params: dict, *, environment: dic
     from ..scheduler import open_side
 
     out = {"config_id": "quality-" + spec.id, "backend": spec.backend, "model": spec.model, "status": Status.OK}
-    if isolation == "process" and started is None:
-        started = start_sides(spec, sides, model_options)
-    started, ref_file = dict(started or {}), None
+    started, ref_file = dict(start_sides(spec, sides, model_options) if started is None else started), None
     stats_by_side = {}
     try:
         fd, ref_file = tempfile.mkstemp(prefix="quantperf-upgrade-ref-", suffix=".npy")
         os.close(fd)
         for name, role in (("A", "reference"), ("B", "compare")):
-            side = open_side(spec, isolation=isolation, environment=environment, profile=profile,
+            side = open_side(spec, environment=environment, profile=profile,
                              model_options=dict(model_options or {}), warm=False, worker=started.pop(name, None),
                              **sides.kwargs(name))
             if not side.ok:

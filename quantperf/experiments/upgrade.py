@@ -496,7 +496,7 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
     from ..gate import DEFAULT_TOLERANCES
     from ..scheduler import build_result
     from .ahead import overlap_default
-    from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, close_started, quality_check
+    from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, quality_check
     from .shared import check_all, shared_modes  # kernel mode's configurations share their process pairs
 
     say = progress or (lambda line: None)
@@ -531,12 +531,7 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
     try:
         for i, spec in enumerate(quality_specs):
             say(f"quality {spec.id}: A writes the reference, B compares")
-            started = ahead.take(spec)
-            try:
-                ahead.start(quality_specs[i + 1:i + 1 + QUALITY_AB_AHEAD])
-            except BaseException:
-                close_started(started)
-                raise
+            started = ahead.turn(spec, quality_specs[i + 1:i + 1 + QUALITY_AB_AHEAD])
             with P.timed(q_phases := {}, "quality"):
                 q = quality_check(spec, sides, quality_params or {}, environment=environment, profile=profile,
                                   model_options=model_options, started=started)
