@@ -40,7 +40,7 @@
 #        QUANTPERF_KERNEL_WALK); ab-kernel (kernel-mode A/A over every capturable backend, QP_AB_BACKENDS,
 #        process pairs shared or not per QUANTPERF_AB_SHARE); ab-old / ab-4 / ab-4-overlap (the same A/A over
 #        QP_AB4_BACKENDS, default four, on an earlier checkout's quantperf in QP_AB_SRC / on this one / on this one
-#        with QUANTPERF_AB_OVERLAP=1: before and after in one lease); profile (scripts/profile_load.py over
+#        with QUANTPERF_AB_OVERLAP=1: before and after in one lease; ab-old's is QP_AB_OLD_OVERLAP, default 0); profile (scripts/profile_load.py over
 #        QP_PROFILE_BACKENDS: cProfile of a kernel-mode load, warm-up and round); tfcheck (`quantperf upgrade-check transformers==5.25.0` against the image's
 #        transformers, side B from tfwheels; QP_TF_SPEC, QP_TF_BACKENDS, QP_TF_MODES); warm (the one-time builds alone: checkpoints, ONNX exports),
 #        matrix (`pytest benchmarks -m gpu -n QP_N`: the whole matrix on QP_N GPUs, default 1, its wall
@@ -283,7 +283,7 @@ for s in "$@"; do
         # is the one imported), on this one (ab-4), on this one with pairs started ahead (ab-4-overlap)
         d="$Q/$s"; [ -d "$d" ] && d="$d-$(n_of "$s")"; mkdir -p "$d"
         root="$src"; [ "$s" = ab-old ] && root="${QP_AB_SRC:?ab-old needs QP_AB_SRC}"
-        ov=0; [ "$s" = ab-4-overlap ] && ov=1
+        ov=0; [ "$s" = ab-4-overlap ] && ov=1; [ "$s" = ab-old ] && ov="${QP_AB_OLD_OVERLAP:-0}"
         step "$(basename "$d")" bash -c "cd '$root' && QUANTPERF_AB_OVERLAP=$ov PYTHONPATH=/tmp/site:'$root' timeout -k 10 900 python3 -m quantperf \
             upgrade-check --aa --device cuda --model synthetic:llama-1b --mode kernel \
             --backend ${QP_AB4_BACKENDS:-torch-fp16 bnb-nf4 bnb-int8-nodecomp torchao-int8wo} \

@@ -196,6 +196,29 @@ def test_the_ab_rounds_time_the_decode_projections_alone(torch_worker):
     assert "decode:lm_head" in torch_worker.rounds(n=1)[0]["types"]
 
 
+def test_a_walk_fits_its_replays_to_the_configured_sample_budget(torch_worker, monkeypatch):
+    """`sample_budget_ms` (the A/B's shared pairs: AB_SAMPLE_BUDGET_MS) bounds a sample's work: a
+    walk too slow for it takes fewer replays, decided once before its first sample; unset, a run's
+    budget (trackers.SAMPLE_BUDGET_US) applies as before."""
+    from quantperf.experiments.shared import AB_SAMPLE_BUDGET_MS
+    from quantperf.scenarios import kernel
+
+    monkeypatch.setattr(kernel._Walk, "_timed_us", lambda self, walks: walks * 2_000.0)  # a 2 ms walk
+    scenario = torch_worker.scenario
+    scenario._ensure_inputs(timed=False)
+    assert scenario._budget_us() == kernel.SAMPLE_BUDGET_US
+    scenario.settings["sample_budget_ms"] = AB_SAMPLE_BUDGET_MS
+    try:
+        walk = kernel._Walk(scenario._modules["q_proj"], scenario._inputs["q_proj"], "cpu", None, 50,
+                            scenario._budget_us())
+        walk.sample_us()
+        assert walk.replays == int(AB_SAMPLE_BUDGET_MS * 1e3 // 2_000.0) < 50
+        assert kernel._Walk(scenario._modules["q_proj"], scenario._inputs["q_proj"], "cpu", None, 50).budget_us \
+            == kernel.SAMPLE_BUDGET_US
+    finally:
+        scenario.settings.pop("sample_budget_ms")
+
+
 def test_a_loaded_configuration_is_out_of_the_collectors_sight_until_it_is_closed(model_cache):
     """warmup() freezes what the load made (a collection before each round then takes microseconds
     instead of a tenth of a second with torch and transformers imported); close() unfreezes it, so

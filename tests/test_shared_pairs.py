@@ -390,7 +390,7 @@ def test_a_pair_builds_at_once_and_warms_up_one_side_at_a_time(monkeypatch):
 
     assert run({"A": Worker("A"), "B": Worker("B")}) is None
     assert events[2:] == ["warmup B", "warmup A", "blocks"]
-    assert all(e.endswith("['lm_head', 'shapes']") for e in events[:2])
+    assert all(e.endswith("['lm_head', 'sample_budget_ms', 'shapes']") for e in events[:2])
     barrier.reset()
     with pytest.raises(SideFailed) as failed:
         run({"A": Worker("A", broken=True), "B": Worker("B")}, first="A")

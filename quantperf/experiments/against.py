@@ -459,7 +459,7 @@ class AgainstSession:
 
     def report(self) -> UpgradeReport:
         from .ahead import overlap_default
-        from .shared import shared_modes
+        from .shared import AB_SAMPLE_BUDGET_MS, shared_modes
 
         checks = [c for c, _ in self.checks.values()]
         device = checks[0].spec["device"] if checks else next(iter(self.profiles), "cpu")
@@ -471,6 +471,7 @@ class AgainstSession:
                             settings={"pairs": self.pairs, "blocks": self.blocks, "max_blocks": self.max_blocks,
                                       "alpha": self.alpha, "statistic": STATISTIC,
                                       "shared_modes": list(shared_modes()),
+                                      "kernel_sample_budget_ms": AB_SAMPLE_BUDGET_MS,
                                       "overlap": overlap_default(device)},
                             configs=checks, quality=list(self.quality_rows.values()),
                             takeaways=list(self.takeaways.values()), calibration=self.calibration,

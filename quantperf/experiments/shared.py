@@ -19,7 +19,8 @@ nothing is timed then either), warm up one after the other (the pair's first sid
 times the copy bandwidth and each walk's replays) and then run the ABBA blocks. Kernel mode's
 rounds time the decode shape's seven projection types alone there (the A/B's statistic; the
 prefill walks, half of a round, and the lm_head, a figure never gated, are neither captured nor
-timed); the results built for the takeaways carry the decode figures only.
+timed), each sample within AB_SAMPLE_BUDGET_MS; the results built for the takeaways carry the
+decode figures only.
 
 Done once rather than per configuration: each process of a pair imports every configuration's
 libraries at its start (the two processes start side by side); every configuration is prepared in
@@ -65,6 +66,11 @@ from .upgrade import (
 
 SHARE_ENV = "QUANTPERF_AB_SHARE"
 AB_KERNEL_SHAPES = ("decode",)  # what kernel mode times on shared pairs: the shape of the A/B's statistic
+# the time one kernel-mode sample may take on shared pairs (a run's is 50 ms: trackers.SAMPLE_BUDGET_US):
+# the torch and bitsandbytes walks of llama-1b (H100: 2-19 ms a sample) fit their 50 replays as before;
+# slower ones (torchao's filled 50 ms a sample, 45 of the all-backend A/A's 183 s) take fewer replays.
+# The interval is over process pairs, whose offsets (0.1-0.8%) are far above a sample's CV.
+AB_SAMPLE_BUDGET_MS = 20.0
 DEFAULT_SHARED_MODES = ("kernel",)
 MODES = ("eager", "graph", "kernel")
 
@@ -319,7 +325,8 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
     order = list(SIDE_NAMES) if record.first == "A" else list(reversed(SIDE_NAMES))
     record.pids = {n: (getattr(w, "info", None) or {}).get("pid") for n, w in workers.items()}
     # the statistic is the decode shape's: prefill is neither timed nor captured
-    settings = {"shapes": list(AB_KERNEL_SHAPES), "lm_head": False} if spec.mode == "kernel" else None
+    settings = ({"shapes": list(AB_KERNEL_SHAPES), "lm_head": False, "sample_budget_ms": AB_SAMPLE_BUDGET_MS}
+                if spec.mode == "kernel" else None)
     opened = open_both(spec, workers, sides, index, order, phases, environment=environment, profile=profile,
                        model_options=model_options, settings=settings)
     measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases,

@@ -497,7 +497,7 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
     from ..scheduler import build_result
     from .ahead import overlap_default
     from .quality_ab import QUALITY_AB_AHEAD, QualityAhead, quality_check
-    from .shared import check_all, shared_modes  # kernel mode's configurations share their process pairs
+    from .shared import AB_SAMPLE_BUDGET_MS, check_all, shared_modes  # kernel mode: shared process pairs
 
     say = progress or (lambda line: None)
     planned_looks(pairs, blocks, max_blocks)  # bad settings fail before anything runs
@@ -512,6 +512,7 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
                            describe=overlay.describe(),
                            settings={"pairs": pairs, "blocks": blocks, "max_blocks": max_blocks, "alpha": alpha,
                                      "statistic": STATISTIC, "shared_modes": list(shared_modes()),
+                                     "kernel_sample_budget_ms": AB_SAMPLE_BUDGET_MS,
                                      "overlap": overlap_default(device)},
                            calibration=None if aa else calibration)
     from .. import phases as P

@@ -9,7 +9,8 @@ How (CUDA): forward pre-hooks capture each linear's input on one real prompt (ra
 never take bitsandbytes' outlier path). For each module type (q, k, v, o, gate, up, down) one
 CUDA graph walks that module across all layers (a working set far larger than L2), captured on a
 side stream after warm-up; a sample is `replays` graph replays between two CUDA events (50, fewer
-only for a walk too slow for SAMPLE_BUDGET_US, decided once before the first sample); the SM
+only for a walk too slow for SAMPLE_BUDGET_US, or the `sample_budget_ms` setting of an A/B's shared
+pairs, decided once before the first sample); the SM
 clock is read per sample. Where capture fails (bitsandbytes LLM.int8 with its outlier threshold
 syncs with the host), the process never captures again (a failed capture leaves CUDA's RNG state
 broken) and times K back-to-back walks between events instead, labelled `eager-timed`: results of
@@ -155,9 +156,10 @@ def capture_broken() -> bool:
 class _Walk:
     """One module type across all layers at one shape, timed by the best method available."""
 
-    def __init__(self, modules, inputs, device: str, inject_us: float | None, replays: int):
+    def __init__(self, modules, inputs, device: str, inject_us: float | None, replays: int,
+                 budget_us: float = SAMPLE_BUDGET_US):
         self.modules, self.inputs, self.device = modules, inputs, device
-        self.inject_us, self.replays = inject_us, replays
+        self.inject_us, self.replays, self.budget_us = inject_us, replays, budget_us
         self.graph = None
         self.method = "cpu-timed" if device == "cpu" else "eager-timed"
         self.note = ""
@@ -171,7 +173,7 @@ class _Walk:
         """Replays per sample, from one timed walk (once, before the walk's first sample: every round
         does the same work). Walks are built and fitted in the warm-up, one side at a time."""
         if not self.fitted:
-            self.replays = fit_replays(self.replays, self._timed_us(1))
+            self.replays = fit_replays(self.replays, self._timed_us(1), self.budget_us)
             self.fitted = True
 
     def run(self) -> None:
@@ -311,8 +313,14 @@ class KernelScenario(Scenario):
         if key not in self._walks:
             xs = [x if shape == "prefill" else x[:, -1:, :].contiguous() for x in self._inputs[t]]
             mods = self._modules[t]
-            self._walks[key] = _Walk(mods, xs, self.spec.device, inject_us, self.REPLAYS[self.spec.device])
+            self._walks[key] = _Walk(mods, xs, self.spec.device, inject_us, self.REPLAYS[self.spec.device],
+                                     self._budget_us())
         return self._walks[key]
+
+    def _budget_us(self) -> float:
+        """The time one sample may take (`sample_budget_ms`: the A/B's shared pairs set a smaller one)."""
+        ms = self.settings.get("sample_budget_ms")
+        return SAMPLE_BUDGET_US if ms is None else ms * 1e3
 
     def _timed_walks(self) -> list[tuple[str, str]]:
         """(module type, shape) of every walk a round times, in its order."""

@@ -264,16 +264,19 @@ class LocalWorker:
 
     def configure(self, inject_ms: float | None = None, gc_off: bool | None = None, pin_cpu: bool | None = None,
                   tokens_factor: int | None = None, shapes: list[str] | None = None,
-                  lm_head: bool | None = None) -> dict:
+                  lm_head: bool | None = None, sample_budget_ms: float | None = None) -> dict:
         """Change measurement settings between rounds of one loaded model: the sensitivity
         experiment's injected per-token delay and its noise-reduction ablations; kernel mode's
-        `shapes` and `lm_head` (the A/B's shared pairs time the decode shape's decoder-layer
-        projections alone, what its statistic uses; the lm_head is timed for the figures only)."""
+        `shapes`, `lm_head` and `sample_budget_ms` (the A/B's shared pairs time the decode shape's
+        decoder-layer projections alone, what its statistic uses, with a smaller budget per sample;
+        the lm_head is timed for the figures only)."""
         self.settings["inject_ms"] = inject_ms
         if shapes is not None:
             self.settings["shapes"] = tuple(shapes)
         if lm_head is not None:
             self.settings["lm_head"] = lm_head
+        if sample_budget_ms is not None:
+            self.settings["sample_budget_ms"] = sample_budget_ms
         if gc_off is not None:
             self.settings["gc_off"] = gc_off
         if tokens_factor is not None:
