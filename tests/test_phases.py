@@ -116,6 +116,28 @@ def test_overlap_keeps_one_fresh_pair_per_replicate_in_abba_order_and_the_report
     assert "where the time went" in md and "time: " in md
 
 
+def test_the_next_configurations_first_pair_starts_with_this_ones_last_and_is_taken(monkeypatch):
+    """`then`: the next configuration's first pair starts with this configuration's last planned pair
+    (stopped while its blocks are timed) and the next check takes it (`ahead`): each configuration's
+    first pair then costs no start on the wall (an H100 tier A/B: 10-21 s each for its graph and
+    eager configurations). Still a fresh pair per replicate, and nothing is left running."""
+    spawned = _counting(monkeypatch)
+    first, second = _spec(), _spec("fake-int8")
+    then = ahead_module.Ahead(second, Sides(), None)
+    paused = []
+    real_pause = then.pause
+    monkeypatch.setattr(then, "pause", lambda: paused.append(then.pending) or real_pause())
+    one, _ = check_config(first, Sides(), pairs=3, blocks=1, tolerance=0.5, overlap=True, then=then)
+    assert one.status == Status.OK, one.message
+    assert then.pending and paused == [False, False, True]  # stopped during every pair's blocks, started with the last
+    two, _ = check_config(second, Sides(), pairs=3, blocks=1, tolerance=0.5, overlap=True, ahead=then)
+    assert two.status == Status.OK, two.message
+    assert not then.pending and two.overlapped["start"] > 0
+    pids = [p.pids[n] for c in (one, two) for p in c.pairs for n in ("A", "B")]
+    assert len(set(pids)) == len(pids) == len(spawned) == 12  # two configurations x three pairs x two sides
+    assert all(w.proc.poll() is not None for w in spawned)
+
+
 def test_prepare_runs_once_per_side_of_a_configuration(monkeypatch):
     import quantperf.scheduler as scheduler
 
@@ -358,6 +380,31 @@ def test_a_backend_found_unavailable_starts_no_further_process_in_that_environme
     monkeypatch.setenv("QUANTPERF_TEST_SOMETHING_ELSE", "1")
     assert measure(kernel, profile="gpu-test").status == Status.UNAVAILABLE
     assert len(spawned) == 3  # another environment: asked again
+
+
+def test_an_ab_configuration_of_a_backend_found_unavailable_on_a_side_starts_no_pair(monkeypatch):
+    """An A/B of a configuration whose backend an earlier configuration's process found unavailable
+    in a side's environment (the tier's ORT eager configurations after its kernel batch: 26-30 s of
+    process starts each on an H100) is decided without a process: skipped when it is side A's,
+    an error naming side B when B's (the upgrade lost it)."""
+    import quantperf.starting as starting
+
+    def no_pair(*a, **kw):
+        raise AssertionError("no process may start for a backend known unavailable")
+
+    monkeypatch.setattr(ahead_module, "start_pair", no_pair)
+    monkeypatch.setattr(starting, "_UNAVAILABLE", {})
+    spec = RunSpec("synthetic:llama-tiny", "fake-fp16", "cpu", "eager", TINY)
+    sides = Sides(env_a={"QP_SIDE": "a"})
+    starting.remember_unavailable(spec, None, {"QP_SIDE": "a"}, "no CUDA provider\nmore", {})
+    check, keep = check_config(spec, sides, pairs=3, overlap=False)
+    assert check.status == Status.SKIPPED and check.verdict is None and keep == {} and check.pairs == []
+    assert check.message == "not measurable in A: unavailable: no CUDA provider"
+    monkeypatch.setattr(starting, "_UNAVAILABLE", {})
+    starting.remember_unavailable(spec, None, None, "no CUDA provider", {})  # side B: this environment
+    check, _ = check_config(spec, sides, pairs=3, overlap=False)
+    assert check.status == Status.ERROR and "side B" in check.message
+    assert "unavailable: no CUDA provider" in check.message
 
 
 def test_the_next_configurations_processes_start_ahead_and_sit_idle_while_anything_is_timed(monkeypatch):

@@ -6,6 +6,7 @@ side B's environment only."""
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -93,6 +94,41 @@ def test_unload_says_when_a_process_must_not_host_another(monkeypatch):
     assert "capture failed" in w.switch(spec=_spec("fake-int8").to_dict())["fresh_needed"]
     assert w.spec.backend == "fake-int8" and w.load()["status"] == Status.OK
     w.close()
+
+
+def test_a_configuration_that_ended_its_processes_goes_last_from_the_next_pair_on(monkeypatch):
+    """The pairs' order rotates, but a configuration after which the processes could host no other
+    (a failed CUDA graph capture) is put last from the next pair on: the rest of a pair then needs
+    no fresh processes for it. With the last planned pair the next configuration's first pair starts."""
+    import random
+
+    from quantperf.experiments import shared
+    from quantperf.experiments.upgrade import PairRecord
+
+    orders: list[list[str]] = []
+    started: list = []
+    then = SimpleNamespace(start=lambda: None)  # the next configuration's Ahead (AgainstSession._chain)
+
+    def pair(order, sides, index, blocks, *, checks, breaking, **kw):
+        orders.append([s.backend for s in order])
+        started.append(kw["start_next"] is then.start and kw["then"] is then)
+        for spec in order:
+            rec = PairRecord(index, "A" if index % 2 == 0 else "B")
+            rec.blocks.append({"a": [1.0], "b": [1.0], "log_ratio": random.gauss(0, 1e-4), "tokens_match": None})
+            checks[spec.id].pairs.append(rec)
+            if spec.backend == "fake-int8":
+                breaking.add(spec.id)
+
+    monkeypatch.setattr(shared, "_shared_pair", pair)
+    monkeypatch.setattr(shared, "_Preparing", lambda *a: SimpleNamespace(close=lambda: None, seconds=None))
+    specs = [_spec("fake-fp16"), _spec("fake-int8"), _spec("fake-lib")]
+    out = shared.check_shared(specs, Sides(), tolerance_of=lambda s: (0.05, "configured"), pairs=3, blocks=1,
+                              max_blocks=None, alpha=0.05, then=then)
+    assert started == [False, False, True]  # the next configuration's first pair starts with the last pair
+    # rotated ([int8, lib, fp16], then [lib, fp16, int8]) with int8 moved last
+    assert orders == [["fake-fp16", "fake-int8", "fake-lib"], ["fake-lib", "fake-fp16", "fake-int8"],
+                      ["fake-lib", "fake-fp16", "fake-int8"]]
+    assert all(len(check.pairs) == 3 for check, _ in out.values())
 
 
 def test_upgrade_check_records_the_shared_modes(tmp_path):

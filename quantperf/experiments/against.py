@@ -40,6 +40,7 @@ from .upgrade import (
     DEFAULT_ALPHA,
     DEFAULT_BLOCKS,
     DEFAULT_PAIRS,
+    SIDE_NAMES,
     STATISTIC,
     ConfigCheck,
     Sides,
@@ -200,6 +201,7 @@ class AgainstSession:
         self.planned_claims = list(planned_claims)  # (claim, workload): their configurations are planned too
         self.planned_quality = list(planned_quality)  # its quality configurations: the next ones start ahead
         self._quality_ahead = None
+        self._next: tuple[str, int, object] | None = None  # (configuration id, sides_key, its ahead.Ahead)
         self.failure: str | None = None  # side A could not be built: every A/B test fails with it
         self.sides: Sides | None = None
         self.overlay = None
@@ -285,12 +287,44 @@ class AgainstSession:
             batch = [spec] + (same if spec.mode in shared_modes() else [])
             self.say(f"A/B {', '.join(s.id for s in batch)}: {self.pairs} process pairs x {self.blocks} ABBA blocks")
             tolerance_of = lambda s: mode_tolerance(self.layers, s.mode, self.calibration)  # noqa: E731
+            chained = self._chain(spec)
             got = check_all(batch, self.sides, tolerance_of=tolerance_of,
                             pairs=self.pairs, blocks=self.blocks, max_blocks=self.max_blocks, alpha=self.alpha,
                             environment=self._environment, profile=self.profiles.get(spec.device),
-                            model_options=self.model_options, progress=self.say)
+                            model_options=self.model_options, progress=self.say, **chained)
             self.checks.update({s.id: g for s, g in zip(batch, got)})
         return self.checks[spec.id][0]
+
+    def _chain(self, spec: RunSpec) -> dict:
+        """check_config's `ahead` and `then` for a configuration checked on pairs of its own (a shared
+        batch's check_shared: `then`): the pair the check before started for it (unless the sides'
+        environment changed since), and an Ahead for the next planned configuration of its own pairs
+        (same device, not known unavailable), whose first pair starts with this check's last. Off
+        where pairs are not started ahead."""
+        from ..starting import known_unavailable
+        from .ahead import Ahead, overlap_default
+        from .quality_ab import sides_key
+        from .shared import shared_modes
+
+        got, self._next = self._next, None
+        ahead = None
+        if got is not None:
+            if got[:2] == (spec.id, sides_key(self.sides)):
+                ahead = got[2]
+            else:
+                got[2].close()
+        if not overlap_default(spec.device):
+            if ahead is not None:
+                ahead.close()
+            return {}
+        after = self.planned[next((i + 1 for i, s in enumerate(self.planned) if s.id == spec.id), len(self.planned)):]
+        nxt = next((s for s in after if s.id not in self.checks and s.mode not in shared_modes()
+                    and s.device == spec.device and s.id != spec.id
+                    and not any(known_unavailable(s, **self.sides.kwargs(n)) for n in SIDE_NAMES)), None)
+        if nxt is not None:
+            self._next = (nxt.id, sides_key(self.sides), Ahead(nxt, self.sides, self.model_options))
+        then = self._next[2] if self._next is not None else None
+        return {"then": then} if spec.mode in shared_modes() else {"ahead": ahead, "then": then}
 
     def _keep(self, key: str, kind: str, outcome: ConfigOutcome) -> ConfigOutcome:
         self.outcomes[key] = (kind, outcome)
@@ -483,5 +517,8 @@ class AgainstSession:
     def close(self) -> None:
         if self._quality_ahead is not None:  # pairs started for quality tests that never ran (-x, an interrupt)
             self._quality_ahead.close()
+        if self._next is not None:  # the first pair of a configuration whose test never ran
+            self._next[2].close()
+            self._next = None
         if self.overlay is not None:
             self.overlay.cleanup()

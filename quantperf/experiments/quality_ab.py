@@ -40,6 +40,12 @@ def start_sides(spec: RunSpec, sides: Sides, model_options: dict | None) -> dict
     return out
 
 
+def sides_key(sides: Sides) -> int:
+    """What both sides' processes started now inherit, as a key: a process pair started under
+    another key is not used (starting.environment_key)."""
+    return hash(tuple(environment_key(sides.kwargs(n).get("env")) for n in SIDE_NAMES))
+
+
 def close_started(started: dict[str, Starting] | None) -> None:
     for one in (started or {}).values():
         one.close()
@@ -55,7 +61,7 @@ class QualityAhead:
         self._pairs: dict[str, tuple[int, dict[str, Starting]]] = {}
 
     def _key(self) -> int:
-        return hash(tuple(environment_key(self.sides.kwargs(n).get("env")) for n in SIDE_NAMES))
+        return sides_key(self.sides)
 
     def start(self, specs) -> None:
         for spec in specs:

@@ -7,20 +7,22 @@ bitsandbytes process against 4 s of measurement). A pair per configuration pays 
 per backend; a shared pair pays it P x 2 times in all.
 
 What stays the same: the fresh process pair is the unit of replication. Pair i of every
-configuration is a different pair of processes than its pair j; a configuration's P pair means
-come from P independent pairs, and its interval is the same Student-t over them
-(quantperf.experiments.upgrade). Within a pair both sides host the same configurations in the
-same order, so whatever an earlier configuration leaves in a process (allocator state, a warm
-clock) is on both sides of the ratio; the order is rotated from pair to pair, so no configuration
-is always first (cold) or last. Each configuration is unloaded (its memory given back) before the
-next loads. Both sides load a configuration at the same time (nothing is measured then), build
-what their warm-ups need at the same time (kernel mode's layer copies and captured inputs:
-nothing is timed then either), warm up one after the other (the pair's first side first: a warm-up
-times the copy bandwidth and each walk's replays) and then run the ABBA blocks. Kernel mode's
-rounds time the decode shape's seven projection types alone there (the A/B's statistic; the
-prefill walks, half of a round, and the lm_head, a figure never gated, are neither captured nor
-timed), each sample within AB_SAMPLE_BUDGET_MS; the results built for the takeaways carry the
-decode figures only.
+configuration is a different pair of processes than its pair j; a configuration's P pair means come
+from P independent pairs, and its interval is the same Student-t over them
+(quantperf.experiments.upgrade). Within a pair both sides host the same configurations in the same
+order, so whatever an earlier configuration leaves in a process (allocator state, a warm clock) is
+on both sides of the ratio; the order is rotated from pair to pair, so no configuration is always
+first (cold) or last, except that one after which the processes could host no other (below) goes
+last from the next pair on, so the rest of a pair needs no fresh processes for it (bitsandbytes
+LLM.int8 in an H100 tier A/B: 36 s of starts on the wall). Each configuration is unloaded (its
+memory given back) before the next loads. Both sides load a configuration at the same time (nothing
+is measured then), build what their warm-ups need at the same time (kernel mode's layer copies and
+captured inputs: nothing is timed then either), warm up one after the other (the pair's first side
+first: a warm-up times the copy bandwidth and each walk's replays) and then run the ABBA blocks.
+Kernel mode's rounds time the decode shape's seven projection types alone there (the A/B's
+statistic; the prefill walks, half of a round, and the lm_head, a figure never gated, are neither
+captured nor timed), each sample within AB_SAMPLE_BUDGET_MS; the results built for the takeaways
+carry the decode figures only.
 
 Done once rather than per configuration: each process of a pair imports every configuration's
 libraries at its start (the two processes start side by side); every configuration is prepared in
@@ -167,13 +169,14 @@ class _Preparing:
 def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[RunSpec], tuple[float, str]],
                  pairs: int, blocks: int, max_blocks: int | None, alpha: float, environment: dict | None = None,
                  profile: str | None = None, model_options: dict | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict[str, tuple[ConfigCheck, dict]]:
+                 progress: Callable[[str], None] | None = None, then=None) -> dict[str, tuple[ConfigCheck, dict]]:
     """The configurations' checks, measured on shared fresh process pairs: pair i hosts every
     configuration still measuring (rotated by i); after P pairs a configuration is decided, and an
     inconclusive one takes part in further pairs up to its planned looks (upgrade.check_config's rule).
     Every configuration is prepared once, in the background while pair 1 starts; with
-    QUANTPERF_AB_OVERLAP (ahead.overlap_default; unset: on for CUDA), pair i + 1's processes start while pair i
-    measures."""
+    QUANTPERF_AB_OVERLAP (ahead.overlap_default; unset: on for CUDA), pair i + 1's processes start while
+    pair i measures, and with the last planned pair `then`'s (ahead.Ahead: the next configuration's
+    first pair, left to the caller), stopped while blocks are timed."""
     from .ahead import Ahead, overlap_default
 
     say = progress or (lambda line: None)
@@ -196,14 +199,19 @@ def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[
     for check in checks.values():
         check.shared = len(specs)
     preparing = _Preparing(specs, sides, model_options)
+    breaking: set[str] = set()  # configurations after which a process could host no other (a failed capture)
     try:
         while active:
             k = index % len(active)
             order = active[k:] + active[:k]
+            # one that ended its processes in an earlier pair goes last: no fresh pair for the rest of this one
+            order = [s for s in order if s.id not in breaking] + [s for s in order if s.id in breaking]
             certain = index + 1 < pairs  # every configuration still measuring takes part in pair index + 1
+            nxt = ahead if ahead is not None and certain else then if not certain else None
             _shared_pair(order, sides, index, blocks, checks=checks, keeps=keeps, preparing=preparing, walls=walls,
                          environment=environment, profile=profile, model_options=model_options, say=say,
-                         backends=backends, ahead=ahead, start_next=(ahead.start if ahead and certain else None))
+                         backends=backends, ahead=ahead, start_next=nxt.start if nxt is not None else None,
+                         breaking=breaking, then=then)
             still = []
             for spec in active:
                 check = checks[spec.id]
@@ -233,12 +241,13 @@ def check_shared(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[
 
 def _shared_pair(order: list[RunSpec], sides: Sides, index: int, blocks: int, *, checks: dict, keeps: dict,
                  preparing: _Preparing, walls: dict, environment, profile, model_options: dict, say,
-                 backends: list[str], ahead=None, start_next: Callable[[], None] | None = None) -> None:
+                 backends: list[str], ahead=None, start_next: Callable[[], None] | None = None,
+                 breaking: set[str] | None = None, then=None) -> None:
     """Pair `index`: fresh processes (started ahead, where `ahead` holds them) host the configurations
     of `order` one after the other; `start_next` (once this pair's processes are there) starts the
     next pair ahead, stopped while a block is timed. A configuration that fails is marked in its
     check (and leaves the pair it failed in), the next one gets a fresh pair where the processes
-    cannot go on."""
+    cannot go on (a configuration that ended them is added to `breaking`)."""
     from .ahead import PairStartFailed, close_workers, start_pair
 
     workers: dict = {}
@@ -265,10 +274,12 @@ def _shared_pair(order: list[RunSpec], sides: Sides, index: int, blocks: int, *,
                 fresh_needed = _measure_in(spec, workers, sides, index, blocks, record=record, keep=keeps[spec.id],
                                            preparing=preparing, phases=check.phases, environment=environment,
                                            profile=profile, model_options=model_options,
-                                           ahead=ahead)
+                                           ahead=ahead, then=then)
                 if fresh_needed:
                     say(f"{spec.id}: {fresh_needed}: the next configuration gets a fresh pair")
                     close_workers(workers)
+                    if breaking is not None:
+                        breaking.add(spec.id)
             except SideFailed as exc:
                 record.complete = False
                 if getattr(exc, "intact", False):  # a load that answered with a status: both processes go on
@@ -315,7 +326,7 @@ def _switch(workers: dict, spec: RunSpec) -> None:
 
 def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: int, *, record: PairRecord,
                 keep: dict, preparing: _Preparing, phases: dict, environment, profile, model_options: dict,
-                ahead=None) -> str | None:
+                ahead=None, then=None) -> str | None:
     """One configuration in the pair's processes: its preparing waited for, opened on both sides
     (open_both: loaded and built at once, warmed up at once or the first side first), then `blocks`
     ABBA blocks (upgrade.measure_blocks; the next pair being started `ahead` is stopped while they
@@ -329,9 +340,9 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
                 if spec.mode == "kernel" else None)
     opened = open_both(spec, workers, sides, index, order, phases, environment=environment, profile=profile,
                        model_options=model_options, settings=settings)
+    stopped = [a for a in (ahead, then) if a is not None]
     measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases,
-                   measuring=ahead.pause if ahead is not None else (lambda: None),
-                   measured=ahead.resume if ahead is not None else (lambda: None))
+                   measuring=lambda: [a.pause() for a in stopped], measured=lambda: [a.resume() for a in stopped])
 
     def unload(name, w) -> str | None:
         try:

@@ -186,12 +186,13 @@ class Sides:
 
 def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environment: dict, profile: str,
               model_options: dict, record: PairRecord, keep: dict, ahead=None, prepared: set | None = None,
-              phases: dict | None = None, start_next: Callable[[], None] = lambda: None) -> None:
+              phases: dict | None = None, start_next: Callable[[], None] = lambda: None, then=None) -> None:
     """One pair of fresh processes (started now, or ahead: quantperf.experiments.ahead): load and warm
     both (one after the other while a side prepares, each side once: `prepared`; else at once:
     shared.open_both), then ABBA blocks. `start_next()` is called once this pair's processes are
-    there (the next pair starts then, stopped while a block is timed). Fills `record` as blocks
-    complete and `phases` with the wall seconds; raises SideFailed naming the side."""
+    there (the next pair starts then, stopped while a block is timed, as is `then`'s: the next
+    configuration's). Fills `record` as blocks complete and `phases` with the wall seconds; raises
+    SideFailed naming the side."""
     from .. import phases as P
     from ..scheduler import open_side
     from .ahead import PairStartFailed, start_pair
@@ -220,9 +221,9 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
             if not side.ok:
                 raise SideFailed(name, f"{side.failed.status}: {_first_line(side.failed.reason or '')}")
             opened[name] = side
+        stopped = [a for a in (ahead, then) if a is not None]
         measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases,
-                       measuring=ahead.pause if ahead is not None else (lambda: None),
-                       measured=ahead.resume if ahead is not None else (lambda: None))
+                       measuring=lambda: [a.pause() for a in stopped], measured=lambda: [a.resume() for a in stopped])
     finally:
         from .ahead import close_sides, close_workers
 
@@ -299,36 +300,49 @@ def check_config(spec: RunSpec, sides: Sides, *, pairs: int = DEFAULT_PAIRS, blo
                  max_blocks: int | None = None, alpha: float = DEFAULT_ALPHA, tolerance: float = 0.05,
                  tolerance_source: str = "configured", environment: dict | None = None, profile: str | None = None,
                  model_options: dict | None = None, progress: Callable[[str], None] | None = None,
-                 overlap: bool | None = None) -> tuple[ConfigCheck, dict]:
+                 overlap: bool | None = None, ahead=None, then=None) -> tuple[ConfigCheck, dict]:
     """Compare one configuration in A and B (see the module docstring). Returns the check and
     what was kept for takeaways ({"side_A", "rounds_A", "memory_A", ... of the last pair}).
     `overlap`: start each next pair's processes (spawn, imports) while the current pair measures;
-    None: QUANTPERF_AB_OVERLAP, unset on for CUDA (quantperf.experiments.ahead.overlap_default)."""
+    None: QUANTPERF_AB_OVERLAP, unset on for CUDA (quantperf.experiments.ahead.overlap_default).
+    `ahead`: this configuration's ahead.Ahead, its first pair perhaps started by the configuration
+    before (closed here); `then`: the next configuration's, started with this one's last planned
+    pair and stopped while its blocks are timed (left to the caller: the next check takes it)."""
     say = progress or (lambda line: None)
     looks = planned_looks(pairs, blocks, max_blocks)
     confidence = look_confidence(alpha, looks)
     check = ConfigCheck(spec.id, spec.to_dict(), tolerance=tolerance, tolerance_source=tolerance_source,
                         confidence=confidence, looks_planned=looks)
     from .. import phases as P
+    from ..starting import known_unavailable
     from .ahead import Ahead, overlap_default
 
     keep: dict = {}
+    known = next(((n, r) for n in SIDE_NAMES if (r := known_unavailable(spec, **sides.kwargs(n)))), None)
+    if known is not None:  # an earlier configuration's process found its backend unavailable there: none started
+        if ahead is not None:
+            ahead.close()
+        mark_failed(check, spec, sides, SideFailed(known[0], f"{Status.UNAVAILABLE}: {_first_line(known[1])}"), say)
+        return finish_check(check, keep, 0.0), keep
     target, i = pairs, 0
     prepared: set = set()
     if overlap is None:
         overlap = overlap_default(spec.device)
-    ahead = Ahead(spec, sides, model_options) if overlap else None
+    if ahead is None and overlap:
+        ahead = Ahead(spec, sides, model_options)
     wall0 = P.clock()
     try:
         while i < target:
             record = PairRecord(i, "A" if i % 2 == 0 else "B")
             check.pairs.append(record)
-            # the next pair's processes start with this one (stopped while it times), when it is certain to run
-            nxt = (lambda: ahead.start()) if ahead is not None and i + 1 < target else (lambda: None)
+            # the next pair's processes start with this one (stopped while it times), when it is certain to
+            # run; with the last planned one, the next configuration's first pair (`then`)
+            nxt = ahead if ahead is not None and i + 1 < target else then if i + 1 >= target else None
             try:
                 _run_pair(spec, sides, i, blocks, environment=environment, profile=profile,
                           model_options=dict(model_options or {}), record=record, keep=keep, ahead=ahead,
-                          prepared=prepared, phases=check.phases, start_next=nxt)
+                          prepared=prepared, phases=check.phases,
+                          start_next=nxt.start if nxt is not None else (lambda: None), then=then)
             except SideFailed as exc:
                 record.complete = False  # a pair cut short is kept in the report, never counted
                 mark_failed(check, spec, sides, exc, say)
