@@ -168,9 +168,11 @@ def test_the_planned_configurations_leave_out_tests_marked_to_skip(monkeypatch):
 
 
 def test_a_configuration_on_pairs_of_its_own_starts_the_next_ones_first_pair(monkeypatch):
-    """AgainstSession._chain: the Ahead of the next planned configuration of its own pairs (same
-    device, not known unavailable on a side, not a shared mode), handed to that configuration's check;
-    a pair started before the sides' environment changed is closed instead; off without overlap."""
+    """AgainstSession._chain: the Ahead of the planned configuration whose check comes next (those
+    checked already or known unavailable start nothing, so they are passed over), where it is checked
+    on pairs of its own on the same device; handed to its check. A known-unavailable configuration's
+    check leaves it waiting; a pair started before the sides' environment changed is closed; off
+    without overlap."""
     import quantperf.starting as starting
     from quantperf.experiments import ahead as ahead_module
     from quantperf.experiments.against import Against, AgainstSession
@@ -181,25 +183,29 @@ def test_a_configuration_on_pairs_of_its_own_starts_the_next_ones_first_pair(mon
     monkeypatch.setattr(ahead_module.Ahead, "close", lambda self: closed.append(self.spec.id))
     monkeypatch.setattr(ahead_module, "overlap_default", lambda device: True)
     monkeypatch.setattr(starting, "_UNAVAILABLE", {})
-    k, g, u, e, c = (RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "kernel"),
-                     RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "graph"),
-                     RunSpec("synthetic:llama-tiny", "ort-fp32", "cpu", "eager"),
-                     RunSpec("synthetic:llama-tiny", "torch-bf16", "cpu", "eager"),
-                     RunSpec("synthetic:llama-tiny", "torch-bf16", "cuda", "eager"))
+    k, k2, g, u, e, c = (RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "kernel"),
+                         RunSpec("synthetic:llama-tiny", "torch-bf16", "cpu", "kernel"),
+                         RunSpec("synthetic:llama-tiny", "torch-fp32", "cpu", "graph"),
+                         RunSpec("synthetic:llama-tiny", "ort-fp32", "cpu", "eager"),
+                         RunSpec("synthetic:llama-tiny", "torch-bf16", "cpu", "eager"),
+                         RunSpec("synthetic:llama-tiny", "torch-bf16", "cuda", "eager"))
     starting.remember_unavailable(u, None, None, "no such provider", {})
     session = AgainstSession(Against("qp_slowlib==1.0", "pins", pins=["qp_slowlib==1.0"]),
-                             profiles={"cpu": "cpu-test"}, planned=[k, g, u, e, c])
+                             profiles={"cpu": "cpu-test"}, planned=[k, k2, g, u, e, c])
     session.sides = Sides()
-    batch = session._chain(k)  # a shared batch (check_shared) starts the next one's first pair too
+    batch = session._chain(k, [k, k2])  # a shared batch (check_shared) starts the next one's first pair too
     assert list(batch) == ["then"] and batch["then"].spec == g
-    chained = session._chain(g)
+    chained = session._chain(g, [g])
     assert chained["ahead"] is batch["then"] and chained["then"].spec == e  # u is known unavailable
-    assert session._chain(e) == {"ahead": chained["then"], "then": None}  # c: another device
-    session._chain(g)
+    assert session._chain(u, [u]) == {} and closed == []  # u's check starts nothing: e's pair waits for e
+    assert session._chain(e, [e]) == {"ahead": chained["then"], "then": None}  # c: another device
+    session._chain(g, [g])
     session.sides = Sides(env_a={"QP_SIDE": "changed"})
-    assert session._chain(e)["ahead"] is None and closed == [e.id]
+    assert session._chain(e, [e])["ahead"] is None and closed == [e.id]
+    session.planned = [g, k2]
+    assert session._chain(g, [g])["then"] is None  # the next check is a shared batch's
     monkeypatch.setattr(ahead_module, "overlap_default", lambda device: False)
-    assert session._chain(g) == {} and session._next is None
+    assert session._chain(g, [g]) == {} and session._next is None
 
 
 def _session(monkeypatch, tmp_path):

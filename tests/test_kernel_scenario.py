@@ -83,7 +83,7 @@ def test_a_slow_walk_gets_fewer_replays_per_sample_decided_once():
 def test_the_round_records_its_replays_and_a_slow_walk_is_bounded(torch_worker):
     fast = torch_worker.rounds(n=1)[0]["types"]
     now = torch_worker.scenario._inject_us()
-    decided = {f"{shape}:{t}": w.replays for (t, shape, inject), w in torch_worker.scenario._walks.items()
+    decided = {f"{shape}:{t}": w.replays for (t, shape, inject, _budget), w in torch_worker.scenario._walks.items()
                if inject == now}
     assert {k: v["replays"] for k, v in fast.items()} == decided  # each walk's own, decided once
     # a decode-shape q_proj walk (4 x 256 x 256) takes microseconds: all its replays, however busy the
@@ -198,23 +198,24 @@ def test_the_ab_rounds_time_the_decode_projections_alone(torch_worker):
 
 def test_a_walk_fits_its_replays_to_the_configured_sample_budget(torch_worker, monkeypatch):
     """`sample_budget_ms` (the A/B's shared pairs: AB_SAMPLE_BUDGET_MS) bounds a sample's work: a
-    walk too slow for it takes fewer replays, decided once before its first sample; unset, a run's
-    budget (trackers.SAMPLE_BUDGET_US) applies as before."""
+    walk too slow for it takes fewer replays, decided once before its first sample; a walk built under
+    another budget is another walk; unset, a run's budget (trackers.SAMPLE_BUDGET_US) applies."""
     from quantperf.experiments.shared import AB_SAMPLE_BUDGET_MS
     from quantperf.scenarios import kernel
 
     monkeypatch.setattr(kernel._Walk, "_timed_us", lambda self, walks: walks * 2_000.0)  # a 2 ms walk
     scenario = torch_worker.scenario
     scenario._ensure_inputs(timed=False)
-    assert scenario._budget_us() == kernel.SAMPLE_BUDGET_US
+    monkeypatch.setattr(scenario, "_walks", {})
+    monkeypatch.setattr(scenario, "REPLAYS", {"cpu": 50})  # a GPU's replays per sample
+    run = scenario._walk("q_proj", "decode")
+    run.sample_us()
+    assert run.budget_us == kernel.SAMPLE_BUDGET_US and run.replays == 25  # 50 ms / 2 ms
     scenario.settings["sample_budget_ms"] = AB_SAMPLE_BUDGET_MS
     try:
-        walk = kernel._Walk(scenario._modules["q_proj"], scenario._inputs["q_proj"], "cpu", None, 50,
-                            scenario._budget_us())
-        walk.sample_us()
-        assert walk.replays == int(AB_SAMPLE_BUDGET_MS * 1e3 // 2_000.0) < 50
-        assert kernel._Walk(scenario._modules["q_proj"], scenario._inputs["q_proj"], "cpu", None, 50).budget_us \
-            == kernel.SAMPLE_BUDGET_US
+        ab = scenario._walk("q_proj", "decode")
+        ab.sample_us()
+        assert ab is not run and ab.replays == int(AB_SAMPLE_BUDGET_MS * 1e3 // 2_000.0) == 10
     finally:
         scenario.settings.pop("sample_budget_ms")
 
@@ -280,7 +281,7 @@ def test_build_makes_the_walks_modules_and_inputs_and_times_nothing(model_cache,
         assert w.warmup()["status"] == "ok"
         walks = w.scenario._walks
         assert bandwidth == [0]  # measured before any walk (and its graph) existed
-        assert sorted(t for t, _, _ in walks) == sorted(LINEAR_TYPES) and all(x.fitted for x in walks.values())
+        assert sorted(t for t, *_ in walks) == sorted(LINEAR_TYPES) and all(x.fitted for x in walks.values())
         assert timed.count(1) == len(LINEAR_TYPES)  # one fitting walk each, then samples only
         w.rounds(n=1)
         assert timed.count(1) == len(LINEAR_TYPES) and len(w.scenario._walks) == len(LINEAR_TYPES)

@@ -5,6 +5,7 @@ reports a process started ahead that dies instead of hanging on it. Behaviour, n
 
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -124,15 +125,17 @@ def test_the_next_configurations_first_pair_starts_with_this_ones_last_and_is_ta
     spawned = _counting(monkeypatch)
     first, second = _spec(), _spec("fake-int8")
     then = ahead_module.Ahead(second, Sides(), None)
-    paused = []
-    real_pause = then.pause
+    paused, chained = [], []
+    real_pause, real_spawned = then.pause, then._spawned
     monkeypatch.setattr(then, "pause", lambda: paused.append(then.pending) or real_pause())
+    monkeypatch.setattr(then, "_spawned", lambda w: chained.append(w.proc.pid) or real_spawned(w))
     one, _ = check_config(first, Sides(), pairs=3, blocks=1, tolerance=0.5, overlap=True, then=then)
     assert one.status == Status.OK, one.message
     assert then.pending and paused == [False, False, True]  # stopped during every pair's blocks, started with the last
     two, _ = check_config(second, Sides(), pairs=3, blocks=1, tolerance=0.5, overlap=True, ahead=then)
     assert two.status == Status.OK, two.message
     assert not then.pending and two.overlapped["start"] > 0
+    assert sorted(two.pairs[0].pids.values()) == sorted(chained[:2])  # its first pair: the one started with one's last
     pids = [p.pids[n] for c in (one, two) for p in c.pairs for n in ("A", "B")]
     assert len(set(pids)) == len(pids) == len(spawned) == 12  # two configurations x three pairs x two sides
     assert all(w.proc.poll() is not None for w in spawned)
@@ -397,8 +400,11 @@ def test_an_ab_configuration_of_a_backend_found_unavailable_on_a_side_starts_no_
     spec = RunSpec("synthetic:llama-tiny", "fake-fp16", "cpu", "eager", TINY)
     sides = Sides(env_a={"QP_SIDE": "a"})
     starting.remember_unavailable(spec, None, {"QP_SIDE": "a"}, "no CUDA provider\nmore", {})
-    check, keep = check_config(spec, sides, pairs=3, overlap=False)
+    closed = []
+    started_for_it = SimpleNamespace(close=lambda: closed.append(True))  # a pair the check before started for it
+    check, keep = check_config(spec, sides, pairs=3, overlap=True, ahead=started_for_it)
     assert check.status == Status.SKIPPED and check.verdict is None and keep == {} and check.pairs == []
+    assert closed == [True]
     assert check.message == "not measurable in A: unavailable: no CUDA provider"
     monkeypatch.setattr(starting, "_UNAVAILABLE", {})
     starting.remember_unavailable(spec, None, None, "no CUDA provider", {})  # side B: this environment

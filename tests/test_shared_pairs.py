@@ -41,6 +41,22 @@ def test_groups_keep_order_and_group_only_shared_modes():
     assert groups([a, b, c, d], ("eager", "graph")) == [[a, c], [b, d]]
 
 
+def test_a_shared_modes_configuration_alone_is_checked_as_shared_pairs_check_it(monkeypatch):
+    """A shared mode's group of one is still checked on shared pairs (check_shared: decode shape only,
+    the A/B's sample budget), so a report's `kernel_sample_budget_ms` holds for every kernel-mode check;
+    a configuration of another mode gets check_config."""
+    from quantperf.experiments import shared, upgrade
+
+    calls = []
+    monkeypatch.setattr(shared, "check_shared", lambda group, sides, **kw: calls.append(("shared", len(group)))
+                        or {s.id: (s.id, {}) for s in group})
+    monkeypatch.setattr(upgrade, "check_config", lambda spec, sides, **kw: calls.append(("own", 1)) or (spec.id, {}))
+    got = check_all([_spec("fake-fp16", "kernel"), _spec("fake-fp16")], Sides(), tolerance_of=lambda s: (0.05, "x"),
+                    share=("kernel",))
+    assert calls == [("shared", 1), ("own", 1)] and [g[0] for g in got] == [_spec("fake-fp16", "kernel").id,
+                                                                               _spec("fake-fp16").id]
+
+
 @pytest.fixture(scope="module")
 def shared_run():
     """fake-fp16, fake-lib (unavailable: its library is not installed) and fake-int8 on shared pairs,

@@ -287,25 +287,39 @@ class AgainstSession:
             batch = [spec] + (same if spec.mode in shared_modes() else [])
             self.say(f"A/B {', '.join(s.id for s in batch)}: {self.pairs} process pairs x {self.blocks} ABBA blocks")
             tolerance_of = lambda s: mode_tolerance(self.layers, s.mode, self.calibration)  # noqa: E731
-            chained = self._chain(spec)
-            got = check_all(batch, self.sides, tolerance_of=tolerance_of,
-                            pairs=self.pairs, blocks=self.blocks, max_blocks=self.max_blocks, alpha=self.alpha,
-                            environment=self._environment, profile=self.profiles.get(spec.device),
-                            model_options=self.model_options, progress=self.say, **chained)
+            chained = self._chain(spec, batch)
+            try:
+                got = check_all(batch, self.sides, tolerance_of=tolerance_of,
+                                pairs=self.pairs, blocks=self.blocks, max_blocks=self.max_blocks, alpha=self.alpha,
+                                environment=self._environment, profile=self.profiles.get(spec.device),
+                                model_options=self.model_options, progress=self.say, **chained)
+            except BaseException:
+                if chained.get("ahead") is not None:  # check_config closes it, unless it failed before owning it
+                    chained["ahead"].close()
+                raise
             self.checks.update({s.id: g for s, g in zip(batch, got)})
         return self.checks[spec.id][0]
 
-    def _chain(self, spec: RunSpec) -> dict:
+    def _chain(self, spec: RunSpec, batch: list[RunSpec]) -> dict:
         """check_config's `ahead` and `then` for a configuration checked on pairs of its own (a shared
-        batch's check_shared: `then`): the pair the check before started for it (unless the sides'
-        environment changed since), and an Ahead for the next planned configuration of its own pairs
-        (same device, not known unavailable), whose first pair starts with this check's last. Off
-        where pairs are not started ahead."""
+        `batch`'s check_shared: `then`): the pair the check before started for it (unless the sides'
+        environment changed since), and an Ahead for the planned configuration whose check comes next
+        (skipping those checked already or known unavailable, whose checks start nothing) where that
+        one is checked on pairs of its own on the same device; its first pair starts with this
+        check's last. Off where pairs are not started ahead."""
         from ..starting import known_unavailable
         from .ahead import Ahead, overlap_default
         from .quality_ab import sides_key
         from .shared import shared_modes
 
+        def unavailable(s: RunSpec) -> bool:
+            return any(known_unavailable(s, **self.sides.kwargs(n)) for n in SIDE_NAMES)
+
+        if unavailable(spec):  # its check starts no process: a pair started for a later one waits for that one
+            if self._next is not None and self._next[0] == spec.id:
+                self._next[2].close()
+                self._next = None
+            return {}
         got, self._next = self._next, None
         ahead = None
         if got is not None:
@@ -318,10 +332,9 @@ class AgainstSession:
                 ahead.close()
             return {}
         after = self.planned[next((i + 1 for i, s in enumerate(self.planned) if s.id == spec.id), len(self.planned)):]
-        nxt = next((s for s in after if s.id not in self.checks and s.mode not in shared_modes()
-                    and s.device == spec.device and s.id != spec.id
-                    and not any(known_unavailable(s, **self.sides.kwargs(n)) for n in SIDE_NAMES)), None)
-        if nxt is not None:
+        done = set(self.checks) | {s.id for s in batch}
+        nxt = next((s for s in after if s.id not in done and not unavailable(s)), None)
+        if nxt is not None and nxt.mode not in shared_modes() and nxt.device == spec.device:
             self._next = (nxt.id, sides_key(self.sides), Ahead(nxt, self.sides, self.model_options))
         then = self._next[2] if self._next is not None else None
         return {"then": then} if spec.mode in shared_modes() else {"ahead": ahead, "then": then}
@@ -498,6 +511,7 @@ class AgainstSession:
         checks = [c for c, _ in self.checks.values()]
         device = checks[0].spec["device"] if checks else next(iter(self.profiles), "cpu")
         overlay = self.overlay.to_dict() if self.overlay is not None else {"python": self.against.python}
+        kernel_budget = AB_SAMPLE_BUDGET_MS if "kernel" in shared_modes() else None  # set on shared pairs only
         rep = UpgradeReport(kind="against", profile=self.profiles.get(device, "?"), device=device,
                             overlay=overlay | {"spec": self.against.text, "form": self.against.form},
                             describe=f"A: {self.describe_a} (--qp-against) | B: {self.describe_b}\n"
@@ -505,7 +519,7 @@ class AgainstSession:
                             settings={"pairs": self.pairs, "blocks": self.blocks, "max_blocks": self.max_blocks,
                                       "alpha": self.alpha, "statistic": STATISTIC,
                                       "shared_modes": list(shared_modes()),
-                                      "kernel_sample_budget_ms": AB_SAMPLE_BUDGET_MS,
+                                      "kernel_sample_budget_ms": kernel_budget,
                                       "overlap": overlap_default(device)},
                             configs=checks, quality=list(self.quality_rows.values()),
                             takeaways=list(self.takeaways.values()), calibration=self.calibration,

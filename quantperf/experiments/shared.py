@@ -118,7 +118,7 @@ def check_all(specs: list[RunSpec], sides: Sides, *, tolerance_of: Callable[[Run
     share = shared_modes() if share is None else share
     done: dict[str, tuple[ConfigCheck, dict]] = {}
     for group in groups(specs, share):
-        if len(group) == 1:
+        if group[0].mode not in share:  # a shared mode's group, even of one, times what shared pairs time
             tol, source = tolerance_of(group[0])
             done[group[0].id] = upgrade.check_config(group[0], sides, tolerance=tol, tolerance_source=source,
                                                      progress=progress, **kwargs)

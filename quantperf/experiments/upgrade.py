@@ -522,11 +522,12 @@ def run_upgrade_check(specs: list[RunSpec], overlay, *, aa: bool = False, pairs:
     layers = [DEFAULT_TOLERANCES] + list(tolerances or [])
     sides = Sides(python_b=overlay.python, env_b=overlay.env(), label_a=_versions_label(overlay, "a"),
                   label_b=_versions_label(overlay, "b"))
+    kernel_budget = AB_SAMPLE_BUDGET_MS if "kernel" in shared_modes() else None  # set on shared pairs only
     report = UpgradeReport(kind="aa" if aa else "upgrade", profile=profile, device=device, overlay=overlay.to_dict(),
                            describe=overlay.describe(),
                            settings={"pairs": pairs, "blocks": blocks, "max_blocks": max_blocks, "alpha": alpha,
                                      "statistic": STATISTIC, "shared_modes": list(shared_modes()),
-                                     "kernel_sample_budget_ms": AB_SAMPLE_BUDGET_MS,
+                                     "kernel_sample_budget_ms": kernel_budget,
                                      "overlap": overlap_default(device)},
                            calibration=None if aa else calibration)
     from .. import phases as P

@@ -309,7 +309,7 @@ class KernelScenario(Scenario):
 
     def _walk(self, t: str, shape: str) -> _Walk:
         inject_us = self._inject_us()
-        key = (t, shape, inject_us)
+        key = (t, shape, inject_us, self._budget_us())
         if key not in self._walks:
             xs = [x if shape == "prefill" else x[:, -1:, :].contiguous() for x in self._inputs[t]]
             mods = self._modules[t]
