@@ -204,6 +204,11 @@ def test_a_configuration_on_pairs_of_its_own_starts_the_next_ones_first_pair(mon
     assert session._chain(e, [e])["ahead"] is None and closed == [e.id]
     session.planned = [g, k2]
     assert session._chain(g, [g])["then"] is None  # the next check is a shared batch's
+    session.planned = [e, g]
+    assert session._chain(e, [e])["then"].spec == g
+    starting.remember_unavailable(k, None, None, "no such provider", {})
+    closed.clear()
+    assert session._chain(k, [k, k2])["then"] is None and closed == [g.id]  # a batch times: nothing beside it
     monkeypatch.setattr(ahead_module, "overlap_default", lambda device: False)
     assert session._chain(g, [g]) == {} and session._next is None
 

@@ -315,7 +315,8 @@ class AgainstSession:
         def unavailable(s: RunSpec) -> bool:
             return any(known_unavailable(s, **self.sides.kwargs(n)) for n in SIDE_NAMES)
 
-        if unavailable(spec):  # its check starts no process: a pair started for a later one waits for that one
+        # its check (of its own pairs) starts no process and times nothing: a pair started for a later one waits
+        if spec.mode not in shared_modes() and unavailable(spec):
             if self._next is not None and self._next[0] == spec.id:
                 self._next[2].close()
                 self._next = None
