@@ -214,6 +214,13 @@ class Ahead:
             self._pool = None
 
 
+def stopped_while_timed(*aheads) -> dict:
+    """upgrade.measure_blocks' `measuring` and `measured`: the pairs started ahead (`aheads`, None
+    skipped: a check's own next pair, the next configuration's first) stopped while its blocks are timed."""
+    live = [a for a in aheads if a is not None]
+    return {"measuring": lambda: [a.pause() for a in live], "measured": lambda: [a.resume() for a in live]}
+
+
 def close_sides(sides: list) -> None:
     """Close the pair's sides together (each waits for its interpreter to exit); nothing is
     measured any more, so overlapping the two shutdowns costs no accuracy."""

@@ -332,6 +332,8 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
     ABBA blocks (upgrade.measure_blocks; the next pair being started `ahead` is stopped while they
     are timed); then both unload. Returns why these processes must not host another configuration,
     or None; raises SideFailed (`intact`: a load that answered with a status, the processes can go on)."""
+    from .ahead import stopped_while_timed
+
     preparing.wait(spec, phases)
     order = list(SIDE_NAMES) if record.first == "A" else list(reversed(SIDE_NAMES))
     record.pids = {n: (getattr(w, "info", None) or {}).get("pid") for n, w in workers.items()}
@@ -340,9 +342,8 @@ def _measure_in(spec: RunSpec, workers: dict, sides: Sides, index: int, blocks: 
                 if spec.mode == "kernel" else None)
     opened = open_both(spec, workers, sides, index, order, phases, environment=environment, profile=profile,
                        model_options=model_options, settings=settings)
-    stopped = [a for a in (ahead, then) if a is not None]
     measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases,
-                   measuring=lambda: [a.pause() for a in stopped], measured=lambda: [a.resume() for a in stopped])
+                   **stopped_while_timed(ahead, then))
 
     def unload(name, w) -> str | None:
         try:

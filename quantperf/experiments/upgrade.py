@@ -195,7 +195,7 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
     SideFailed naming the side."""
     from .. import phases as P
     from ..scheduler import open_side
-    from .ahead import PairStartFailed, start_pair
+    from .ahead import PairStartFailed, start_pair, stopped_while_timed
     from .shared import open_both
 
     prepared, phases = set() if prepared is None else prepared, {} if phases is None else phases
@@ -221,9 +221,8 @@ def _run_pair(spec: RunSpec, sides: Sides, index: int, blocks: int, *, environme
             if not side.ok:
                 raise SideFailed(name, f"{side.failed.status}: {_first_line(side.failed.reason or '')}")
             opened[name] = side
-        stopped = [a for a in (ahead, then) if a is not None]
         measure_blocks(spec, opened, index, blocks, record=record, keep=keep, phases=phases,
-                       measuring=lambda: [a.pause() for a in stopped], measured=lambda: [a.resume() for a in stopped])
+                       **stopped_while_timed(ahead, then))
     finally:
         from .ahead import close_sides, close_workers
 
