@@ -276,7 +276,9 @@ def _shared_pair(order: list[RunSpec], sides: Sides, index: int, blocks: int, *,
                                            profile=profile, model_options=model_options,
                                            ahead=ahead, then=then)
                 if fresh_needed:
-                    say(f"{spec.id}: {fresh_needed}: the next configuration gets a fresh pair")
+                    last = spec is order[-1]
+                    say(f"{spec.id}: {fresh_needed}: " + ("this pair's processes end with it (its last configuration)"
+                                                          if last else "the next configuration gets a fresh pair"))
                     close_workers(workers)
                     if breaking is not None:
                         breaking.add(spec.id)
