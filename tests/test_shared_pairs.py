@@ -147,6 +147,48 @@ def test_a_configuration_that_ended_its_processes_goes_last_from_the_next_pair_o
     assert all(len(check.pairs) == 3 for check, _ in out.values())
 
 
+def test_a_failed_capture_says_whether_a_fresh_pair_follows(monkeypatch):
+    """A configuration after which the processes can host no other ends them: mid-pair the log says
+    the next configuration gets a fresh pair (and one is started), last in its pair that the pair's
+    processes end with it."""
+    from quantperf.experiments import ahead, shared
+    from quantperf.experiments.upgrade import ConfigCheck
+
+    started, said = [], []
+
+    class Worker:
+        def __init__(self, spec):
+            self.spec, self.closed = spec, False
+
+        def close(self):
+            self.closed = True
+
+    def start_pair(spec, sides, model_options, phases, backends):
+        started.append(spec.backend)
+        return {"A": Worker(spec), "B": Worker(spec)}
+
+    monkeypatch.setattr(ahead, "start_pair", start_pair)
+    monkeypatch.setattr(shared, "_switch", lambda workers, spec: None)
+    monkeypatch.setattr(shared, "_measure_in", lambda spec, *a, **kw: "a CUDA graph capture failed"
+                        if spec.backend == "fake-int8" else None)
+    for order in (["fake-int8", "fake-fp16"], ["fake-fp16", "fake-int8"]):
+        specs = [_spec(b) for b in order]
+        started.clear(), said.clear()
+        breaking: set[str] = set()
+        shared._shared_pair(specs, Sides(), 0, 1, checks={s.id: ConfigCheck(s.id, s.to_dict()) for s in specs},
+                            keeps={s.id: {} for s in specs}, preparing=None, walls={s.id: 0.0 for s in specs},
+                            environment=None, profile=None, model_options={}, say=said.append, backends=order,
+                            breaking=breaking)
+        assert breaking == {_spec("fake-int8").id}
+        if order[0] == "fake-int8":
+            assert started == ["fake-int8", "fake-fp16"]
+            assert said == [f"{specs[0].id}: a CUDA graph capture failed: the next configuration gets a fresh pair"]
+        else:
+            assert started == ["fake-fp16"]
+            assert said == [f"{specs[1].id}: a CUDA graph capture failed: this pair's processes end with it "
+                            "(its last configuration)"]
+
+
 def test_upgrade_check_records_the_shared_modes(tmp_path):
     """The report says which modes shared their pairs (the CLI, an A/A on the fakes, kernel default)."""
     import json
